@@ -1,0 +1,95 @@
+"""The Lightning DataModule: PK batches for training, plain loaders for validation and test."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+from torch.utils.data import DataLoader, Sampler
+
+from lookalike.data.images import ImageDataset
+from lookalike.data.table import ImageTable, Splits, split_off_classes
+from lookalike.data.transforms import eval_transform, train_transform
+from lookalike.errors import LookalikeError
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Class-disjoint train / validation / test loaders over a data source's splits.
+
+    Validation classes are split off the training classes (``val_classes``: a share or a count)
+    unless the source provides its own, so checkpoints are chosen on classes never trained on
+    and the test classes are touched only for the final report.
+    """
+
+    def __init__(
+        self,
+        splits: Splits,
+        preprocessing: dict[str, Any] | None,
+        sampler: Callable[..., Sampler] | None = None,
+        augment: Callable | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        val_classes: float | int = 0.15,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if splits.val is None:
+            if not val_classes or val_classes <= 0:
+                raise LookalikeError("data.val_classes must be > 0: validation classes choose the best checkpoint")
+            train, val = split_off_classes(splits.train, val_classes, seed)
+        else:
+            train, val = splits.train, splits.val
+        self.train_table: ImageTable = train.relabelled()
+        self.val_table: ImageTable = val
+        self.test_table: ImageTable = splits.test
+        for name, table in (("training", self.train_table), ("validation", val), ("test", splits.test)):
+            if len(table) == 0:
+                raise LookalikeError(f"The {name} split is empty: check data.root and the class split settings")
+        self.preprocessing = preprocessing
+        self.sampler = sampler
+        self.augment = augment
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.loader_args = dict(
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+        )
+
+    @property
+    def num_train_classes(self) -> int:
+        return self.train_table.num_classes
+
+    def _pk_sampler(self) -> Sampler | None:
+        if self.sampler is None:
+            return None
+        labels = self.train_table.labels
+        try:
+            return self.sampler(labels=labels, batch_size=self.batch_size, length_before_new_iter=len(labels))
+        except AssertionError as e:
+            m = getattr(self.sampler, "keywords", {}).get("m", "?")
+            raise LookalikeError(
+                f"Cannot build PK batches of data.batch_size={self.batch_size} with sampler.m={m} from "
+                f"{self.train_table.num_classes} training classes and {len(labels)} images: the batch size must "
+                f"be a multiple of m, at most m x number of classes, and at most the number of images ({e})"
+            ) from e
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = ImageDataset(self.train_table, train_transform(self.augment, self.preprocessing))
+        sampler = self._pk_sampler()
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
+                          drop_last=True, **self.loader_args)
+
+    def eval_dataloader(self, table: ImageTable) -> DataLoader:
+        """A plain, ordered loader over any table with the evaluation transform."""
+        dataset = ImageDataset(table, eval_transform(self.preprocessing))
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **self.loader_args)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.val_table)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader(self.test_table)

@@ -1,0 +1,47 @@
+"""Decoding images to RGB arrays and the torch Dataset over an ImageTable."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from lookalike.data.table import ImageTable
+from lookalike.errors import LookalikeError
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """Read an image as an HxWx3 uint8 array: EXIF orientation applied, transparency on white."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise LookalikeError(f"Cannot read image '{path}': {e}") from e
+
+
+class ImageDataset(Dataset):
+    """Yields dicts with the transformed image, its label, row index and retrieval roles."""
+
+    def __init__(self, table: ImageTable, transform: Callable[..., dict]):
+        self.table = table
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict:
+        t = self.table
+        return {
+            "image": self.transform(image=load_rgb(t.paths[i]))["image"],
+            "label": int(t.labels[i]),
+            "index": i,
+            "is_query": bool(t.is_query[i]),
+            "is_gallery": bool(t.is_gallery[i]),
+        }

@@ -1,0 +1,150 @@
+"""The LightningModule: embedder -> PML miner -> PML loss, and retrieval metrics on validation/test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lookalike.errors import LookalikeError
+from lookalike.models.embedder import Embedder
+from lookalike.retrieval.metrics import DEFAULT_KS, retrieval_metrics
+
+
+def build(cfg: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with a one-line error naming the config group."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        raise LookalikeError(f"Cannot build {what} from its config: {e}") from e
+
+
+def _mined_count(tuples: tuple | None) -> torch.Tensor | None:
+    """Number of triplets (a, p, n) or pairs (a1, p, a2, n) a miner returned."""
+    if tuples is None:
+        return None
+    return torch.tensor(float(len(tuples[0]) + (len(tuples[2]) if len(tuples) == 4 else 0)))
+
+
+class LitEmbedder(L.LightningModule):
+    """Trains an :class:`Embedder` with a metric-learning loss.
+
+    ``config`` is the run's whole config (model, loss, miner, optim, eval) so a checkpoint
+    rebuilds the module by itself. Loss configs with ``num_classes``/``embedding_size`` set to
+    null (proxy and classification losses) get them from the data and the model; their
+    parameters train in their own optimizer group with ``optim.lr.loss``.
+    """
+
+    def __init__(self, config: dict[str, Any], num_train_classes: int):
+        super().__init__()
+        self.save_hyperparameters()
+        cfg = OmegaConf.create(config)
+        self.embedder = Embedder(**OmegaConf.to_container(cfg.model, resolve=True))
+        fill = {k: v for k, v in (("num_classes", num_train_classes), ("embedding_size", self.embedder.embedding_size))
+                if k in cfg.loss and cfg.loss[k] is None}
+        self.loss_fn: nn.Module = build(cfg.loss, "the loss (loss=...)", **fill)
+        has_miner = isinstance(cfg.get("miner"), DictConfig) and "_target_" in cfg.miner
+        self.miner = build(cfg.miner, "the miner (miner=...)") if has_miner else None
+        self.optim_cfg = cfg.optim
+        self.ks = tuple(cfg.get("eval", {}).get("ks", DEFAULT_KS))
+        self._eval_outputs: list[dict[str, torch.Tensor]] = []
+
+    # -- training ------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embedder(images)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        emb = self.embedder(batch["image"])
+        labels = batch["label"]
+        tuples = self.miner(emb, labels) if self.miner is not None else None
+        loss = self.loss_fn(emb, labels, tuples)
+        self.log("train/loss", loss, prog_bar=True)
+        self._log_batch_stats(emb.detach(), labels, tuples)
+        return loss
+
+    def _log_batch_stats(self, emb: torch.Tensor, labels: torch.Tensor, tuples: tuple | None) -> None:
+        """Mean cosine similarity of positive and negative pairs, and how much the miner kept."""
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        sim = emb.float() @ emb.float().T
+        pos, neg = same & ~eye, ~same
+        stats = {"train/pos_sim": sim[pos].mean(), "train/neg_sim": sim[neg].mean()}
+        mined = _mined_count(tuples)
+        if mined is not None:
+            n_pos, n_neg = pos.sum(1).float(), neg.sum(1).float()
+            possible = (n_pos * n_neg).sum() if len(tuples) == 3 else n_pos.sum() + n_neg.sum()
+            stats["train/mined"] = mined
+            stats["train/mined_fraction"] = mined.to(possible.device) / possible.clamp(min=1)
+        self.log_dict(stats)
+
+    def _set_backbone_frozen(self, frozen: bool) -> None:
+        self.embedder.backbone.requires_grad_(not frozen)
+
+    def _backbone_frozen(self) -> bool:
+        return self.current_epoch < self.optim_cfg.get("freeze_backbone_epochs", 0)
+
+    def train(self, mode: bool = True) -> LitEmbedder:
+        """Train mode, but backbone BatchNorm statistics stay fixed with ``optim.freeze_bn`` or while
+        the backbone is frozen (PK batches give poor statistics; pretrained ones generalise better)."""
+        super().train(mode)
+        if mode and (self.optim_cfg.get("freeze_bn", False) or self._backbone_frozen()):
+            for m in self.embedder.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self._set_backbone_frozen(self._backbone_frozen())
+        self.train()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        lr = self.optim_cfg.lr
+        groups = [
+            {"name": "backbone", "params": list(self.embedder.backbone.parameters()), "lr": lr.backbone},
+            {"name": "head", "params": [*self.embedder.head.parameters(), *self.embedder.pool.parameters()],
+             "lr": lr.head},
+            {"name": "loss", "params": list(self.loss_fn.parameters()), "lr": lr.get("loss", lr.head)},
+        ]
+        optimizer = build(self.optim_cfg.optimizer, "the optimizer (optim=...)")([g for g in groups if g["params"]])
+        scheduler = build(self.optim_cfg.scheduler, "the LR schedule (optim.scheduler)")(
+            optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, torch.Tensor]) -> None:
+        self._eval_outputs.append({
+            "embeddings": self.embedder(batch["image"]).float(),
+            **{k: batch[k] for k in ("label", "index", "is_query", "is_gallery")},
+        })
+
+    def _eval_end(self, prefix: str) -> None:
+        outputs, self._eval_outputs = self._eval_outputs, []
+        if self.trainer.sanity_checking or not outputs:
+            return
+        data = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+        if self.trainer.world_size > 1:  # every rank gets all rows; padding duplicates go by index
+            data = {k: v.flatten(0, 1) for k, v in self.all_gather(data).items()}
+            order = torch.argsort(data["index"], stable=True)
+            idx = data["index"][order]
+            first = torch.ones_like(idx, dtype=torch.bool)
+            first[1:] = idx[1:] != idx[:-1]
+            data = {k: v[order[first]] for k, v in data.items()}
+        metrics = retrieval_metrics(data["embeddings"], data["label"], data["is_query"], data["is_gallery"], self.ks)
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

@@ -1,0 +1,113 @@
+"""Training: ``run(cfg)`` seeds, builds data and model from the config, fits, tests and reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from lookalike.config import config_dir
+from lookalike.data.datamodule import RetrievalDataModule
+from lookalike.errors import LookalikeError
+from lookalike.models.lit_embedder import LitEmbedder, build
+from lookalike.retrieval import embed, retrieval_metrics
+
+REPORT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+
+
+def build_datamodule(cfg: DictConfig, preprocessing: dict | None = None) -> RetrievalDataModule:
+    """The data source's splits wrapped in a DataModule with the configured sampler and augmentation."""
+    options = {k: v for k, v in cfg.data.items() if k not in ("root", "source")}
+    return RetrievalDataModule(
+        splits=build(cfg.data.source, "the data set (data=...)"),
+        preprocessing=preprocessing,
+        sampler=build(cfg.sampler, "the sampler (sampler=...)") if cfg.get("sampler") else None,
+        augment=build(cfg.augment, "the augmentation (augment=...)") if cfg.get("augment") else None,
+        seed=cfg.seed,
+        **options,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer with the configured callbacks and loggers."""
+    callbacks = [build(c, "a callback (callbacks=...)") for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [build(c, "a logger (logger=...)") for c in (cfg.get("logger") or {}).values()]
+    return build(cfg.trainer, "the trainer (trainer=...)", callbacks=callbacks, logger=loggers or False)
+
+
+def format_report(rows: dict[str, dict[str, float]], title: str) -> str:
+    """A plain-text table: one row per model state, one column per metric."""
+    width = max(len(title), *(len(r) for r in rows))
+    head = f"{title:<{width}}  " + "  ".join(f"{m:>9}" for m in REPORT_METRICS)
+    lines = [head, "-" * len(head)]
+    for name, metrics in rows.items():
+        cells = "  ".join(f"{metrics.get(m, float('nan')):>9.4f}" for m in REPORT_METRICS)
+        lines.append(f"{name:<{width}}  {cells}")
+    return "\n".join(lines)
+
+
+def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    return {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate as ``cfg`` says; returns the test metrics before and after training."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = build_datamodule(cfg)  # first, so a missing data set stops the run at once
+    config = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    module = LitEmbedder(config, num_train_classes=datamodule.num_train_classes)
+    datamodule.preprocessing = module.embedder.preprocessing
+    trainer = build_trainer(cfg)
+    rank_zero_info(f"train: {datamodule.train_table.describe()}\nval:   {datamodule.val_table.describe()}\n"
+                   f"test:  {datamodule.test_table.describe()}")
+
+    rows: dict[str, dict[str, float]] = {}
+    if cfg.eval.baseline and trainer.is_global_zero:
+        data = embed(lambda x: F.normalize(module.embedder.features(x), dim=-1), datamodule.test_dataloader(),
+                     device=trainer.strategy.root_device, desc="pretrained features")
+        rows["backbone pooled features (no training)"] = retrieval_metrics(
+            data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks)
+    if cfg.eval.before:
+        rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    rows["after training (best checkpoint)" if best else "after training"] = _test_metrics(
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False))
+
+    report = {"test": rows, "best_checkpoint": best, "best_val_recall@1": _best_score(trainer),
+              "test_set": datamodule.test_table.describe()}
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        print(f"\nTest classes ({report['test_set']}):\n{format_report(rows, 'model')}")
+        print(f"\nbest checkpoint: {best or '(none saved)'}\nrun folder:      {output_dir}")
+    return report
+
+
+def _best_score(trainer: L.Trainer) -> float | None:
+    cb = trainer.checkpoint_callback
+    return float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
+
+
+def main() -> None:
+    """``python train.py [overrides]``: Hydra entry point; user errors end with one clear message."""
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+    def _main(cfg: DictConfig) -> float | None:
+        try:
+            return run(cfg)["best_val_recall@1"]
+        except LookalikeError as e:
+            print(f"lookalike: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    _main()
