@@ -18,3 +18,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = ["lookalike train", *argv[1:]]
         train_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from lookalike.data.images import ImageDataset
@@ -55,7 +56,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.loader_args = dict(
             num_workers=num_workers,
-            pin_memory=pin_memory,
+            pin_memory=pin_memory and torch.cuda.is_available(),
             persistent_workers=persistent_workers and num_workers > 0,
         )
 

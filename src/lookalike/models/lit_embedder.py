@@ -65,6 +65,7 @@ class LitEmbedder(L.LightningModule):
         loss = self.loss_fn(emb, labels, tuples)
         self.log("train/loss", loss, prog_bar=True)
         self._log_batch_stats(emb.detach(), labels, tuples)
+        self.log_dict({f"lr/{g['name']}": g["lr"] for g in self.optimizers().param_groups})
         return loss
 
     def _log_batch_stats(self, emb: torch.Tensor, labels: torch.Tensor, tuples: tuple | None) -> None:

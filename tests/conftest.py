@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny data made in temporary folders and tiny configs (no network, no ../shared)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from lookalike.config import config_dir
+
+# A tiny, fast timm model and tiny images: a training step takes milliseconds on a CPU.
+TINY_MODEL = [
+    "model.backbone.name=test_efficientnet",
+    "model.backbone.pretrained=false",
+    "model.head.embedding_size=16",
+    "model.image_size=32",
+]
+
+
+def tiny_overrides(cache: Path, out: Path) -> list[str]:
+    """Overrides that make the default (quickstart) config train in a second or two."""
+    return TINY_MODEL + [
+        f"data.root={cache}",
+        "data.source.num_train_products=10",
+        "data.source.num_test_products=5",
+        "data.source.photos_per_product=3",
+        "data.source.image_size=40",
+        "data.batch_size=16",
+        "data.eval_batch_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "eval.baseline=false",
+        "eval.before=false",
+        f"paths.output_dir={out}",
+    ]
+
+
+def compose_config(overrides: list[str], name: str = "train") -> DictConfig:
+    """Compose a config from the project's conf/ folder, as `python train.py` would."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the synthetic set, shared by the whole session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_cfg(data_cache: Path, tmp_path: Path) -> DictConfig:
+    return compose_config(tiny_overrides(data_cache, tmp_path / "run"))
+
+
+def write_image(path: Path, color: tuple[int, int, int], size: int = 24, seed: int = 0) -> None:
+    """A small JPEG: a solid colour with noise, so images of one class are alike but not equal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).normal(0, 12, (size, size, 3))
+    Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """An image folder with 6 classes of 5 images each."""
+    root = tmp_path / "folder"
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
+    for c, color in enumerate(colors):
+        for i in range(5):
+            write_image(root / f"class_{c}" / f"img_{i}.jpg", color, seed=10 * c + i)
+    return root
+
+
+@pytest.fixture
+def fake_cub(tmp_path: Path) -> Path:
+    """CUB-200-2011's published layout with 200 classes of 2 images each (tiny JPEGs)."""
+    root = tmp_path / "CUB_200_2011"
+    lines, labels = [], []
+    rng = np.random.default_rng(0)
+    for c in range(1, 201):
+        for j in range(2):
+            i = len(lines) + 1
+            rel = f"{c:03d}.Bird_{c}/Bird_{c}_{j}.jpg"
+            write_image(root / "images" / rel, tuple(int(v) for v in rng.integers(0, 255, 3)), size=16, seed=i)
+            lines.append(f"{i} {rel}")
+            labels.append(f"{i} {c}")
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    return root

@@ -1,0 +1,35 @@
+"""Every experiment config composes and runs a tiny fast-dev-run (a new experiment is smoke-tested for free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from lookalike.config import config_dir
+from lookalike.train import run
+from tests.conftest import TINY_MODEL, compose_config
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+
+
+def test_there_are_experiments() -> None:
+    assert "triplet_resnet" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_on_tiny_data(experiment: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cfg = compose_config([f"experiment={experiment}"])
+    source = cfg.data.source._target_.rsplit(".", 1)[-1]
+    roots = {"cub200": "fake_cub", "image_folder": "image_folder", "synthetic_products": "data_cache"}
+    root = request.getfixturevalue(roots[source])
+    cfg = compose_config([f"experiment={experiment}", *TINY_MODEL, f"data.root={root}", "data.num_workers=0",
+                          "data.batch_size=8", "data.eval_batch_size=16", "logger=none", "eval.baseline=false",
+                          "eval.before=false", "+trainer.fast_dev_run=1", "trainer.accelerator=cpu",
+                          "trainer.precision=32-true", f"paths.output_dir={tmp_path}"])
+    with open_dict(cfg):
+        if "num_train_products" in cfg.data.source:
+            cfg.data.source.update(num_train_products=10, num_test_products=5, photos_per_product=3, image_size=40)
+    report = run(cfg)
+    assert 0.0 <= report["test"]["after training"]["recall@1"] <= 1.0

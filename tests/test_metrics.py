@@ -1,0 +1,83 @@
+"""Retrieval metrics against a brute-force reference and pytorch-metric-learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from lookalike.retrieval.knn import knn
+from lookalike.retrieval.metrics import retrieval_metrics
+
+
+def brute_force(emb: np.ndarray, labels: np.ndarray, q: np.ndarray, g: np.ndarray, ks) -> dict:
+    """The definitions, one query at a time (stable order among equal similarities)."""
+    out = {f"recall@{k}": [] for k in ks} | {"precision@1": [], "r_precision": [], "map@r": []}
+    for i in np.flatnonzero(q):
+        cand = [j for j in np.flatnonzero(g) if j != i]
+        sims = emb[cand] @ emb[i]
+        order = [cand[j] for j in np.argsort(-sims, kind="stable")]
+        rel = labels[order] == labels[i]
+        r = int(rel.sum())
+        if r == 0:
+            continue
+        for k in ks:
+            out[f"recall@{k}"].append(rel[:k].any())
+        out["precision@1"].append(rel[0])
+        out["r_precision"].append(rel[:r].mean())
+        prec = np.cumsum(rel[:r]) / np.arange(1, r + 1)
+        out["map@r"].append((prec * rel[:r]).sum() / r)
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+@pytest.fixture
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, 200)
+    emb = rng.normal(size=(200, 8)) + labels[:, None] * 0.3
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb.astype(np.float32), labels
+
+
+def test_leave_one_out_matches_brute_force_and_pml(data) -> None:
+    emb, labels = data
+    ks = (1, 2, 4, 8)
+    ours = retrieval_metrics(emb, labels, ks=ks)
+    ref = brute_force(emb, labels, np.ones(200, bool), np.ones(200, bool), ks)
+    for k, v in ref.items():
+        assert ours[k] == pytest.approx(v, abs=1e-6), k
+    pml = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                             k="max_bin_count").get_accuracy(emb, labels)
+    assert ours["precision@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
+    assert ours["r_precision"] == pytest.approx(pml["r_precision"], abs=1e-6)
+    assert ours["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
+
+
+def test_query_gallery_protocol_matches_brute_force(data) -> None:
+    emb, labels = data
+    q = np.arange(200) % 3 == 0
+    ours = retrieval_metrics(emb, labels, q, ~q, ks=(1, 4))
+    ref = brute_force(emb, labels, q, ~q, (1, 4))
+    for k, v in ref.items():
+        assert ours[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_identical_embeddings_never_retrieve_themselves() -> None:
+    emb = np.ones((4, 3), np.float32) / np.sqrt(3)
+    labels = np.array([0, 1, 2, 0])
+    m = retrieval_metrics(emb, labels, ks=(1,))
+    # 0 and 3 each have one relevant item; 1 and 2 have none and are left out and counted
+    assert m["queries"] == 2 and m["queries_without_relevant"] == 2
+    _, idx = knn(torch.tensor(emb), torch.tensor(emb), 3, exclude=torch.arange(4))
+    assert all(i not in row for i, row in enumerate(idx.tolist()))
+
+
+def test_perfect_and_chunked_search() -> None:
+    labels = np.repeat(np.arange(5), 4)
+    emb = np.eye(5, dtype=np.float32)[labels]
+    assert retrieval_metrics(emb, labels)["map@r"] == pytest.approx(1.0)
+    x = torch.nn.functional.normalize(torch.randn(50, 6), dim=1)
+    s1, i1 = knn(x, x, 5)
+    s2, i2 = knn(x, x, 5, chunk_size=7)
+    assert torch.equal(i1, i2) and torch.allclose(s1, s2)
