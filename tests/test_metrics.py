@@ -7,8 +7,8 @@ import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from lookalike.retrieval.knn import knn
-from lookalike.retrieval.metrics import retrieval_metrics
+from lookalike.retrieval.knn import faiss_num_gpus, knn, resolve_backend
+from lookalike.retrieval.metrics import clustering_nmi, normalized_mutual_information, retrieval_metrics
 
 
 def brute_force(emb: np.ndarray, labels: np.ndarray, q: np.ndarray, g: np.ndarray, ks) -> dict:
@@ -81,3 +81,53 @@ def test_perfect_and_chunked_search() -> None:
     s1, i1 = knn(x, x, 5)
     s2, i2 = knn(x, x, 5, chunk_size=7)
     assert torch.equal(i1, i2) and torch.allclose(s1, s2)
+
+
+def test_query_gallery_matches_pml(data) -> None:
+    emb, labels = data
+    q = np.arange(200) % 4 == 0
+    ours = retrieval_metrics(emb, labels, q, ~q)
+    pml = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                             k="max_bin_count").get_accuracy(emb[q], labels[q], emb[~q], labels[~q], False)
+    assert ours["precision@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
+    assert ours["r_precision"] == pytest.approx(pml["r_precision"], abs=1e-6)
+    assert ours["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
+
+
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_faiss_and_torch_backends_return_the_same_neighbours(with_exclude: bool) -> None:
+    x = torch.nn.functional.normalize(torch.randn(300, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    exclude = torch.arange(300) if with_exclude else None
+    s_t, i_t = knn(x, x, 10, exclude=exclude, backend="torch")
+    s_f, i_f = knn(x, x, 10, exclude=exclude, backend="faiss")
+    assert torch.equal(i_t, i_f)
+    torch.testing.assert_close(s_t, s_f, atol=1e-5, rtol=0)
+    assert resolve_backend("auto", torch.device("cpu")) == "faiss"
+    assert resolve_backend("auto", torch.device("cuda")) == ("faiss" if faiss_num_gpus() else "torch")
+
+
+def test_every_backend_gives_the_same_metrics_with_ties(data) -> None:
+    emb, labels = data
+    emb = emb.copy()
+    emb[labels == 3] = emb[labels == 3][0]  # identical embeddings: ties, and queries equal to others
+    emb[labels == 5] = emb[labels == 7][0]  # ties across classes
+    ref = brute_force(emb, labels, np.ones(200, bool), np.ones(200, bool), (1, 2, 4))
+    for backend in ("torch", "faiss"):
+        ours = retrieval_metrics(emb, labels, ks=(1, 2, 4), backend=backend)
+        # among equal similarities the order is arbitrary; metrics may differ only there
+        assert ours["recall@4"] == pytest.approx(ref["recall@4"], abs=0.02), backend
+        assert ours["map@r"] == pytest.approx(ref["map@r"], abs=0.02), backend
+    approx = retrieval_metrics(emb, labels, backend="faiss", factory="HNSW32", search_params="efSearch=256")
+    assert approx["map@r"] == pytest.approx(ref["map@r"], abs=0.03)
+
+
+def test_nmi_matches_scikit_learn_and_clusters() -> None:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 6, 500), rng.integers(0, 4, 500)
+    assert normalized_mutual_information(a, b) == pytest.approx(normalized_mutual_info_score(b, a), abs=1e-9)
+    labels = np.repeat(np.arange(5), 40)
+    centers = np.eye(16, dtype=np.float32)[:5]
+    x = centers[labels] + rng.normal(0, 0.05, (200, 16)).astype(np.float32)
+    assert clustering_nmi(x, labels) > 0.95

@@ -1,23 +1,36 @@
-"""The ``lookalike`` command."""
+"""The ``lookalike`` command: ``lookalike train|evaluate [Hydra overrides]``."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+USAGE = """usage: lookalike COMMAND [key=value ...]
+
+commands:
+  train       train an embedder (same overrides as `python train.py`; conf/train.yaml)
+  evaluate    embed a split with a checkpoint and report recall@k / MAP@R (conf/eval.yaml):
+              lookalike evaluate ckpt=runs/.../best.ckpt [data=...] [index=hnsw] [--save-embeddings]
+"""
+
+# flags accepted for convenience, as the Hydra overrides they stand for
+FLAGS = {"--save-embeddings": "save_embeddings=true", "--nmi": "nmi=true"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``lookalike train [hydra overrides]``."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train an embedder (same overrides as `python train.py`)", add_help=False)
-    args, rest = parser.parse_known_args(argv[:1])
-    if args.command == "train":
-        from lookalike.train import main as train_main
-
-        sys.argv = ["lookalike train", *argv[1:]]
-        train_main()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
+    if command == "train":
+        from lookalike.train import main as entry
+    elif command == "evaluate":
+        from lookalike.evaluate import main as entry
+    else:
+        print(f"lookalike: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"lookalike {command}", *rest]
+    entry()
 
 
 if __name__ == "__main__":

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from lookalike.config import config_dir
+from lookalike.config import hydra_main
 from lookalike.data.datamodule import RetrievalDataModule
-from lookalike.errors import LookalikeError
 from lookalike.models.lit_embedder import LitEmbedder, build
 from lookalike.retrieval import embed, retrieval_metrics
 
@@ -73,10 +70,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     rows: dict[str, dict[str, float]] = {}
     if cfg.eval.baseline and trainer.is_global_zero:
-        data = embed(lambda x: F.normalize(module.embedder.features(x), dim=-1), datamodule.test_dataloader(),
-                     device=trainer.strategy.root_device, desc="pretrained features")
+        loader = datamodule.eval_dataloader(datamodule.test_table, distributed=False)
+        device = trainer.strategy.root_device
+        features = module.embedder.to(device).eval()
+        data = embed(lambda x: F.normalize(features.features(x), dim=-1), loader, device=device,
+                     desc="pretrained features")
         rows["backbone pooled features (no training)"] = retrieval_metrics(
-            data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks)
+            data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks, **cfg.index)
     if cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
@@ -100,14 +100,5 @@ def _best_score(trainer: L.Trainer) -> float | None:
 
 
 def main() -> None:
-    """``python train.py [overrides]``: Hydra entry point; user errors end with one clear message."""
-
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-    def _main(cfg: DictConfig) -> float | None:
-        try:
-            return run(cfg)["best_val_recall@1"]
-        except LookalikeError as e:
-            print(f"lookalike: error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    _main()
+    """``python train.py [overrides]``; returns the best validation recall@1 (for sweepers)."""
+    hydra_main("train", lambda cfg: run(cfg)["best_val_recall@1"])

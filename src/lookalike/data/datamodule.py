@@ -5,13 +5,20 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from lookalike.data.images import ImageDataset
 from lookalike.data.table import ImageTable, Splits, split_off_classes
 from lookalike.data.transforms import eval_transform, train_transform
 from lookalike.errors import LookalikeError
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -52,6 +59,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.preprocessing = preprocessing
         self.sampler = sampler
         self.augment = augment
+        self.seed = seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.loader_args = dict(
@@ -79,15 +87,21 @@ class RetrievalDataModule(L.LightningDataModule):
             ) from e
 
     def train_dataloader(self) -> DataLoader:
+        rank, world = _rank_and_world()
+        if world > 1:  # PML samplers draw from numpy's global RNG: give each process its own batches
+            np.random.seed(self.seed + rank)
         dataset = ImageDataset(self.train_table, train_transform(self.augment, self.preprocessing))
         sampler = self._pk_sampler()
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
                           drop_last=True, **self.loader_args)
 
-    def eval_dataloader(self, table: ImageTable) -> DataLoader:
-        """A plain, ordered loader over any table with the evaluation transform."""
+    def eval_dataloader(self, table: ImageTable, distributed: bool = True) -> DataLoader:
+        """An ordered loader over any table with the evaluation transform; under DDP each process
+        gets its shard (padded with repeats, which the metrics drop by row index)."""
         dataset = ImageDataset(table, eval_transform(self.preprocessing))
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **self.loader_args)
+        rank, world = _rank_and_world()
+        sampler = DistributedSampler(dataset, world, rank, shuffle=False) if distributed and world > 1 else None
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **self.loader_args)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.val_table)

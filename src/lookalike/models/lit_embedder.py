@@ -52,6 +52,7 @@ class LitEmbedder(L.LightningModule):
         self.miner = build(cfg.miner, "the miner (miner=...)") if has_miner else None
         self.optim_cfg = cfg.optim
         self.ks = tuple(cfg.get("eval", {}).get("ks", DEFAULT_KS))
+        self.index_cfg = dict(cfg.get("index") or {"backend": "torch"})
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
 
     # -- training ------------------------------------------------------------------------------
@@ -135,7 +136,8 @@ class LitEmbedder(L.LightningModule):
             first = torch.ones_like(idx, dtype=torch.bool)
             first[1:] = idx[1:] != idx[:-1]
             data = {k: v[order[first]] for k, v in data.items()}
-        metrics = retrieval_metrics(data["embeddings"], data["label"], data["is_query"], data["is_gallery"], self.ks)
+        metrics = retrieval_metrics(data["embeddings"], data["label"], data["is_query"], data["is_gallery"], self.ks,
+                                    **self.index_cfg)
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

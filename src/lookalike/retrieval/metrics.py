@@ -1,21 +1,89 @@
-"""Retrieval metrics: recall@k, precision@1, R-precision and MAP@R (Musgrave et al., 2020).
+"""Retrieval metrics: recall@k, precision@1, R-precision and MAP@R (Musgrave et al., 2020), NMI.
 
-One function serves both protocols: rows that are both query and gallery retrieve every other
-gallery row (leave-one-out; a query never retrieves itself, even among identical embeddings);
-rows with separate roles give the query/gallery protocol. Queries with no relevant gallery item
-are left out and counted.
+One protocol mechanism serves both standard set-ups: rows that are both query and gallery
+retrieve every other gallery row (leave-one-out; a query never retrieves itself, even among
+identical embeddings); rows with separate roles give the query/gallery protocol. Queries with no
+relevant gallery item are left out and counted.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from lookalike.retrieval.knn import knn
+from lookalike.retrieval.knn import faiss_module, knn
 
 DEFAULT_KS = (1, 2, 4, 8)
+
+
+@dataclass
+class Neighbors:
+    """The search result of every valid query, as row numbers of the evaluated table."""
+
+    queries: torch.Tensor  # [q] rows of the queries that have at least one relevant item
+    retrieved: torch.Tensor  # [q, k] rows of the retrieved gallery items, best first
+    similarities: torch.Tensor  # [q, k]
+    hits: torch.Tensor  # [q, k] bool: retrieved item has the query's label
+    relevant: torch.Tensor  # [q] number of relevant gallery items
+    skipped: int  # queries without any relevant gallery item
+
+
+def search(
+    embeddings: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    is_query: torch.Tensor | np.ndarray | None = None,
+    is_gallery: torch.Tensor | np.ndarray | None = None,
+    k: int = max(DEFAULT_KS),
+    backend: str = "torch",
+    factory: str = "Flat",
+    search_params: str = "",
+) -> Neighbors:
+    """Retrieve, for every query, ``max(k, R)`` gallery items (R: its number of relevant items)."""
+    emb = torch.as_tensor(embeddings).float()
+    dev = emb.device
+    labels = torch.as_tensor(labels).to(dev)
+    n = len(labels)
+    is_query = torch.ones(n, dtype=torch.bool) if is_query is None else torch.as_tensor(is_query, dtype=torch.bool)
+    is_gallery = torch.ones(n, dtype=torch.bool) if is_gallery is None else torch.as_tensor(is_gallery, dtype=torch.bool)
+    q_rows = torch.nonzero(is_query).squeeze(1).to(dev)
+    g_rows = torch.nonzero(is_gallery).squeeze(1).to(dev)
+
+    gallery_pos = torch.full((n,), -1, dtype=torch.long, device=dev)  # a query's own place in the gallery
+    gallery_pos[g_rows] = torch.arange(len(g_rows), device=dev)
+    exclude = gallery_pos[q_rows]
+    g_labels = labels[g_rows]
+    classes, counts = torch.unique(g_labels, return_counts=True)
+    q_labels = labels[q_rows]
+    where = torch.searchsorted(classes, q_labels).clamp(max=max(0, len(classes) - 1))
+    relevant = torch.where(classes[where] == q_labels, counts[where], 0) - (exclude >= 0).long()
+    valid = relevant > 0
+    q_rows, exclude, q_labels, relevant = q_rows[valid], exclude[valid], q_labels[valid], relevant[valid]
+    k_max = int(max(k, int(relevant.max()) if len(relevant) else 0))
+    sims, nn = knn(emb[q_rows], emb[g_rows], k_max, exclude=exclude, backend=backend, factory=factory,
+                   search_params=search_params)
+    nn = nn.to(dev)
+    return Neighbors(q_rows, g_rows[nn], sims, g_labels[nn] == q_labels[:, None], relevant, int((~valid).sum()))
+
+
+def metrics_from_neighbors(nb: Neighbors, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """recall@k, precision@1, R-precision and MAP@R averaged over the valid queries."""
+    out = {"queries": float(len(nb.queries)), "queries_without_relevant": float(nb.skipped)}
+    if len(nb.queries) == 0:
+        return out
+    hits = nb.hits.double()
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float64)
+    r = nb.relevant.double()
+    within_r = ranks[None, :] <= r[:, None]
+    precision_at_i = hits.cumsum(1) / ranks[None, :]
+    for k in ks:
+        out[f"recall@{k}"] = hits[:, :k].amax(1).mean().item()
+    out["precision@1"] = hits[:, 0].mean().item()
+    out["r_precision"] = ((hits * within_r).sum(1) / r).mean().item()
+    out["map@r"] = ((precision_at_i * hits * within_r).sum(1) / r).mean().item()
+    return out
 
 
 def retrieval_metrics(
@@ -24,42 +92,33 @@ def retrieval_metrics(
     is_query: torch.Tensor | np.ndarray | None = None,
     is_gallery: torch.Tensor | np.ndarray | None = None,
     ks: Sequence[int] = DEFAULT_KS,
+    backend: str = "torch",
+    factory: str = "Flat",
+    search_params: str = "",
 ) -> dict[str, float]:
     """Metrics of retrieving same-label gallery items for every query, by cosine similarity."""
-    emb = torch.as_tensor(embeddings).float()
-    labels = torch.as_tensor(labels).to(emb.device)
-    n = len(labels)
-    is_query = torch.ones(n, dtype=torch.bool) if is_query is None else torch.as_tensor(is_query, dtype=torch.bool)
-    is_gallery = torch.ones(n, dtype=torch.bool) if is_gallery is None else torch.as_tensor(is_gallery, dtype=torch.bool)
-    q_rows = torch.nonzero(is_query).squeeze(1).to(emb.device)
-    g_rows = torch.nonzero(is_gallery).squeeze(1).to(emb.device)
+    nb = search(embeddings, labels, is_query, is_gallery, max(ks), backend, factory, search_params)
+    return metrics_from_neighbors(nb, ks)
 
-    # position of each query in the gallery (-1 if it is not there) and its number of relevant items
-    gallery_pos = torch.full((n,), -1, dtype=torch.long, device=emb.device)
-    gallery_pos[g_rows] = torch.arange(len(g_rows), device=emb.device)
-    exclude = gallery_pos[q_rows]
-    g_labels = labels[g_rows]
-    classes, g_counts = torch.unique(g_labels, return_counts=True)
-    q_labels = labels[q_rows]
-    where = torch.searchsorted(classes, q_labels).clamp(max=len(classes) - 1)
-    relevant = torch.where(classes[where] == q_labels, g_counts[where], 0) - (exclude >= 0).long()
-    valid = relevant > 0
-    q_rows, exclude, q_labels, relevant = q_rows[valid], exclude[valid], q_labels[valid], relevant[valid]
-    if len(q_rows) == 0:
-        return {"queries": 0.0, "queries_without_relevant": float((~valid).sum())}
 
-    k_max = int(max(max(ks), int(relevant.max())))
-    _, nn = knn(emb[q_rows], emb[g_rows], k_max, exclude=exclude if bool((exclude >= 0).any()) else None)
-    hits = (g_labels[nn] == q_labels[:, None]).float()  # [queries, k_max], best first
-    ranks = torch.arange(1, hits.shape[1] + 1, device=emb.device)
-    within_r = (ranks[None, :] <= relevant[:, None]).float()
-    precision_at_i = hits.cumsum(1) / ranks[None, :]
-    r = relevant.float()
+def normalized_mutual_information(assigned: np.ndarray, labels: np.ndarray) -> float:
+    """NMI (arithmetic-mean normalisation) of two labellings."""
+    _, a = np.unique(assigned, return_inverse=True)
+    _, b = np.unique(labels, return_inverse=True)
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1)
+    joint /= joint.sum()
+    pa, pb = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mi = (joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum()
+    ha, hb = -(pa * np.log(pa)).sum(), -(pb * np.log(pb)).sum()
+    return float(2 * mi / (ha + hb)) if ha + hb > 0 else 1.0
 
-    out = {f"recall@{k}": hits[:, :k].amax(1).mean().item() for k in ks}
-    out["precision@1"] = hits[:, 0].mean().item()
-    out["r_precision"] = ((hits * within_r).sum(1) / r).mean().item()
-    out["map@r"] = ((precision_at_i * hits * within_r).sum(1) / r).mean().item()
-    out["queries"] = float(len(q_rows))
-    out["queries_without_relevant"] = float((~valid).sum())
-    return out
+
+def clustering_nmi(embeddings: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, seed: int = 0) -> float:
+    """NMI between the classes and a FAISS k-means of the embeddings into as many clusters."""
+    x = np.ascontiguousarray(torch.as_tensor(embeddings).float().cpu().numpy())
+    y = torch.as_tensor(labels).cpu().numpy()
+    kmeans = faiss_module().Kmeans(x.shape[1], len(np.unique(y)), niter=20, seed=seed, spherical=True)
+    kmeans.train(x)
+    return normalized_mutual_information(kmeans.index.search(x, 1)[1][:, 0], y)

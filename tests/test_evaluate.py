@@ -1,0 +1,99 @@
+"""`lookalike evaluate`: metrics from a checkpoint, files it writes, clear errors, DDP gathering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from lookalike.errors import LookalikeError
+from lookalike.evaluate import evaluate, load_checkpoint
+from lookalike.train import run
+from tests.conftest import compose_config, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny training run shared by the tests here: its report and checkpoint."""
+    base = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(tiny_overrides(base / "cache", base / "run") + ["logger=none"])
+    return run(cfg) | {"cache": base / "cache"}
+
+
+def _eval_cfg(ckpt: str, out: Path, *extra: str):
+    return compose_config([f"ckpt={ckpt}", f"paths.output_dir={out}", "num_workers=0", *extra], name="eval")
+
+
+def test_evaluate_reproduces_the_training_test_metrics_and_writes_files(trained: dict, tmp_path: Path) -> None:
+    report = evaluate(_eval_cfg(trained["best_checkpoint"], tmp_path, "save_embeddings=true", "nmi=true",
+                                "grid.queries=4", "grid.k=3"))
+    after = trained["test"]["after training (best checkpoint)"]
+    for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision"):
+        assert report["metrics"][key] == pytest.approx(after[key], abs=1e-6), key
+    assert 0 <= report["metrics"]["nmi"] <= 1 and "recall@32" in report["metrics"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"]["map@r"] == report["metrics"]["map@r"]
+    import numpy as np
+
+    emb = np.load(tmp_path / "embeddings.npy")
+    assert emb.shape == (report["metrics"]["queries"], 16)
+    assert len((tmp_path / "items.csv").read_text().splitlines()) == len(emb) + 1
+    grid = Image.open(tmp_path / "retrieval_grid.png")
+    assert grid.width > 3 * 112 and grid.height >= 4 * 112
+
+
+def test_evaluate_with_an_approximate_index_and_the_validation_split(trained: dict, tmp_path: Path) -> None:
+    report = evaluate(_eval_cfg(trained["best_checkpoint"], tmp_path, "index=hnsw", "split=val", "grid.queries=0"))
+    assert report["split"] == "val" and report["metrics"]["queries"] > 0
+    assert not (tmp_path / "retrieval_grid.png").exists()
+
+
+def test_bad_checkpoints_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(LookalikeError, match="No checkpoint"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    with pytest.raises(LookalikeError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.ckpt")
+    with pytest.raises(LookalikeError, match="not a lookalike training checkpoint"):
+        load_checkpoint(tmp_path / "foreign.ckpt")
+
+
+@pytest.mark.slow
+def test_lookalike_evaluate_command(trained: dict, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "lookalike.cli", "evaluate", f"ckpt={trained['best_checkpoint']}",
+                           f"hydra.run.dir={tmp_path}", "num_workers=0", "--save-embeddings"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "map@r" in done.stdout and "retrieval_grid.png" in done.stdout
+    assert (tmp_path / "embeddings.npy").is_file() and (tmp_path / "retrieval_grid.png").is_file()
+    bad = subprocess.run([sys.executable, "-m", "lookalike.cli", "evaluate", f"ckpt={tmp_path / 'none.ckpt'}",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "No checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_ddp_validation_gathers_all_ranks(data_cache: Path, tmp_path: Path) -> None:
+    """2 CPU processes (gloo): the gathered test metrics equal a single-process evaluation of the checkpoint.
+
+    The test split (5 classes x 4 images = 20 rows, eval batch 6) does not divide evenly, so the
+    distributed sampler pads with repeated rows, which the gathering must drop."""
+    run_dir = tmp_path / "ddp"
+    args = [a for a in tiny_overrides(data_cache, run_dir) if not a.startswith("paths.output_dir")]
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "train.py"), *args,
+                           f"hydra.run.dir={run_dir}", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+                           "data.eval_batch_size=6", "data.source.num_test_products=5", "data.source.photos_per_product=3",
+                           "trainer.sync_batchnorm=false"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run_dir / "metrics.json").read_text())
+    gathered = report["test"]["after training (best checkpoint)"]
+    single = evaluate(_eval_cfg(report["best_checkpoint"], tmp_path / "single", "grid.queries=0", "ks=[1,2,4,8]"))
+    assert gathered["queries"] == single["metrics"]["queries"] == 20
+    for key in ("recall@1", "recall@4", "map@r"):
+        assert gathered[key] == pytest.approx(single["metrics"][key], abs=1e-6), key
