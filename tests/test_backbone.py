@@ -89,3 +89,14 @@ def test_unknown_backbone_and_pool_are_explained() -> None:
         bb.create_backbone("resnet5000")
     with pytest.raises(LookalikeError, match="pool"):
         bb.create_backbone("test_resnet", pretrained=False, pool="median")
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_lite1_and_lite2_offline_weights(name: str) -> None:
+    """The `offline-weights` extra (installed with `dev`) maps Lite1/Lite2 the same way."""
+    path = bb.offline_weights_file(name)
+    assert path is not None, f"install the offline-weights extra for {name}"
+    model = timm.create_model(name)
+    bb.load_offline_weights(model, name)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(source.values(), model.state_dict().values()))

@@ -49,7 +49,7 @@ def test_image_folder_split_by_share_and_by_names(image_folder: Path) -> None:
     assert set(s.train.labels).isdisjoint(s.test.labels)
     s = read_split(image_folder, train_classes=["class_0", "class_5"], test_classes=["class_2"])
     assert sorted(set(s.train.labels)) == [0, 5] and set(s.test.labels) == {2}
-    with pytest.raises(LookalikeError, match="not sub-folders"):
+    with pytest.raises(LookalikeError, match="not in the data set"):
         read_split(image_folder, train_classes=["nope"])
 
 

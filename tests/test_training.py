@@ -72,7 +72,7 @@ def separable(tmp_path: Path) -> Path:
 def test_loss_falls_and_recall_rises_on_a_separable_set(separable: Path, tmp_path: Path) -> None:
     """A randomly initialised tiny model learns the stripe classes within a few dozen steps."""
     cfg = compose_config(TINY_MODEL + ["data=image_folder", f"data.root={separable}",
-                                       "data.batch_size=16", "data.num_workers=0", "augment=none", "miner=none",
+                                       "data.batch_size=16", "data.num_workers=0", "augment=eval", "miner=none",
                                        "optim.lr.backbone=1e-3", "optim.lr.head=1e-2", "optim.freeze_bn=false",
                                        f"paths.output_dir={tmp_path}", "seed=0"])
     L.seed_everything(0)

@@ -10,6 +10,11 @@ commands:
   train       train an embedder (same overrides as `python train.py`; conf/train.yaml)
   evaluate    embed a split with a checkpoint and report recall@k / MAP@R (conf/eval.yaml):
               lookalike evaluate ckpt=runs/.../best.ckpt [data=...] [index=hnsw] [--save-embeddings]
+  download    fetch, verify and unpack a benchmark (resumable):
+              lookalike download cub200|cars196|sop|inshop --root DIR
+  augment-preview
+              write a PNG of training images under an augmentation (conf/train.yaml):
+              lookalike augment-preview augment=photo [data=... data.root=...] [preview.out=grid.png]
 """
 
 # flags accepted for convenience, as the Hydra overrides they stand for
@@ -22,10 +27,22 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
+    if command == "download":
+        from lookalike.data.download import main as download
+        from lookalike.errors import LookalikeError
+
+        try:
+            download(rest)
+        except LookalikeError as e:
+            print(f"lookalike: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
     if command == "train":
         from lookalike.train import main as entry
     elif command == "evaluate":
         from lookalike.evaluate import main as entry
+    elif command == "augment-preview":
+        from lookalike.data.preview import main as entry
     else:
         print(f"lookalike: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

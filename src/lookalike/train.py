@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from lookalike.config import hydra_main
+from lookalike.data.cache import resized_splits
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.models.lit_embedder import LitEmbedder, build
 from lookalike.retrieval import embed, retrieval_metrics
@@ -21,9 +22,12 @@ REPORT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 
 def build_datamodule(cfg: DictConfig, preprocessing: dict | None = None) -> RetrievalDataModule:
     """The data source's splits wrapped in a DataModule with the configured sampler and augmentation."""
-    options = {k: v for k, v in cfg.data.items() if k not in ("root", "source")}
+    options = {k: v for k, v in cfg.data.items() if k not in ("root", "source", "resize_cache")}
+    splits = build(cfg.data.source, "the data set (data=...)")
+    if cfg.data.get("resize_cache"):
+        splits = resized_splits(splits, int(cfg.data.resize_cache), cfg.paths.cache_dir)
     return RetrievalDataModule(
-        splits=build(cfg.data.source, "the data set (data=...)"),
+        splits=splits,
         preprocessing=preprocessing,
         sampler=build(cfg.sampler, "the sampler (sampler=...)") if cfg.get("sampler") else None,
         augment=build(cfg.augment, "the augmentation (augment=...)") if cfg.get("augment") else None,

@@ -7,14 +7,13 @@ from typing import Sequence
 
 import numpy as np
 
-from lookalike.data.table import ImageTable, Splits, missing_data, resolve_root
-from lookalike.errors import LookalikeError
+from lookalike.data.table import ImageTable, Splits, missing_data, resolve_root, split_classes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 LAYOUT = """  ROOT/<class_a>/<image>.jpg
   ROOT/<class_b>/<image>.png
-  ... (one sub-folder per class; classes are split into train and test by name order)"""
+  ... (one sub-folder per class; classes are split into train and test in name order)"""
 
 
 def read_image_folder(root: str | Path) -> ImageTable:
@@ -33,28 +32,8 @@ def read_image_folder(root: str | Path) -> ImageTable:
 
 def image_folder(
     root: str | Path,
-    train_classes: float | Sequence[str] = 0.5,
+    train_classes: float | int | Sequence[str] = 0.5,
     test_classes: Sequence[str] | None = None,
 ) -> Splits:
-    """Split an image folder by class (zero-shot protocol).
-
-    ``train_classes`` is either the share of classes (in name order) used for training, the rest
-    being test classes, or an explicit list of class-folder names; ``test_classes`` then defaults
-    to all other classes.
-    """
-    table = read_image_folder(root)
-    names = table.class_names or []
-    if isinstance(train_classes, (int, float)):
-        n_train = int(round(len(names) * float(train_classes)))
-        train_names, rest = names[:n_train], names[n_train:]
-    else:
-        train_names, rest = list(train_classes), [n for n in names if n not in set(train_classes)]
-    test_names = list(test_classes) if test_classes is not None else rest
-    unknown = sorted(set(train_names + test_names) - set(names))
-    if unknown:
-        raise LookalikeError(f"Classes {unknown} are not sub-folders of {root}; it has {names}")
-    index = {n: i for i, n in enumerate(names)}
-    return Splits(
-        train=table.with_classes([index[n] for n in train_names]),
-        test=table.with_classes([index[n] for n in test_names]),
-    )
+    """Split an image folder by class (zero-shot protocol); see :func:`split_classes`."""
+    return split_classes(read_image_folder(root), train_classes, test_classes)

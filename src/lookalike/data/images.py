@@ -21,6 +21,10 @@ def load_rgb(path: str) -> np.ndarray:
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grayscale: rescale, not clip
+                arr = np.asarray(im, dtype=np.float32)
+                top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                return np.repeat((arr * (255.0 / top)).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise LookalikeError(f"Cannot read image '{path}': {e}") from e
@@ -38,8 +42,12 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         t = self.table
+        image = load_rgb(t.paths[i])
+        if t.boxes is not None:
+            x, y, w, h = (int(round(v)) for v in t.boxes[i])
+            image = image[max(0, y):y + max(1, h), max(0, x):x + max(1, w)]
         return {
-            "image": self.transform(image=load_rgb(t.paths[i]))["image"],
+            "image": self.transform(image=image)["image"],
             "label": int(t.labels[i]),
             "index": i,
             "is_query": bool(t.is_query[i]),

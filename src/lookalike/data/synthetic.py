@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from lookalike.data.augment import random_background
 from lookalike.data.table import ImageTable, Splits
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _SUPERSAMPLE = 3
 
 _METALS = [(200, 200, 205), (212, 175, 55), (183, 110, 121), (40, 40, 45), (90, 92, 100), (30, 60, 140)]
@@ -198,39 +199,13 @@ def catalogue_picture(w: Watch, size: int) -> Image.Image:
     return out
 
 
-def _background(size: int, rng: np.random.Generator) -> Image.Image:
-    kind = int(rng.integers(5))
-    base = rng.integers(0, 256, 3)
-    if kind == 0:  # plain surface
-        arr = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
-    elif kind == 1:  # gradient
-        other = rng.integers(0, 256, 3)
-        t = np.linspace(0, 1, size)[:, None, None]
-        arr = np.broadcast_to(base * (1 - t) + other * t, (size, size, 3)).astype(np.float32)
-    elif kind == 2:  # mottled texture (fabric, stone)
-        noise = rng.normal(0, 1, (size // 8 + 1, size // 8 + 1, 3))
-        noise = np.asarray(Image.fromarray(((noise * 40) + 128).clip(0, 255).astype(np.uint8)).resize(
-            (size, size), Image.BICUBIC), np.float32) - 128
-        arr = base + noise
-    elif kind == 3:  # wood-like stripes
-        y = np.arange(size)[:, None]
-        stripes = np.sin(y / rng.uniform(2, 8) + rng.normal(0, 0.8, (1, size)).cumsum(1) * 0.05)
-        arr = base[None, None, :] * (0.8 + 0.2 * stripes[..., None])
-    else:  # checked tablecloth
-        cell = int(rng.integers(6, 20))
-        yy, xx = np.mgrid[:size, :size]
-        check = ((yy // cell + xx // cell) % 2)[..., None]
-        arr = np.where(check, base, rng.integers(0, 256, 3)).astype(np.float32)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
 def product_photo(w: Watch, size: int, rng: np.random.Generator) -> Image.Image:
     """The product as a phone photo shows it: other background, light, angle, time, blur, noise."""
     watch = render_watch(w, size, rng.uniform(0, 12), rng.uniform(0, 60))
     scale = rng.uniform(0.65, 1.1)
     watch = watch.resize((int(size * scale),) * 2, Image.BICUBIC).rotate(
         rng.uniform(-45, 45), resample=Image.BICUBIC, expand=False)
-    out = _background(size, rng)
+    out = Image.fromarray(random_background(size, size, rng))
     off = (size - watch.width) // 2
     jitter = rng.integers(-size // 10, size // 10 + 1, 2)
     out.paste(watch, (int(off + jitter[0]), int(off + jitter[1])), watch)

@@ -25,6 +25,7 @@ class ImageTable:
     is_query: np.ndarray = field(default=None)  # type: ignore[assignment]
     is_gallery: np.ndarray = field(default=None)  # type: ignore[assignment]
     class_names: list[str] | None = None
+    boxes: np.ndarray | None = None  # optional [N, 4] crop boxes (x, y, width, height) in pixels
 
     def __post_init__(self) -> None:
         n = len(self.paths)
@@ -33,6 +34,8 @@ class ImageTable:
         self.is_gallery = np.ones(n, bool) if self.is_gallery is None else np.asarray(self.is_gallery, bool)
         if not (len(self.labels) == len(self.is_query) == len(self.is_gallery) == n):
             raise ValueError("paths, labels, is_query and is_gallery must have the same length")
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(n, 4)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,6 +53,7 @@ class ImageTable:
             self.is_query[idx],
             self.is_gallery[idx],
             self.class_names,
+            None if self.boxes is None else self.boxes[idx],
         )
 
     def with_classes(self, classes: Sequence[int]) -> ImageTable:
@@ -60,7 +64,7 @@ class ImageTable:
         """Same rows with labels mapped to 0..C-1 (what proxy and classification losses need)."""
         classes, labels = np.unique(self.labels, return_inverse=True)
         names = [self.class_names[c] for c in classes] if self.class_names else None
-        return ImageTable(self.paths, labels, self.is_query, self.is_gallery, names)
+        return ImageTable(self.paths, labels, self.is_query, self.is_gallery, names, self.boxes)
 
     def describe(self) -> str:
         """One line: counts and protocol."""
@@ -79,6 +83,31 @@ class Splits:
     train: ImageTable
     test: ImageTable
     val: ImageTable | None = None
+
+
+def split_classes(table: ImageTable, train_classes: float | int | Sequence[str] = 0.5,
+                  test_classes: Sequence[str] | None = None) -> Splits:
+    """Split a table into training and test classes, in class-name order (zero-shot protocol).
+
+    ``train_classes`` is a share of the classes (a float < 1), a number of classes (an int), or a
+    list of class names; ``test_classes`` defaults to every other class.
+    """
+    names = table.class_names or [str(c) for c in range(int(table.labels.max()) + 1)]
+    present = [names[c] for c in np.unique(table.labels)]
+    if isinstance(train_classes, (int, float)) and not isinstance(train_classes, bool):
+        n_train = int(train_classes) if train_classes >= 1 else int(round(len(present) * float(train_classes)))
+        train_names, rest = present[:n_train], present[n_train:]
+    else:
+        train_names = [str(n) for n in train_classes]
+        rest = [n for n in present if n not in set(train_names)]
+    test_names = [str(n) for n in test_classes] if test_classes is not None else rest
+    unknown = sorted(set(train_names + test_names) - set(present))
+    if unknown:
+        raise LookalikeError(f"Classes {unknown[:10]} are not in the data set; it has {present[:20]}"
+                             + (" ..." if len(present) > 20 else ""))
+    index = {n: i for i, n in enumerate(names)}
+    return Splits(train=table.with_classes([index[n] for n in train_names]),
+                  test=table.with_classes([index[n] for n in test_names]))
 
 
 def split_off_classes(table: ImageTable, fraction: float | int, seed: int) -> tuple[ImageTable, ImageTable]:

@@ -84,14 +84,15 @@ class FaissIndex:
         self.cpu_index.add(vectors)
         self._index = None
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, chunk_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids) of the top ``k``, best first; ids are -1 where fewer exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         index = self.index
         if self.use_gpu and k > FAISS_GPU_MAX_K:
             warnings.warn(f"FAISS on GPU caps k at {FAISS_GPU_MAX_K}; searching k={k} on the CPU")
             index = self.cpu_index
-        return index.search(queries, k)
+        parts = [index.search(queries[s:s + chunk_size], k) for s in range(0, len(queries), chunk_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _torch_knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude: torch.Tensor | None,

@@ -1,0 +1,124 @@
+"""Benchmark and manifest loaders, each on a tiny fake of its published layout built here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from lookalike.data.benchmarks import cars196, inshop, stanford_online_products
+from lookalike.data.cub import cub200
+from lookalike.data.images import ImageDataset
+from lookalike.data.manifest import manifest
+from lookalike.errors import LookalikeError
+from tests.conftest import write_image
+
+
+def _identity(image):
+    return {"image": image}
+
+
+def test_cub_crop_to_box(fake_cub: Path) -> None:
+    lines = [f"{i} 2 3 8 5" for i in range(1, 401)]
+    (fake_cub / "bounding_boxes.txt").write_text("\n".join(lines) + "\n")
+    s = cub200(fake_cub, crop_to_box=True)
+    assert s.train.boxes is not None and s.train.boxes.shape == (200, 4)
+    assert ImageDataset(s.train, _identity)[0]["image"].shape == (5, 8, 3)
+
+
+@pytest.fixture
+def fake_cars(tmp_path: Path) -> Path:
+    root = tmp_path / "cars196"
+    n = 196 * 2
+    dtype = [("relative_im_path", "O"), ("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"),
+             ("class", "O"), ("test", "O")]
+    annos = np.zeros((1, n), dtype=dtype)
+    for i in range(n):
+        rel = f"car_ims/{i + 1:06d}.jpg"
+        write_image(root / rel, (i % 255, 80, 160), size=16, seed=i)
+        annos[0, i] = (rel, 1, 2, 11, 9, i // 2 + 1, i % 2)
+    scipy.io.savemat(root / "cars_annos.mat", {"annotations": annos})
+    return root
+
+
+def test_cars196_standard_split_and_boxes(fake_cars: Path) -> None:
+    s = cars196(fake_cars, crop_to_box=True)
+    assert s.train.num_classes == 98 and s.test.num_classes == 98 and len(s.train) == 196
+    assert s.train.labels.max() == 97 and s.test.labels.min() == 98
+    assert s.train.boxes[0].tolist() == [1, 2, 10, 7]
+    assert ImageDataset(s.train, _identity)[0]["image"].shape == (7, 10, 3)
+
+
+def test_sop_layout(tmp_path: Path) -> None:
+    root = tmp_path / "Stanford_Online_Products"
+    for name, classes in (("Ebay_train.txt", (1, 2, 3)), ("Ebay_test.txt", (4, 5))):
+        lines = ["image_id class_id super_class_id path"]
+        for c in classes:
+            for j in range(2):
+                rel = f"bicycle_final/{c}_{j}.JPG"
+                write_image(root / rel, (c * 40, 10, 10), size=8)
+                lines.append(f"{len(lines)} {c} 1 {rel}")
+        (root / name).write_text("\n".join(lines) + "\n")
+    s = stanford_online_products(root)
+    assert s.train.num_classes == 3 and s.test.num_classes == 2 and len(s.test) == 4
+    assert Path(s.test.paths[0]).is_file() and s.test.is_query.all() and s.test.is_gallery.all()
+
+
+def test_inshop_query_gallery_protocol(tmp_path: Path) -> None:
+    root = tmp_path / "inshop"
+    rows = [("img/WOMEN/Dresses/id_00000001/01_1_front.jpg", "id_00000001", "train"),
+            ("img/WOMEN/Dresses/id_00000001/01_2_side.jpg", "id_00000001", "train"),
+            ("img/MEN/Shirts/id_00000007/01_1_front.jpg", "id_00000007", "query"),
+            ("img/MEN/Shirts/id_00000007/01_2_side.jpg", "id_00000007", "gallery"),
+            ("img/MEN/Shirts/id_00000009/01_1_front.jpg", "id_00000009", "gallery")]
+    for path, _, _ in rows:
+        write_image(root / path, (20, 20, 20), size=8)
+    text = [str(len(rows)), "image_name item_id evaluation_status"] + [" ".join(r) for r in rows]
+    (root / "list_eval_partition.txt").write_text("\n".join(text) + "\n")
+    s = inshop(root)
+    assert len(s.train) == 2 and s.train.is_query.all() and s.train.is_gallery.all()
+    assert s.test.is_query.tolist() == [True, False, False] and s.test.is_gallery.tolist() == [False, True, True]
+    assert s.test.describe().endswith("1 queries / 2 gallery")
+
+
+def _write_manifest(root: Path, header: str, rows: list[str]) -> Path:
+    for row in rows:
+        write_image(root / row.split(",")[0], (90, 90, 90), size=8)
+    (root / "catalog.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root / "catalog.csv"
+
+
+def test_manifest_with_split_and_roles(tmp_path: Path) -> None:
+    rows = [f"img/{sku}_{i}.jpg,SKU-{sku},{split},{role}"
+            for sku, split in (("a", "train"), ("b", "train"), ("c", "val"), ("d", "test"), ("e", "test"))
+            for i, role in enumerate(["gallery", "query", "query"])]
+    s = manifest(_write_manifest(tmp_path, "path,label,split,role", rows))
+    assert s.train.num_classes == 2 and s.val.num_classes == 1 and s.test.num_classes == 2
+    assert s.test.is_gallery.sum() == 2 and s.test.is_query.sum() == 4
+    assert s.test.class_names[int(s.test.labels[0])] == "SKU-d"  # text labels keep their names
+
+
+def test_manifest_without_split_is_split_by_class(tmp_path: Path) -> None:
+    rows = [f"img/{c}_{i}.jpg,{c}" for c in "abcd" for i in range(2)]
+    s = manifest(_write_manifest(tmp_path, "path,label", rows), train_classes=3)
+    assert s.train.num_classes == 3 and s.test.num_classes == 1
+
+
+def test_manifest_errors(tmp_path: Path) -> None:
+    with pytest.raises(LookalikeError, match="Manifest"):
+        manifest(tmp_path / "nope.csv")
+    (tmp_path / "m.csv").write_text("file,class\nx.jpg,1\n")
+    with pytest.raises(LookalikeError, match="columns path and label"):
+        manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path,label,split\nx.jpg,1,training\n")
+    with pytest.raises(LookalikeError, match="unknown split"):
+        manifest(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("loader", [cars196, stanford_online_products, inshop])
+def test_missing_benchmarks_name_path_and_layout(loader, tmp_path: Path) -> None:
+    with pytest.raises(LookalikeError) as e:
+        loader(tmp_path)
+    assert "data.root" in str(e.value) and str(tmp_path) in str(e.value)
