@@ -12,6 +12,7 @@ commands:
               lookalike evaluate ckpt=runs/.../best.ckpt [data=...] [index=hnsw] [--save-embeddings]
   download    fetch, verify and unpack a benchmark (resumable):
               lookalike download cub200|cars196|sop|inshop --root DIR
+  runs        compare runs or sweep trials: lookalike runs summarize runs/<task>/multirun/<date_time>
   augment-preview
               write a PNG of training images under an augmentation (conf/train.yaml):
               lookalike augment-preview augment=photo [data=... data.root=...] [preview.out=grid.png]
@@ -27,12 +28,15 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
-    if command == "download":
-        from lookalike.data.download import main as download
+    if command in ("download", "runs"):
         from lookalike.errors import LookalikeError
 
+        if command == "download":
+            from lookalike.data.download import main as plain
+        else:
+            from lookalike.runs import main as plain
         try:
-            download(rest)
+            plain(rest)
         except LookalikeError as e:
             print(f"lookalike: error: {e}", file=sys.stderr)
             sys.exit(2)

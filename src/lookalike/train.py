@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lookalike.config import hydra_main
 from lookalike.data.cache import resized_splits
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.models.lit_embedder import LitEmbedder, build
+from lookalike.provenance import provenance
 from lookalike.retrieval import embed, retrieval_metrics
+from lookalike.retrieval.grid import retrieval_grid
+
+log = logging.getLogger(__name__)
 
 REPORT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 
@@ -60,12 +68,14 @@ def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate as ``cfg`` says; returns the test metrics before and after training."""
+    started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = build_datamodule(cfg)  # first, so a missing data set stops the run at once
     config = OmegaConf.to_container(cfg, resolve=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    (output_dir / "provenance.json").write_text(json.dumps(provenance(cfg.seed), indent=2))
     module = LitEmbedder(config, num_train_classes=datamodule.num_train_classes)
     datamodule.preprocessing = module.embedder.preprocessing
     trainer = build_trainer(cfg)
@@ -81,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                      desc="pretrained features")
         rows["backbone pooled features (no training)"] = retrieval_metrics(
             data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks, **cfg.index)
+        module.train()
     if cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
@@ -89,13 +100,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rows["after training (best checkpoint)" if best else "after training"] = _test_metrics(
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False))
 
-    report = {"test": rows, "best_checkpoint": best, "best_val_recall@1": _best_score(trainer),
-              "test_set": datamodule.test_table.describe()}
+    report = {"test": rows, "best_checkpoint": best, "optimized_metric": cfg.optimized_metric,
+              "best_val": _best_score(trainer), "test_set": datamodule.test_table.describe(),
+              "duration_s": round(time.time() - started, 1)}
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        _save_grid(module, datamodule, trainer, output_dir / "retrieval_grid.png")
         print(f"\nTest classes ({report['test_set']}):\n{format_report(rows, 'model')}")
         print(f"\nbest checkpoint: {best or '(none saved)'}\nrun folder:      {output_dir}")
     return report
+
+
+def _save_grid(module: LitEmbedder, datamodule: RetrievalDataModule, trainer: L.Trainer, path: Path) -> None:
+    """The test retrieval grid of the final model, as a file and in loggers that take images (wandb)."""
+    nb = module.last_neighbors.get("test")
+    if nb is None:
+        return
+    table = datamodule.test_table
+    labels = [table.class_names[int(y)] if table.class_names else int(y) for y in table.labels]
+    retrieval_grid(table.paths, labels, nb, seed=0).save(path)
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="test/retrieval_grid", images=[str(path)])
 
 
 def _best_score(trainer: L.Trainer) -> float | None:
@@ -103,6 +129,23 @@ def _best_score(trainer: L.Trainer) -> float | None:
     return float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
 
 
+def train_task(cfg: DictConfig) -> float | None:
+    """Hydra's task: run, and return the best value of ``optimized_metric`` (what sweepers optimise).
+
+    In a multirun (sweep) a trial that fails is recorded in its folder (``error.txt``) and returns
+    NaN, which Optuna records as a failed trial; the sweep goes on.
+    """
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        try:
+            return run(cfg)["best_val"]
+        except Exception as e:  # any failure of one trial, reported where the trial ran
+            Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.paths.output_dir) / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
+            log.error("trial failed (%s: %s); the sweep continues", type(e).__name__, e)
+            return float("nan")
+    return run(cfg)["best_val"]
+
+
 def main() -> None:
-    """``python train.py [overrides]``; returns the best validation recall@1 (for sweepers)."""
-    hydra_main("train", lambda cfg: run(cfg)["best_val_recall@1"])
+    """``python train.py [overrides]`` and ``python train.py -m ...`` (sweeps)."""
+    hydra_main("train", train_task)

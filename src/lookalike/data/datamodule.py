@@ -21,6 +21,14 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _seed_worker_augmentation(worker_id: int) -> None:
+    """Give each loader worker its own, reproducible augmentation stream (torch seeds workers per run)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(seed)
+
+
 class RetrievalDataModule(L.LightningDataModule):
     """Class-disjoint train / validation / test loaders over a data source's splits.
 
@@ -90,10 +98,12 @@ class RetrievalDataModule(L.LightningDataModule):
         rank, world = _rank_and_world()
         if world > 1:  # PML samplers draw from numpy's global RNG: give each process its own batches
             np.random.seed(self.seed + rank)
-        dataset = ImageDataset(self.train_table, train_transform(self.augment, self.preprocessing))
+        transform = train_transform(self.augment, self.preprocessing)
+        transform.set_random_seed(self.seed + rank)  # albumentations has its own RNG: seed it for reruns
+        dataset = ImageDataset(self.train_table, transform)
         sampler = self._pk_sampler()
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
-                          drop_last=True, **self.loader_args)
+                          drop_last=True, worker_init_fn=_seed_worker_augmentation, **self.loader_args)
 
     def eval_dataloader(self, table: ImageTable, distributed: bool = True) -> DataLoader:
         """An ordered loader over any table with the evaluation transform; under DDP each process

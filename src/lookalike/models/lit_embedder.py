@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import lightning as L
@@ -13,7 +14,7 @@ from torch import nn
 
 from lookalike.errors import LookalikeError
 from lookalike.models.embedder import Embedder
-from lookalike.retrieval.metrics import DEFAULT_KS, retrieval_metrics
+from lookalike.retrieval.metrics import DEFAULT_KS, Neighbors, metrics_from_neighbors, search
 
 
 def build(cfg: Any, what: str, **kwargs: Any) -> Any:
@@ -54,6 +55,7 @@ class LitEmbedder(L.LightningModule):
         self.ks = tuple(cfg.get("eval", {}).get("ks", DEFAULT_KS))
         self.index_cfg = dict(cfg.get("index") or {"backend": "torch"})
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
+        self.last_neighbors: dict[str, Neighbors] = {}  # per "val"/"test": the latest search, in table rows
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,8 +138,11 @@ class LitEmbedder(L.LightningModule):
             first = torch.ones_like(idx, dtype=torch.bool)
             first[1:] = idx[1:] != idx[:-1]
             data = {k: v[order[first]] for k, v in data.items()}
-        metrics = retrieval_metrics(data["embeddings"], data["label"], data["is_query"], data["is_gallery"], self.ks,
-                                    **self.index_cfg)
+        nb = search(data["embeddings"], data["label"], data["is_query"], data["is_gallery"], max(self.ks),
+                    **self.index_cfg)
+        metrics = metrics_from_neighbors(nb, self.ks)
+        rows = data["index"].to(nb.queries.device)
+        self.last_neighbors[prefix] = dataclasses.replace(nb, queries=rows[nb.queries], retrieved=rows[nb.retrieved])
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

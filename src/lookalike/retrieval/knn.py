@@ -11,7 +11,6 @@ FAISS GPUs (or without FAISS), FAISS otherwise.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import warnings
 
 import numpy as np
@@ -25,7 +24,6 @@ BACKENDS = ("auto", "faiss", "torch")
 
 def faiss_module():
     """The faiss module, or a clear error if it is not installed."""
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
     try:
         import faiss
     except ImportError as e:
