@@ -93,3 +93,12 @@ def fake_cub(tmp_path: Path) -> Path:
     (root / "images.txt").write_text("\n".join(lines) + "\n")
     (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tiny training run shared by the tests: its report (checkpoint, embedder file, metrics)."""
+    from lookalike.train import run
+
+    base = tmp_path_factory.mktemp("trained")
+    return run(compose_config(tiny_overrides(base / "cache", base / "run") + ["logger=none"]))

@@ -13,16 +13,7 @@ from PIL import Image
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluate import evaluate, load_checkpoint
-from lookalike.train import run
 from tests.conftest import compose_config, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One tiny training run shared by the tests here: its report and checkpoint."""
-    base = tmp_path_factory.mktemp("trained")
-    cfg = compose_config(tiny_overrides(base / "cache", base / "run") + ["logger=none"])
-    return run(cfg) | {"cache": base / "cache"}
 
 
 def _eval_cfg(ckpt: str, out: Path, *extra: str):
@@ -97,3 +88,24 @@ def test_ddp_validation_gathers_all_ranks(data_cache: Path, tmp_path: Path) -> N
     assert gathered["queries"] == single["metrics"]["queries"] == 20
     for key in ("recall@1", "recall@4", "map@r"):
         assert gathered[key] == pytest.approx(single["metrics"][key], abs=1e-6), key
+
+
+def test_training_writes_an_embedder_file_that_rebuilds_the_model(trained: dict, tmp_path: Path) -> None:
+    from lookalike.export import load_embedder, read_embedder_file
+
+    path = Path(trained["embedder"])
+    payload = read_embedder_file(path)
+    assert payload["preprocessing"]["input_size"] == [3, 32, 32]
+    assert payload["provenance"]["training_config"]["model"]["backbone"]["name"] == "test_efficientnet"
+    assert "git_commit" in payload["provenance"] and payload["provenance"]["metrics"]["best_checkpoint"]
+    embedder = load_embedder(path)
+    module = load_checkpoint(trained["best_checkpoint"])
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(embedder(x), module.embedder(x))
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(LookalikeError, match="not a readable embedder file"):
+        load_embedder(tmp_path / "bad.pt")
+    torch.save({"format": "other"}, tmp_path / "foreign.pt")
+    with pytest.raises(LookalikeError, match="not a lookalike embedder file"):
+        load_embedder(tmp_path / "foreign.pt")

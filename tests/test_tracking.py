@@ -68,7 +68,10 @@ def test_wandb_logger_runs_offline(data_cache: Path, tmp_path: Path, monkeypatch
     assert report["best_val"] is not None
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
-    assert (tmp_path / "retrieval_grid.png").is_file()
+    assert (tmp_path / "retrieval_grid.png").is_file() and (tmp_path / "embedder.pt").is_file()
+    log = next(runs[0].glob("*.wandb")).read_bytes()  # the offline run's record, synced later
+    assert b"quickstart-embedder" in log and b"embedder.pt" in log  # the embedder file as a model artifact
+    assert list((runs[0] / "files" / "media" / "images").rglob("retrieval_grid*.png"))
 
 
 def test_tensorboard_logger(data_cache: Path, tmp_path: Path) -> None:

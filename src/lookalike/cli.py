@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from lookalike.errors import LookalikeError
+
 USAGE = """usage: lookalike COMMAND [key=value ...]
 
 commands:
@@ -12,6 +14,8 @@ commands:
               lookalike evaluate ckpt=runs/.../best.ckpt [data=...] [index=hnsw] [--save-embeddings]
   download    fetch, verify and unpack a benchmark (resumable):
               lookalike download cub200|cars196|sop|inshop --root DIR
+  export      write a trained embedder as one file (native, TorchScript or ONNX), checked against PyTorch:
+              lookalike export ckpt=runs/.../best.ckpt out=embedder.pt [--format torchscript|onnx]
   runs        compare runs or sweep trials: lookalike runs summarize runs/<task>/multirun/<date_time>
   augment-preview
               write a PNG of training images under an augmentation (conf/train.yaml):
@@ -28,11 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
-    if command in ("download", "runs"):
-        from lookalike.errors import LookalikeError
-
+    if command in ("download", "runs", "export"):
         if command == "download":
             from lookalike.data.download import main as plain
+        elif command == "export":
+            from lookalike.export import main as plain
         else:
             from lookalike.runs import main as plain
         try:

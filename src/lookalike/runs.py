@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from lookalike.errors import LookalikeError
+
 TEST_KEYS = ("recall@1", "map@r")
 
 
@@ -105,8 +107,6 @@ def summarize(folder: str | Path) -> list[dict[str, Any]]:
     folder = Path(folder)
     rows = collect(folder)
     if not rows:
-        from lookalike.errors import LookalikeError
-
         raise LookalikeError(f"No runs under '{folder}' (looked for */.hydra/overrides.yaml)")
     table = to_markdown(rows)
     (folder / "summary.md").write_text(table + "\n")

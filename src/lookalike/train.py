@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lookalike.config import hydra_main
 from lookalike.data.cache import resized_splits
 from lookalike.data.datamodule import RetrievalDataModule
+from lookalike.export import save_embedder
 from lookalike.models.lit_embedder import LitEmbedder, build
 from lookalike.provenance import provenance
 from lookalike.retrieval import embed, retrieval_metrics
@@ -67,7 +69,7 @@ def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate as ``cfg`` says; returns the test metrics before and after training."""
+    """Train and evaluate as ``cfg`` says; returns the report (test rows, best checkpoint and score, files)."""
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -75,7 +77,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)  # first, so a missing data set stops the run at once
     config = OmegaConf.to_container(cfg, resolve=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    (output_dir / "provenance.json").write_text(json.dumps(provenance(cfg.seed), indent=2))
+    run_provenance = provenance(cfg.seed)
+    (output_dir / "provenance.json").write_text(json.dumps(run_provenance, indent=2))
     module = LitEmbedder(config, num_train_classes=datamodule.num_train_classes)
     datamodule.preprocessing = module.embedder.preprocessing
     trainer = build_trainer(cfg)
@@ -104,10 +107,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               "best_val": _best_score(trainer), "test_set": datamodule.test_table.describe(),
               "duration_s": round(time.time() - started, 1)}
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         _save_grid(module, datamodule, trainer, output_dir / "retrieval_grid.png")
+        # the tested (best) weights as a self-contained embedder file, also a wandb artifact
+        embedder_file = save_embedder(module.embedder, output_dir / "embedder.pt", training_config=config,
+                                      metrics=report, **run_provenance)
+        _log_artifact(trainer, embedder_file, cfg.task_name)
+        report["embedder"] = str(embedder_file)
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         print(f"\nTest classes ({report['test_set']}):\n{format_report(rows, 'model')}")
-        print(f"\nbest checkpoint: {best or '(none saved)'}\nrun folder:      {output_dir}")
+        print(f"\nbest checkpoint: {best or '(none saved)'}\nembedder file:   {embedder_file}"
+              f"\nrun folder:      {output_dir}")
+    _finish_wandb(trainer)
     return report
 
 
@@ -122,6 +132,25 @@ def _save_grid(module: LitEmbedder, datamodule: RetrievalDataModule, trainer: L.
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):
             logger.log_image(key="test/retrieval_grid", images=[str(path)])
+
+
+def _log_artifact(trainer: L.Trainer, path: Path, name: str) -> None:
+    """Log the embedder file as a model artifact in loggers that keep artifacts (wandb)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            artifact = wandb.Artifact(f"{name}-embedder", type="model")
+            artifact.add_file(str(path))
+            logger.experiment.log_artifact(artifact)
+
+
+def _finish_wandb(trainer: L.Trainer) -> None:
+    """Close wandb runs, so that each run (or sweep trial in the same process) is its own wandb run."""
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
 
 
 def _best_score(trainer: L.Trainer) -> float | None:

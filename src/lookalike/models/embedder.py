@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence, Union
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+
+from lookalike.data.images import load_rgb
+from lookalike.data.transforms import eval_transform
 
 from lookalike.models.backbone import create_backbone
 from lookalike.models.head import projection_head
+
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+
+
+def _prepare(image: ImageLike, transform) -> torch.Tensor:
+    """One image as the model's input tensor."""
+    if isinstance(image, torch.Tensor):
+        return image
+    if isinstance(image, (str, Path)):
+        array = load_rgb(str(image))
+    elif isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB"))
+    else:
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+    return transform(image=array)["image"]
 
 
 def resolve_preprocessing(model: nn.Module, image_size: int | None) -> dict[str, Any]:
@@ -47,4 +71,24 @@ class Embedder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(images)), dim=-1)
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[ImageLike] | ImageLike, batch_size: int = 64) -> torch.Tensor:
+        """Unit embeddings [N, D] (float32, CPU) of image paths, PIL images, HxWx3 uint8 arrays, or
+        tensors already preprocessed ([3, H, W] or [N, 3, H, W]); preprocessing comes from the model."""
+        if isinstance(images, torch.Tensor):
+            batch = images[None] if images.dim() == 3 else images
+            items: list = list(batch)
+        else:
+            items = list(images) if isinstance(images, (list, tuple)) else [images]
+        transform = eval_transform(self.preprocessing)
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in range(0, len(items), batch_size):
+            chunk = [_prepare(x, transform) for x in items[start:start + batch_size]]
+            out.append(self(torch.stack(chunk).to(device)).float().cpu())
+        self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.embedding_size)
 

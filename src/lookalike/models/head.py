@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from lookalike.errors import LookalikeError
+
 
 def projection_head(in_features: int, embedding_size: int | None, hidden_size: int | None = None,
                     batchnorm: bool = False) -> nn.Module:
@@ -14,8 +16,6 @@ def projection_head(in_features: int, embedding_size: int | None, hidden_size: i
     if embedding_size is None:
         return nn.Identity()
     if embedding_size <= 0:
-        from lookalike.errors import LookalikeError
-
         raise LookalikeError(f"model.head.embedding_size must be a positive number or null, not {embedding_size}")
     layers: list[nn.Module] = []
     if hidden_size:
