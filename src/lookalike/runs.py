@@ -53,6 +53,14 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _short(value: str) -> str:
+    """An override value as given, numbers with 4 significant digits."""
+    try:
+        return f"{float(value):.4g}" if any(c in value for c in ".eE") else value
+    except ValueError:
+        return value
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table: run, the overrides that differ between runs, best validation metric, test
     metrics, duration, status (best first)."""
@@ -63,7 +71,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in ranked:
         minutes = r["duration_s"] / 60 if r.get("duration_s") else None
-        cells = [r["run"], *(r["overrides"].get(k, "") for k in keys), _fmt(r.get("best_val")),
+        cells = [r["run"], *(_short(r["overrides"].get(k, "")) for k in keys), _fmt(r.get("best_val")),
                  *(_fmt(r.get(f"test_{k}")) for k in TEST_KEYS), _fmt(minutes), r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -89,7 +97,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         try:
             x = [float(v) for v in values]
             ax.scatter(x, y)
-            if min(x) > 0 and max(x) / min(x) > 50:
+            if min(x) > 0 and max(x) / min(x) >= 10:
                 ax.set_xscale("log")
         except (TypeError, ValueError):
             cats = sorted(set(map(str, values)))
