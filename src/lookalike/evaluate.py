@@ -90,9 +90,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.save_embeddings:
         save_embeddings(out, data, table.paths)
     if cfg.grid.queries > 0:
-        names = table.class_names
-        labels = [names[int(y)] if names else int(y) for y in table.labels]
-        retrieval_grid(table.paths, labels, nb, cfg.grid.queries, cfg.grid.k, seed=trained.seed).save(
+        retrieval_grid(table.paths, table.label_names(), nb, cfg.grid.queries, cfg.grid.k, seed=trained.seed).save(
             out / "retrieval_grid.png")
     print(f"\n{cfg.split} split ({table.describe()}), index {cfg.index.backend}/{cfg.index.factory}:\n"
           f"{format_metrics(metrics)}\n\nwritten to {out}: metrics.json"

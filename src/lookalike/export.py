@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from lookalike.errors import LookalikeError
+from lookalike.files import atomic_write
 from lookalike.models.embedder import Embedder
 
 FORMAT = "lookalike-embedder/1"
@@ -27,8 +26,6 @@ def save_embedder(embedder: Embedder, path: str | Path, **provenance: Any) -> Pa
 
     ``provenance`` (e.g. training_config, metrics, versions) is stored as given.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "model": embedder.config,
@@ -36,15 +33,7 @@ def save_embedder(embedder: Embedder, path: str | Path, **provenance: Any) -> Pa
         "state_dict": {k: v.detach().cpu() for k, v in embedder.state_dict().items()},
         "provenance": provenance,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_embedder_file(path: str | Path) -> dict[str, Any]:
@@ -89,19 +78,6 @@ def load_source(path: str | Path) -> tuple[Embedder, dict[str, Any]]:
     return load_embedder(path), read_embedder_file(path)["provenance"]
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp)`` then move the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:
     """A function running the exported file on a batch, to check it against PyTorch."""
     if fmt == "native":
@@ -133,7 +109,7 @@ def export(source: str | Path, out: str | Path, fmt: str = "native", samples: in
         save_embedder(embedder, out, **prov)
     elif fmt == "torchscript":
         traced = torch.jit.trace(embedder, example)
-        _atomic(out, lambda tmp: torch.jit.save(traced, tmp, _extra_files={"lookalike.json": meta}))
+        atomic_write(out, lambda tmp: torch.jit.save(traced, tmp, _extra_files={"lookalike.json": meta}))
     else:
         def write_onnx(tmp: str) -> None:
             program = torch.onnx.export(embedder, (example,), input_names=["images"], output_names=["embeddings"],
@@ -141,7 +117,7 @@ def export(source: str | Path, out: str | Path, fmt: str = "native", samples: in
             program.model.metadata_props["lookalike"] = meta
             program.save(tmp)
 
-        _atomic(out, write_onnx)
+        atomic_write(out, write_onnx)
     x = torch.randn(samples, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = embedder(x).numpy()

@@ -127,8 +127,7 @@ def _save_grid(module: LitEmbedder, datamodule: RetrievalDataModule, trainer: L.
     if nb is None:
         return
     table = datamodule.test_table
-    labels = [table.class_names[int(y)] if table.class_names else int(y) for y in table.labels]
-    retrieval_grid(table.paths, labels, nb, seed=0).save(path)
+    retrieval_grid(table.paths, table.label_names(), nb, seed=0).save(path)
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):
             logger.log_image(key="test/retrieval_grid", images=[str(path)])

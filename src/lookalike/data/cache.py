@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from lookalike.data.images import load_rgb
 from lookalike.data.table import ImageTable, Splits
+from lookalike.files import atomic_write
 
 
 def _cached_path(folder: Path, path: str, box: tuple | None) -> Path:
@@ -34,9 +35,7 @@ def _write(source: str, target: Path, box: tuple | None, size: int) -> None:
     scale = size / min(im.size)
     if scale < 1:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    im.save(tmp, "JPEG", quality=95)
-    os.replace(tmp, target)  # atomic: an interrupted cache never holds half a file
+    atomic_write(target, lambda tmp: im.save(tmp, "JPEG", quality=95))  # never half a file in the cache
 
 
 def resized_table(table: ImageTable, size: int, cache_dir: str | Path, workers: int = 4) -> ImageTable:

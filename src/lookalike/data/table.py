@@ -44,6 +44,10 @@ class ImageTable:
     def num_classes(self) -> int:
         return len(np.unique(self.labels))
 
+    def label_names(self) -> list[str]:
+        """Each row's class name (its label number when the table has no names)."""
+        return [self.class_names[int(y)] if self.class_names else str(int(y)) for y in self.labels]
+
     def subset(self, mask: np.ndarray) -> ImageTable:
         """Rows where ``mask`` is true."""
         idx = np.flatnonzero(mask)
