@@ -16,6 +16,10 @@ commands:
               lookalike download cub200|cars196|sop|inshop --root DIR
   export      write a trained embedder as one file (native, TorchScript or ONNX), checked against PyTorch:
               lookalike export ckpt=runs/.../best.ckpt out=embedder.pt [--format torchscript|onnx]
+  index       build a searchable catalogue index from an embedder file:
+              lookalike index build --embedder embedder.pt --images DIR_OR_CSV --out catalog.lkidx
+  search      find the catalogue items most like photos:
+              lookalike search --index catalog.lkidx photo.jpg [-k 10] [--json] [--out grid.png]
   runs        compare runs or sweep trials: lookalike runs summarize runs/<task>/multirun/<date_time>
   augment-preview
               write a PNG of training images under an augmentation (conf/train.yaml):
@@ -32,11 +36,15 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
-    if command in ("download", "runs", "export"):
+    if command in ("download", "runs", "export", "index", "search"):
         if command == "download":
             from lookalike.data.download import main as plain
         elif command == "export":
             from lookalike.export import main as plain
+        elif command == "index":
+            from lookalike.catalog import main_index as plain
+        elif command == "search":
+            from lookalike.catalog import main_search as plain
         else:
             from lookalike.runs import main as plain
         try:

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from lookalike.retrieval.metrics import Neighbors
 
-QUERY, HIT, MISS, PAPER = (40, 90, 220), (30, 170, 60), (215, 40, 40), (255, 255, 255)
+QUERY, HIT, MISS, NEUTRAL, PAPER = (40, 90, 220), (30, 170, 60), (215, 40, 40), (150, 150, 150), (255, 255, 255)
 
 
 def _tile(path: str, size: int, frame: tuple[int, int, int], caption: str) -> Image.Image:
@@ -50,4 +50,17 @@ def retrieval_grid(paths: Sequence[str], labels: Sequence, nb: Neighbors, n_quer
             frame = HIT if bool(nb.hits[pos, j]) else MISS
             caption = f"{float(nb.similarities[pos, j]):.2f} {labels[g]}"
             canvas.paste(_tile(paths[g], size, frame, caption), (10 + (j + 1) * (size + 6), y))
+    return canvas
+
+
+def search_grid(queries: Sequence[str], results: Sequence[Sequence[tuple[str, str, float]]],
+                size: int = 112) -> Image.Image:
+    """One row per query photo (blue frame), then its results as (path, label, score), grey frames."""
+    k = max((len(r) for r in results), default=0)
+    canvas = Image.new("RGB", ((k + 1) * (size + 6) + 10, max(1, len(queries)) * (size + 20)), PAPER)
+    for r, (query, hits) in enumerate(zip(queries, results)):
+        y = r * (size + 20)
+        canvas.paste(_tile(query, size, QUERY, "query"), (0, y))
+        for j, (path, label, score) in enumerate(hits):
+            canvas.paste(_tile(path, size, NEUTRAL, f"{score:.2f} {label}"), (10 + (j + 1) * (size + 6), y))
     return canvas

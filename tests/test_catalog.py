@@ -1,0 +1,94 @@
+"""Catalogue index and search: agrees with the evaluation module, refuses foreign embedders, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from lookalike.catalog import Index
+from lookalike.data.synthetic import synthetic_products
+from lookalike.errors import LookalikeError
+from lookalike.evaluate import evaluate
+from lookalike.export import load_embedder, save_embedder
+from tests.conftest import compose_config
+
+TINY_DATA = dict(num_train_products=10, num_test_products=5, photos_per_product=3, image_size=40)
+
+
+@pytest.fixture
+def catalogue(trained: dict, tmp_path: Path) -> tuple[Path, list[str], list[str]]:
+    """A manifest of the test products' catalogue pictures, and their photos with labels."""
+    cache = Path(trained["embedder"]).parents[1] / "cache"
+    test = synthetic_products(cache, **TINY_DATA).test
+    names = test.label_names()
+    rows = ["path,label"] + [f"{p},{n}" for p, n in zip(test.paths, names) if p.endswith("catalogue.jpg")]
+    (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
+    photos = [(p, n) for p, n in zip(test.paths, names) if "photo" in p]
+    return tmp_path / "catalog.csv", [p for p, _ in photos], [n for _, n in photos]
+
+
+def test_search_agrees_with_the_evaluation_module(trained: dict, catalogue, tmp_path: Path) -> None:
+    manifest, photos, labels = catalogue
+    index = Index.build(trained["embedder"], manifest)
+    index.save(tmp_path / "c.lkidx")
+    loaded = Index.load(tmp_path / "c.lkidx")
+    assert loaded.meta["count"] == 5 and len(loaded.items) == 5
+    hits = loaded.search(load_embedder(trained["embedder"]), photos, k=3)
+    recall_at_1 = sum(h[0].label == y for h, y in zip(hits, labels)) / len(labels)
+    cfg = compose_config([f"ckpt={trained['best_checkpoint']}", f"paths.output_dir={tmp_path / 'eval'}", "num_workers=0",
+                          "grid.queries=0", "data=synthetic", f"data.root={Path(trained['embedder']).parents[1] / 'cache'}",
+                          *(f"data.source.{k}={v}" for k, v in TINY_DATA.items()),
+                          "data.source.test_protocol=photo_to_catalogue"], name="eval")
+    report = evaluate(cfg)
+    assert report["metrics"]["queries"] == len(photos)
+    assert recall_at_1 == pytest.approx(report["metrics"]["recall@1"], abs=1e-9)
+
+
+def test_index_refuses_another_embedder_and_bad_files(trained: dict, catalogue, tmp_path: Path) -> None:
+    index = Index.build(trained["embedder"], catalogue[0])
+    index.check_embedder(trained["embedder"])  # the same one is fine
+    other = load_embedder(trained["embedder"])
+    with torch.no_grad():
+        next(other.head.parameters()).add_(0.01)
+    save_embedder(other, tmp_path / "other.pt")
+    with pytest.raises(LookalikeError, match="built with embedder"):
+        index.check_embedder(tmp_path / "other.pt")
+    with pytest.raises(LookalikeError, match="No index file"):
+        Index.load(tmp_path / "missing.lkidx")
+    (tmp_path / "junk.lkidx").write_bytes(b"junk")
+    with pytest.raises(LookalikeError, match="not a readable lookalike index"):
+        Index.load(tmp_path / "junk.lkidx")
+    with zipfile.ZipFile(tmp_path / "foreign.lkidx", "w") as z:
+        z.writestr("meta.json", json.dumps({"format": "other"}))
+        z.writestr("items.json", "[]")
+        z.writestr("index.faiss", b"")
+    with pytest.raises(LookalikeError, match="not a lookalike index"):
+        Index.load(tmp_path / "foreign.lkidx")
+    with pytest.raises(LookalikeError, match="dimensions"):
+        import numpy as np
+
+        index.search_vectors(np.zeros((1, 3), np.float32))
+
+
+@pytest.mark.slow
+def test_index_and_search_commands(trained: dict, catalogue, tmp_path: Path) -> None:
+    manifest, photos, labels = catalogue
+    cli = [sys.executable, "-m", "lookalike.cli"]
+    built = subprocess.run([*cli, "index", "build", "--embedder", trained["embedder"], "--images", str(manifest),
+                            "--out", str(tmp_path / "c.lkidx")], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    found = subprocess.run([*cli, "search", "--index", str(tmp_path / "c.lkidx"), *photos[:2], "-k", "3", "--json",
+                            "--out", str(tmp_path / "grid.png")], capture_output=True, text=True, timeout=300)
+    assert found.returncode == 0, found.stderr[-2000:]
+    results = json.loads(found.stdout)
+    assert [r["query"] for r in results] == photos[:2] and all(len(r["results"]) == 3 for r in results)
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+    bad = subprocess.run([*cli, "search", "--index", str(tmp_path / "none.lkidx"), photos[0]],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "No index file" in bad.stderr and "Traceback" not in bad.stderr
