@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,8 +72,6 @@ def test_index_refuses_another_embedder_and_bad_files(trained: dict, catalogue, 
     with pytest.raises(LookalikeError, match="not a lookalike index"):
         Index.load(tmp_path / "foreign.lkidx")
     with pytest.raises(LookalikeError, match="dimensions"):
-        import numpy as np
-
         index.search_vectors(np.zeros((1, 3), np.float32))
 
 
@@ -89,6 +88,65 @@ def test_index_and_search_commands(trained: dict, catalogue, tmp_path: Path) -> 
     results = json.loads(found.stdout)
     assert [r["query"] for r in results] == photos[:2] and all(len(r["results"]) == 3 for r in results)
     assert (tmp_path / "grid.png").stat().st_size > 1000
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in zip(photos, labels)))
+    embedder = tmp_path / "embedder.pt"
+    embedder.write_bytes(Path(trained["embedder"]).read_bytes())
+    cal = subprocess.run([*cli, "calibrate", "--embedder", str(embedder), "--images", str(labelled),
+                          "--target-precision", "0.3", "-k", "2"], capture_output=True, text=True, timeout=300)
+    assert cal.returncode == 0 and "held-out classes" in cal.stdout, cal.stderr[-2000:]
+    dup = subprocess.run([*cli, "duplicates", "--index", str(tmp_path / "c.lkidx"), "--threshold", "0.9999"],
+                         capture_output=True, text=True, timeout=300)
+    assert dup.returncode == 0 and "groups of near-duplicates" in dup.stdout, dup.stderr[-2000:]
     bad = subprocess.run([*cli, "search", "--index", str(tmp_path / "none.lkidx"), photos[0]],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "No index file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_threshold_for_precision_is_exact() -> None:
+    from lookalike.calibrate import precision_recall, threshold_for_precision
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    same = np.array([True, True, False, True, False])
+    assert threshold_for_precision(scores, same, 1.0) == 0.8
+    assert threshold_for_precision(scores, same, 0.75) == 0.6  # 3 of the top 4 are right
+    assert precision_recall(scores, same, 0.6) == (0.75, 1.0)
+    with pytest.raises(LookalikeError, match="No threshold"):
+        threshold_for_precision(scores, ~same & False, 0.5)
+
+
+def test_calibrate_stores_a_threshold_that_search_uses(trained: dict, catalogue, tmp_path: Path) -> None:
+    from lookalike.calibrate import calibrate
+    from lookalike.catalog import match_threshold
+
+    manifest, photos, labels = catalogue
+    rows = ["path,label"] + [f"{p},{y}" for p, y in zip(photos, labels)]
+    rows += manifest.read_text().splitlines()[1:]
+    (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
+    embedder = tmp_path / "embedder.pt"
+    embedder.write_bytes(Path(trained["embedder"]).read_bytes())
+    result = calibrate(embedder, tmp_path / "labelled.csv", target_precision=0.3, k=3)
+    assert result["fit"]["precision"] >= 0.3 and result["fit"]["classes"] + result["held_out"]["classes"] == 5
+    assert 0 <= result["held_out"]["precision"] <= 1 and 0 <= result["held_out"]["recall"] <= 1
+    assert match_threshold(embedder) == pytest.approx(result["threshold"])
+    Index.build(trained["embedder"], manifest).check_embedder(embedder)  # calibration keeps the fingerprint
+
+
+def test_duplicates_and_category_search(trained: dict, catalogue, tmp_path: Path) -> None:
+    manifest, photos, labels = catalogue
+    folder = tmp_path / "shop"
+    for i, row in enumerate(manifest.read_text().splitlines()[1:]):
+        path, label = row.rsplit(",", 1)
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / "front.jpg").write_bytes(Path(path).read_bytes())
+        if i == 0:  # the same picture listed twice under another name
+            (folder / label / "front_copy.jpg").write_bytes(Path(path).read_bytes())
+    index = Index.build(trained["embedder"], folder)
+    groups = index.duplicate_groups(threshold=0.9999)
+    assert len(groups) == 1 and {Path(index.items[i]["path"]).name for i in groups[0]} == {"front.jpg", "front_copy.jpg"}
+    target = labels[0]
+    hits = index.search(load_embedder(trained["embedder"]), photos[:3], k=5, category=target)
+    in_category = sum(it["label"] == target for it in index.items)
+    assert all(h.label == target for row in hits for h in row) and all(len(row) == in_category for row in hits)
+    with pytest.raises(LookalikeError, match="No catalogue item has the category"):
+        index.search(load_embedder(trained["embedder"]), photos[:1], category="no-such-label")

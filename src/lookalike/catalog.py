@@ -132,17 +132,59 @@ class Index:
                                  f"'{embedder_path}' is {found}: rebuild the index with it, or search with the "
                                  f"embedder the index was built with")
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[SearchHit]]:
-        """Top-``k`` catalogue items for each query vector."""
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, category: str | None = None) -> list[list[SearchHit]]:
+        """Top-``k`` catalogue items for each query vector, only among items labelled ``category`` if given
+        (the classify-then-search design)."""
         if vectors.shape[1] != self.meta["dim"]:
             raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
-        scores, ids = self.faiss.search(vectors, min(k, len(self.items)))
+        if category is None:
+            scores, ids = self.faiss.search(vectors, min(k, len(self.items)))
+        else:
+            allowed = np.array([it["id"] for it in self.items if it["label"] == category], dtype=np.int64)
+            if len(allowed) == 0:
+                raise LookalikeError(f"No catalogue item has the category {category!r}")
+            faiss = faiss_module()
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+            index = self.faiss.cpu_index
+            # faiss.contrib.torch_utils (imported by PML) wraps `search` without `params`; the
+            # original stays reachable as `search_numpy`
+            search = getattr(index, "search_numpy", index.search)
+            scores, ids = search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(allowed)), params=params)
         return [[SearchHit(int(i), self.items[i]["path"], self.items[i]["label"], float(s))
                  for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, ids)]
 
-    def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10) -> list[list[SearchHit]]:
+    def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10,
+               category: str | None = None) -> list[list[SearchHit]]:
         """Embed ``images`` with ``embedder`` and search the catalogue."""
-        return self.search_vectors(embedder.embed(list(images)).numpy(), k)
+        return self.search_vectors(embedder.embed(list(images)).numpy(), k, category)
+
+    def vectors(self) -> np.ndarray:
+        """The stored embeddings (exact for Flat and HNSW indexes)."""
+        try:
+            return self.faiss.cpu_index.reconstruct_n(0, len(self.items))
+        except RuntimeError as e:
+            raise LookalikeError(f"A {self.meta['factory']} index does not keep its vectors; build with "
+                                 f"--factory Flat or HNSW32 for this") from e
+
+    def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
+        """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest)."""
+        scores, ids = self.faiss.search(self.vectors(), min(k + 1, len(self.items)))
+        parent = list(range(len(self.items)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i, (row_s, row_i) in enumerate(zip(scores, ids)):
+            for s, j in zip(row_s, row_i):
+                if j >= 0 and j != i and s >= threshold:
+                    parent[root(int(j))] = root(i)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(self.items)):
+            groups.setdefault(root(i), []).append(i)
+        return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
 
 
 
@@ -170,18 +212,50 @@ def main_search(argv: list[str]) -> None:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", help="also write a picture of the queries and their results")
+    parser.add_argument("--category", help="search only items with this label (classify-then-search)")
     args = parser.parse_args(argv)
     index = Index.load(args.index)
     embedder_path = args.embedder or index.meta["embedder"]
     index.check_embedder(embedder_path)
-    results = index.search(load_embedder(embedder_path), args.photos, args.k)
+    threshold = match_threshold(embedder_path)
+    results = index.search(load_embedder(embedder_path), args.photos, args.k, args.category)
     if args.json:
-        print(json.dumps([{"query": q, "results": [asdict(h) for h in hits]} for q, hits in zip(args.photos, results)],
-                         indent=2))
+        print(json.dumps([{"query": q, "results": [{**asdict(h), "match": None if threshold is None else
+                                                    h.score >= threshold} for h in hits]}
+                          for q, hits in zip(args.photos, results)], indent=2))
     else:
         for query, hits in zip(args.photos, results):
             print(f"{query}:")
             for rank, h in enumerate(hits, 1):
-                print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}")
+                flag = "" if threshold is None else ("  match" if h.score >= threshold else "")
+                print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}{flag}")
     if args.out:
         search_grid(args.photos, [[(h.path, h.label, h.score) for h in hits] for hits in results]).save(args.out)
+
+
+def match_threshold(embedder_path: str | Path) -> float | None:
+    """The threshold `lookalike calibrate` stored in the embedder file, if any."""
+    calibration = read_embedder_file(embedder_path).get("calibration")
+    return calibration["threshold"] if calibration else None
+
+
+def main_duplicates(argv: list[str]) -> None:
+    """``lookalike duplicates --index FILE.lkidx [--threshold T]``: groups of near-duplicate catalogue images."""
+    parser = argparse.ArgumentParser(prog="lookalike duplicates", description="List near-duplicate catalogue images.")
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--threshold", type=float, help="similarity (default: the embedder's calibrated threshold)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    index = Index.load(args.index)
+    threshold = args.threshold if args.threshold is not None else match_threshold(index.meta["embedder"])
+    if threshold is None:
+        raise LookalikeError("No threshold: pass --threshold, or run `lookalike calibrate` on the embedder first")
+    groups = index.duplicate_groups(threshold)
+    if args.json:
+        print(json.dumps([[index.items[i] for i in g] for g in groups], indent=2))
+        return
+    print(f"{len(groups)} groups of near-duplicates (similarity >= {threshold:.4f}) among {len(index.items)} items")
+    for n, group in enumerate(groups, 1):
+        print(f"group {n}:")
+        for i in group:
+            print(f"  {index.items[i]['path']}  {index.items[i]['label']}")

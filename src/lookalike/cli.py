@@ -20,6 +20,9 @@ commands:
               lookalike index build --embedder embedder.pt --images DIR_OR_CSV --out catalog.lkidx
   search      find the catalogue items most like photos:
               lookalike search --index catalog.lkidx photo.jpg [-k 10] [--json] [--out grid.png]
+  calibrate   choose the match threshold for a target precision on labelled images (stored in the embedder):
+              lookalike calibrate --embedder embedder.pt --images DIR_OR_CSV [--target-precision 0.95]
+  duplicates  groups of near-duplicate catalogue images: lookalike duplicates --index catalog.lkidx
   runs        compare runs or sweep trials: lookalike runs summarize runs/<task>/multirun/<date_time>
   augment-preview
               write a PNG of training images under an augmentation (conf/train.yaml):
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
-    if command in ("download", "runs", "export", "index", "search"):
+    if command in ("download", "runs", "export", "index", "search", "calibrate", "duplicates"):
         if command == "download":
             from lookalike.data.download import main as plain
         elif command == "export":
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
             from lookalike.catalog import main_index as plain
         elif command == "search":
             from lookalike.catalog import main_search as plain
+        elif command == "duplicates":
+            from lookalike.catalog import main_duplicates as plain
+        elif command == "calibrate":
+            from lookalike.calibrate import main as plain
         else:
             from lookalike.runs import main as plain
         try:

@@ -1,0 +1,88 @@
+"""``lookalike calibrate``: the similarity above which a search result counts as the same item / class.
+
+The threshold is chosen on one half of the labelled classes for a target precision of "same label"
+decisions among each image's nearest neighbours, reported on the other, held-out half, and stored in
+the embedder file, where ``lookalike search`` and ``lookalike duplicates`` find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lookalike.catalog import list_images
+from lookalike.errors import LookalikeError
+from lookalike.export import load_embedder, read_embedder_file
+from lookalike.files import atomic_write
+from lookalike.retrieval.knn import knn
+
+
+def neighbour_pairs(vectors: np.ndarray, labels: np.ndarray, k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Similarities of every image to its ``k`` nearest other images, and whether each pair shares a label."""
+    x = torch.from_numpy(vectors)
+    sims, idx = knn(x, x, k, exclude=torch.arange(len(x)), backend="auto")
+    same = labels[idx.numpy()] == labels[:, None]
+    return sims.numpy().ravel(), same.ravel()
+
+
+def threshold_for_precision(scores: np.ndarray, same: np.ndarray, target: float) -> float:
+    """The lowest similarity whose decisions "score >= t means same label" reach ``target`` precision."""
+    order = np.argsort(-scores, kind="stable")
+    precision = np.cumsum(same[order]) / np.arange(1, len(order) + 1)
+    ok = np.flatnonzero(precision >= target)
+    if len(ok) == 0:
+        raise LookalikeError(f"No threshold reaches precision {target}: lower --target-precision")
+    return float(scores[order][ok.max()])
+
+
+def precision_recall(scores: np.ndarray, same: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Precision and recall of the decisions ``score >= threshold`` among the neighbour pairs."""
+    decided = scores >= threshold
+    precision = float(same[decided].mean()) if decided.any() else 1.0
+    recall = float((same & decided).sum() / max(1, same.sum()))
+    return precision, recall
+
+
+def calibrate(embedder_path: str | Path, images: str | Path, target_precision: float = 0.95,
+              k: int = 20, seed: int = 0) -> dict[str, Any]:
+    """Choose, report and store the match threshold; returns what was stored."""
+    items = list_images(images)
+    if any(not it["label"] for it in items):
+        raise LookalikeError("calibrate needs labelled images: sub-folders per item/class, or a label column")
+    names, labels = np.unique([it["label"] for it in items], return_inverse=True)
+    if len(names) < 4:
+        raise LookalikeError("calibrate needs at least 4 labels (half choose the threshold, half check it)")
+    vectors = load_embedder(embedder_path).embed([it["path"] for it in items]).numpy()
+    held = np.isin(labels, np.random.default_rng(seed).permutation(len(names))[: len(names) // 2])
+    fit = neighbour_pairs(vectors[~held], labels[~held], k)
+    check = neighbour_pairs(vectors[held], labels[held], k)
+    threshold = threshold_for_precision(*fit, target_precision)
+    p_fit, r_fit = precision_recall(*fit, threshold)
+    p_held, r_held = precision_recall(*check, threshold)
+    result = {"threshold": threshold, "target_precision": target_precision, "neighbours": k,
+              "fit": {"classes": int(len(np.unique(labels[~held]))),
+                      "precision": p_fit, "recall": r_fit},
+              "held_out": {"classes": int(len(np.unique(labels[held]))), "precision": p_held, "recall": r_held}}
+    payload = read_embedder_file(embedder_path)
+    payload["calibration"] = result
+    atomic_write(embedder_path, lambda tmp: torch.save(payload, tmp))
+    return result
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="lookalike calibrate", description=__doc__)
+    parser.add_argument("--embedder", required=True, help="embedder file to calibrate (updated in place)")
+    parser.add_argument("--images", required=True, help="labelled images: folder with a sub-folder per label, or CSV")
+    parser.add_argument("--target-precision", type=float, default=0.95)
+    parser.add_argument("-k", type=int, default=20, help="neighbours per image considered")
+    args = parser.parse_args(argv)
+    r = calibrate(args.embedder, args.images, args.target_precision, args.k)
+    print(f"match threshold {r['threshold']:.4f} (target precision {r['target_precision']}), stored in {args.embedder}\n"
+          f"  classes it was chosen on ({r['fit']['classes']}): precision {r['fit']['precision']:.3f}, "
+          f"recall {r['fit']['recall']:.3f}\n"
+          f"  held-out classes ({r['held_out']['classes']}): precision {r['held_out']['precision']:.3f}, "
+          f"recall {r['held_out']['recall']:.3f}")
