@@ -113,6 +113,12 @@ def test_threshold_for_precision_is_exact() -> None:
     assert precision_recall(scores, same, 0.6) == (0.75, 1.0)
     with pytest.raises(LookalikeError, match="No threshold"):
         threshold_for_precision(scores, ~same & False, 0.5)
+    # ties: a threshold of 0.8 would keep both 0.8 pairs (precision 2/3), so 0.9 is the answer for 0.8
+    tied, tied_same = np.array([0.9, 0.8, 0.8, 0.7]), np.array([True, True, False, True])
+    assert threshold_for_precision(tied, tied_same, 0.8) == 0.9
+    assert threshold_for_precision(tied, tied_same, 0.75) == 0.7
+    t = threshold_for_precision(tied, tied_same, 0.8)
+    assert precision_recall(tied, tied_same, t)[0] >= 0.8
 
 
 def test_calibrate_stores_a_threshold_that_search_uses(trained: dict, catalogue, tmp_path: Path) -> None:

@@ -32,11 +32,14 @@ def neighbour_pairs(vectors: np.ndarray, labels: np.ndarray, k: int = 20) -> tup
 def threshold_for_precision(scores: np.ndarray, same: np.ndarray, target: float) -> float:
     """The lowest similarity whose decisions "score >= t means same label" reach ``target`` precision."""
     order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
     precision = np.cumsum(same[order]) / np.arange(1, len(order) + 1)
-    ok = np.flatnonzero(precision >= target)
+    # a threshold keeps every pair with an equal score (neighbour pairs come in twins): cut only after ties
+    group_end = np.append(ranked[1:] < ranked[:-1], True)
+    ok = np.flatnonzero((precision >= target) & group_end)
     if len(ok) == 0:
         raise LookalikeError(f"No threshold reaches precision {target}: lower --target-precision")
-    return float(scores[order][ok.max()])
+    return float(ranked[ok.max()])
 
 
 def precision_recall(scores: np.ndarray, same: np.ndarray, threshold: float) -> tuple[float, float]:
