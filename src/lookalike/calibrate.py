@@ -16,7 +16,7 @@ import torch
 
 from lookalike.catalog import list_images
 from lookalike.errors import LookalikeError
-from lookalike.export import load_embedder, read_embedder_file
+from lookalike.export import embedder_from_payload, read_embedder_file
 from lookalike.files import atomic_write
 from lookalike.retrieval.knn import knn
 
@@ -59,7 +59,8 @@ def calibrate(embedder_path: str | Path, images: str | Path, target_precision: f
     names, labels = np.unique([it["label"] for it in items], return_inverse=True)
     if len(names) < 4:
         raise LookalikeError("calibrate needs at least 4 labels (half choose the threshold, half check it)")
-    vectors = load_embedder(embedder_path).embed([it["path"] for it in items]).numpy()
+    payload = read_embedder_file(embedder_path)
+    vectors = embedder_from_payload(payload).embed([it["path"] for it in items]).numpy()
     held = np.isin(labels, np.random.default_rng(seed).permutation(len(names))[: len(names) // 2])
     fit = neighbour_pairs(vectors[~held], labels[~held], k)
     check = neighbour_pairs(vectors[held], labels[held], k)
@@ -70,7 +71,6 @@ def calibrate(embedder_path: str | Path, images: str | Path, target_precision: f
               "fit": {"classes": int(len(np.unique(labels[~held]))),
                       "precision": p_fit, "recall": r_fit},
               "held_out": {"classes": int(len(np.unique(labels[held]))), "precision": p_held, "recall": r_held}}
-    payload = read_embedder_file(embedder_path)
     payload["calibration"] = result
     atomic_write(embedder_path, lambda tmp: torch.save(payload, tmp))
     return result

@@ -8,7 +8,6 @@ atomically, and it refuses queries embedded by another embedder than the one it 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import zipfile
@@ -21,7 +20,8 @@ from tqdm.auto import tqdm
 
 from lookalike.data.image_folder import IMAGE_SUFFIXES
 from lookalike.errors import LookalikeError
-from lookalike.export import load_embedder, read_embedder_file
+from lookalike.data.manifest import read_rows
+from lookalike.export import embedder_from_payload, read_embedder_file
 from lookalike.files import atomic_write
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.grid import search_grid
@@ -30,9 +30,8 @@ from lookalike.retrieval.knn import FaissIndex, faiss_module
 FORMAT = "lookalike-index/1"
 
 
-def embedder_hash(path: str | Path) -> str:
-    """A fingerprint of an embedder file's weights and preprocessing (not of its provenance)."""
-    payload = read_embedder_file(path)
+def embedder_hash(payload: dict[str, Any]) -> str:
+    """A fingerprint of an embedder file's weights and preprocessing (not of its provenance or calibration)."""
     digest = hashlib.sha256(json.dumps([payload["model"], payload["preprocessing"]], sort_keys=True).encode())
     for key, tensor in sorted(payload["state_dict"].items()):
         digest.update(key.encode())
@@ -41,16 +40,15 @@ def embedder_hash(path: str | Path) -> str:
 
 
 def list_images(source: str | Path) -> list[dict[str, Any]]:
-    """Catalogue items from a folder (recursively; the sub-folder is the label) or a manifest CSV."""
+    """Catalogue items from a folder (recursively; the sub-folder is the label) or a CSV/parquet manifest."""
     source = Path(source).expanduser()
-    if source.is_file() and source.suffix.lower() == ".csv":
-        with open(source, newline="") as f:
-            rows = list(csv.DictReader(f))
+    if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
+        rows = read_rows(source)
         if not rows or "path" not in rows[0]:
             raise LookalikeError(f"Manifest '{source}' needs a path column (and optionally label)")
         return [{"path": str(source.parent / r["path"]), "label": r.get("label", "")} for r in rows]
     if not source.is_dir():
-        raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest .csv")
+        raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest .csv/.parquet")
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise LookalikeError(f"--images: no images under '{source}'")
@@ -79,7 +77,8 @@ class Index:
     def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat",
               batch_size: int = 64) -> Index:
         """Embed every catalogue image with the embedder file and index the embeddings."""
-        embedder = load_embedder(embedder_path)
+        payload = read_embedder_file(embedder_path)
+        embedder = embedder_from_payload(payload)
         items = list_images(images)
         vectors = np.concatenate([
             embedder.embed([it["path"] for it in items[s:s + batch_size]], batch_size).numpy()
@@ -88,7 +87,7 @@ class Index:
         index.add(vectors)
         for i, item in enumerate(items):
             item["id"] = i
-        meta = {"format": FORMAT, "embedder_hash": embedder_hash(embedder_path), "dim": int(vectors.shape[1]),
+        meta = {"format": FORMAT, "embedder_hash": embedder_hash(payload), "dim": int(vectors.shape[1]),
                 "factory": factory, "count": len(items), "embedder": str(Path(embedder_path).resolve())}
         return cls(index, items, meta)
 
@@ -124,13 +123,15 @@ class Index:
         index.cpu_index = faiss_module().deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         return cls(index, items, meta)
 
-    def check_embedder(self, embedder_path: str | Path) -> None:
-        """Refuse an embedder other than the one the index was built with."""
-        found = embedder_hash(embedder_path)
+    def check_embedder(self, embedder_path: str | Path) -> dict[str, Any]:
+        """Refuse an embedder other than the one the index was built with; returns the file's contents."""
+        payload = read_embedder_file(embedder_path)
+        found = embedder_hash(payload)
         if found != self.meta["embedder_hash"]:
             raise LookalikeError(f"This index was built with embedder {self.meta['embedder_hash']}, but "
                                  f"'{embedder_path}' is {found}: rebuild the index with it, or search with the "
                                  f"embedder the index was built with")
+        return payload
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, category: str | None = None) -> list[list[SearchHit]]:
         """Top-``k`` catalogue items for each query vector, only among items labelled ``category`` if given
@@ -216,9 +217,9 @@ def main_search(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     index = Index.load(args.index)
     embedder_path = args.embedder or index.meta["embedder"]
-    index.check_embedder(embedder_path)
-    threshold = match_threshold(embedder_path)
-    results = index.search(load_embedder(embedder_path), args.photos, args.k, args.category)
+    payload = index.check_embedder(embedder_path)
+    threshold = calibrated_threshold(payload)
+    results = index.search(embedder_from_payload(payload), args.photos, args.k, args.category)
     if args.json:
         print(json.dumps([{"query": q, "results": [{**asdict(h), "match": None if threshold is None else
                                                     h.score >= threshold} for h in hits]}
@@ -233,10 +234,15 @@ def main_search(argv: list[str]) -> None:
         search_grid(args.photos, [[(h.path, h.label, h.score) for h in hits] for hits in results]).save(args.out)
 
 
+def calibrated_threshold(payload: dict[str, Any]) -> float | None:
+    """The threshold `lookalike calibrate` stored in an embedder file's contents, if any."""
+    calibration = payload.get("calibration")
+    return calibration["threshold"] if calibration else None
+
+
 def match_threshold(embedder_path: str | Path) -> float | None:
     """The threshold `lookalike calibrate` stored in the embedder file, if any."""
-    calibration = read_embedder_file(embedder_path).get("calibration")
-    return calibration["threshold"] if calibration else None
+    return calibrated_threshold(read_embedder_file(embedder_path))
 
 
 def main_duplicates(argv: list[str]) -> None:

@@ -52,7 +52,11 @@ def read_embedder_file(path: str | Path) -> dict[str, Any]:
 
 def load_embedder(path: str | Path) -> Embedder:
     """Rebuild the embedder stored in ``path`` (no download: the weights are in the file), in eval mode."""
-    payload = read_embedder_file(path)
+    return embedder_from_payload(read_embedder_file(path))
+
+
+def embedder_from_payload(payload: dict[str, Any]) -> Embedder:
+    """Rebuild the embedder from the contents of an embedder file (see :func:`read_embedder_file`)."""
     config = payload["model"]
     backbone = {**config["backbone"], "pretrained": False, "checkpoint": None}
     embedder = Embedder(backbone, config["head"], config.get("image_size"))
@@ -75,7 +79,8 @@ def load_source(path: str | Path) -> tuple[Embedder, dict[str, Any]]:
         config = module.hparams["config"]
         return module.embedder.eval(), {"training_config": config, "checkpoint": str(path),
                                         **provenance(config.get("seed", 0))}
-    return load_embedder(path), read_embedder_file(path)["provenance"]
+    payload = read_embedder_file(path)
+    return embedder_from_payload(payload), payload["provenance"]
 
 
 def _runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -20,7 +20,8 @@ LAYOUT = """  a .csv (or .parquet) file with a header row and the columns
 ROLES = {"query": (True, False), "gallery": (False, True), "both": (True, True), "": (True, True)}
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV or parquet table as dicts of text."""
     if path.suffix.lower() == ".parquet":
         try:
             import pandas as pd
@@ -37,7 +38,7 @@ def manifest(path: str | Path, train_classes: float | int | Sequence[str] = 0.5,
     if path is None or not Path(path).expanduser().is_file():
         raise missing_data(path, "Manifest", LAYOUT)
     path = Path(path).expanduser()
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise LookalikeError(f"Manifest '{path}' needs the columns path and label:\n{LAYOUT}")
     names = sorted({str(r["label"]) for r in rows})
