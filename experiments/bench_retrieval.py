@@ -28,12 +28,13 @@ KS = (1, 2, 4, 8, 16, 32)
 CLASS_SIZE = 10  # images per class (between SOP's ~5 and CUB's ~60)
 
 
-def make_data(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Clustered unit vectors: every class around its own centre, so the metrics are not trivial."""
+def make_data(n: int, dim: int, seed: int = 0, noise: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered unit vectors: every class around its own centre (per-dimension noise ``noise`` times the
+    centre's), so the metrics are not trivial; two members of a class have cosine about 1/(1+noise^2)."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) // CLASS_SIZE
     centres = rng.standard_normal((labels.max() + 1, dim), dtype=np.float32)
-    x = centres[labels] + 2.0 * rng.standard_normal((n, dim), dtype=np.float32)
+    x = centres[labels] + noise * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, labels
 

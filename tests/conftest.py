@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from lookalike.config import config_dir
+from lookalike.config import compose
 
 # A tiny, fast timm model and tiny images: a training step takes milliseconds on a CPU.
 TINY_MODEL = [
@@ -44,8 +43,7 @@ def tiny_overrides(cache: Path, out: Path) -> list[str]:
 
 def compose_config(overrides: list[str], name: str = "train") -> DictConfig:
     """Compose a config from the project's conf/ folder, as `python train.py` would."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+    return compose(name, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def test_duplicates_and_category_search(trained: dict, catalogue, tmp_path: Path
             (folder / label / "front_copy.jpg").write_bytes(Path(path).read_bytes())
     index = Index.build(trained["embedder"], folder)
     groups = index.duplicate_groups(threshold=0.9999)
-    assert len(groups) == 1 and {Path(index.items[i]["path"]).name for i in groups[0]} == {"front.jpg", "front_copy.jpg"}
+    assert len(groups) == 1 and {Path(index.by_id[i]["path"]).name for i in groups[0]} == {"front.jpg", "front_copy.jpg"}
     target = labels[0]
     hits = index.search(load_embedder(trained["embedder"]), photos[:3], k=5, category=target)
     in_category = sum(it["label"] == target for it in index.items)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lookalike.data.image_folder import IMAGE_SUFFIXES
 from lookalike.errors import LookalikeError
@@ -25,9 +26,10 @@ from lookalike.export import embedder_from_payload, read_embedder_file
 from lookalike.files import atomic_write
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.grid import search_grid
-from lookalike.retrieval.knn import FaissIndex, faiss_module
+from lookalike.retrieval.embed import embed_files
+from lookalike.retrieval.knn import FaissIndex
 
-FORMAT = "lookalike-index/1"
+FORMAT = "lookalike-index/2"
 
 
 def embedder_hash(payload: dict[str, Any]) -> str:
@@ -40,8 +42,9 @@ def embedder_hash(payload: dict[str, Any]) -> str:
 
 
 def list_images(source: str | Path) -> list[dict[str, Any]]:
-    """Catalogue items from a folder (recursively; the sub-folder is the label) or a CSV/parquet manifest."""
-    source = Path(source).expanduser()
+    """Catalogue items (absolute paths) from a folder (recursively; the sub-folder is the label) or a
+    CSV/parquet manifest (paths relative to it)."""
+    source = Path(source).expanduser().resolve()
     if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
         rows = read_rows(source)
         if not rows or "path" not in rows[0]:
@@ -65,36 +68,146 @@ class SearchHit:
     score: float
 
 
+class BuildCheckpoint:
+    """Embeddings of a build in progress, saved chunk by chunk beside the output so that an interrupted
+    build continues where it stopped (with the same embedder and the same list of images)."""
+
+    def __init__(self, folder: Path, key: str):
+        self.folder, self.key = folder, key
+        key_file = folder / "key.json"
+        if folder.is_dir() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
+            warnings.warn(f"Ignoring '{folder}': it is from a build with other images or another embedder")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(key_file, lambda tmp: Path(tmp).write_text(json.dumps(key)))
+
+    def load(self) -> tuple[int, list[np.ndarray], list[np.ndarray], list[str]]:
+        """(images done, positions, vectors, errors) of the chunks saved so far."""
+        done, positions, vectors, errors = 0, [], [], []
+        for chunk in sorted(self.folder.glob("chunk_*.npz")):
+            with np.load(chunk) as z:
+                if int(z["start"]) != done:
+                    break
+                done = int(z["end"])
+                positions.append(z["positions"])
+                vectors.append(z["vectors"])
+                errors.extend(str(e) for e in z["errors"])
+        return done, positions, vectors, errors
+
+    def save(self, start: int, end: int, positions: list[np.ndarray], vectors: list[np.ndarray],
+             errors: list[str], dim: int) -> None:
+        """Save the images ``start..end`` as one chunk (atomically)."""
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, start=start, end=end, errors=np.array(errors, dtype=str),
+                         positions=np.concatenate(positions) if positions else np.zeros(0, np.int64),
+                         vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
+
+        atomic_write(self.folder / f"chunk_{start:012d}.npz", write)
+
+
+def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_size: int = 64,
+                    num_workers: int | None = None, checkpoint: Path | None = None,
+                    checkpoint_every: int = 4096) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Embed the items' images; unreadable ones are left out with one warning each. With ``checkpoint``
+    (a folder), progress is saved every ``checkpoint_every`` images and an earlier run's is reused."""
+    embedder = embedder_from_payload(payload)
+    paths = [it["path"] for it in items]
+    store = None
+    done, positions, vectors, errors = 0, [], [], []
+    if checkpoint is not None:
+        key = hashlib.sha256(json.dumps([embedder_hash(payload), paths]).encode()).hexdigest()
+        store = BuildCheckpoint(checkpoint, key)
+        done, positions, vectors, errors = store.load()
+        if done:
+            print(f"resuming: {done} of {len(paths)} images were embedded before")
+    pending: tuple[list, list, list] = ([], [], [])  # positions, vectors, errors since the last save
+    saved = consumed = done
+    for pos, vec, errs in embed_files(embedder, paths, done, batch_size, num_workers):
+        pending[0].append(pos)
+        pending[1].append(vec)
+        pending[2].extend(errs)
+        consumed += len(pos) + len(errs)
+        if store is not None and (consumed - saved >= checkpoint_every or consumed == len(paths)):
+            store.save(saved, consumed, *pending, dim=embedder.embedding_size)
+            saved = consumed
+        if store is None or saved == consumed:
+            positions += pending[0]
+            vectors += pending[1]
+            errors += pending[2]
+            pending = ([], [], [])
+    for error in errors:
+        warnings.warn(f"skipped: {error}")
+    if errors:
+        print(f"skipped {len(errors)} unreadable image(s) of {len(paths)}")
+    keep = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    if len(keep) == 0:
+        raise LookalikeError("None of the images could be read")
+    return [items[i] for i in keep], np.concatenate(vectors)
+
+
 class Index:
-    """Catalogue items, their FAISS index and the fingerprint of the embedder that made them."""
+    """Catalogue items, their FAISS index (keyed by item id) and the fingerprint of the embedder that
+    made them. Items can be added and removed; ids are never reused."""
 
     def __init__(self, faiss_index: FaissIndex, items: list[dict[str, Any]], meta: dict[str, Any]):
         self.faiss = faiss_index
         self.items = items
         self.meta = meta
+        self.by_id = {it["id"]: it for it in items}
 
     @classmethod
-    def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat",
-              batch_size: int = 64) -> Index:
-        """Embed every catalogue image with the embedder file and index the embeddings."""
+    def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat", batch_size: int = 64,
+              num_workers: int | None = None, checkpoint: Path | None = None,
+              checkpoint_every: int = 4096) -> Index:
+        """Embed every catalogue image with the embedder file and index the embeddings (see
+        :func:`embed_catalogue` for ``checkpoint``)."""
         payload = read_embedder_file(embedder_path)
-        embedder = embedder_from_payload(payload)
-        items = list_images(images)
-        vectors = np.concatenate([
-            embedder.embed([it["path"] for it in items[s:s + batch_size]], batch_size).numpy()
-            for s in tqdm(range(0, len(items), batch_size), desc="embedding catalogue")])
-        index = FaissIndex(vectors.shape[1], factory)
-        index.add(vectors)
+        items, vectors = embed_catalogue(payload, list_images(images), batch_size, num_workers, checkpoint,
+                                         checkpoint_every)
+        index = FaissIndex(vectors.shape[1], factory, ids=True)
         for i, item in enumerate(items):
             item["id"] = i
+        index.add(vectors, np.arange(len(items)))
         meta = {"format": FORMAT, "embedder_hash": embedder_hash(payload), "dim": int(vectors.shape[1]),
-                "factory": factory, "count": len(items), "embedder": str(Path(embedder_path).resolve())}
+                "factory": factory, "count": len(items), "next_id": len(items),
+                "embedder": str(Path(embedder_path).resolve())}
         return cls(index, items, meta)
+
+    def add_images(self, payload: dict[str, Any], images: str | Path, batch_size: int = 64,
+                   num_workers: int | None = None) -> list[dict[str, Any]]:
+        """Embed and add the images not yet in the catalogue (by path); returns the new items."""
+        known = {it["path"] for it in self.items}
+        new = [it for it in list_images(images) if it["path"] not in known]
+        if not new:
+            return []
+        new, vectors = embed_catalogue(payload, new, batch_size, num_workers)
+        ids = np.arange(self.meta["next_id"], self.meta["next_id"] + len(new))
+        for item, i in zip(new, ids):
+            item["id"] = int(i)
+        self.faiss.add(vectors, ids)
+        self._set_items(self.items + new)
+        self.meta["next_id"] = int(ids[-1]) + 1
+        return new
+
+    def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Remove items by id; returns the removed items."""
+        unknown = sorted(set(ids) - self.by_id.keys())
+        if unknown:
+            raise LookalikeError(f"No catalogue item has the id(s) {unknown[:10]}")
+        removed = [self.by_id[i] for i in ids]
+        self.faiss.remove(np.array(list(ids), dtype=np.int64))
+        self._set_items([it for it in self.items if it["id"] not in set(ids)])
+        return removed
+
+    def _set_items(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.by_id = {it["id"]: it for it in items}
+        self.meta["count"] = len(items)
 
     def save(self, path: str | Path) -> Path:
         """Write the ``.lkidx`` file atomically."""
-        faiss = faiss_module()
-        blob = faiss.serialize_index(self.faiss.cpu_index).tobytes()
+        blob = self.faiss.to_bytes()
 
         def write(tmp: str) -> None:
             with zipfile.ZipFile(tmp, "w") as z:
@@ -118,10 +231,9 @@ class Index:
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
             raise LookalikeError(f"'{path}' is not a readable lookalike index ({e})") from e
         if meta.get("format") != FORMAT:
-            raise LookalikeError(f"'{path}' is not a lookalike index (expected format {FORMAT})")
-        index = FaissIndex(meta["dim"], meta["factory"])
-        index.cpu_index = faiss_module().deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-        return cls(index, items, meta)
+            raise LookalikeError(f"'{path}' is not a lookalike index of this version (expected format {FORMAT}, "
+                                 f"found {meta.get('format')}): build it again with `lookalike index build`")
+        return cls(FaissIndex.from_bytes(blob, meta["dim"], meta["factory"]), items, meta)
 
     def check_embedder(self, embedder_path: str | Path) -> dict[str, Any]:
         """Refuse an embedder other than the one the index was built with; returns the file's contents."""
@@ -138,20 +250,14 @@ class Index:
         (the classify-then-search design)."""
         if vectors.shape[1] != self.meta["dim"]:
             raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
-        if category is None:
-            scores, ids = self.faiss.search(vectors, min(k, len(self.items)))
-        else:
+        allowed = None
+        if category is not None:
             allowed = np.array([it["id"] for it in self.items if it["label"] == category], dtype=np.int64)
             if len(allowed) == 0:
                 raise LookalikeError(f"No catalogue item has the category {category!r}")
-            faiss = faiss_module()
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-            index = self.faiss.cpu_index
-            # faiss.contrib.torch_utils (imported by PML) wraps `search` without `params`; the
-            # original stays reachable as `search_numpy`
-            search = getattr(index, "search_numpy", index.search)
-            scores, ids = search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(allowed)), params=params)
-        return [[SearchHit(int(i), self.items[i]["path"], self.items[i]["label"], float(s))
+        scores, ids = self.faiss.search(vectors, min(k, len(self.items) if allowed is None else len(allowed)),
+                                        allowed=allowed)
+        return [[SearchHit(int(i), self.by_id[i]["path"], self.by_id[i]["label"], float(s))
                  for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, ids)]
 
     def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10,
@@ -160,17 +266,13 @@ class Index:
         return self.search_vectors(embedder.embed(list(images)).numpy(), k, category)
 
     def vectors(self) -> np.ndarray:
-        """The stored embeddings (exact for Flat and HNSW indexes)."""
-        try:
-            return self.faiss.cpu_index.reconstruct_n(0, len(self.items))
-        except RuntimeError as e:
-            raise LookalikeError(f"A {self.meta['factory']} index does not keep its vectors; build with "
-                                 f"--factory Flat or HNSW32 for this") from e
+        """The stored embeddings in item order (Flat, HNSW and BFlat indexes keep them)."""
+        return self.faiss.reconstruct(np.array([it["id"] for it in self.items], dtype=np.int64))
 
     def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
         """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest)."""
         scores, ids = self.faiss.search(self.vectors(), min(k + 1, len(self.items)))
-        parent = list(range(len(self.items)))
+        parent = {it["id"]: it["id"] for it in self.items}
 
         def root(i: int) -> int:
             while parent[i] != i:
@@ -178,30 +280,64 @@ class Index:
                 i = parent[i]
             return i
 
-        for i, (row_s, row_i) in enumerate(zip(scores, ids)):
+        for item, row_s, row_i in zip(self.items, scores, ids):
             for s, j in zip(row_s, row_i):
-                if j >= 0 and j != i and s >= threshold:
-                    parent[root(int(j))] = root(i)
+                if j >= 0 and j != item["id"] and s >= threshold:
+                    parent[root(int(j))] = root(item["id"])
         groups: dict[int, list[int]] = {}
-        for i in range(len(self.items)):
-            groups.setdefault(root(i), []).append(i)
+        for item in self.items:
+            groups.setdefault(root(item["id"]), []).append(item["id"])
         return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
 
 
-
 def main_index(argv: list[str]) -> None:
-    """``lookalike index build --embedder FILE --images DIR_OR_CSV --out FILE.lkidx [--factory Flat]``."""
-    parser = argparse.ArgumentParser(prog="lookalike index", description="Build a searchable catalogue index.")
+    """``lookalike index build|add|remove``: make and maintain a catalogue index."""
+    parser = argparse.ArgumentParser(prog="lookalike index", description="Build and maintain a catalogue index.")
     sub = parser.add_subparsers(dest="action", required=True)
-    build = sub.add_parser("build", help="embed catalogue images and index them")
+    build = sub.add_parser("build", help="embed catalogue images and index them (an interrupted build resumes)")
     build.add_argument("--embedder", required=True, help="embedder file (embedder.pt of a run, or lookalike export)")
     build.add_argument("--images", required=True, help="folder of images (sub-folder = label) or manifest .csv")
     build.add_argument("--out", required=True, help="index file to write (.lkidx)")
-    build.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, ...")
+    build.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
+                       "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
+    add = sub.add_parser("add", help="embed and add images not yet in the index")
+    add.add_argument("--images", required=True, help="folder of images or manifest .csv")
+    remove = sub.add_parser("remove", help="remove items by id or path, or those whose file is gone")
+    remove.add_argument("--ids", type=int, nargs="+", default=[])
+    remove.add_argument("--paths", nargs="+", default=[])
+    remove.add_argument("--missing", action="store_true", help="remove items whose image file no longer exists")
+    for p in (build, add):
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    for p in (add, remove):
+        p.add_argument("--index", required=True, help="index file to update (rewritten atomically)")
+    add.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
     args = parser.parse_args(argv)
-    index = Index.build(args.embedder, args.images, args.factory)
-    index.save(args.out)
-    print(f"indexed {index.meta['count']} images ({index.meta['factory']}, {index.meta['dim']}-d) into {args.out}")
+    if args.action == "build":
+        partial = Path(args.out).with_name(Path(args.out).name + ".partial")
+        index = Index.build(args.embedder, args.images, args.factory, args.batch_size, args.workers, partial)
+        index.save(args.out)
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"indexed {index.meta['count']} images ({index.meta['factory']}, {index.meta['dim']}-d) into {args.out}")
+        return
+    index = Index.load(args.index)
+    if args.action == "add":
+        payload = index.check_embedder(args.embedder or index.meta["embedder"])
+        changed = index.add_images(payload, args.images, args.batch_size, args.workers)
+        verb = "added"
+    else:
+        by_path = {it["path"]: it["id"] for it in index.items}
+        paths = [str(Path(p).expanduser().resolve()) for p in args.paths]
+        unknown = [p for p in paths if p not in by_path]
+        if unknown:
+            raise LookalikeError(f"Not in the index: {unknown[:10]}")
+        ids = set(args.ids) | {by_path[p] for p in paths}
+        if args.missing:
+            ids |= {it["id"] for it in index.items if not Path(it["path"]).is_file()}
+        changed = index.remove(sorted(ids))
+        verb = "removed"
+    index.save(args.index)
+    print(f"{verb} {len(changed)} item(s); the index now holds {index.meta['count']}")
 
 
 def main_search(argv: list[str]) -> None:
@@ -258,10 +394,10 @@ def main_duplicates(argv: list[str]) -> None:
         raise LookalikeError("No threshold: pass --threshold, or run `lookalike calibrate` on the embedder first")
     groups = index.duplicate_groups(threshold)
     if args.json:
-        print(json.dumps([[index.items[i] for i in g] for g in groups], indent=2))
+        print(json.dumps([[index.by_id[i] for i in g] for g in groups], indent=2))
         return
     print(f"{len(groups)} groups of near-duplicates (similarity >= {threshold:.4f}) among {len(index.items)} items")
     for n, group in enumerate(groups, 1):
         print(f"group {n}:")
         for i in group:
-            print(f"  {index.items[i]['path']}  {index.items[i]['label']}")
+            print(f"  {index.by_id[i]['path']}  {index.by_id[i]['label']}")

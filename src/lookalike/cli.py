@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from lookalike.errors import LookalikeError
@@ -23,11 +24,27 @@ commands:
   calibrate   choose the match threshold for a target precision on labelled images (stored in the embedder):
               lookalike calibrate --embedder embedder.pt --images DIR_OR_CSV [--target-precision 0.95]
   duplicates  groups of near-duplicate catalogue images: lookalike duplicates --index catalog.lkidx
+  demo-data   the quickstart's test products as a catalogue and photos to try index and search on:
+              lookalike demo-data --out demo
   runs        compare runs or sweep trials: lookalike runs summarize runs/<task>/multirun/<date_time>
   augment-preview
               write a PNG of training images under an augmentation (conf/train.yaml):
               lookalike augment-preview augment=photo [data=... data.root=...] [preview.out=grid.png]
 """
+
+# commands with their own argparse options: module and function called with the arguments
+PLAIN = {
+    "download": ("lookalike.data.download", "main"),
+    "export": ("lookalike.export", "main"),
+    "index": ("lookalike.catalog", "main_index"),
+    "search": ("lookalike.catalog", "main_search"),
+    "duplicates": ("lookalike.catalog", "main_duplicates"),
+    "calibrate": ("lookalike.calibrate", "main"),
+    "demo-data": ("lookalike.data.synthetic", "main_demo"),
+    "runs": ("lookalike.runs", "main"),
+}
+# commands taking Hydra overrides: module whose main() composes the config
+HYDRA = {"train": "lookalike.train", "evaluate": "lookalike.evaluate", "augment-preview": "lookalike.data.preview"}
 
 # flags accepted for convenience, as the Hydra overrides they stand for
 FLAGS = {"--save-embeddings": "save_embeddings=true", "--nmi": "nmi=true"}
@@ -39,38 +56,19 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
-    if command in ("download", "runs", "export", "index", "search", "calibrate", "duplicates"):
-        if command == "download":
-            from lookalike.data.download import main as plain
-        elif command == "export":
-            from lookalike.export import main as plain
-        elif command == "index":
-            from lookalike.catalog import main_index as plain
-        elif command == "search":
-            from lookalike.catalog import main_search as plain
-        elif command == "duplicates":
-            from lookalike.catalog import main_duplicates as plain
-        elif command == "calibrate":
-            from lookalike.calibrate import main as plain
-        else:
-            from lookalike.runs import main as plain
+    if command in PLAIN:
+        module, function = PLAIN[command]
         try:
-            plain(rest)
+            getattr(importlib.import_module(module), function)(rest)
         except LookalikeError as e:
             print(f"lookalike: error: {e}", file=sys.stderr)
             sys.exit(2)
         return
-    if command == "train":
-        from lookalike.train import main as entry
-    elif command == "evaluate":
-        from lookalike.evaluate import main as entry
-    elif command == "augment-preview":
-        from lookalike.data.preview import main as entry
-    else:
+    if command not in HYDRA:
         print(f"lookalike: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"lookalike {command}", *rest]
-    entry()
+    importlib.import_module(HYDRA[command]).main()
 
 
 if __name__ == "__main__":

@@ -21,3 +21,16 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def link_latest(folder: str | Path) -> None:
+    """Point ``<parent>/latest`` at ``folder`` (replacing an older link atomically), so that the last run
+    has a fixed name; skipped where the file system has no symbolic links."""
+    folder = Path(folder)
+    link, tmp = folder.parent / "latest", folder.parent / f".latest.{os.getpid()}"
+    try:
+        os.symlink(folder.name, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

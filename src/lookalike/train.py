@@ -20,6 +20,7 @@ from lookalike.config import hydra_main
 from lookalike.data.cache import resized_splits
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.export import save_embedder
+from lookalike.files import link_latest
 from lookalike.models.lit_embedder import LitEmbedder, build
 from lookalike.provenance import provenance
 from lookalike.retrieval import embed, retrieval_metrics
@@ -171,7 +172,9 @@ def train_task(cfg: DictConfig) -> float | None:
             (Path(cfg.paths.output_dir) / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
             log.error("trial failed (%s: %s); the sweep continues", type(e).__name__, e)
             return float("nan")
-    return run(cfg)["best_val"]
+    report = run(cfg)
+    link_latest(cfg.paths.output_dir)
+    return report["best_val"]
 
 
 def main() -> None:

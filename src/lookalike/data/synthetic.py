@@ -289,3 +289,30 @@ def synthetic_products(
         test = ImageTable(test.paths, test.labels, photo, ~photo, names)
     return Splits(train=train, test=test)
 
+
+
+def write_demo(out: str | os.PathLike, cache_dir: str | os.PathLike = "~/.cache/lookalike") -> tuple[Path, Path]:
+    """Copy the quickstart's test products (default settings) into ``out/catalogue/<product>/`` (their
+    catalogue pictures) and ``out/photos/<product>/`` (their photos): a catalogue and queries to try
+    ``lookalike index`` and ``search`` on. Returns the two folders."""
+    test = synthetic_products(cache_dir).test
+    out = Path(out).expanduser()
+    for path, name in zip(test.paths, test.label_names()):
+        kind = "catalogue" if path.endswith("catalogue.jpg") else "photos"
+        (out / kind / name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / kind / name / Path(path).name)
+    return out / "catalogue", out / "photos"
+
+
+def main_demo(argv: list[str]) -> None:
+    """``lookalike demo-data --out DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="lookalike demo-data",
+                                     description="Write the quickstart's test products as a catalogue and photos.")
+    parser.add_argument("--out", required=True, help="folder to write catalogue/ and photos/ into")
+    parser.add_argument("--cache", default=os.environ.get("LOOKALIKE_CACHE", "~/.cache/lookalike"),
+                        help="where the synthetic products are generated (default: $LOOKALIKE_CACHE)")
+    args = parser.parse_args(argv)
+    catalogue, photos = write_demo(args.out, args.cache)
+    print(f"catalogue pictures: {catalogue}\nphotos:             {photos}")

@@ -1,12 +1,19 @@
-"""Batched embedding extraction over a DataLoader of ImageDataset batches."""
+"""Batched embedding extraction: over a DataLoader of ImageDataset batches, or over image files."""
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+
+from lookalike.data.images import load_rgb
+from lookalike.data.transforms import eval_transform
+from lookalike.errors import LookalikeError
+from lookalike.models.embedder import Embedder
 
 
 @torch.inference_mode()
@@ -30,3 +37,44 @@ def embed(
         for key in ("label", "index", "is_query", "is_gallery"):
             out[key].append(batch[key])
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+class ImageFiles(Dataset):
+    """Image files through a transform; a file that cannot be read yields a zero image and its error."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable[..., dict], size: int):
+        self.paths, self.transform, self.size = list(paths), transform, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return {"image": self.transform(image=load_rgb(self.paths[i]))["image"], "position": i, "error": ""}
+        except LookalikeError as e:
+            return {"image": torch.zeros(3, self.size, self.size), "position": i, "error": str(e)}
+
+
+@torch.inference_mode()
+def embed_files(
+    embedder: Embedder, paths: Sequence[str], start: int = 0, batch_size: int = 64, num_workers: int | None = None,
+    progress: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Embed ``paths[start:]`` batch by batch (decoding in ``num_workers`` processes, on the GPU if there
+    is one): yields (positions of the readable files, their float32 embeddings, errors of the others)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    embedder = embedder.to(device).eval()
+    size = embedder.preprocessing["input_size"][-1]
+    dataset = ImageFiles(paths, eval_transform(embedder.preprocessing), size)
+    workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+    loader = DataLoader(Subset(dataset, range(start, len(paths))), batch_size=batch_size, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    with tqdm(total=len(paths), initial=start, desc="embedding images", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
+            vectors = torch.empty(0, embedder.embedding_size)
+            if ok.any():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    vectors = embedder(batch["image"][ok].to(device, non_blocking=True)).float().cpu()
+            bar.update(len(ok))
+            yield batch["position"][ok].numpy(), vectors.numpy(), [e for e in batch["error"] if e]

@@ -48,16 +48,66 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "faiss"
 
 
-class FaissIndex:
-    """A FAISS inner-product index from a factory string, on the GPUs when FAISS has any."""
+def is_binary(factory: str) -> bool:
+    """Binary (Hamming) factory strings start with ``B``: ``BFlat``, ``BHNSW32``, ``BIVF1024``."""
+    return factory.startswith("B")
 
-    def __init__(self, dim: int, factory: str = "Flat", gpu: bool | str = "auto", search_params: str = ""):
+
+def sign_codes(vectors: np.ndarray) -> np.ndarray:
+    """Sign-quantised vectors packed 8 dimensions a byte: the codes of a binary index."""
+    return np.packbits(vectors > 0, axis=1)
+
+
+class FaissIndex:
+    """A FAISS inner-product index from a factory string, on the GPUs when FAISS has any.
+
+    ``ids=True`` stores caller-chosen int64 ids (``IDMap2``), so that items can be added and
+    removed later. A binary factory (``BFlat``, ``BHNSW32``, ``BIVF1024``) indexes sign-quantised
+    vectors (dim/8 bytes each) and scores by Hamming distance ``h`` as ``1 - 2h/dim``, which is
+    ``cos`` for ±1 vectors; binary indexes search on the CPU (popcount is cheap there).
+    """
+
+    def __init__(self, dim: int, factory: str = "Flat", gpu: bool | str = "auto", search_params: str = "",
+                 ids: bool = False, cpu_index: object | None = None):
         faiss = faiss_module()
-        self.factory = factory
-        self.cpu_index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        self.dim, self.factory, self.binary = dim, factory, is_binary(factory)
+        if cpu_index is None:
+            cpu_index = self._new_index(faiss, dim, factory, ids)
+        self.cpu_index = cpu_index
         self.search_params = search_params
-        self.use_gpu = faiss_num_gpus() > 0 if gpu == "auto" else bool(gpu)
+        self.use_gpu = not self.binary and (faiss_num_gpus() > 0 if gpu == "auto" else bool(gpu))
         self._index = None
+
+    @staticmethod
+    def _new_index(faiss, dim: int, factory: str, ids: bool):
+        if is_binary(factory) and dim % 8:
+            raise LookalikeError(f"A binary index needs a dimension divisible by 8, not {dim}")
+        try:
+            if is_binary(factory):
+                index = faiss.index_binary_factory(dim, factory)
+                return faiss.IndexBinaryIDMap2(index) if ids else index
+            return faiss.index_factory(dim, ("IDMap2," if ids else "") + factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise LookalikeError(f"FAISS cannot make an index from factory string {factory!r}: use e.g. Flat, "
+                                 f"HNSW32, IVF1024,Flat, IVF1024,PQ32 or, binary, BFlat, BHNSW32, BIVF1024") from e
+
+    def to_bytes(self) -> bytes:
+        """The CPU index serialized by FAISS."""
+        faiss = faiss_module()
+        serialize = faiss.serialize_index_binary if self.binary else faiss.serialize_index
+        return serialize(self.cpu_index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, dim: int, factory: str, search_params: str = "") -> FaissIndex:
+        """Rebuild an index from :meth:`to_bytes`."""
+        faiss = faiss_module()
+        deserialize = faiss.deserialize_index_binary if is_binary(factory) else faiss.deserialize_index
+        return cls(dim, factory, search_params=search_params,
+                   cpu_index=deserialize(np.frombuffer(blob, dtype=np.uint8)))
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.cpu_index.ntotal)
 
     @property
     def index(self):
@@ -74,23 +124,79 @@ class FaissIndex:
                 space.set_index_parameters(self._index, self.search_params)
         return self._index
 
-    def add(self, vectors: np.ndarray) -> None:
-        """Train the index if its type needs it, then add the vectors (ids 0..n-1 in order)."""
+    def _codes(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return sign_codes(vectors) if self.binary else vectors
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Train the index if its type needs it, then add the vectors (with ``ids``, or 0..n-1 in order)."""
+        codes = self._codes(vectors)
         if not self.cpu_index.is_trained:
-            self.cpu_index.train(vectors)
-        self.cpu_index.add(vectors)
+            self.cpu_index.train(codes)
+        if ids is None:
+            self.cpu_index.add(codes)
+        else:
+            self.cpu_index.add_with_ids(codes, np.ascontiguousarray(ids, dtype=np.int64))
         self._index = None
 
-    def search(self, queries: np.ndarray, k: int, chunk_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, ids) of the top ``k``, best first; ids are -1 where fewer exist."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        index = self.index
-        if self.use_gpu and k > FAISS_GPU_MAX_K:
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (for a binary index: the ±1/sqrt(dim) vectors of their codes)."""
+        try:
+            rows = [self.cpu_index.reconstruct(int(i)) for i in ids]
+        except RuntimeError as e:
+            raise LookalikeError(f"A {self.factory} index does not keep its vectors; use Flat, HNSW32 "
+                                 f"or BFlat for this") from e
+        if not self.binary:
+            return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        bits = np.unpackbits(np.stack(rows), axis=1)[:, :self.dim] if rows else np.zeros((0, self.dim))
+        return ((bits.astype(np.float32) * 2 - 1) / np.sqrt(self.dim)).astype(np.float32)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove items by id; index types that cannot (HNSW) are rebuilt from their stored vectors."""
+        faiss = faiss_module()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        try:
+            self.cpu_index.remove_ids(faiss.IDSelectorBatch(ids))
+        except RuntimeError:
+            all_ids = faiss.vector_to_array(self.cpu_index.id_map)
+            keep = all_ids[~np.isin(all_ids, ids)]
+            vectors = self.reconstruct(keep)
+            self.cpu_index = self._new_index(faiss, self.dim, self.factory, ids=True)
+            self.add(vectors, keep)
+        self._index = None
+
+    def search(self, queries: np.ndarray, k: int, chunk_size: int = 16384,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids) of the top ``k``, best first; ids are -1 where fewer exist.
+
+        ``allowed`` restricts the search to these ids (a FAISS ``IDSelector``, on the CPU index).
+        """
+        queries = self._codes(queries)
+        index, params = self.index, None
+        if allowed is not None:
+            faiss = faiss_module()
+            ivf = faiss.try_extract_index_ivf(self.cpu_index) if not self.binary else None
+            kind = faiss.SearchParametersIVF if ivf is not None or "IVF" in self.factory else faiss.SearchParameters
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            params = kind(sel=selector)
+            index = self.cpu_index
+        elif self.use_gpu and k > FAISS_GPU_MAX_K:
             warnings.warn(f"FAISS on GPU caps k at {FAISS_GPU_MAX_K}; searching k={k} on the CPU")
             index = self.cpu_index
-        parts = [index.search(queries[s:s + chunk_size], k) for s in range(0, len(queries), chunk_size)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        # faiss.contrib.torch_utils (imported by PML) wraps `search` without `params`; the
+        # original stays reachable as `search_numpy`
+        search = getattr(index, "search_numpy", index.search)
+        try:
+            parts = [search(queries[s:s + chunk_size], k, params=params) for s in range(0, len(queries), chunk_size)]
+        except RuntimeError as e:
+            if params is None:
+                raise
+            raise LookalikeError(f"A {self.factory} index cannot search a subset (--category); build it with "
+                                 f"Flat, HNSW32, IVF...,Flat or BFlat") from e
+        sims, ids = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if self.binary:
+            sims = 1 - 2 * sims.astype(np.float32) / self.dim
+        return sims, ids
 
 
 def _torch_knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude: torch.Tensor | None,

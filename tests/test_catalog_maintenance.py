@@ -1,0 +1,151 @@
+"""Catalogue upkeep: resumable builds, add/remove, binary (Hamming) indexes, unreadable catalogue images."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lookalike.catalog as catalog
+from lookalike.catalog import Index
+from lookalike.errors import LookalikeError
+from lookalike.export import load_embedder
+from lookalike.retrieval.knn import FaissIndex
+from tests.test_catalog import catalogue  # noqa: F401  (fixture)
+
+
+def _shop(manifest: Path, folder: Path) -> list[Path]:
+    """The catalogue pictures as a folder, one sub-folder per product."""
+    paths = []
+    for row in manifest.read_text().splitlines()[1:]:
+        path, label = row.rsplit(",", 1)
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        paths.append(folder / label / "front.jpg")
+        paths[-1].write_bytes(Path(path).read_bytes())
+    return paths
+
+
+def test_an_interrupted_build_resumes_where_it_stopped(trained: dict, catalogue, tmp_path: Path, monkeypatch) -> None:
+    real = catalog.embed_files
+    embedded: list[int] = []
+
+    def crashing(embedder, paths, start=0, *args, **kwargs):
+        for n, batch in enumerate(real(embedder, paths, start, *args, **kwargs)):
+            if n == 3:
+                raise KeyboardInterrupt  # as if the build were killed while embedding the 4th image
+            embedded.extend(batch[0].tolist())
+            yield batch
+
+    def counting(embedder, paths, start=0, *args, **kwargs):
+        for batch in real(embedder, paths, start, *args, **kwargs):
+            embedded.extend(batch[0].tolist())
+            yield batch
+
+    partial = tmp_path / "c.lkidx.partial"
+    monkeypatch.setattr(catalog, "embed_files", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        Index.build(trained["embedder"], catalogue[0], batch_size=1, num_workers=0, checkpoint=partial,
+                    checkpoint_every=2)
+    assert embedded == [0, 1, 2] and len(list(partial.glob("chunk_*.npz"))) == 1  # images 0-1 saved
+    embedded.clear()
+    monkeypatch.setattr(catalog, "embed_files", counting)
+    resumed = Index.build(trained["embedder"], catalogue[0], batch_size=1, num_workers=0, checkpoint=partial,
+                          checkpoint_every=2)
+    assert embedded == [2, 3, 4]  # only what was not saved is embedded again
+    clean = Index.build(trained["embedder"], catalogue[0], num_workers=0)
+    assert [it["path"] for it in resumed.items] == [it["path"] for it in clean.items]
+    np.testing.assert_allclose(resumed.vectors(), clean.vectors(), atol=1e-5)
+
+
+def test_a_checkpoint_of_other_images_is_not_reused(trained: dict, catalogue, tmp_path: Path) -> None:
+    partial = tmp_path / "c.lkidx.partial"
+    Index.build(trained["embedder"], catalogue[0], num_workers=0, checkpoint=partial, checkpoint_every=2)
+    shop = _shop(catalogue[0], tmp_path / "shop")
+    with pytest.warns(UserWarning, match="other images or another embedder"):
+        index = Index.build(trained["embedder"], tmp_path / "shop", num_workers=0, checkpoint=partial)
+    assert [it["path"] for it in index.items] == [str(p) for p in sorted(shop)]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "BFlat"])
+def test_add_and_remove_items(trained: dict, catalogue, tmp_path: Path, factory: str) -> None:
+    shop = _shop(catalogue[0], tmp_path / "shop")
+    later = shop[3:]
+    for p in later:
+        shutil.move(p, tmp_path / p.parent.name)  # not in the shop yet
+    index = Index.build(trained["embedder"], tmp_path / "shop", factory=factory, num_workers=0)
+    assert index.meta["count"] == 3
+    for p in later:
+        shutil.move(tmp_path / p.parent.name, p)
+    embedder = load_embedder(trained["embedder"])
+    payload = index.check_embedder(trained["embedder"])
+    added = index.add_images(payload, tmp_path / "shop", num_workers=0)
+    assert sorted(it["path"] for it in added) == sorted(map(str, later)) and [it["id"] for it in added] == [3, 4]
+    assert index.add_images(payload, tmp_path / "shop") == []  # nothing new
+    top = index.search(embedder, [str(later[0])], k=1)[0][0]
+    assert top.path == str(later[0]) and top.score == pytest.approx(1.0, abs=1e-4)
+    index.remove([top.id, 0])
+    index.save(tmp_path / "c.lkidx")
+    loaded = Index.load(tmp_path / "c.lkidx")
+    assert loaded.meta["count"] == 3 and sorted(loaded.by_id) == [1, 2, 4]
+    hits = loaded.search(embedder, [str(later[0])], k=5)[0]
+    assert len(hits) == 3 and top.id not in {h.id for h in hits}
+    assert Index.load(tmp_path / "c.lkidx").add_images(payload, tmp_path / "shop", num_workers=0)[0]["id"] == 5
+    with pytest.raises(LookalikeError, match="No catalogue item has the id"):
+        loaded.remove([99])
+
+
+def test_binary_index_ranks_by_hamming_distance() -> None:
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((300, 64)).astype(np.float32)
+    queries = rng.standard_normal((20, 64)).astype(np.float32)
+    index = FaissIndex(64, "BFlat")
+    index.add(gallery)
+    sims, ids = index.search(queries, 10)
+    hamming = ((queries[:, None, :] > 0) != (gallery[None, :, :] > 0)).sum(-1)
+    expected = np.sort(1 - 2 * hamming / 64, axis=1)[:, ::-1][:, :10]
+    np.testing.assert_allclose(sims, expected, atol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(1 - 2 * hamming / 64, ids, 1), sims, atol=1e-6)
+    assert (index.reconstruct(ids[:, 0]) > 0).tolist() == (gallery[ids[:, 0]] > 0).tolist()
+    with pytest.raises(LookalikeError, match="divisible by 8"):
+        FaissIndex(12, "BFlat")
+    with pytest.raises(LookalikeError, match="cannot make an index"):
+        FaissIndex(64, "NoSuchIndex")
+
+
+def test_unreadable_catalogue_images_are_skipped(trained: dict, catalogue, tmp_path: Path) -> None:
+    shop = _shop(catalogue[0], tmp_path / "shop")
+    (shop[0].parent / "broken.jpg").write_bytes(shop[0].read_bytes()[:200])
+    (shop[0].parent / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipped: Cannot read image") as caught:
+        index = Index.build(trained["embedder"], tmp_path / "shop", num_workers=0)
+    assert index.meta["count"] == len(shop) and len([w for w in caught if "skipped" in str(w.message)]) == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"not an image")
+    with pytest.raises(LookalikeError, match="None of the images could be read"):
+        Index.build(trained["embedder"], tmp_path / "bad", num_workers=0)
+
+
+@pytest.mark.slow
+def test_index_add_and_remove_commands(trained: dict, catalogue, tmp_path: Path) -> None:
+    shop = _shop(catalogue[0], tmp_path / "shop")
+    cli = [sys.executable, "-m", "lookalike.cli", "index"]
+    out = tmp_path / "c.lkidx"
+
+    def run(*args: str) -> str:
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    run("build", "--embedder", trained["embedder"], "--images", str(catalogue[0]), "--out", str(out),
+        "--factory", "BFlat", "--workers", "0")
+    assert not (tmp_path / "c.lkidx.partial").exists()
+    assert "added 5 item(s); the index now holds 10" in run("add", "--index", str(out), "--images",
+                                                             str(tmp_path / "shop"), "--workers", "0")
+    shop[0].unlink()
+    assert "removed 2 item(s); the index now holds 8" in run("remove", "--index", str(out), "--ids", "0",
+                                                              "--missing")
+    assert Index.load(out).meta["factory"] == "BFlat"
