@@ -23,6 +23,8 @@ commands:
               lookalike search --index catalog.lkidx photo.jpg [-k 10] [--json] [--out grid.png]
   calibrate   choose the match threshold for a target precision on labelled images (stored in the embedder):
               lookalike calibrate --embedder embedder.pt --images DIR_OR_CSV [--target-precision 0.95]
+  serve       a search page and JSON API for a catalogue index (loopback only unless --host says otherwise):
+              lookalike serve --index catalog.lkidx [--port 8000]
   duplicates  groups of near-duplicate catalogue images: lookalike duplicates --index catalog.lkidx
   demo-data   the quickstart's test products as a catalogue and photos to try index and search on:
               lookalike demo-data --out demo
@@ -42,6 +44,7 @@ PLAIN = {
     "calibrate": ("lookalike.calibrate", "main"),
     "demo-data": ("lookalike.data.synthetic", "main_demo"),
     "runs": ("lookalike.runs", "main"),
+    "serve": ("lookalike.serve", "main"),
 }
 # commands taking Hydra overrides: module whose main() composes the config
 HYDRA = {"train": "lookalike.train", "evaluate": "lookalike.evaluate", "augment-preview": "lookalike.data.preview"}

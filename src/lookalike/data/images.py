@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import IO, Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -12,8 +12,9 @@ from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """Read an image as an HxWx3 uint8 array: EXIF orientation applied, transparency on white."""
+def load_rgb(path: str | IO[bytes], name: str | None = None) -> np.ndarray:
+    """Read an image (a path or an open binary file) as an HxWx3 uint8 array: EXIF orientation applied,
+    transparency on white. ``name`` is what error messages call it (default: the path)."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -27,7 +28,7 @@ def load_rgb(path: str) -> np.ndarray:
                 return np.repeat((arr * (255.0 / top)).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise LookalikeError(f"Cannot read image '{path}': {e}") from e
+        raise LookalikeError(f"Cannot read image '{name or path}': {e}") from e
 
 
 class ImageDataset(Dataset):

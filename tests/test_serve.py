@@ -1,0 +1,139 @@
+"""The search page and its API: answers like Index.search, refuses bad uploads, serves items by id only,
+and works in a real (headless Chromium) browser."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.catalog import Index
+from lookalike.export import load_embedder
+from tests.test_catalog import catalogue  # noqa: F401  (fixture)
+
+pytest.importorskip("fastapi")
+
+
+@pytest.fixture
+def served(trained: dict, catalogue, tmp_path: Path) -> tuple[Path, list[str]]:  # noqa: F811
+    """A small catalogue index and the photos to search it with."""
+    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    return tmp_path / "c.lkidx", catalogue[1]
+
+
+@pytest.fixture
+def client(served):
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve import create_app
+
+    return TestClient(create_app(served[0], max_upload_mb=0.5))
+
+
+def test_search_api_answers_like_the_index(client, served, trained: dict) -> None:
+    path, photos = served
+    expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=3)[0]
+    with open(photos[0], "rb") as f:
+        found = client.post("/api/search", files={"image": ("p.jpg", f, "image/jpeg")}, data={"k": "3"})
+    assert found.status_code == 200, found.text
+    results = found.json()["results"]
+    assert [r["id"] for r in results] == [h.id for h in expected]
+    assert [r["score"] for r in results] == pytest.approx([h.score for h in expected], abs=1e-5)
+    item = client.get(f"/api/items/{results[0]['id']}").json()
+    assert item["label"] == expected[0].label and "path" not in item
+    picture = client.get(results[0]["image"])
+    assert picture.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(picture.content)).size[0] > 0
+    similar = client.get(f"/api/items/{results[0]['id']}/similar", params={"k": 2}).json()["results"]
+    assert similar[0]["id"] == results[0]["id"] and similar[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
+    assert "Drop a photo here" in client.get("/").text
+
+
+def test_bad_requests_get_clear_4xx_answers(client) -> None:
+    text = client.post("/api/search", files={"image": ("notes.txt", b"not an image", "text/plain")})
+    assert text.status_code == 415 and "Not an image" in text.json()["detail"]
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700, 3), dtype=np.uint8)).save(big, "PNG")
+    too_big = client.post("/api/search", files={"image": ("big.png", big.getvalue(), "image/png")})
+    assert too_big.status_code == 413 and "larger than 0.5 MB" in too_big.json()["detail"]
+    assert client.get("/api/items/999").status_code == 404
+    assert client.get("/api/items/..%2F..%2Fetc%2Fpasswd/image").status_code in (404, 422)
+    small = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(small, "PNG")
+    assert client.post("/api/search", files={"image": ("s.png", small.getvalue())}, data={"k": "0"}).status_code == 422
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browser():
+    """Headless Debian Chromium through its chromedriver, or a skip saying what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no Chromium/chromedriver installed (Debian: apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(options=options, service=Service(driver))
+
+
+@pytest.mark.slow
+def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lookalike.serve import create_app
+
+    path, photos = served
+    expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(path), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    browser = _browser()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        browser.get(f"http://127.0.0.1:{port}/")
+        browser.find_element(By.ID, "file").send_keys(str(Path(photos[0]).resolve()))
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .result")) == len(expected))
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        assert cards[0].get_attribute("data-id") == str(expected[0].id)
+        assert cards[0].find_element(By.CLASS_NAME, "label").text == expected[0].label
+        assert f"{expected[0].score:.3f}" == cards[0].find_element(By.CLASS_NAME, "score").text
+        wait.until(lambda b: b.execute_script(
+            "return [...document.images].filter(i => i.closest('.result')).every(i => i.complete && i.naturalWidth > 0)"))
+        shot = tmp_path / "serve.png"
+        browser.save_screenshot(str(shot))
+        if os.environ.get("LOOKALIKE_TEST_ARTIFACTS"):
+            Path(os.environ["LOOKALIKE_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, Path(os.environ["LOOKALIKE_TEST_ARTIFACTS"]) / "serve.png")
+        assert Image.open(shot).size[0] > 0
+        cards[1].click()  # more like this: the clicked item becomes the query and comes first
+        clicked = cards[1].get_attribute("data-id")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result")[0].get_attribute("data-id") == clicked)
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
