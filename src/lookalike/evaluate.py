@@ -70,7 +70,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = cfg.data if cfg.get("data") else trained.data
     splits = build(data_cfg.source, "the data set (data=...)")
     dm = RetrievalDataModule(splits, module.embedder.preprocessing, val_classes=data_cfg.val_classes,
-                             eval_batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=trained.seed)
+                             eval_batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=trained.seed,
+                             on_bad_image=data_cfg.get("on_bad_image", "skip"))
     if cfg.split not in ("test", "val"):
         raise LookalikeError(f"split={cfg.split!r}: choose test or val")
     table = dm.test_table if cfg.split == "test" else dm.val_table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import lightning as L
@@ -9,10 +10,55 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from lookalike.data.images import ImageDataset
+from lookalike.data.images import ImageDataset, unreadable_images
 from lookalike.data.table import ImageTable, Splits, split_off_classes
 from lookalike.data.transforms import eval_transform, train_transform
 from lookalike.errors import LookalikeError
+
+
+log = logging.getLogger(__name__)
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+def without_unreadable(splits: Splits, policy: str = "skip") -> Splits:
+    """The splits without images that cannot be decoded: left out with one warning each and a count
+    (``skip``), or a LookalikeError listing them (``error``)."""
+    if policy not in BAD_IMAGE_POLICIES:
+        raise LookalikeError(f"data.on_bad_image={policy!r}: choose one of {BAD_IMAGE_POLICIES}")
+    tables = [t for t in (splits.train, splits.val, splits.test) if t is not None]
+    bad = unreadable_images([p for t in tables for p in t.paths])
+    if not bad:
+        return splits
+    listing = "\n".join(f"  {p}: {e}" for p, e in list(bad.items())[:20]) + ("\n  ..." if len(bad) > 20 else "")
+    if policy == "error":
+        raise LookalikeError(f"{len(bad)} image(s) cannot be read (fix or remove them, or set "
+                             f"data.on_bad_image=skip to leave them out):\n{listing}")
+    for path, problem in bad.items():
+        log.warning("skipping unreadable image %s (%s)", path, problem)
+    log.warning("skipped %d unreadable image(s) of %d", len(bad), sum(len(t) for t in tables))
+
+    def keep(table: ImageTable | None) -> ImageTable | None:
+        return None if table is None else table.subset(np.array([p not in bad for p in table.paths], bool))
+
+    return Splits(train=keep(splits.train), test=keep(splits.test), val=keep(splits.val))
+
+
+def trainable(table: ImageTable) -> ImageTable:
+    """The training table without duplicate paths and without classes of one image (they cannot form a
+    positive pair), with a warning for each kind of row left out."""
+    first = np.zeros(len(table), bool)
+    first[np.unique(np.asarray(table.paths), return_index=True)[1]] = True
+    if not first.all():
+        log.warning("left out %d duplicate path(s) of the training set", int((~first).sum()))
+        table = table.subset(first)
+    classes, counts = np.unique(table.labels, return_counts=True)
+    single = classes[counts < 2]
+    if len(single):
+        names = [table.class_names[c] if table.class_names else str(c) for c in single[:10]]
+        log.warning("left out %d training class(es) with a single image (no positive pair): %s%s", len(single),
+                    ", ".join(names), " ..." if len(single) > 10 else "")
+        table = table.subset(~np.isin(table.labels, single))
+    return table
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -50,15 +96,17 @@ class RetrievalDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         seed: int = 0,
+        on_bad_image: str = "skip",
     ):
         super().__init__()
+        splits = without_unreadable(splits, on_bad_image)
         if splits.val is None:
             if not val_classes or val_classes <= 0:
                 raise LookalikeError("data.val_classes must be > 0: validation classes choose the best checkpoint")
             train, val = split_off_classes(splits.train, val_classes, seed)
         else:
             train, val = splits.train, splits.val
-        self.train_table: ImageTable = train.relabelled()
+        self.train_table: ImageTable = trainable(train).relabelled()
         self.val_table: ImageTable = val
         self.test_table: ImageTable = splits.test
         for name, table in (("training", self.train_table), ("validation", val), ("test", splits.test)):

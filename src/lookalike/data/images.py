@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import IO, Callable
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
@@ -31,6 +35,27 @@ def load_rgb(path: str | IO[bytes], name: str | None = None) -> np.ndarray:
         raise LookalikeError(f"Cannot read image '{name or path}': {e}") from e
 
 
+def image_problem(path: str) -> str:
+    """Why ``path`` cannot be decoded, or "" if it can. JPEGs are decoded at a reduced scale (draft mode),
+    which still reads every byte, so truncated files are found at a fraction of the cost."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (64, 64))
+            im.load()
+        return ""
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def unreadable_images(paths: Sequence[str], workers: int | None = None) -> dict[str, str]:
+    """Path -> problem for every path that cannot be decoded (checked in threads, with a progress bar)."""
+    unique = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(workers or min(8, 2 * (os.cpu_count() or 1))) as pool:
+        problems = list(tqdm(pool.map(image_problem, unique), total=len(unique), desc="checking images",
+                             leave=False, disable=len(unique) < 1000))
+    return {p: e for p, e in zip(unique, problems) if e}
+
+
 class ImageDataset(Dataset):
     """Yields dicts with the transformed image, its label, row index and retrieval roles."""
 
@@ -41,9 +66,23 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
+    def _load(self, i: int) -> np.ndarray:
+        """Row ``i``'s image; if it became unreadable after the check at start, another image of its class
+        (with a warning), so that one file never stops a training run."""
+        t = self.table
+        try:
+            return load_rgb(t.paths[i])
+        except LookalikeError as e:
+            same = np.flatnonzero(t.labels == t.labels[i])
+            others = same[same != i]
+            if len(others) == 0:
+                raise
+            warnings.warn(f"{e}; using another image of its class")
+            return load_rgb(t.paths[int(others[i % len(others)])])
+
     def __getitem__(self, i: int) -> dict:
         t = self.table
-        image = load_rgb(t.paths[i])
+        image = self._load(i)
         if t.boxes is not None:
             x, y, w, h = (int(round(v)) for v in t.boxes[i])
             image = image[max(0, y):y + max(1, h), max(0, x):x + max(1, w)]

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -22,6 +23,8 @@ def build(cfg: Any, what: str, **kwargs: Any) -> Any:
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as e:
+        if isinstance(e.__cause__, LookalikeError):  # the target's own clear message, without Hydra's wrapping
+            raise e.__cause__ from None
         raise LookalikeError(f"Cannot build {what} from its config: {e}") from e
 
 
@@ -52,6 +55,9 @@ class LitEmbedder(L.LightningModule):
         has_miner = isinstance(cfg.get("miner"), DictConfig) and "_target_" in cfg.miner
         self.miner = build(cfg.miner, "the miner (miner=...)") if has_miner else None
         self.optim_cfg = cfg.optim
+        self.max_nonfinite = int(cfg.optim.get("max_nonfinite_steps", 20))
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, in all
+        self._nonfinite_in_a_row = 0
         self.ks = tuple(cfg.get("eval", {}).get("ks", DEFAULT_KS))
         self.index_cfg = dict(cfg.get("index") or {"backend": "torch"})
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
@@ -70,6 +76,26 @@ class LitEmbedder(L.LightningModule):
         self._log_batch_stats(emb.detach(), labels, tuples)
         self.log_dict({f"lr/{g['name']}": g["lr"] for g in self.optimizers().param_groups})
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the step (drop the gradients) when a loss or gradient is not finite, counting it; stop the
+        run with a clear message after ``optim.max_nonfinite_steps`` such steps in a row. Gradients are
+        already reduced across processes here, so every process decides the same."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self._nonfinite_in_a_row = 0
+            return
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        rank_zero_warn(f"step {self.global_step}: non-finite loss or gradients, step skipped "
+                       f"({self._nonfinite_in_a_row} in a row, {self.skipped_steps} in all)")
+        if self._nonfinite_in_a_row >= self.max_nonfinite:
+            raise LookalikeError(
+                f"The loss or its gradients were not finite for {self._nonfinite_in_a_row} steps in a row "
+                f"(step {self.global_step}); the run stops, its last checkpoint is the last good one. Lower "
+                f"optim.lr.*, check the data, or raise optim.max_nonfinite_steps")
 
     def _log_batch_stats(self, emb: torch.Tensor, labels: torch.Tensor, tuples: tuple | None) -> None:
         """Mean cosine similarity of positive and negative pairs, and how much the miner kept."""
