@@ -114,6 +114,15 @@ def machine() -> str:
             f"faiss {faiss.__version__} ({faiss.get_num_gpus()} FAISS GPUs)")
 
 
+def report(lines: list[str], out: str | None) -> None:
+    """Print a Markdown section and append it to ``out`` if given."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        with open(out, "a") as f:
+            f.write(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -153,11 +162,7 @@ def main() -> None:
         gpu = f"{r['gpu_peak_mb']:.0f}" if r["gpu_peak_mb"] is not None else "-"
         lines.append(f"| {r['n']:,} | {r['method']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {gpu} | "
                      f"{r['metrics'].get('recall@1', float('nan')):.4f} | {r['metrics'].get('map@r', float('nan')):.4f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(text)
+    report(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_retrieval import machine, make_data
+from bench_retrieval import machine, make_data, report
 
 K = 10
 
@@ -146,11 +146,7 @@ def main() -> None:
             lines.append(f"| {r['n']:,} | {r['index']} | {r['build_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                          f"{r['queries_per_s']:,.0f} | {r['recall@10']:.3f} | {r['recall@1']:.3f} | "
                          f"{r['bytes_per_item']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(text)
+    report(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ uploads a photo and saves what it shows.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_retrieval import machine
+from bench_retrieval import machine, report
 
 
 def padded_index(embedder: Path, images: Path, items: int, out: Path) -> Path:
@@ -151,12 +150,7 @@ def main() -> None:
         rate = len(times) / (wall if c > 1 else ms.sum() / 1e3)
         lines.append(f"| {c} | {len(times)} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} | "
                      f"{ms.mean():.1f} | {rate:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    print(json.dumps({c: [round(t, 4) for t in ts[:5]] for c, ts in phases.items()}))
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write(text)
+    report(lines, a.out)
 
 
 if __name__ == "__main__":
