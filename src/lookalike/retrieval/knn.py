@@ -115,9 +115,13 @@ class FaissIndex:
         if self._index is None:
             faiss = faiss_module()
             if self.use_gpu:
-                self._index = faiss.index_cpu_to_all_gpus(self.cpu_index)
-                space = faiss.GpuParameterSpace()
-            else:
+                try:
+                    self._index = faiss.index_cpu_to_all_gpus(self.cpu_index)
+                    space = faiss.GpuParameterSpace()
+                except RuntimeError as e:  # an index type (or id map) this FAISS build cannot put on a GPU
+                    warnings.warn(f"FAISS cannot move a {self.factory} index to the GPU ({e}); searching on the CPU")
+                    self.use_gpu = False
+            if not self.use_gpu:
                 self._index = self.cpu_index
                 space = faiss.ParameterSpace()
             if self.search_params:
