@@ -20,7 +20,7 @@ def test_walkthrough_notebook_runs(tmp_path: Path) -> None:
     nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the retrieval grid and the search results
+    assert sum("image/jpeg" in o.get("data", {}) for o in outputs) == 2  # the retrieval grid and the search results
     text = "".join(o.get("text", "") for o in outputs)
     assert "photo -> catalogue recall@1" in text and "onnx max abs difference" in text
     assert (tmp_path / "walkthrough" / "catalog.lkidx").is_file()
