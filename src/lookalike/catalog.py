@@ -197,7 +197,8 @@ class Index:
             raise LookalikeError(f"No catalogue item has the id(s) {unknown[:10]}")
         removed = [self.by_id[i] for i in ids]
         self.faiss.remove(np.array(list(ids), dtype=np.int64))
-        self._set_items([it for it in self.items if it["id"] not in set(ids)])
+        gone = set(ids)
+        self._set_items([it for it in self.items if it["id"] not in gone])
         return removed
 
     def _set_items(self, items: list[dict[str, Any]]) -> None:
