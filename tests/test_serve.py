@@ -130,9 +130,10 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
             Path(os.environ["LOOKALIKE_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, Path(os.environ["LOOKALIKE_TEST_ARTIFACTS"]) / "serve.png")
         assert Image.open(shot).size[0] > 0
+        clicked = cards[1].get_attribute("data-id")  # read before the click: the click replaces the cards
         cards[1].click()  # more like this: the clicked item becomes the query and comes first
-        clicked = cards[1].get_attribute("data-id")
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result")[0].get_attribute("data-id") == clicked)
+        first_card = "const c = document.querySelector('#results .result'); return c && c.dataset.id"
+        wait.until(lambda b: b.execute_script(first_card) == clicked)  # one atomic read, no stale elements
     finally:
         browser.quit()
         server.should_exit = True
