@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
+from lightning.pytorch.callbacks import Callback
 from pytorch_metric_learning.losses import TripletMarginLoss
 
 
@@ -20,3 +23,13 @@ class NaNForSteps(TripletMarginLoss):
             return loss
         self.calls += 1
         return loss * float("nan") if self.start <= self.calls < self.start + self.nan_steps else loss
+
+
+class SlowSteps(Callback):
+    """Sleeps after every training step, so that a test can kill a run in the middle of an epoch."""
+
+    def __init__(self, seconds: float = 0.5):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(self.seconds)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lookalike.data.cub import cub200
@@ -16,7 +17,7 @@ from lookalike.data.images import load_rgb
 from lookalike.data.synthetic import synthetic_products
 from lookalike.errors import LookalikeError
 from lookalike.models.lit_embedder import build
-from tests.conftest import compose_config
+from tests.conftest import compose_config, write_image
 
 PRE = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "crop_pct": 1.0}
 
@@ -97,3 +98,42 @@ def test_datamodule_explains_impossible_pk_batches(image_folder: Path) -> None:
                              batch_size=8, val_classes=2)
     with pytest.raises(LookalikeError, match="multiple of m"):
         dm.train_dataloader()
+
+
+def _datamodule(image_folder: Path, m: int, batch_size: int, train_share: float = 4 / 6) -> RetrievalDataModule:
+    cfg = compose_config([f"sampler.m={m}"])
+    return RetrievalDataModule(read_split(image_folder, train_share), PRE, sampler=build(cfg.sampler, "sampler"),
+                               batch_size=batch_size, val_classes=2)
+
+
+def test_classes_smaller_than_m_are_repeated_with_a_warning(tmp_path: Path, caplog) -> None:
+    for c in range(8):
+        for i in range(3):
+            write_image(tmp_path / f"class_{c}" / f"img_{i}.jpg", (30 * c, 90, 90), seed=10 * c + i)
+    dm = _datamodule(tmp_path, m=4, batch_size=8, train_share=6 / 8)  # 4 training classes of 3 images
+    with caplog.at_level("WARNING"):
+        batch = next(iter(dm.train_dataloader()))
+    assert "4 training class(es) have fewer than sampler.m=4 images" in caplog.text
+    assert sorted(Counter(batch["label"].tolist()).values()) == [4, 4]
+    assert len(set(batch["index"].tolist())) <= 6  # 3 distinct images per class at most: drawn with replacement
+
+
+def test_batches_needing_more_classes_than_exist_and_empty_splits_are_explained(image_folder: Path) -> None:
+    with pytest.raises(LookalikeError, match="at most m x number of classes"):
+        _datamodule(image_folder, m=2, batch_size=8).train_dataloader()  # 4 classes per batch, 2 exist
+    with pytest.raises(LookalikeError, match="The training split is empty"):
+        RetrievalDataModule(read_split(image_folder, 0.0), PRE, batch_size=8, val_classes=2)
+
+
+def test_an_epochs_batches_depend_on_seed_and_epoch_only(image_folder: Path) -> None:
+    """Same batches and augmentations with 0 or 2 loader workers, other ones in the next epoch."""
+    cfg = compose_config(["sampler.m=4"])
+    epochs = []
+    for workers, epoch in ((0, 0), (2, 0), (0, 1)):
+        dm = RetrievalDataModule(read_split(image_folder, 4 / 6), PRE, sampler=build(cfg.sampler, "sampler"),
+                                 augment=build(cfg.augment, "augment"), batch_size=8, val_classes=2,
+                                 num_workers=workers)
+        dm.load_state_dict({"next_epoch": epoch})  # as when resuming from a checkpoint
+        epochs.append(next(iter(dm.train_dataloader())))
+    assert torch.equal(epochs[0]["index"], epochs[1]["index"]) and torch.equal(epochs[0]["image"], epochs[1]["image"])
+    assert not torch.equal(epochs[0]["image"], epochs[2]["image"])

@@ -3,6 +3,7 @@ writers killed mid-write each get clear handling."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -231,3 +232,50 @@ def test_a_scraped_folder_goes_through_train_evaluate_index_and_search(tmp_path:
     assert all(len(h) == 3 for h in hits)
     with pytest.raises(LookalikeError, match="Cannot read image"):
         index.search(embedder, [str(broken[0])])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_killed_mid_epoch_resumes_with_ckpt_path_last_like_an_uninterrupted_run(
+        data_cache: Path, tmp_path: Path, workers: int) -> None:
+    """kill -9 during the second epoch, then ``ckpt_path=last``: the run continues in its own folder and
+    ends with the weights and test metrics of a run that was never interrupted (same seed)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    args = [a for a in tiny_overrides(data_cache, tmp_path) if not a.startswith("paths.output_dir")]
+    args += ["trainer.max_epochs=3", f"data.num_workers={workers}", "logger=none"]
+    train = [sys.executable, str(root / "train.py"), *args]
+
+    def finish(run_dir: Path, *extra: str) -> None:
+        done = subprocess.run([*train, f"hydra.run.dir={run_dir}", *extra], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    finish(tmp_path / "a" / "run")
+    uninterrupted = json.loads((tmp_path / "a" / "run" / "metrics.json").read_text())
+
+    killed_dir = tmp_path / "b" / "run"
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    killed = subprocess.Popen([*train, f"hydra.run.dir={killed_dir}", "+callbacks.slow._target_=tests.faulty.SlowSteps",
+                               "+callbacks.slow.seconds=1.0"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not last.exists():  # written after the first epoch; the second takes 2 x 1 s more
+        assert time.time() < deadline and killed.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(killed.pid, signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+
+    finish(tmp_path / "b" / "new", "ckpt_path=last")
+    assert not (tmp_path / "b" / "new" / "metrics.json").exists()  # it continued in the killed run's folder
+    report = json.loads((killed_dir / "metrics.json").read_text())
+    row = "after training (best checkpoint)"
+    for key in ("recall@1", "recall@4", "map@r"):
+        assert report["test"][row][key] == pytest.approx(uninterrupted["test"][row][key], abs=1e-6), key
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+               for d in (tmp_path / "a" / "run", killed_dir)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=1e-6, msg=name)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from lookalike.data.images import ImageDataset, unreadable_images
 from lookalike.data.table import ImageTable, Splits, split_off_classes
@@ -67,12 +68,32 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _seed_worker_augmentation(worker_id: int) -> None:
-    """Give each loader worker its own, reproducible augmentation stream (torch seeds workers per run)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(seed)
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """One 32-bit seed for each (run seed, epoch, process)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """The training sampler, made a function of (seed, epoch, rank). Each epoch iterates a fresh copy of
+    ``sampler`` (PML samplers shuffle their own state in place) with numpy's and torch's global generators
+    seeded for the epoch (PML samplers draw from numpy's; dropout from torch's), and pairs every row with
+    its own augmentation seed. So an epoch's batches and augmentations are the same whatever the number of
+    loader workers, and a run resumed from ``last.ckpt`` trains its remaining epochs as an uninterrupted
+    run does."""
+
+    def __init__(self, sampler: Sampler[int], seed: int, epoch: Callable[[], int], rank: int = 0):
+        self.sampler, self.seed, self.epoch, self.rank = sampler, seed, epoch, rank
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = epoch_seed(self.seed, self.epoch(), self.rank)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        rows = list(copy.deepcopy(self.sampler))
+        seeds = np.random.default_rng(seed).integers(0, 2**32, len(rows))
+        return iter(zip(rows, seeds.tolist()))
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -100,6 +121,8 @@ class RetrievalDataModule(L.LightningDataModule):
     ):
         super().__init__()
         splits = without_unreadable(splits, on_bad_image)
+        if len(splits.train) == 0:
+            raise LookalikeError("The training split is empty: check data.root and the class split settings")
         if splits.val is None:
             if not val_classes or val_classes <= 0:
                 raise LookalikeError("data.val_classes must be > 0: validation classes choose the best checkpoint")
@@ -116,6 +139,7 @@ class RetrievalDataModule(L.LightningDataModule):
         self.sampler = sampler
         self.augment = augment
         self.seed = seed
+        self._resumed_epoch: int | None = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.loader_args = dict(
@@ -132,26 +156,41 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.sampler is None:
             return None
         labels = self.train_table.labels
+        m = getattr(self.sampler, "keywords", {}).get("m", "?")
+        small = int((np.bincount(labels) < m).sum()) if isinstance(m, int) else 0
+        if small:
+            log.warning("%d training class(es) have fewer than sampler.m=%d images: their images repeat within a "
+                        "batch (the sampler draws them with replacement)", small, m)
         try:
             return self.sampler(labels=labels, batch_size=self.batch_size, length_before_new_iter=len(labels))
         except AssertionError as e:
-            m = getattr(self.sampler, "keywords", {}).get("m", "?")
             raise LookalikeError(
                 f"Cannot build PK batches of data.batch_size={self.batch_size} with sampler.m={m} from "
                 f"{self.train_table.num_classes} training classes and {len(labels)} images: the batch size must "
                 f"be a multiple of m, at most m x number of classes, and at most the number of images ({e})"
             ) from e
 
+    def _current_epoch(self) -> int:
+        """The epoch the training loader is about to serve. A resumed run creates its first loader before
+        Lightning restores its epoch count, so that one is taken from this module's checkpointed state."""
+        if self._resumed_epoch is not None:
+            epoch, self._resumed_epoch = self._resumed_epoch, None
+            return epoch
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints (Lightning writes them at the end of an epoch): the next epoch to serve."""
+        return {"next_epoch": self.trainer.current_epoch + 1} if self.trainer is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed_epoch = state_dict.get("next_epoch")
+
     def train_dataloader(self) -> DataLoader:
-        rank, world = _rank_and_world()
-        if world > 1:  # PML samplers draw from numpy's global RNG: give each process its own batches
-            np.random.seed(self.seed + rank)
-        transform = train_transform(self.augment, self.preprocessing)
-        transform.set_random_seed(self.seed + rank)  # albumentations has its own RNG: seed it for reruns
-        dataset = ImageDataset(self.train_table, transform)
-        sampler = self._pk_sampler()
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
-                          drop_last=True, worker_init_fn=_seed_worker_augmentation, **self.loader_args)
+        """PK batches (or shuffled ones without a sampler); under DDP each process draws its own."""
+        dataset = ImageDataset(self.train_table, train_transform(self.augment, self.preprocessing))
+        sampler = self._pk_sampler() or RandomSampler(dataset)
+        seeded = EpochSeededSampler(sampler, self.seed, epoch=self._current_epoch, rank=_rank_and_world()[0])
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=seeded, drop_last=True, **self.loader_args)
 
     def eval_dataloader(self, table: ImageTable, distributed: bool = True) -> DataLoader:
         """An ordered loader over any table with the evaluation transform; under DDP each process

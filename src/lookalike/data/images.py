@@ -80,7 +80,12 @@ class ImageDataset(Dataset):
             warnings.warn(f"{e}; using another image of its class")
             return load_rgb(t.paths[int(others[i % len(others)])])
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """Row ``item``, or ``(row, seed)``: the random transform is seeded for this one image (see
+        ``EpochSeededSampler``), so augmentations do not depend on the number of loader workers."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            self.transform.set_random_seed(seed)
         t = self.table
         image = self._load(i)
         if t.boxes is not None:
