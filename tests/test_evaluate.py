@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,20 +69,52 @@ def test_lookalike_evaluate_command(trained: dict, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "No checkpoint" in bad.stderr and "Traceback" not in bad.stderr
 
 
+# Started in every Python process of the DDP test (via PYTHONPATH): the second process (LOCAL_RANK=1,
+# set by Lightning's launcher) records every file it opens for writing, renames, creates or removes.
+RECORD_WRITES = """
+import os, sys
+if os.environ.get("LOCAL_RANK", "0") != "0":
+    _log = open(os.environ["WRITES_LOG"], "a", buffering=1)
+    _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def _record(event, args):
+        if event == "open" and args[0] is not None and (
+                (isinstance(args[1], str) and any(c in args[1] for c in "wax+")) or (args[2] or 0) & _WRITE):
+            _log.write(f"{args[0]}\\n")
+        elif event in ("os.rename", "os.replace", "os.symlink"):
+            _log.write(f"{args[1]}\\n")
+        elif event in ("os.remove", "os.rmdir") or (event == "os.mkdir" and not os.path.exists(args[0])):
+            _log.write(f"{args[0]}\\n")
+
+    sys.addaudithook(_record)
+"""
+
+
 @pytest.mark.slow
 def test_ddp_validation_gathers_all_ranks(data_cache: Path, tmp_path: Path) -> None:
-    """2 CPU processes (gloo): the gathered test metrics equal a single-process evaluation of the checkpoint.
+    """2 CPU processes (gloo): the gathered test metrics equal a single-process evaluation of the checkpoint,
+    and only rank 0 writes into the run folder (rank 1 writes just its own Hydra log).
 
     The test split (5 classes x 4 images = 20 rows, eval batch 6) does not divide evenly, so the
     distributed sampler pads with repeated rows, which the gathering must drop."""
     run_dir = tmp_path / "ddp"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(RECORD_WRITES)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
+           "WRITES_LOG": str(tmp_path / "rank1_writes.txt")}
     args = [a for a in tiny_overrides(data_cache, run_dir) if not a.startswith("paths.output_dir")]
     done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "train.py"), *args,
                            f"hydra.run.dir={run_dir}", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
                            "data.eval_batch_size=6", "data.source.num_test_products=5", "data.source.photos_per_product=3",
-                           "trainer.sync_batchnorm=false"],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           "trainer.sync_batchnorm=false", "logger=csv"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    written = {Path(os.path.abspath(p)) for p in (tmp_path / "rank1_writes.txt").read_text().split()}
+    in_run = {p.relative_to(run_dir).as_posix() for p in written if p.is_relative_to(run_dir)}
+    assert in_run == {"train_ddp_process_1.log"}, in_run
+    assert {"config.yaml", "metrics.json", "embedder.pt", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+            "csv/metrics.csv"} <= {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")}
     report = json.loads((run_dir / "metrics.json").read_text())
     gathered = report["test"]["after training (best checkpoint)"]
     single = evaluate(_eval_cfg(report["best_checkpoint"], tmp_path / "single", "grid.queries=0", "ks=[1,2,4,8]"))

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lookalike.config import hydra_main
 from lookalike.data.cache import resized_splits
 from lookalike.data.datamodule import RetrievalDataModule
+from lookalike.errors import LookalikeError
 from lookalike.export import save_embedder
 from lookalike.files import link_latest
 from lookalike.models.lit_embedder import LitEmbedder, build
@@ -69,17 +70,39 @@ def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
     return {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
 
 
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint ``ckpt_path`` names; ``last`` is the newest ``checkpoints/last.ckpt`` among the
+    task's run folders (this one included), e.g. of a run that was killed."""
+    if not cfg.get("ckpt_path"):
+        return None
+    if cfg.ckpt_path != "last":
+        if not Path(cfg.ckpt_path).is_file():
+            raise LookalikeError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        return Path(cfg.ckpt_path)
+    runs = Path(cfg.paths.output_dir).parent
+    found = sorted({p.resolve() for p in runs.glob("*/checkpoints/last.ckpt")}, key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise LookalikeError(f"ckpt_path=last: no run folder under {runs} has checkpoints/last.ckpt; "
+                             "give the path of the checkpoint to resume from instead")
+    return found[-1]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate as ``cfg`` says; returns the report (test rows, best checkpoint and score, files)."""
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resume_checkpoint(cfg)
+    if cfg.get("ckpt_path") == "last":  # continue the interrupted run in its own folder
+        cfg.paths.output_dir = str(ckpt_path.parent.parent)
+        rank_zero_info(f"resuming {ckpt_path}; the run continues in {cfg.paths.output_dir}")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = build_datamodule(cfg)  # first, so a missing data set stops the run at once
     config = OmegaConf.to_container(cfg, resolve=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     run_provenance = provenance(cfg.seed)
-    (output_dir / "provenance.json").write_text(json.dumps(run_provenance, indent=2))
+    if rank_zero_only.rank == 0:  # under DDP the other processes write nothing
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        (output_dir / "provenance.json").write_text(json.dumps(run_provenance, indent=2))
     module = LitEmbedder(config, num_train_classes=datamodule.num_train_classes)
     datamodule.preprocessing = module.embedder.preprocessing
     trainer = build_trainer(cfg)
@@ -99,7 +122,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     rows["after training (best checkpoint)" if best else "after training"] = _test_metrics(
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False))
@@ -173,7 +196,8 @@ def train_task(cfg: DictConfig) -> float | None:
             log.error("trial failed (%s: %s); the sweep continues", type(e).__name__, e)
             return float("nan")
     report = run(cfg)
-    link_latest(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        link_latest(cfg.paths.output_dir)
     return report["best_val"]
 
 
