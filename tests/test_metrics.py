@@ -131,3 +131,35 @@ def test_nmi_matches_scikit_learn_and_clusters() -> None:
     centers = np.eye(16, dtype=np.float32)[:5]
     x = centers[labels] + rng.normal(0, 0.05, (200, 16)).astype(np.float32)
     assert clustering_nmi(x, labels) > 0.95
+
+
+def _expanded(emb: np.ndarray, base_rows: np.ndarray, gallery_rows: np.ndarray, k: int, alpha: float) -> np.ndarray:
+    """alpha-QE / DBA by the definition: each base row plus its k most similar other gallery rows, weighted
+    by similarity**alpha, normalised."""
+    out = []
+    for i in base_rows:
+        cand = np.array([j for j in gallery_rows if j != i])
+        sims = emb[cand] @ emb[i]
+        top = np.argsort(-sims, kind="stable")[:k]
+        v = emb[i] + ((np.clip(sims[top], 0, None) ** alpha)[:, None] * emb[cand[top]]).sum(0)
+        out.append(v / np.linalg.norm(v))
+    return np.array(out, np.float32)
+
+
+def test_query_expansion_and_database_augmentation_follow_their_definitions(data) -> None:
+    from lookalike.retrieval.expansion import database_augmentation, query_expansion
+
+    emb, labels = data
+    rows = np.arange(len(emb))
+    qe = query_expansion(torch.from_numpy(emb), torch.from_numpy(emb), 3, 3.0, exclude=torch.from_numpy(rows))
+    np.testing.assert_allclose(qe.numpy(), _expanded(emb, rows, rows, 3, 3.0), atol=1e-5)
+    dba = database_augmentation(torch.from_numpy(emb), 2, 1.0, backend="faiss")
+    np.testing.assert_allclose(dba.numpy(), _expanded(emb, rows, rows, 2, 1.0), atol=1e-5)
+
+    q, g = rows < 50, rows >= 50  # query/gallery protocol: QE searches again with the expanded queries
+    with_qe = retrieval_metrics(emb, labels, q, g, (1, 4), qe_k=3)
+    manual = np.concatenate([_expanded(emb, rows[q], rows[g], 3, 3.0), emb[g]])
+    assert with_qe == pytest.approx(retrieval_metrics(manual, np.concatenate([labels[q], labels[g]]),
+                                                      np.arange(len(manual)) < 50, np.arange(len(manual)) >= 50,
+                                                      (1, 4)), abs=1e-6)
+    assert with_qe != pytest.approx(retrieval_metrics(emb, labels, q, g, (1, 4)), abs=1e-6)

@@ -80,13 +80,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data = embed(module.embedder.to(device), dm.eval_dataloader(table), device=device,
                  dtype=torch.float16 if cfg.half_embeddings else torch.float32, desc=f"embedding {cfg.split}")
     nb = search(data["embeddings"].to(device), data["label"], data["is_query"], data["is_gallery"],
-                max(cfg.ks), cfg.index.backend, cfg.index.factory, cfg.index.search_params)
+                max(cfg.ks), cfg.index.backend, cfg.index.factory, cfg.index.search_params, **cfg.expansion)
     metrics = metrics_from_neighbors(nb, cfg.ks)
     if cfg.nmi:
         metrics["nmi"] = clustering_nmi(data["embeddings"], data["label"], seed=trained.seed)
 
     report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "set": table.describe(),
-              "index": OmegaConf.to_container(cfg.index), "metrics": metrics}
+              "index": OmegaConf.to_container(cfg.index), "expansion": OmegaConf.to_container(cfg.expansion),
+              "metrics": metrics}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     if cfg.save_embeddings:
         save_embeddings(out, data, table.paths)

@@ -9,11 +9,12 @@ relevant gallery item are left out and counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from lookalike.retrieval.expansion import database_augmentation, query_expansion
 from lookalike.retrieval.knn import faiss_module, knn
 
 DEFAULT_KS = (1, 2, 4, 8)
@@ -40,8 +41,15 @@ def search(
     backend: str = "torch",
     factory: str = "Flat",
     search_params: str = "",
+    qe_k: int = 0,
+    dba_k: int = 0,
+    alpha: float = 3.0,
 ) -> Neighbors:
-    """Retrieve, for every query, ``max(k, R)`` gallery items (R: its number of relevant items)."""
+    """Retrieve, for every query, ``max(k, R)`` gallery items (R: its number of relevant items).
+
+    ``dba_k`` / ``qe_k`` > 0 apply database-side augmentation to the gallery and alpha query expansion to
+    the queries first (``lookalike.retrieval.expansion``). Under leave-one-out, DBA lets each query
+    contribute to its neighbours' gallery vectors, which flatters it; judge DBA on query/gallery splits."""
     emb = torch.as_tensor(embeddings).float()
     dev = emb.device
     labels = torch.as_tensor(labels).to(dev)
@@ -62,8 +70,13 @@ def search(
     valid = relevant > 0
     q_rows, exclude, q_labels, relevant = q_rows[valid], exclude[valid], q_labels[valid], relevant[valid]
     k_max = int(max(k, int(relevant.max()) if len(relevant) else 0))
-    sims, nn = knn(emb[q_rows], emb[g_rows], k_max, exclude=exclude, backend=backend, factory=factory,
-                   search_params=search_params)
+    index = dict(backend=backend, factory=factory, search_params=search_params)
+    queries, gallery = emb[q_rows], emb[g_rows]
+    if dba_k:
+        gallery = database_augmentation(gallery, dba_k, alpha, **index)
+    if qe_k:
+        queries = query_expansion(queries, gallery, qe_k, alpha, exclude=exclude, **index)
+    sims, nn = knn(queries, gallery, k_max, exclude=exclude, **index)
     nn = nn.to(dev)
     return Neighbors(q_rows, g_rows[nn], sims, g_labels[nn] == q_labels[:, None], relevant, int((~valid).sum()))
 
@@ -95,9 +108,11 @@ def retrieval_metrics(
     backend: str = "torch",
     factory: str = "Flat",
     search_params: str = "",
+    **expansion: Any,
 ) -> dict[str, float]:
-    """Metrics of retrieving same-label gallery items for every query, by cosine similarity."""
-    nb = search(embeddings, labels, is_query, is_gallery, max(ks), backend, factory, search_params)
+    """Metrics of retrieving same-label gallery items for every query, by cosine similarity
+    (``expansion``: ``qe_k``, ``dba_k``, ``alpha`` of ``search``)."""
+    nb = search(embeddings, labels, is_query, is_gallery, max(ks), backend, factory, search_params, **expansion)
     return metrics_from_neighbors(nb, ks)
 
 
