@@ -20,9 +20,10 @@ TINY_MODEL = [
 ]
 
 
-def tiny_overrides(cache: Path, out: Path) -> list[str]:
-    """Overrides that make the default (quickstart) config train in a second or two."""
-    return TINY_MODEL + [
+def tiny_overrides(cache: Path, out: Path | None = None) -> list[str]:
+    """Overrides that make the default (quickstart) config train in a second or two. Without ``out``
+    (for ``train.py`` in a subprocess) the output folder is Hydra's run folder (``hydra.run.dir``)."""
+    return TINY_MODEL + (["paths.output_dir=" + str(out)] if out is not None else []) + [
         f"data.root={cache}",
         "data.source.num_train_products=10",
         "data.source.num_test_products=5",
@@ -37,7 +38,6 @@ def tiny_overrides(cache: Path, out: Path) -> list[str]:
         "trainer.enable_model_summary=false",
         "eval.baseline=false",
         "eval.before=false",
-        f"paths.output_dir={out}",
     ]
 
 

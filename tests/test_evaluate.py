@@ -103,7 +103,7 @@ def test_ddp_validation_gathers_all_ranks(data_cache: Path, tmp_path: Path) -> N
     (hooks / "sitecustomize.py").write_text(RECORD_WRITES)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]),
            "WRITES_LOG": str(tmp_path / "rank1_writes.txt")}
-    args = [a for a in tiny_overrides(data_cache, run_dir) if not a.startswith("paths.output_dir")]
+    args = tiny_overrides(data_cache)
     done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "train.py"), *args,
                            f"hydra.run.dir={run_dir}", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
                            "data.eval_batch_size=6", "data.source.num_test_products=5", "data.source.photos_per_product=3",

@@ -242,8 +242,7 @@ def test_a_run_killed_mid_epoch_resumes_with_ckpt_path_last_like_an_uninterrupte
     ends with the weights and test metrics of a run that was never interrupted (same seed)."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    args = [a for a in tiny_overrides(data_cache, tmp_path) if not a.startswith("paths.output_dir")]
-    args += ["trainer.max_epochs=3", f"data.num_workers={workers}", "logger=none"]
+    args = tiny_overrides(data_cache) + ["trainer.max_epochs=3", f"data.num_workers={workers}", "logger=none"]
     train = [sys.executable, str(root / "train.py"), *args]
 
     def finish(run_dir: Path, *extra: str) -> None:

@@ -20,8 +20,7 @@ def _train(*args: str, cwd: Path, entry: tuple[str, ...] = (sys.executable, str(
 
 
 def _tiny(cache: Path, run_dir: Path) -> list[str]:
-    args = [a for a in tiny_overrides(cache, run_dir) if not a.startswith("paths.output_dir")]
-    return [*args, f"hydra.run.dir={run_dir}", "eval.baseline=true", "eval.before=true"]
+    return [*tiny_overrides(cache), f"hydra.run.dir={run_dir}", "eval.baseline=true", "eval.before=true"]
 
 
 @pytest.mark.slow
