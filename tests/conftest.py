@@ -64,6 +64,24 @@ def write_image(path: Path, color: tuple[int, int, int], size: int = 24, seed: i
     Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)).save(path)
 
 
+def write_omniglot_part(root: Path, part: str, alphabets: list[str], characters: int = 2, drawings: int = 4) -> None:
+    """Omniglot's published layout: ``root/part/<Alphabet>/characterNN/<drawing>.png``."""
+    for a, alphabet in enumerate(alphabets):
+        for c in range(characters):
+            for i in range(drawings):
+                write_image(root / part / alphabet / f"character{c + 1:02d}" / f"{a}{c}_{i:02d}.png",
+                            (60 * a, 100 * c, 90), size=12, seed=i)
+
+
+@pytest.fixture
+def fake_omniglot(tmp_path: Path) -> Path:
+    """Omniglot with 3 background alphabets (12 characters) and 2 evaluation alphabets, unpacked."""
+    root = tmp_path / "omniglot"
+    write_omniglot_part(root, "images_background", ["Balinese", "Greek", "Korean"], characters=4)
+    write_omniglot_part(root, "images_evaluation", ["Sanskrit", "Tagalog"])
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """An image folder with 6 classes of 5 images each."""

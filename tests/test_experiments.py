@@ -22,7 +22,8 @@ def test_there_are_experiments() -> None:
 def test_experiment_runs_on_tiny_data(experiment: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     cfg = compose_config([f"experiment={experiment}"])
     source = cfg.data.source._target_.rsplit(".", 1)[-1]
-    roots = {"cub200": "fake_cub", "image_folder": "image_folder", "synthetic_products": "data_cache"}
+    roots = {"cub200": "fake_cub", "image_folder": "image_folder", "synthetic_products": "data_cache",
+             "omniglot": "fake_omniglot"}
     root = request.getfixturevalue(roots[source])
     cfg = compose_config([f"experiment={experiment}", *TINY_MODEL, f"data.root={root}", "data.num_workers=0",
                           "data.batch_size=8", "data.eval_batch_size=16", "logger=none", "eval.baseline=false",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import zipfile
+
 import numpy as np
 import pytest
 import scipy.io
@@ -12,8 +14,9 @@ from lookalike.data.benchmarks import cars196, inshop, stanford_online_products
 from lookalike.data.cub import cub200
 from lookalike.data.images import ImageDataset
 from lookalike.data.manifest import manifest
+from lookalike.data.omniglot import omniglot
 from lookalike.errors import LookalikeError
-from tests.conftest import write_image
+from tests.conftest import write_image, write_omniglot_part
 
 
 def _identity(image):
@@ -115,6 +118,35 @@ def test_manifest_errors(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("path,label,split\nx.jpg,1,training\n")
     with pytest.raises(LookalikeError, match="unknown split"):
         manifest(tmp_path / "m.csv")
+
+
+def _fake_omniglot_zip(root: Path, part: str, alphabets: list[str]) -> None:
+    """``root/part.zip`` as published: one top folder ``part/<Alphabet>/characterNN/*.png``."""
+    write_omniglot_part(root / "staging", part, alphabets, drawings=3)
+    with zipfile.ZipFile(root / f"{part}.zip", "w") as z:
+        for f in sorted((root / "staging").rglob("*.png")):
+            z.write(f, f.relative_to(root / "staging"))
+
+
+def test_omniglot_zips_split_by_alphabet(tmp_path: Path) -> None:
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    _fake_omniglot_zip(root, "images_background_small1", ["Balinese", "Greek", "Korean"])
+    _fake_omniglot_zip(root, "images_background_small2", ["Greek", "Tagalog"])
+    s = omniglot(root, ["images_background_small1"], ["images_background_small2"], cache_dir=tmp_path / "cache")
+    # Greek is in both parts, so in neither split; a class is one character of one alphabet
+    assert s.train.class_names == ["Balinese/character01", "Balinese/character02", "Korean/character01",
+                                   "Korean/character02"]
+    assert s.test.class_names == ["Tagalog/character01", "Tagalog/character02"]
+    assert len(s.train) == 12 and len(s.test) == 6 and s.test.num_classes == 2
+    assert ImageDataset(s.test, _identity)[0]["image"].shape == (12, 12, 3)
+    unpacked = omniglot(root / "staging", ["images_background_small1"], ["images_background_small2"])
+    assert unpacked.train.class_names == s.train.class_names  # unpacked folders work as the zips do
+
+
+def test_omniglot_missing_part_names_layout(tmp_path: Path) -> None:
+    with pytest.raises(LookalikeError, match="images_evaluation"):
+        omniglot(tmp_path)
 
 
 @pytest.mark.parametrize("loader", [cars196, stanford_online_products, inshop])
