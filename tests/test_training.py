@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.data.image_folder import image_folder as read_split
 from lookalike.models.lit_embedder import LitEmbedder
-from lookalike.train import build_datamodule
-from tests.conftest import TINY_MODEL, compose_config
+from lookalike.export import load_embedder
+from lookalike.train import build_datamodule, run
+from tests.conftest import TINY_MODEL, compose_config, tiny_overrides
 
 LOSSES = ["triplet", "contrastive", "multi_similarity", "proxy_anchor", "arcface"]
 MINERS = ["semihard", "batch_hard", "distance_weighted", "multi_similarity", "none"]
@@ -106,3 +107,17 @@ def test_freeze_bn_keeps_backbone_statistics(image_folder: Path, tmp_path: Path)
     now = module.embedder.backbone.state_dict()
     assert all(torch.equal(now[k], v) for k, v in stats.items())
     assert all(torch.equal(now[k], v) for k, v in weights.items())  # frozen in the first epoch
+
+
+def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_path: Path) -> None:
+    """callbacks=ema: the test metrics and embedder.pt use best.ckpt's averaged weights, not the last
+    optimizer step's (Lightning's callback would restore those when testing from a checkpoint path)."""
+    report = run(compose_config(tiny_overrides(data_cache, tmp_path / "run") + [
+        "logger=none", "callbacks=ema", "callbacks.ema.decay=0.5", "optim.lr.head=0.1"]))
+    ckpt = torch.load(report["best_checkpoint"], map_location="cpu", weights_only=False)
+    exported = load_embedder(report["embedder"]).state_dict()
+    averaged = {k.removeprefix("embedder."): v for k, v in ckpt["state_dict"].items() if k.startswith("embedder.")}
+    current = {k.removeprefix("embedder."): v for k, v in ckpt["current_model_state"].items()}
+    assert exported.keys() == averaged.keys()
+    assert all(torch.equal(exported[k], averaged[k]) for k in exported)
+    assert any(not torch.equal(averaged[k], current[k]) for k in exported)  # the average is not the last step

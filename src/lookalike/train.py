@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -124,8 +125,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:  # the checkpoint's weights (averaged ones with callbacks=ema), loaded here and not through
+        # trainer.test(ckpt_path=...): Lightning's weight-averaging callback would restore the non-averaged ones
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     rows["after training (best checkpoint)" if best else "after training"] = _test_metrics(
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False))
+        trainer.test(module, datamodule=datamodule, verbose=False))
 
     report = {"test": rows, "best_checkpoint": best, "optimized_metric": cfg.optimized_metric,
               "best_val": _best_score(trainer), "test_set": datamodule.test_table.describe(),
