@@ -17,7 +17,6 @@ import os
 import sys
 from datetime import date
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
