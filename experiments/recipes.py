@@ -101,7 +101,7 @@ def run_pretrained_224(dataset: str, root: str) -> dict:
     from plain_pml_loop import splits
 
     model = Embedder({"name": "tf_efficientnet_lite0", "pretrained": True}, {"embedding_size": None}, 224).eval()
-    data = RetrievalDataModule(splits(dataset, root), model.preprocessing, val_classes=0, num_workers=2)
+    data = RetrievalDataModule(splits(dataset, root), model.preprocessing, val_classes=1, num_workers=2)
     out = embed(model, data.eval_dataloader(data.test_table), device=torch.device("cpu"), desc="pretrained 224 px")
     metrics = retrieval_metrics(out["embeddings"], out["label"], ks=(1, 2, 4, 8))
     return {"dataset": dataset, "recipe": "pretrained_224", "seed": 0, "test": metrics, "duration_s": 0}
