@@ -23,9 +23,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from lookalike.data.datamodule import RetrievalDataModule
+from lookalike.models.embedder import Embedder
+from lookalike.retrieval import embed, retrieval_metrics
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_retrieval import machine  # noqa: E402
+from plain_pml_loop import splits  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,15 +97,6 @@ def run_plain(dataset: str, seed: int, root: str) -> dict:
 
 def run_pretrained_224(dataset: str, root: str) -> dict:
     """The pretrained pooled features at timm's own 224 px, a reference beyond the training resolution."""
-    import torch
-
-    from lookalike.data.datamodule import RetrievalDataModule
-    from lookalike.models.embedder import Embedder
-    from lookalike.retrieval import embed, retrieval_metrics
-
-    sys.path.insert(0, str(REPO / "experiments"))
-    from plain_pml_loop import splits
-
     model = Embedder({"name": "tf_efficientnet_lite0", "pretrained": True}, {"embedding_size": None}, 224).eval()
     data = RetrievalDataModule(splits(dataset, root), model.preprocessing, val_classes=1, num_workers=2)
     out = embed(model, data.eval_dataloader(data.test_table), device=torch.device("cpu"), desc="pretrained 224 px")
