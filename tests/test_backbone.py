@@ -10,7 +10,7 @@ import torch
 
 from lookalike.data.images import load_rgb
 from lookalike.data.synthetic import catalogue_picture, random_watch
-from lookalike.data.transforms import eval_transform
+from lookalike.data.transforms import eval_transform, normalize_images
 from lookalike.errors import LookalikeError
 from lookalike.models import backbone as bb
 from lookalike.models.embedder import Embedder, resolve_preprocessing
@@ -39,9 +39,11 @@ def test_lite0_pretrained_weights_recognise_a_watch(tmp_path: Path) -> None:
     model = timm.create_model("tf_efficientnet_lite0").eval()
     bb.load_offline_weights(model, "tf_efficientnet_lite0")
     catalogue_picture(random_watch(__import__("numpy").random.default_rng(0)), 224).save(tmp_path / "w.png")
-    x = eval_transform(resolve_preprocessing(model, 224))(image=load_rgb(str(tmp_path / "w.png")))["image"]
+    pre = resolve_preprocessing(model, 224)
+    x = eval_transform(pre)(image=load_rgb(str(tmp_path / "w.png")))["image"][None]
+    x = normalize_images(x, *(torch.tensor(pre[k]).view(1, 3, 1, 1) for k in ("mean", "std")))
     with torch.no_grad():
-        top5 = model(x[None]).topk(5).indices[0].tolist()
+        top5 = model(x).topk(5).indices[0].tolist()
     assert set(top5) & set(CLOCKS), top5
 
 

@@ -121,3 +121,55 @@ def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_p
     assert exported.keys() == averaged.keys()
     assert all(torch.equal(exported[k], averaged[k]) for k in exported)
     assert any(not torch.equal(averaged[k], current[k]) for k in exported)  # the average is not the last step
+
+
+def _module(image_folder: Path, tmp_path: Path, *overrides: str) -> tuple[LitEmbedder, RetrievalDataModule]:
+    cfg = compose_config(TINY_MODEL + ["data=image_folder", f"data.root={image_folder}", "data.source.train_classes=0.67",
+                                       "data.batch_size=8", "sampler.m=4", "data.val_classes=1", "data.num_workers=0",
+                                       f"paths.output_dir={tmp_path}", *overrides])
+    dm = build_datamodule(cfg)
+    module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)
+    dm.preprocessing = module.embedder.preprocessing
+    return module, dm
+
+
+def test_uint8_batches_are_normalised_by_the_model() -> None:
+    """Loaders hand over uint8 pixels; the embedder normalises them as the float pipeline would."""
+    from lookalike.models.embedder import Embedder
+
+    e = Embedder({"name": "resnet18", "pretrained": False}, {"embedding_size": 8}, 32).eval()
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    mean, std = (torch.tensor(e.preprocessing[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        assert torch.allclose(e(pixels), e((pixels / 255.0 - mean) / std), atol=1e-5)
+    assert "mean" not in e.state_dict()  # derived from the preprocessing, not saved
+
+
+def test_speed_switches_train(image_folder: Path, tmp_path: Path) -> None:
+    """trainer.channels_last and optim.lr.layer_decay: NHWC weights, per-block learning rates, steps run."""
+    module, dm = _module(image_folder, tmp_path, "trainer.channels_last=true", "optim.lr.layer_decay=0.5",
+                         "optim.max_nonfinite_steps=0")
+    trainer = _trainer(max_steps=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=dm)
+    conv = next(m for m in module.embedder.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    groups = [g for g in trainer.optimizers[0].param_groups if g["name"].startswith("backbone.")]
+    assert len(groups) > 2 and groups[0]["initial_lr"] < groups[-1]["initial_lr"]
+    assert torch.isfinite(trainer.logged_metrics["train/loss"])
+
+
+@pytest.mark.slow
+def test_compiled_training_keeps_checkpoint_names(image_folder: Path, tmp_path: Path) -> None:
+    """trainer.compile: the embedder is compiled in place; its state dict keeps the plain names."""
+    module, dm = _module(image_folder, tmp_path, "trainer.compile=true")
+    names = set(module.state_dict())
+    _trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.embedder._compiled_call_impl is not None and set(module.state_dict()) == names
+
+
+@pytest.mark.parametrize("loss", ["ntxent", "xbm"])
+def test_self_supervised_and_memory_losses_train(loss: str, image_folder: Path, tmp_path: Path) -> None:
+    module, dm = _module(image_folder, tmp_path, f"loss={loss}", "miner=none")
+    trainer = _trainer(max_steps=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=dm)
+    assert torch.isfinite(trainer.logged_metrics["train/loss"])

@@ -30,6 +30,8 @@ from lookalike.retrieval.grid import retrieval_grid
 
 log = logging.getLogger(__name__)
 
+# trainer.* keys that the LightningModule reads (see LitEmbedder.configure_model), not Lightning's Trainer
+LIGHTNING_MODULE_SWITCHES = ("channels_last", "compile")
 REPORT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 
 
@@ -53,7 +55,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning Trainer with the configured callbacks and loggers."""
     callbacks = [build(c, "a callback (callbacks=...)") for c in (cfg.get("callbacks") or {}).values()]
     loggers = [build(c, "a logger (logger=...)") for c in (cfg.get("logger") or {}).values()]
-    return build(cfg.trainer, "the trainer (trainer=...)", callbacks=callbacks, logger=loggers or False)
+    trainer = OmegaConf.create({k: v for k, v in cfg.trainer.items() if k not in LIGHTNING_MODULE_SWITCHES})
+    return build(trainer, "the trainer (trainer=...)", callbacks=callbacks, logger=loggers or False)
 
 
 def format_report(rows: dict[str, dict[str, float]], title: str) -> str:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from lookalike.data.images import load_rgb
-from lookalike.data.transforms import eval_transform
+from lookalike.data.transforms import eval_transform, normalize_images
 
 from lookalike.models.backbone import create_backbone
 from lookalike.models.head import projection_head
@@ -60,14 +60,17 @@ class Embedder(nn.Module):
         self.backbone, self.pool = create_backbone(**backbone)
         self.head = projection_head(self.backbone.num_features, **head)
         self.preprocessing = resolve_preprocessing(self.backbone, image_size)
+        for name in ("mean", "std"):  # derived from the preprocessing, so not saved in state dicts
+            self.register_buffer(name, torch.tensor(self.preprocessing[name]).view(1, 3, 1, 1), persistent=False)
 
     @property
     def embedding_size(self) -> int:
         return self.config["head"].get("embedding_size") or self.backbone.num_features
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (before the head)."""
-        return self.pool(self.backbone(images))
+        """Pooled backbone features (before the head) of uint8 images (normalised here, on the model's
+        device) or of float images already normalised with ``preprocessing``."""
+        return self.pool(self.backbone(normalize_images(images, self.mean, self.std)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(images)), dim=-1)
@@ -75,7 +78,8 @@ class Embedder(nn.Module):
     @torch.inference_mode()
     def embed(self, images: Sequence[ImageLike] | ImageLike, batch_size: int = 64) -> torch.Tensor:
         """Unit embeddings [N, D] (float32, CPU) of image paths, PIL images, HxWx3 uint8 arrays, or
-        tensors already preprocessed ([3, H, W] or [N, 3, H, W]); preprocessing comes from the model."""
+        tensors already preprocessed ([3, H, W] or [N, 3, H, W]: uint8, or float and normalised);
+        preprocessing comes from the model."""
         if isinstance(images, torch.Tensor):
             batch = images[None] if images.dim() == 3 else images
             items: list = list(batch)

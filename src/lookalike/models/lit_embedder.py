@@ -11,6 +11,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from lookalike.errors import LookalikeError
@@ -62,13 +63,30 @@ class LitEmbedder(L.LightningModule):
         self.index_cfg = dict(cfg.get("index") or {"backend": "torch"})
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
         self.last_neighbors: dict[str, Neighbors] = {}  # per "val"/"test": the latest search, in table rows
+        trainer_cfg = cfg.get("trainer") or {}
+        self.channels_last = bool(trainer_cfg.get("channels_last", False))
+        self.compile_model = bool(trainer_cfg.get("compile", False))
+
+    # -- speed ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """``trainer.channels_last``: NHWC weights and batches (faster convolutions on GPUs with tensor
+        cores); ``trainer.compile``: ``torch.compile`` the embedder in place (parameter names unchanged, so
+        checkpoints are the same either way; the first steps pay the compile time)."""
+        if self.channels_last:
+            self.embedder.to(memory_format=torch.channels_last)
+        if self.compile_model and getattr(self.embedder, "_compiled_call_impl", None) is None:
+            self.embedder.compile()
+
+    def _images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        images = batch["image"]
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embedder(images)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        emb = self.embedder(batch["image"])
+        emb = self.embedder(self._images(batch))
         labels = batch["label"]
         tuples = self.miner(emb, labels) if self.miner is not None else None
         loss = self.loss_fn(emb, labels, tuples)
@@ -79,8 +97,10 @@ class LitEmbedder(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step (drop the gradients) when a loss or gradient is not finite, counting it; stop the
-        run with a clear message after ``optim.max_nonfinite_steps`` such steps in a row. Gradients are
+        run with a clear message after ``optim.max_nonfinite_steps`` such steps in a row (0: no check). Gradients are
         already reduced across processes here, so every process decides the same."""
+        if self.max_nonfinite <= 0:  # the check is off (it costs one wait for the GPU per step)
+            return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             self._nonfinite_in_a_row = 0
@@ -132,10 +152,22 @@ class LitEmbedder(L.LightningModule):
         self._set_backbone_frozen(self._backbone_frozen())
         self.train()
 
+    def _backbone_groups(self) -> list[dict[str, Any]]:
+        """The backbone's parameter group: one, or with ``optim.lr.layer_decay`` (e.g. 0.85) timm's layer-wise
+        groups, each block's LR ``layer_decay`` times the next one's (the stem learns least)."""
+        lr, backbone = self.optim_cfg.lr, self.embedder.backbone
+        decay = lr.get("layer_decay")
+        if not decay:
+            return [{"name": "backbone", "params": list(backbone.parameters()), "lr": lr.backbone}]
+        weight_decay = self.optim_cfg.optimizer.get("weight_decay", 0.0)
+        groups = param_groups_layer_decay(backbone, weight_decay=weight_decay, layer_decay=decay)
+        return [{"name": f"backbone.{i}", "params": g["params"], "weight_decay": g["weight_decay"],
+                 "lr": lr.backbone * g["lr_scale"]} for i, g in enumerate(groups)]
+
     def configure_optimizers(self) -> dict[str, Any]:
         lr = self.optim_cfg.lr
         groups = [
-            {"name": "backbone", "params": list(self.embedder.backbone.parameters()), "lr": lr.backbone},
+            *self._backbone_groups(),
             {"name": "head", "params": [*self.embedder.head.parameters(), *self.embedder.pool.parameters()],
              "lr": lr.head},
             {"name": "loss", "params": list(self.loss_fn.parameters()), "lr": lr.get("loss", lr.head)},
@@ -148,7 +180,7 @@ class LitEmbedder(L.LightningModule):
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, torch.Tensor]) -> None:
         self._eval_outputs.append({
-            "embeddings": self.embedder(batch["image"]).float(),
+            "embeddings": self.embedder(self._images(batch)).float(),
             **{k: batch[k] for k in ("label", "index", "is_query", "is_gallery")},
         })
 

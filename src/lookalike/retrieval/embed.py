@@ -52,7 +52,7 @@ class ImageFiles(Dataset):
         try:
             return {"image": self.transform(image=load_rgb(self.paths[i]))["image"], "position": i, "error": ""}
         except LookalikeError as e:
-            return {"image": torch.zeros(3, self.size, self.size), "position": i, "error": str(e)}
+            return {"image": torch.zeros(3, self.size, self.size, dtype=torch.uint8), "position": i, "error": str(e)}
 
 
 @torch.inference_mode()
@@ -63,7 +63,8 @@ def embed_files(
     """Embed ``paths[start:]`` batch by batch (decoding in ``num_workers`` processes, on the GPU if there
     is one): yields (positions of the readable files, their float32 embeddings, errors of the others)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    embedder = embedder.to(device).eval()
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # NHWC: faster GPU convolutions
+    embedder = embedder.to(device, memory_format=fmt).eval()
     size = embedder.preprocessing["input_size"][-1]
     dataset = ImageFiles(paths, eval_transform(embedder.preprocessing), size)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
@@ -75,6 +76,7 @@ def embed_files(
             vectors = torch.empty(0, embedder.embedding_size)
             if ok.any():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    vectors = embedder(batch["image"][ok].to(device, non_blocking=True)).float().cpu()
+                    images = batch["image"][ok].to(device, non_blocking=True).contiguous(memory_format=fmt)
+                    vectors = embedder(images).float().cpu()
             bar.update(len(ok))
             yield batch["position"][ok].numpy(), vectors.numpy(), [e for e in batch["error"] if e]

@@ -203,17 +203,25 @@ class FaissIndex:
         return sims, ids
 
 
+def _chunk_rows(queries: torch.Tensor, gallery: torch.Tensor) -> int:
+    """Queries per block of similarities: ~256 MB of float32 on a CPU; on a GPU up to an eighth of its
+    free memory (at most 4 GB), since small blocks re-read the whole gallery once per block."""
+    budget = 1 << 28
+    if queries.device.type == "cuda":
+        budget = min(1 << 32, torch.cuda.mem_get_info(queries.device)[0] // 8)
+    return max(1, min(len(queries), budget // 4 // max(1, len(gallery))))
+
+
 def _torch_knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude: torch.Tensor | None,
                chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if chunk_size is None:
-        chunk_size = max(1, min(len(queries), (1 << 26) // max(1, len(gallery))))  # ~256 MB of float32
+    chunk_size = chunk_size or _chunk_rows(queries, gallery)
     sims, idx = [], []
     for start in range(0, len(queries), chunk_size):
         block = queries[start:start + chunk_size] @ gallery.T
-        if exclude is not None:
-            ex = exclude[start:start + chunk_size]
-            rows = torch.nonzero(ex >= 0).squeeze(1)
-            block[rows, ex[rows]] = float("-inf")
+        if exclude is not None:  # each query's own column to -inf, without a round trip to the host
+            ex = exclude[start:start + chunk_size, None]
+            col = ex.clamp(min=0)
+            block.scatter_(1, col, torch.where(ex >= 0, float("-inf"), block.gather(1, col)))
         s, i = block.topk(k, dim=1)
         sims.append(s)
         idx.append(i)
