@@ -38,7 +38,7 @@ def build_throughput(images: Path, image_size: int, batch_size: int, workers: in
     from lookalike.export import save_embedder
     from lookalike.models.embedder import Embedder
 
-    embedder = Embedder({"name": "tf_efficientnet_lite0", "pretrained": True}, {"embedding_size": 128}, image_size)
+    embedder = Embedder({"name": "tf_efficientnet_lite0", "pretrained": False}, {"embedding_size": 128}, image_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_embedder(embedder, Path(tmp) / "embedder.pt")
         n = len(list_images(images))

@@ -10,6 +10,12 @@ protocol is the same as for `train.py`.
     python experiments/plain_pml_loop.py --data flowers17 --root ../shared/datasets/flowers17 \
         --image-size 128 --epochs 6 --seed 0 --json /tmp/plain.json
     python experiments/plain_pml_loop.py --data omniglot --root ../shared/datasets/omniglot_small ...
+
+Throughput (experiments/bench_throughput.py): any class-per-folder tree, a fixed number of steps, timed after
+a warm-up, no test:
+
+    python experiments/plain_pml_loop.py --data folder --root DIR --model resnet50 --image-size 224 \
+        --batch-size 256 --precision bf16 --workers 15 --max-steps 160 --warmup 40 --json /tmp/peer.json
 """
 
 from __future__ import annotations
@@ -44,16 +50,25 @@ class Images(Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), self.labels[i]
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (so that a clock reading covers it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def splits(name: str, root: str):
-    """The zero-shot splits of the issue: flowers17 classes 01-08 / 09-17; Omniglot small1-only / small2-only."""
+    """The zero-shot splits of the issue: flowers17 classes 01-08 / 09-17; Omniglot small1-only / small2-only;
+    any other folder: 90% of its classes train."""
     if name == "flowers17":
         return image_folder(root, train_classes=8)
+    if name == "folder":
+        return image_folder(root, train_classes=0.9)
     return omniglot(root, ["images_background_small1"], ["images_background_small2"])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=["flowers17", "omniglot"], required=True)
+    p.add_argument("--data", choices=["flowers17", "omniglot", "folder"], required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--model", default="tf_efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
@@ -65,14 +80,19 @@ def main() -> None:
     p.add_argument("--lr-head", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the test metrics here")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32", help="bf16: autocast on the GPU")
+    p.add_argument("--random-init", action="store_true", help="no ImageNet weights (throughput runs)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps and skip the test (throughput runs)")
+    p.add_argument("--warmup", type=int, default=20, help="steps before the throughput clock starts")
+    p.add_argument("--json", help="write the test metrics (or the throughput) here")
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = splits(args.data, args.root)
     backbone = timm.create_model(args.model, pretrained=False, num_classes=0)
-    load_offline_weights(backbone, args.model)
+    if not args.random_init:
+        load_offline_weights(backbone, args.model)
     head = nn.Linear(backbone.num_features, args.embedding_size)
     model = nn.Sequential(backbone, head).to(device)
 
@@ -90,18 +110,39 @@ def main() -> None:
     optimizer = torch.optim.Adam([{"params": backbone.parameters(), "lr": args.lr_backbone},
                                   {"params": head.parameters(), "lr": args.lr_head}])
 
-    started, seen = time.time(), 0
-    for epoch in range(args.epochs):
+    started, seen, step, clock = time.time(), 0, 0, None
+    bf16 = args.precision == "bf16" and device.type == "cuda"
+    epochs = args.epochs if args.max_steps is None else 10**9
+    for epoch in range(epochs):
         model.train()
         for images, labels in train_loader:
+            if step == args.warmup and args.max_steps is not None:
+                sync(device)
+                clock, timed = time.perf_counter(), 0
             images, labels = images.to(device), labels.to(device)
-            emb = F.normalize(model(images), dim=-1)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                emb = F.normalize(model(images), dim=-1)
+            emb = emb.float()
             loss = loss_fn(emb, labels, miner(emb, labels))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            seen += len(images)
+            seen, step = seen + len(images), step + 1
+            if clock is not None:
+                timed += len(images)
+            if step == args.max_steps:
+                break
         print(f"epoch {epoch}: loss {loss.item():.4f}, {seen / (time.time() - started):.1f} training images/s")
+        if step == args.max_steps:
+            sync(device)
+            rate = timed / (time.perf_counter() - clock)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            print(f"steady state after {args.warmup} steps: {rate:.1f} training images/s")
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"args": vars(args), "images_per_s": rate, "timed_images": timed,
+                               "gpu_peak_gb": peak}, f)
+            return
 
     model.eval()
     test_loader = DataLoader(Images(data.test.paths, data.test.labels, eval_tf), batch_size=128,
