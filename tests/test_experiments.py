@@ -23,9 +23,10 @@ def test_experiment_runs_on_tiny_data(experiment: str, tmp_path: Path, request: 
     cfg = compose_config([f"experiment={experiment}"])
     source = cfg.data.source._target_.rsplit(".", 1)[-1]
     roots = {"cub200": "fake_cub", "image_folder": "image_folder", "synthetic_products": "data_cache",
-             "omniglot": "fake_omniglot"}
+             "omniglot": "fake_omniglot", "unlabeled_folder": "image_folder"}
     root = request.getfixturevalue(roots[source])
     cfg = compose_config([f"experiment={experiment}", *TINY_MODEL, f"data.root={root}", "data.num_workers=0",
+                          f"paths.cache_dir={tmp_path / 'cache'}",
                           "data.batch_size=8", "data.eval_batch_size=16", "logger=none", "eval.baseline=false",
                           "eval.before=false", "+trainer.fast_dev_run=1", "trainer.accelerator=cpu",
                           "trainer.precision=32-true", f"paths.output_dir={tmp_path}"])

@@ -44,14 +44,17 @@ def without_unreadable(splits: Splits, policy: str = "skip") -> Splits:
     return Splits(train=keep(splits.train), test=keep(splits.test), val=keep(splits.val))
 
 
-def trainable(table: ImageTable) -> ImageTable:
-    """The training table without duplicate paths and without classes of one image (they cannot form a
-    positive pair), with a warning for each kind of row left out."""
+def trainable(table: ImageTable, instances: bool = False) -> ImageTable:
+    """The training table without duplicate paths and, unless each image is its own class
+    (``instances``), without classes of one image (they cannot form a positive pair), with a warning
+    for each kind of row left out."""
     first = np.zeros(len(table), bool)
     first[np.unique(np.asarray(table.paths), return_index=True)[1]] = True
     if not first.all():
         log.warning("left out %d duplicate path(s) of the training set", int((~first).sum()))
         table = table.subset(first)
+    if instances:
+        return table
     classes, counts = np.unique(table.labels, return_counts=True)
     single = classes[counts < 2]
     if len(single):
@@ -101,7 +104,9 @@ class RetrievalDataModule(L.LightningDataModule):
 
     Validation classes are split off the training classes (``val_classes``: a share or a count)
     unless the source provides its own, so checkpoints are chosen on classes never trained on
-    and the test classes are touched only for the final report.
+    and the test classes are touched only for the final report. ``instances``: every training image is
+    its own class (self-supervised, see :mod:`lookalike.data.unlabeled`); the PK sampler then draws
+    ``m`` augmented views of each image it picks.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class RetrievalDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         on_bad_image: str = "skip",
+        instances: bool = False,
     ):
         super().__init__()
         splits = without_unreadable(splits, on_bad_image)
@@ -129,7 +135,8 @@ class RetrievalDataModule(L.LightningDataModule):
             train, val = split_off_classes(splits.train, val_classes, seed)
         else:
             train, val = splits.train, splits.val
-        self.train_table: ImageTable = trainable(train).relabelled()
+        self.instances = instances
+        self.train_table: ImageTable = trainable(train, instances).relabelled()
         self.val_table: ImageTable = val
         self.test_table: ImageTable = splits.test
         for name, table in (("training", self.train_table), ("validation", val), ("test", splits.test)):
@@ -158,11 +165,13 @@ class RetrievalDataModule(L.LightningDataModule):
         labels = self.train_table.labels
         m = getattr(self.sampler, "keywords", {}).get("m", "?")
         small = int((np.bincount(labels) < m).sum()) if isinstance(m, int) else 0
-        if small:
+        if small and not self.instances:
             log.warning("%d training class(es) have fewer than sampler.m=%d images: their images repeat within a "
                         "batch (the sampler draws them with replacement)", small, m)
         try:
-            return self.sampler(labels=labels, batch_size=self.batch_size, length_before_new_iter=len(labels))
+            # with instances, an epoch shows every image about once, as m views
+            length = len(labels) * (m if self.instances and isinstance(m, int) else 1)
+            return self.sampler(labels=labels, batch_size=self.batch_size, length_before_new_iter=length)
         except AssertionError as e:
             raise LookalikeError(
                 f"Cannot build PK batches of data.batch_size={self.batch_size} with sampler.m={m} from "
