@@ -44,6 +44,14 @@ def test_unlabeled_folder_holds_out_images_and_renders_query_photos(unlabeled: P
     assert [Path(p).stat().st_mtime_ns for p in again.test.paths[4:]] == stamps  # not rendered again
 
 
+def test_unlabeled_folder_follows_linked_folders(unlabeled: Path, tmp_path: Path) -> None:
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "shelf").symlink_to(unlabeled / "shelf", target_is_directory=True)
+    splits = unlabeled_folder(linked, val_images=0.1, test_images=0.1, cache_dir=tmp_path / "cache")
+    assert len(splits.train) + (len(splits.val) + len(splits.test)) // 2 == 13  # the 13 images in shelf/
+
+
 def test_unlabeled_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="data.root"):
         unlabeled_folder(tmp_path / "nowhere")

@@ -44,9 +44,10 @@ def query_photo_transform() -> A.Compose:
 
 
 def list_image_files(root: str | Path) -> list[str]:
-    """Every image file below ``root``, sorted."""
+    """Every image file below ``root`` (symbolic links to folders followed), sorted."""
     path = resolve_root(root, "Unlabeled image folder", LAYOUT)
-    files = sorted(str(f) for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path, followlinks=True)
+                   for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise missing_data(f"{path} (no images)", "Unlabeled image folder", LAYOUT)
     return files
