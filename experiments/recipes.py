@@ -59,6 +59,12 @@ SWITCHES = {
     "ema": ["callbacks=ema"],
     "photo_augment": ["augment=photo"],
     "select_map_at_r": ["optimized_metric=val/map@r"],
+    # measured after the defaults were chosen (2026-11-23, with fused AdamW and uint8 batches)
+    "layer_decay": ["optim.lr.layer_decay=0.85"],
+    "swa": ["callbacks=swa"],
+    "cross_batch_memory": ["loss=xbm", "miner=none"],
+    "proxy_anchor": ["loss=proxy_anchor", "miner=none"],
+    "embedding_512": ["model.head.embedding_size=512"],
 }
 # Two candidates combining the switches that helped alone; the one with the better validation MAP@R
 # (validation classes, never the test classes) became the defaults of conf/, run as "defaults".
