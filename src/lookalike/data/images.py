@@ -30,7 +30,7 @@ def load_rgb(path: str | IO[bytes], name: str | None = None) -> np.ndarray:
                 arr = np.asarray(im, dtype=np.float32)
                 top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 return np.repeat((arr * (255.0 / top)).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise LookalikeError(f"Cannot read image '{name or path}': {e}") from e
 
