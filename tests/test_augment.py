@@ -11,10 +11,10 @@ from PIL import Image
 
 from lookalike.data.augment import ReplaceBackground
 from lookalike.data.cache import resized_table
-from lookalike.data.images import load_rgb
+from lookalike.data.images import ImageDataset, load_rgb
 from lookalike.data.preview import augment_preview
 from lookalike.data.table import ImageTable
-from lookalike.data.transforms import train_transform
+from lookalike.data.transforms import eval_resize, eval_transform, train_transform
 from lookalike.models.lit_embedder import build
 from tests.conftest import TINY_MODEL, compose_config
 
@@ -66,6 +66,28 @@ def test_decoding_odd_images(tmp_path: Path) -> None:
     exif[0x0112] = 6  # orientation: rotate 90 degrees on display
     im.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
     assert load_rgb(str(tmp_path / "rotated.jpg")).shape == (6, 3, 3)
+
+
+def test_large_jpegs_are_decoded_reduced_for_evaluation(tmp_path: Path) -> None:
+    """With min_side, a large JPEG is decoded at the smallest DCT scale that keeps its short side >= min_side,
+    and the evaluation input barely differs from one of a full decode; other images decode whole."""
+    rng = np.random.default_rng(0)
+    field = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((1600, 1200), Image.BICUBIC)
+    field.save(tmp_path / "big.jpg", quality=92)
+    field.save(tmp_path / "big.png")
+    big = str(tmp_path / "big.jpg")
+    reduced = load_rgb(big, min_side=256)
+    assert reduced.shape == (300, 400, 3)  # 1/4 scale; 1/8 would leave a short side of 150 < 256
+    assert load_rgb(big, min_side=700).shape == (1200, 1600, 3)  # 1/2 would leave 600 < 700
+    assert load_rgb(str(tmp_path / "big.png"), min_side=256).shape == (1200, 1600, 3)
+    pre = {**PRE, "input_size": [3, 224, 224], "crop_pct": 0.875}
+    assert eval_resize(pre) == 256
+    full = eval_transform(pre)(image=load_rgb(big))["image"].float()
+    fast = eval_transform(pre)(image=reduced)["image"].float()
+    assert full.shape == fast.shape and (full - fast).abs().mean() < 3
+    boxed = ImageTable([big], np.zeros(1), boxes=[[0, 0, 800, 600]])
+    assert ImageDataset(boxed, eval_transform(pre), min_side=256)[0]["image"].shape == (3, 224, 224)
+    assert ImageDataset(boxed, eval_transform(pre), min_side=256).min_side is None  # boxes are in full pixels
 
 
 def test_resize_cache_decodes_once(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from lookalike.catalog import Index, SearchHit, calibrated_threshold
 from lookalike.data.images import load_rgb
+from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
 from lookalike.export import embedder_from_payload
 
@@ -36,6 +37,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     payload = index.check_embedder(embedder_path or index.meta["embedder"])
     embedder = embedder_from_payload(payload).eval()
     threshold = calibrated_threshold(payload)
+    decode_side = eval_resize(embedder.preprocessing)
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="lookalike visual search", description=f"Search {len(index.items)} catalogue items "
                   "with a photo. Items are addressed by id.", version="1")
@@ -77,7 +79,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         if len(data) > limit:
             raise HTTPException(413, f"Upload larger than {max_upload_mb:g} MB")
         try:
-            array = load_rgb(io.BytesIO(data), name=image.filename or "upload")
+            array = load_rgb(io.BytesIO(data), name=image.filename or "upload", min_side=decode_side)
         except LookalikeError as e:
             raise HTTPException(415, f"Not an image this server can read: {e}") from e
         return answer(index.search_vectors(embedder.embed([array]).numpy(), check_k(k))[0])
@@ -96,7 +98,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
 
     @lru_cache(maxsize=4096)
     def thumbnail(item_id: int) -> bytes:
-        picture = Image.fromarray(load_rgb(index.by_id[item_id]["path"]))
+        picture = Image.fromarray(load_rgb(index.by_id[item_id]["path"], min_side=THUMBNAIL))
         picture.thumbnail((THUMBNAIL, THUMBNAIL))
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=85)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from lookalike.data.images import ImageDataset, unreadable_images
 from lookalike.data.table import ImageTable, Splits, split_off_classes
-from lookalike.data.transforms import eval_transform, train_transform
+from lookalike.data.transforms import eval_resize, eval_transform, train_transform
 from lookalike.errors import LookalikeError
 
 
@@ -204,7 +204,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def eval_dataloader(self, table: ImageTable, distributed: bool = True) -> DataLoader:
         """An ordered loader over any table with the evaluation transform; under DDP each process
         gets its shard (padded with repeats, which the metrics drop by row index)."""
-        dataset = ImageDataset(table, eval_transform(self.preprocessing))
+        dataset = ImageDataset(table, eval_transform(self.preprocessing), min_side=eval_resize(self.preprocessing))
         rank, world = _rank_and_world()
         sampler = DistributedSampler(dataset, world, rank, shuffle=False) if distributed and world > 1 else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **self.loader_args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +17,18 @@ from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
 
 
-def load_rgb(path: str | IO[bytes], name: str | None = None) -> np.ndarray:
+def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | None = None) -> np.ndarray:
     """Read an image (a path or an open binary file) as an HxWx3 uint8 array: EXIF orientation applied,
-    transparency on white. ``name`` is what error messages call it (default: the path)."""
+    transparency on white. ``name`` is what error messages call it (default: the path).
+
+    ``min_side``: the caller resizes the short side down to this anyway, so a JPEG may be decoded at
+    1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while its short side stays >= ``min_side``; several
+    times faster for large photos, and a better-filtered reduction than resizing the full image."""
     try:
         with Image.open(path) as im:
+            if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
+                scale = min_side / min(im.size)
+                im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
@@ -57,11 +65,13 @@ def unreadable_images(paths: Sequence[str], workers: int | None = None) -> dict[
 
 
 class ImageDataset(Dataset):
-    """Yields dicts with the transformed image, its label, row index and retrieval roles."""
+    """Yields dicts with the transformed image, its label, row index and retrieval roles. ``min_side``:
+    the transform's first resize, passed to :func:`load_rgb` (images with crop boxes are decoded whole)."""
 
-    def __init__(self, table: ImageTable, transform: Callable[..., dict]):
+    def __init__(self, table: ImageTable, transform: Callable[..., dict], min_side: int | None = None):
         self.table = table
         self.transform = transform
+        self.min_side = min_side if table.boxes is None else None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -71,14 +81,14 @@ class ImageDataset(Dataset):
         (with a warning), so that one file never stops a training run."""
         t = self.table
         try:
-            return load_rgb(t.paths[i])
+            return load_rgb(t.paths[i], min_side=self.min_side)
         except LookalikeError as e:
             same = np.flatnonzero(t.labels == t.labels[i])
             others = same[same != i]
             if len(others) == 0:
                 raise
             warnings.warn(f"{e}; using another image of its class")
-            return load_rgb(t.paths[int(others[i % len(others)])])
+            return load_rgb(t.paths[int(others[i % len(others)])], min_side=self.min_side)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict:
         """Row ``item``, or ``(row, seed)``: the random transform is seeded for this one image (see

@@ -28,12 +28,16 @@ def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     return (images.to(mean.dtype) - mean * 255) / (std * 255)
 
 
+def eval_resize(pre: dict[str, Any]) -> int:
+    """The short side the evaluation recipe resizes to: size / crop_pct (what images can be decoded at)."""
+    return int(round(pre["input_size"][-1] / pre.get("crop_pct", 1.0)))
+
+
 def eval_transform(pre: dict[str, Any]) -> A.Compose:
-    """Resize the short side to size / crop_pct and centre-crop to size (timm's eval recipe); uint8 out."""
+    """Resize the short side to :func:`eval_resize` and centre-crop to size (timm's eval recipe); uint8 out."""
     size = pre["input_size"][-1]
-    resize = int(round(size / pre.get("crop_pct", 1.0)))
     return A.Compose([
-        A.SmallestMaxSize(max_size=resize, interpolation=interpolation(pre["interpolation"])),
+        A.SmallestMaxSize(max_size=eval_resize(pre), interpolation=interpolation(pre["interpolation"])),
         A.CenterCrop(height=size, width=size),
         ToTensorV2(),
     ])

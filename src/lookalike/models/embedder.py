@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from lookalike.data.images import load_rgb
-from lookalike.data.transforms import eval_transform, normalize_images
+from lookalike.data.transforms import eval_resize, eval_transform, normalize_images
 
 from lookalike.models.backbone import create_backbone
 from lookalike.models.head import projection_head
@@ -22,12 +22,12 @@ from lookalike.models.head import projection_head
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
 
-def _prepare(image: ImageLike, transform) -> torch.Tensor:
-    """One image as the model's input tensor."""
+def _prepare(image: ImageLike, transform, min_side: int) -> torch.Tensor:
+    """One image as the model's input tensor (files decoded at no less than ``min_side``, see load_rgb)."""
     if isinstance(image, torch.Tensor):
         return image
     if isinstance(image, (str, Path)):
-        array = load_rgb(str(image))
+        array = load_rgb(str(image), min_side=min_side)
     elif isinstance(image, Image.Image):
         array = np.asarray(image.convert("RGB"))
     else:
@@ -85,13 +85,13 @@ class Embedder(nn.Module):
             items: list = list(batch)
         else:
             items = list(images) if isinstance(images, (list, tuple)) else [images]
-        transform = eval_transform(self.preprocessing)
+        transform, min_side = eval_transform(self.preprocessing), eval_resize(self.preprocessing)
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
         out = []
         for start in range(0, len(items), batch_size):
-            chunk = [_prepare(x, transform) for x in items[start:start + batch_size]]
+            chunk = [_prepare(x, transform, min_side) for x in items[start:start + batch_size]]
             out.append(self(torch.stack(chunk).to(device)).float().cpu())
         self.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.embedding_size)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from lookalike.data.images import load_rgb
-from lookalike.data.transforms import eval_transform
+from lookalike.data.transforms import eval_resize, eval_transform
 from lookalike.errors import LookalikeError
 from lookalike.models.embedder import Embedder
 
@@ -42,15 +42,17 @@ def embed(
 class ImageFiles(Dataset):
     """Image files through a transform; a file that cannot be read yields a zero image and its error."""
 
-    def __init__(self, paths: Sequence[str], transform: Callable[..., dict], size: int):
-        self.paths, self.transform, self.size = list(paths), transform, size
+    def __init__(self, paths: Sequence[str], preprocessing: dict):
+        self.paths, self.transform = list(paths), eval_transform(preprocessing)
+        self.size, self.min_side = preprocessing["input_size"][-1], eval_resize(preprocessing)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         try:
-            return {"image": self.transform(image=load_rgb(self.paths[i]))["image"], "position": i, "error": ""}
+            image = load_rgb(self.paths[i], min_side=self.min_side)
+            return {"image": self.transform(image=image)["image"], "position": i, "error": ""}
         except LookalikeError as e:
             return {"image": torch.zeros(3, self.size, self.size, dtype=torch.uint8), "position": i, "error": str(e)}
 
@@ -65,8 +67,7 @@ def embed_files(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # NHWC: faster GPU convolutions
     embedder = embedder.to(device, memory_format=fmt).eval()
-    size = embedder.preprocessing["input_size"][-1]
-    dataset = ImageFiles(paths, eval_transform(embedder.preprocessing), size)
+    dataset = ImageFiles(paths, embedder.preprocessing)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
     loader = DataLoader(Subset(dataset, range(start, len(paths))), batch_size=batch_size, num_workers=workers,
                         pin_memory=device.type == "cuda")
