@@ -65,6 +65,8 @@ SWITCHES = {
     "cross_batch_memory": ["loss=xbm", "miner=none"],
     "proxy_anchor": ["loss=proxy_anchor", "miner=none"],
     "embedding_512": ["model.head.embedding_size=512"],
+    "batch_hard": ["miner=batch_hard"],
+    "distance_weighted": ["miner=distance_weighted"],
 }
 # Two candidates combining the switches that helped alone; the one with the better validation MAP@R
 # (validation classes, never the test classes) became the defaults of conf/, run as "defaults".
