@@ -120,7 +120,8 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, help="decoding processes (default: the build's default)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 1_000_000],
+                   help="catalogue sizes of the query rows (none: the build only)")
     p.add_argument("--queries", type=int, default=1000, help="queries for recall and batched throughput")
     p.add_argument("--single", type=int, default=300, help="one-at-a-time queries timed for p50/p99")
     p.add_argument("--noise", type=float, default=0.6, help="class spread of the vectors (see make_data)")
@@ -137,10 +138,11 @@ def main() -> None:
                   "| images | image size | batch | device | seconds | images/s |", "|---:|---:|---:|---|---:|---:|",
                   f"| {b['images']:,} | {b['image_size']} | {b['batch_size']} | {b['device']} | {b['seconds']:.1f} | "
                   f"{b['images_per_s']:.1f} |\n"]
-    lines += [f"Queries (128-d, k={K}; p50/p99 of one-query searches, throughput of {a.queries:,} queries at once; "
-              "recall against the exact top-10):\n",
-              "| N | index | build (s) | p50 (ms) | p99 (ms) | queries/s (batched) | recall@10 | recall@1 | bytes/item |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if a.sizes:
+        lines += [f"Queries (128-d, k={K}; p50/p99 of one-query searches, throughput of {a.queries:,} queries at "
+                  "once; recall against the exact top-10):\n",
+                  "| N | index | build (s) | p50 (ms) | p99 (ms) | queries/s (batched) | recall@10 | recall@1 | bytes/item |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for n in a.sizes:
         for r in query_rows(n, a.queries, a.single, a.device, a.noise):
             lines.append(f"| {r['n']:,} | {r['index']} | {r['build_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "

@@ -8,6 +8,8 @@ For each configuration (model, resolution, batch):
                logging) on a folder of generated ~500 px JPEGs, timed over steady-state steps by a callback
   peer         experiments/plain_pml_loop.py (PIL + torchvision loading, PML miner and loss) on the same data,
                batch and precision
+  loader alone lookalike's training DataLoader with the lookalike row's config and no model: whether the
+               loader or the model sets the pace (also for data switches such as the resize cache)
 and for embedding: the forward pass on random tensors against `lookalike.retrieval.embed_files` over the
 JPEGs (what `lookalike index build` runs). Switches (`--switches`) rerun lookalike with one setting changed.
 Each measurement runs in its own process.
@@ -225,9 +227,16 @@ def _decode_augment(path: str) -> int:
     return train_transform(augment, {})(image=load_rgb(path))["image"].numel()
 
 
-def decode_scaling(images: Path, processes: int, count: int = 3000) -> float:
-    """Images/s of decoding + the default augmentation in ``processes`` processes (no model, no loader)."""
+def decode_scaling(images: Path, processes: int, resize_cache: int | None, count: int = 3000) -> float:
+    """Images/s of decoding + the default augmentation in ``processes`` processes (no model, no loader),
+    from the JPEGs or from their ``data.resize_cache`` copies."""
     paths = [str(p) for p in sorted(images.rglob("*.jpg"))[:count]]
+    if resize_cache:
+        from lookalike.data.cache import resized_table
+        from lookalike.data.table import ImageTable
+
+        table = ImageTable(paths, np.zeros(len(paths), dtype=np.int64))
+        paths = resized_table(table, resize_cache, images.parent / f"{images.name}-cache", os.cpu_count() or 1).paths
     with Pool(processes) as pool:
         pool.map(_decode_augment, paths[:processes * 4])  # start-up
         t0 = time.perf_counter()
@@ -252,25 +261,58 @@ def _child(kind: str, args: list[str], timeout: int, env: dict | None = None, re
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _train_overrides(cfg: tuple, images: Path, workers: int, steps: int, gpu: bool, tmp: str) -> list[str]:
+    """``train.py`` overrides of the lookalike rows: the JPEG folder, ``steps`` steps, no validation."""
+    _, _, model_cfg, size, batch = cfg
+    return ["data=image_folder", f"data.root={images}", "data.source.train_classes=0.9",
+            "data.val_classes=0.1", f"data.batch_size={batch}", f"data.num_workers={workers}",
+            f"model={model_cfg}", "model.backbone.pretrained=false", f"model.image_size={size}",
+            f"trainer={'gpu' if gpu else 'cpu'}", f"+trainer.max_steps={steps}", "trainer.max_epochs=1000",
+            "+trainer.limit_val_batches=0", "eval.baseline=false", "eval.before=false", "logger=none",
+            f"paths.cache_dir={tmp}/cache", f"paths.output_dir={tmp}/run", "task_name=throughput"]
+
+
 def lookalike_run(cfg: tuple, images: Path, workers: int, steps: int, warmup: int, gpu: bool,
                   extra: list[str], timeout: int) -> dict:
     """``python train.py`` on the JPEG folder for ``steps`` steps (no validation), clocked by StepTimer."""
-    _, _, model_cfg, size, batch = cfg
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timer.json"
-        args = ["train.py", "data=image_folder", f"data.root={images}", "data.source.train_classes=0.9",
-                "data.val_classes=0.1", f"data.batch_size={batch}", f"data.num_workers={workers}",
-                f"model={model_cfg}", "model.backbone.pretrained=false", f"model.image_size={size}",
-                f"trainer={'gpu' if gpu else 'cpu'}", f"+trainer.max_steps={steps}", "trainer.max_epochs=1000",
-                "+trainer.limit_val_batches=0", "eval.baseline=false", "eval.before=false", "logger=none",
-                f"paths.cache_dir={tmp}/cache", f"hydra.run.dir={tmp}/run", "task_name=throughput",
+        args = ["train.py", *_train_overrides(cfg, images, workers, steps, gpu, tmp), f"hydra.run.dir={tmp}/run",
                 "+callbacks.step_timer._target_=bench_throughput.StepTimer",
                 f"+callbacks.step_timer.warmup={warmup}", f"+callbacks.step_timer.out={out}", *extra]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "experiments"), os.environ.get("PYTHONPATH", "")])}
+        paths = [str(ROOT / "experiments"), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         t0 = time.perf_counter()
         result = _child("train.py", args, timeout, env, result=out)
         result["run_s"] = time.perf_counter() - t0
         return result
+
+
+def loader_alone(overrides: list[str], model: str, size: int, steps: int, warmup: int) -> dict:
+    """Images/s of lookalike's training DataLoader with no model behind it (the config of a lookalike run):
+    what the loader workers can deliver at most."""
+    from lookalike.config import compose
+    from lookalike.train import build_datamodule
+
+    datamodule = build_datamodule(compose("train", overrides), _embedder(model, size).preprocessing)
+    done, t0 = 0, 0.0
+    for step, batch in enumerate(datamodule.train_dataloader()):
+        if step == warmup:
+            t0 = time.perf_counter()
+        elif step > warmup:
+            done += len(batch["label"])
+        if step == warmup + steps:
+            break
+    return {"images_per_s": done / (time.perf_counter() - t0)}
+
+
+def loader_run(cfg: tuple, images: Path, workers: int, steps: int, warmup: int, gpu: bool, extra: list[str],
+               timeout: int) -> dict:
+    _, model, _, size, batch = cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        return _child("loader", [str(Path(__file__).relative_to(ROOT)), "--steps", str(warmup + steps), "--warmup",
+                                 str(warmup), "--child", "loader", model, str(size), str(batch),
+                                 *_train_overrides(cfg, images, workers, steps, gpu, tmp), *extra], timeout)
 
 
 def peer_run(cfg: tuple, images: Path, workers: int, steps: int, warmup: int, gpu: bool, timeout: int) -> dict:
@@ -308,12 +350,13 @@ def write_report(rows: list[dict], switches: list[dict], data: dict, a: argparse
     if full:
         lines += ["### Training images/s\n",
                   "| configuration | upper bound | MFU | lookalike | lookalike / upper | peer | lookalike / peer "
-                  "| GPU peak GB (upper / lookalike / peer) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| loader alone | GPU peak GB (upper / lookalike / peer) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in full:
             up, lk, peer = r["upper"], r["lookalike"], r["peer"]
             mfu = f"{up['mfu']:.0%}" if up.get("mfu") else "-"
             lines.append(f"| {r['name']} | {_rate(up)} | {mfu} | {_rate(lk)} | {_ratio(lk, up)} | {_rate(peer)} | "
-                         f"{_ratio(lk, peer)} | {_gb(up)} / {_gb(lk)} / {_gb(peer)} |")
+                         f"{_ratio(lk, peer)} | {_rate(r['loader'])} | {_gb(up)} / {_gb(lk)} / {_gb(peer)} |")
     embedded = [r for r in rows if "infer" in r]
     if embedded:
         lines += ["\n### Embedding images/s\n", "| configuration | upper bound (random tensors) | lookalike "
@@ -322,14 +365,18 @@ def write_report(rows: list[dict], switches: list[dict], data: dict, a: argparse
             lines.append(f"| {r['name'].split(' b')[0]} b{a.embed_batch} | {_rate(r['infer'])} | "
                          f"{_rate(r['embed'])} | {_ratio(r['embed'], r['infer'])} |")
     if switches:
-        base = rows[[r["name"] for r in rows].index(a.switch_config)]["lookalike"]
+        default = rows[[r["name"] for r in rows].index(a.switch_config)]
+        base = default["lookalike"]
         lines += [f"\n### One switch at a time ({a.switch_config}, lookalike)\n",
-                  "| setting | images/s | vs default | first step (s) | run (s) |", "|---|---:|---:|---:|---:|",
-                  f"| default | {_rate(base)} | 1.00 | {base.get('first_step_s') or 0:.1f} | {base.get('run_s', 0):.0f} |"]
+                  "| setting | images/s | vs default | first step (s) | run (s) | loader alone |",
+                  "|---|---:|---:|---:|---:|---:|",
+                  f"| default | {_rate(base)} | 1.00 | {base.get('first_step_s') or 0:.1f} | "
+                  f"{base.get('run_s', 0):.0f} | {_rate(default['loader'])} |"]
         for s in switches:
             r = s["result"]
             lines.append(f"| {s['name']} (`{' '.join(SWITCHES[s['name']])}`) | {_rate(r)} | {_ratio(r, base)} | "
-                         f"{r.get('first_step_s') or 0:.1f} | {r.get('run_s', 0):.0f} |")
+                         f"{r.get('first_step_s') or 0:.1f} | {r.get('run_s', 0):.0f} | "
+                         f"{_rate(s['loader']) if 'loader' in s else '-'} |")
     report(lines, a.out)
 
 
@@ -351,9 +398,10 @@ def main() -> None:
     p.add_argument("--switches", action="store_true", help="also rerun lookalike with each of SWITCHES")
     p.add_argument("--switches-only", action="store_true", help="only lookalike's default and SWITCHES")
     p.add_argument("--switch-config", default="resnet50 224px b256")
-    p.add_argument("--switch-names", nargs="+", help="only these SWITCHES")
+    p.add_argument("--switch-names", nargs="+", help="only these SWITCHES (and the default run if one is 'default')")
     p.add_argument("--decode-scaling", type=int, nargs="+", metavar="PROCESSES",
                    help="only measure decode + default augmentation images/s with these numbers of processes")
+    p.add_argument("--resize-cache", type=int, help="--decode-scaling from data.resize_cache copies of this size")
     p.add_argument("--timeout", type=int, default=900)
     p.add_argument("--jsonl", help="append every measurement here as it is made")
     p.add_argument("--out", help="append a Markdown section with the results to this file")
@@ -361,7 +409,9 @@ def main() -> None:
     a = p.parse_args()
     if a.child:
         kind, model, size, batch = a.child[0], a.child[1], int(a.child[2]), int(a.child[3])
-        if kind == "upper":
+        if kind == "loader":
+            print(json.dumps(loader_alone(a.child[4:], model, size, a.steps - a.warmup, a.warmup)))
+        elif kind == "upper":
             print(json.dumps(upper_bound(model, size, batch, a.steps - a.warmup, 5)))
         elif kind == "infer":
             print(json.dumps(inference_bound(model, size, batch, 30, 5)))
@@ -379,17 +429,20 @@ def main() -> None:
     log({"data": data})
     if a.decode_scaling:
         for processes in a.decode_scaling:
-            log({"processes": processes, "decode_augment_images_per_s": decode_scaling(a.images, processes)})
+            log({"processes": processes, "resize_cache": a.resize_cache,
+                 "decode_augment_images_per_s": decode_scaling(a.images, processes, a.resize_cache)})
         return
     configs = [c for c in (GPU_CONFIGS if a.gpu else CPU_CONFIGS) if not a.configs or c[0] in a.configs]
     me = [str(Path(__file__).relative_to(ROOT))]
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--images", str(a.images),
               "--workers", str(a.workers), "--embed-images", str(a.embed_images)]
     rows = []
-    for cfg in configs if not (a.switches_only and a.switch_names) else []:  # chosen switches: no default run
+    default_runs = not (a.switches_only and a.switch_names and "default" not in a.switch_names)
+    for cfg in configs if default_runs else []:
         name, model, _, size, batch = cfg
         row = {"name": name, "lookalike": lookalike_run(cfg, a.images, a.workers, a.steps, a.warmup, a.gpu, [],
-                                                        a.timeout)}
+                                                        a.timeout),
+               "loader": loader_run(cfg, a.images, a.workers, a.steps, a.warmup, a.gpu, [], a.timeout)}
         if not a.switches_only:
             row["upper"] = _child("upper", [*me, *common, "--child", "upper", model, str(size), str(batch)], a.timeout)
             row["peer"] = peer_run(cfg, a.images, a.workers, a.peer_steps, a.peer_warmup, a.gpu, a.timeout)
@@ -408,6 +461,9 @@ def main() -> None:
                 continue
             result = lookalike_run(cfg, a.images, a.workers, a.steps, a.warmup, a.gpu, overrides, a.timeout)
             switches.append({"name": name, "result": result})
+            if any(o.startswith("data.") for o in overrides):  # a data switch: what the loader alone delivers
+                switches[-1]["loader"] = loader_run(cfg, a.images, a.workers, a.steps, a.warmup, a.gpu, overrides,
+                                                    a.timeout)
             log(switches[-1])
     if rows:
         write_report(rows, switches, data, a)
