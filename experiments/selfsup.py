@@ -4,6 +4,9 @@ For each data set, three embedders on the same held-out test items:
   (a) pretrained   EfficientNet-Lite0's ImageNet features, no training
   (b) selfsup      `train.py experiment=selfsup_catalog` on the training side's images, labels hidden
   (c) supervised   `train.py` with the labels (the data set's own experiment)
+  (d) pseudo       (b) continued with triplets on pseudo-classes: `lookalike pseudo-labels` clusters (b)'s
+                   embeddings of the training images (FAISS k-means, one cluster per --images-per-cluster
+                   images), then `train.py experiment=selfsup_pseudo` from (b)'s weights
 Test protocols: photo -> catalogue with held-out "photos" of every test image (each query's answer is its
 source image; `lookalike.data.unlabeled.query_photos`), and the class-level protocol of the data set
 (flowers17: leave-one-out over classes 09-17; synthetic products: the real product photos query the
@@ -28,7 +31,7 @@ import torch
 from lookalike.data.image_folder import image_folder
 from lookalike.data.synthetic import synthetic_products
 from lookalike.data.table import ImageTable
-from lookalike.data.unlabeled import photo_to_catalogue
+from lookalike.data.unlabeled import list_image_files, photo_to_catalogue
 from lookalike.export import load_embedder
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval import retrieval_metrics
@@ -38,6 +41,7 @@ from bench_retrieval import machine, report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KS = (1, 4, 8)
+LETTERS = {"selfsup": "b", "supervised": "c", "pseudo": "d"}
 
 
 def metrics(embedder: Embedder, table: ImageTable) -> dict[str, float]:
@@ -57,15 +61,33 @@ def link_folders(folders: list[Path], into: Path) -> Path:
     return into
 
 
-def train(overrides: list[str], out: Path) -> tuple[Path, str]:
-    """Run train.py; the embedder file it wrote and the command."""
+def train(overrides: list[str], out: Path, reuse: bool) -> tuple[Path, str]:
+    """Run train.py (unless ``reuse`` and ``out`` holds its embedder); the embedder file and the command."""
     cmd = [sys.executable, "train.py", *overrides, "logger=csv", "eval.before=false", "eval.baseline=false",
            "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"]
-    subprocess.run(cmd, cwd=REPO, check=True)
+    if not (reuse and (out / "embedder.pt").exists()):
+        subprocess.run(cmd, cwd=REPO, check=True)
     return out / "embedder.pt", " ".join(["python", *cmd[1:-1]])
 
 
-def flowers(root: Path, work: Path, size: int, epochs: int, seed: int) -> tuple[dict, dict]:
+def selfsup_runs(unlabeled: Path, work: Path, name: str, common: list[str], images_per_cluster: int,
+                 reuse: bool) -> dict[str, tuple[Path, str]]:
+    """(b) self-supervised training on ``unlabeled``, and (d) triplets on the clusters of (b)'s embeddings."""
+    options = [f"data.root={unlabeled}", "data.num_workers=2", f"paths.cache_dir={work / 'cache'}", *common]
+    selfsup = train(["experiment=selfsup_catalog", *options], work / f"{name}_selfsup", reuse)
+    clusters = work / f"{name}_clusters.csv"
+    images = len(list_image_files(unlabeled))
+    label = [sys.executable, "-m", "lookalike.cli", "pseudo-labels", "--embedder", str(selfsup[0]), "--images",
+             str(unlabeled), "--clusters", str(images // images_per_cluster), "--out", str(clusters)]
+    subprocess.run(label, cwd=REPO, check=True)
+    pseudo = train(["experiment=selfsup_pseudo", f"data.source.pseudo_labels={clusters}",
+                    f"model.backbone.checkpoint={selfsup[0]}", *options], work / f"{name}_pseudo", reuse)
+    return {"selfsup": selfsup,
+            "pseudo": (pseudo[0], "lookalike " + " ".join(label[3:]) + "; " + pseudo[1])}
+
+
+def flowers(root: Path, work: Path, size: int, epochs: int, seed: int, per_cluster: int,
+            reuse: bool) -> tuple[dict, dict]:
     splits = image_folder(root, train_classes=8)
     train_dirs = sorted({Path(p).parent for p in splits.train.paths})
     unlabeled = link_folders(train_dirs, work / "flowers_train_unlabeled")
@@ -74,14 +96,14 @@ def flowers(root: Path, work: Path, size: int, epochs: int, seed: int) -> tuple[
                  photo_to_catalogue(list(test.paths), work / "cache", 0),
                  "class level, leave-one-out (classes 09-17)": test}
     common = [f"model.image_size={size}", f"trainer.max_epochs={epochs}", f"seed={seed}"]
-    runs = {"selfsup": train(["experiment=selfsup_catalog", f"data.root={unlabeled}", "data.num_workers=2",
-                              f"paths.cache_dir={work / 'cache'}", *common], work / "flowers_selfsup"),
+    runs = {**selfsup_runs(unlabeled, work, "flowers", common, per_cluster, reuse),
             "supervised": train(["experiment=flowers17_lite0", f"data.root={root}", *common],
-                                work / "flowers_supervised")}
+                                work / "flowers_supervised", reuse)}
     return protocols, runs
 
 
-def synthetic(work: Path, size: int, epochs: int, seed: int) -> tuple[dict, dict]:
+def synthetic(work: Path, size: int, epochs: int, seed: int, per_cluster: int,
+              reuse: bool) -> tuple[dict, dict]:
     splits = synthetic_products(work / "cache", image_size=size, test_protocol="photo_to_catalogue")
     train_dirs = sorted({Path(p).parent for p in splits.train.paths})
     unlabeled = link_folders(train_dirs, work / "synthetic_train_unlabeled")
@@ -90,9 +112,8 @@ def synthetic(work: Path, size: int, epochs: int, seed: int) -> tuple[dict, dict
                  photo_to_catalogue(catalogue, work / "cache", 0),
                  "class level, product photos -> catalogue (test products)": splits.test}
     common = [f"model.image_size={size}", f"trainer.max_epochs={epochs}", f"seed={seed}"]
-    runs = {"selfsup": train(["experiment=selfsup_catalog", f"data.root={unlabeled}", "data.num_workers=2",
-                              f"paths.cache_dir={work / 'cache'}", *common], work / "synthetic_selfsup"),
-            "supervised": train([f"paths.cache_dir={work / 'cache'}", *common], work / "synthetic_supervised")}
+    runs = {**selfsup_runs(unlabeled, work, "synthetic", common, per_cluster, reuse),
+            "supervised": train([f"paths.cache_dir={work / 'cache'}", *common], work / "synthetic_supervised", reuse)}
     return protocols, runs
 
 
@@ -103,18 +124,21 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lookalike-selfsup")
+    p.add_argument("--images-per-cluster", type=int, default=10, help="(d): clusters = training images / this")
+    p.add_argument("--reuse", action="store_true", help="reuse the runs already in --work (train only missing ones)")
     p.add_argument("--out", help="append a Markdown section with the results to this file")
     a = p.parse_args()
 
-    studies = {"synthetic products": synthetic(a.work, a.image_size, a.epochs, a.seed)}
+    options = (a.work, a.image_size, a.epochs, a.seed, a.images_per_cluster, a.reuse)
+    studies = {"synthetic products": synthetic(*options)}
     if a.flowers:
-        studies["flowers17 (labels hidden from (b))"] = flowers(a.flowers, a.work, a.image_size, a.epochs, a.seed)
+        studies["flowers17 (labels hidden from (b) and (d))"] = flowers(a.flowers, *options)
     pretrained = Embedder({"name": "tf_efficientnet_lite0", "pretrained": True}, {"embedding_size": None},
                           a.image_size).eval()
     lines = [f"\n## {date.today()}: EfficientNet-Lite0, {a.image_size} px, {a.epochs} epochs, seed {a.seed}\n",
              f"Machine: {machine()}  ", f"Command: `python experiments/selfsup.py {' '.join(sys.argv[1:])}`\n"]
     for name, (protocols, runs) in studies.items():
-        models = {"(a) pretrained": pretrained, **{f"({'b' if k == 'selfsup' else 'c'}) {k}": load_embedder(path)
+        models = {"(a) pretrained": pretrained, **{f"({LETTERS[k]}) {k}": load_embedder(path)
                                                  for k, (path, _) in runs.items()}}
         lines += [f"### {name}\n", *(f"- {k}: `{cmd}`" for k, (_, cmd) in runs.items()), ""]
         for protocol, table in protocols.items():

@@ -34,6 +34,10 @@ def test_experiment_runs_on_tiny_data(experiment: str, tmp_path: Path, request: 
         if "train_classes" in cfg.data.source:  # the fake folder has 6 classes
             cfg.data.source.train_classes = 4
             cfg.data.val_classes = 1
+        if "pseudo_labels" in cfg.data.source and not cfg.data.instances:  # clusters as lookalike pseudo-labels writes
+            rows = [f"{p},{p.parent.name}" for p in sorted(Path(root).rglob("*.jpg"))]
+            (tmp_path / "clusters.csv").write_text("\n".join(["path,label", *rows]))
+            cfg.data.source.pseudo_labels = str(tmp_path / "clusters.csv")
         if "num_train_products" in cfg.data.source:
             cfg.data.source.update(num_train_products=10, num_test_products=5, photos_per_product=3, image_size=40)
     report = run(cfg)

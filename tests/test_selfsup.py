@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from lookalike.config import compose
+from lookalike.data.manifest import read_rows
+from lookalike.data.pseudo_labels import cluster, main as pseudo_labels_main, read_pseudo_labels
 from lookalike.data.unlabeled import unlabeled_folder
 from lookalike.errors import LookalikeError
+from lookalike.export import save_embedder
+from lookalike.models.embedder import Embedder
 from lookalike.train import build_datamodule
 from tests.conftest import TINY_MODEL, write_image
 
@@ -75,3 +79,39 @@ def test_instance_batches_hold_two_views_of_each_image(unlabeled: Path, tmp_path
         batch["label"][0::2], batch["label"][1::2]) else None
     assert views is not None and not torch.equal(views[:, 0], views[:, 1])  # two different augmentations
     assert len(dm.train_dataloader()) == 16 * 2 // 8  # an epoch: every image about once, as 2 views
+
+
+def test_kmeans_pseudo_labels_find_separated_groups() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:3]
+    x = np.repeat(centres, 10, axis=0) + rng.normal(0, 0.05, (30, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = cluster(x, 3)
+    assert all(len(set(labels[i * 10:(i + 1) * 10])) == 1 for i in range(3)) and len(set(labels)) == 3
+    with pytest.raises(LookalikeError, match="between 2 and half"):
+        cluster(x, 16)
+
+
+def test_pseudo_labels_command_labels_the_training_images(unlabeled: Path, tmp_path: Path) -> None:
+    embedder = save_embedder(Embedder({"name": "test_efficientnet", "pretrained": False}, {"embedding_size": 16}, 32),
+                             tmp_path / "embedder.pt")
+    out = tmp_path / "clusters.csv"
+    pseudo_labels_main(["--embedder", str(embedder), "--images", str(unlabeled), "--clusters", "4", "--out", str(out),
+                        "--workers", "0"])
+    rows = read_rows(out)
+    assert len(rows) == 20 and 1 <= len({r["label"] for r in rows}) <= 4
+    plain = unlabeled_folder(unlabeled, 0.1, 0.2, seed=0, cache_dir=tmp_path / "cache")
+    splits = unlabeled_folder(unlabeled, 0.1, 0.2, seed=0, cache_dir=tmp_path / "cache", pseudo_labels=out)
+    assert splits.train.paths == plain.train.paths and splits.test.paths == plain.test.paths  # same held-out images
+    clusters = [read_pseudo_labels(out)[str(Path(p).resolve())] for p in splits.train.paths]
+    same_label = splits.train.labels[:, None] == splits.train.labels[None, :]
+    assert np.array_equal(same_label, np.array(clusters)[:, None] == np.array(clusters)[None, :])
+    with pytest.raises(LookalikeError, match="lookalike pseudo-labels"):
+        unlabeled_folder(unlabeled, pseudo_labels=tmp_path / "missing.csv")
+
+
+def test_unlabeled_images_without_instances_or_clusters_stop_with_one_message(unlabeled: Path, tmp_path: Path) -> None:
+    cfg = compose("train", [*TINY_MODEL, "experiment=selfsup_pseudo", f"data.root={unlabeled}", "data.num_workers=0",
+                            f"paths.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(LookalikeError, match="data.instances=true.*pseudo_labels"):
+        build_datamodule(cfg)

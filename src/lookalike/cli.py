@@ -26,6 +26,9 @@ commands:
   serve       a search page and JSON API for a catalogue index (loopback only unless --host says otherwise):
               lookalike serve --index catalog.lkidx [--port 8000]
   duplicates  groups of near-duplicate catalogue images: lookalike duplicates --index catalog.lkidx
+  pseudo-labels
+              cluster a catalogue without labels into pseudo-classes (FAISS k-means) for triplet training:
+              lookalike pseudo-labels --embedder embedder.pt --images DIR --clusters 300 --out clusters.csv
   demo-data   the quickstart's test products as a catalogue and photos to try index and search on:
               lookalike demo-data --out demo
   runs        compare runs or sweep trials: lookalike runs summarize runs/<task>/multirun/<date_time>
@@ -41,6 +44,7 @@ PLAIN = {
     "index": ("lookalike.catalog", "main_index"),
     "search": ("lookalike.catalog", "main_search"),
     "duplicates": ("lookalike.catalog", "main_duplicates"),
+    "pseudo-labels": ("lookalike.data.pseudo_labels", "main"),
     "calibrate": ("lookalike.calibrate", "main"),
     "demo-data": ("lookalike.data.synthetic", "main_demo"),
     "runs": ("lookalike.runs", "main"),

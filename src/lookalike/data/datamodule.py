@@ -137,6 +137,10 @@ class RetrievalDataModule(L.LightningDataModule):
             train, val = splits.train, splits.val
         self.instances = instances
         self.train_table: ImageTable = trainable(train, instances).relabelled()
+        if len(self.train_table) == 0 and len(train) > 0:
+            raise LookalikeError("No training class has two images, so there is no positive pair: for a catalogue "
+                                 "without labels use data.instances=true (experiment=selfsup_catalog) or give it "
+                                 "classes (data.source.pseudo_labels=CSV of lookalike pseudo-labels)")
         self.val_table: ImageTable = val
         self.test_table: ImageTable = splits.test
         for name, table in (("training", self.train_table), ("validation", val), ("test", splits.test)):

@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from lookalike.data.image_folder import IMAGE_SUFFIXES
 from lookalike.data.images import load_rgb
+from lookalike.data.pseudo_labels import read_pseudo_labels
 from lookalike.data.table import ImageTable, Splits, missing_data, resolve_root
+from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
 
 LAYOUT = """  ROOT/<image>.jpg, ROOT/<any>/<folders>/<image>.png, ...
@@ -93,9 +95,12 @@ def unlabeled_folder(
     test_images: float = 0.1,
     seed: int = 0,
     cache_dir: str | Path = "~/.cache/lookalike",
+    pseudo_labels: str | Path | None = None,
 ) -> Splits:
     """Split the images below ``root`` at random into training images (each its own class) and held-out
-    validation and test images evaluated photo -> catalogue (see the module docstring)."""
+    validation and test images evaluated photo -> catalogue (see the module docstring). With
+    ``pseudo_labels`` (a CSV of ``lookalike pseudo-labels``) training images take their cluster as class;
+    the held-out images and their evaluation stay the same."""
     files = list_image_files(root)
     order = np.random.default_rng(seed).permutation(len(files))
     n_val, n_test = (max(1, int(round(share * len(files)))) for share in (val_images, test_images))
@@ -104,6 +109,14 @@ def unlabeled_folder(
                            "test images and still train)", "Unlabeled image folder", LAYOUT)
     val, test, train = (sorted(files[i] for i in part) for part in
                         np.split(order, [n_val, n_val + n_test]))
-    return Splits(train=ImageTable(train, np.arange(len(train))),
+    labels = np.arange(len(train))
+    if pseudo_labels:
+        clusters = read_pseudo_labels(pseudo_labels)
+        train = [p for p in train if os.path.abspath(p) in clusters]
+        if not train:
+            raise LookalikeError(f"No training image of {root} is in the pseudo-label file {pseudo_labels}")
+        names = sorted({clusters[os.path.abspath(p)] for p in train})
+        labels = np.searchsorted(names, [clusters[os.path.abspath(p)] for p in train])
+    return Splits(train=ImageTable(train, labels),
                   test=photo_to_catalogue(test, cache_dir, seed),
                   val=photo_to_catalogue(val, cache_dir, seed))
