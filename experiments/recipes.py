@@ -73,13 +73,17 @@ SWITCHES = {
 CANDIDATE = ["model.head.embedding_size=null", "optim.freeze_bn=true", "callbacks=ema", "optimized_metric=val/map@r"]
 RECIPES = {"lookalike_plain": PLAIN, **{k: PLAIN + v for k, v in SWITCHES.items()},
            "candidate_a": CANDIDATE + ["optim.lr.backbone=1e-5"], "candidate_b": CANDIDATE + ["optim.lr.backbone=1e-4"],
-           "defaults": []}
+           "defaults": [],
+           # the defaults at timm's own resolution, against pretrained_224 (the data set's resolution replaced)
+           "defaults_224": ["model.image_size=224"]}
 
 
 def run_train(dataset: str, recipe: str, seed: int, root: str, work: Path, baseline: bool) -> dict:
     out = work / dataset / recipe / f"seed{seed}"
     plain = DATASETS[dataset]["plain_train"] if RECIPES[recipe][:len(PLAIN)] == PLAIN else []
-    cmd = [sys.executable, "train.py", *DATASETS[dataset]["train"], f"data.root={root}", *plain, *RECIPES[recipe],
+    replaced = {o.split("=")[0] for o in RECIPES[recipe]}
+    base = [o for o in DATASETS[dataset]["train"] if o.split("=")[0] not in replaced]
+    cmd = [sys.executable, "train.py", *base, f"data.root={root}", *plain, *RECIPES[recipe],
            f"seed={seed}", f"eval.baseline={str(baseline).lower()}", "eval.before=false", "logger=csv",
            "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"]
     subprocess.run(cmd, cwd=REPO, check=True)
