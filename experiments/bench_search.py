@@ -80,7 +80,9 @@ def query_rows(n: int, num_queries: int, single: int, device: str, noise: float)
     from lookalike.retrieval.knn import FaissIndex, knn
 
     x, _ = make_data(n + num_queries, 128, noise=noise)
-    gallery, queries = x[:n], x[n:]
+    held_out = np.zeros(len(x), bool)  # queries drawn at random: their class-mates stay in the gallery
+    held_out[np.random.default_rng(1).choice(len(x), num_queries, replace=False)] = True
+    gallery, queries = x[~held_out], x[held_out]
     exact, rows = None, []
     for name, (factory, params) in factories(n).items():
         t0 = time.perf_counter()

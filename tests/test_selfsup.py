@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,8 @@ def test_kmeans_pseudo_labels_find_separated_groups() -> None:
         cluster(x, 16)
 
 
-def test_pseudo_labels_command_labels_the_training_images(unlabeled: Path, tmp_path: Path) -> None:
+def test_pseudo_labels_command_labels_the_training_images(unlabeled: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     embedder = save_embedder(Embedder({"name": "test_efficientnet", "pretrained": False}, {"embedding_size": 16}, 32),
                              tmp_path / "embedder.pt")
     out = tmp_path / "clusters.csv"
@@ -108,6 +110,12 @@ def test_pseudo_labels_command_labels_the_training_images(unlabeled: Path, tmp_p
     assert np.array_equal(same_label, np.array(clusters)[:, None] == np.array(clusters)[None, :])
     with pytest.raises(LookalikeError, match="lookalike pseudo-labels"):
         unlabeled_folder(unlabeled, pseudo_labels=tmp_path / "missing.csv")
+    dropped = str(Path(splits.train.paths[0]).resolve())  # an image added after the clustering
+    partial = tmp_path / "partial.csv"
+    partial.write_text("\n".join(line for line in out.read_text().splitlines() if not line.startswith(dropped)))
+    with caplog.at_level(logging.WARNING):
+        fewer = unlabeled_folder(unlabeled, 0.1, 0.2, seed=0, cache_dir=tmp_path / "cache", pseudo_labels=partial)
+    assert fewer.train.paths == splits.train.paths[1:] and "left out 1 training image" in caplog.text
 
 
 def test_unlabeled_images_without_instances_or_clusters_stop_with_one_message(unlabeled: Path, tmp_path: Path) -> None:

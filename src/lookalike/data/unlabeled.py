@@ -10,6 +10,7 @@ low resolution, sensor noise, tone curves, tight crops) is the query; the right 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,7 @@ from lookalike.files import atomic_write
 
 LAYOUT = """  ROOT/<image>.jpg, ROOT/<any>/<folders>/<image>.png, ...
   (every image below ROOT; folder names are not used as labels)"""
+log = logging.getLogger(__name__)
 QUERY_PROTOCOL = "heldout-photo-v1"  # part of the cache key: a new protocol renders new queries
 
 
@@ -112,9 +114,13 @@ def unlabeled_folder(
     labels = np.arange(len(train))
     if pseudo_labels:
         clusters = read_pseudo_labels(pseudo_labels)
-        train = [p for p in train if os.path.abspath(p) in clusters]
-        if not train:
+        labelled = [p for p in train if os.path.abspath(p) in clusters]
+        if not labelled:
             raise LookalikeError(f"No training image of {root} is in the pseudo-label file {pseudo_labels}")
+        if len(labelled) < len(train):
+            log.warning("left out %d training image(s) that are not in %s (added after the clustering?)",
+                        len(train) - len(labelled), pseudo_labels)
+        train = labelled
         names = sorted({clusters[os.path.abspath(p)] for p in train})
         labels = np.searchsorted(names, [clusters[os.path.abspath(p)] for p in train])
     return Splits(train=ImageTable(train, labels),
