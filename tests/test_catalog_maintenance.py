@@ -14,7 +14,7 @@ import lookalike.catalog as catalog
 from lookalike.catalog import Index
 from lookalike.errors import LookalikeError
 from lookalike.export import load_embedder
-from lookalike.retrieval.knn import FaissIndex
+from lookalike.retrieval.knn import FaissIndex, default_search_params
 from tests.test_catalog import catalogue  # noqa: F401  (fixture)
 
 
@@ -96,6 +96,20 @@ def test_add_and_remove_items(trained: dict, catalogue, tmp_path: Path, factory:
     assert Index.load(tmp_path / "c.lkidx").add_images(payload, tmp_path / "shop", num_workers=0)[0]["id"] == 5
     with pytest.raises(LookalikeError, match="No catalogue item has the id"):
         loaded.remove([99])
+
+
+def test_approximate_catalogue_indexes_keep_their_search_parameters(trained: dict, catalogue, tmp_path: Path) -> None:
+    import faiss
+
+    index = Index.build(trained["embedder"], catalogue[0], factory="HNSW32", num_workers=0)
+    assert index.meta["search_params"] == "efSearch=128"  # not FAISS's default of 16
+    index.save(tmp_path / "c.lkidx")
+    loaded = Index.load(tmp_path / "c.lkidx")
+    assert faiss.downcast_index(loaded.faiss.index.index).hnsw.efSearch == 128
+    loaded.faiss.set_search_params("efSearch=300")  # lookalike search --search-params
+    assert faiss.downcast_index(loaded.faiss.index.index).hnsw.efSearch == 300
+    flat = Index.build(trained["embedder"], catalogue[0], num_workers=0, search_params="")
+    assert flat.meta["search_params"] == "" and default_search_params("IVF1024,PQ32") == "nprobe=32"
 
 
 def test_binary_index_ranks_by_hamming_distance() -> None:

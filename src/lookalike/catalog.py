@@ -27,7 +27,7 @@ from lookalike.files import atomic_write
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.grid import search_grid
 from lookalike.retrieval.embed import embed_files
-from lookalike.retrieval.knn import FaissIndex
+from lookalike.retrieval.knn import FaissIndex, default_search_params
 
 FORMAT = "lookalike-index/2"
 
@@ -159,18 +159,20 @@ class Index:
     @classmethod
     def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat", batch_size: int = 64,
               num_workers: int | None = None, checkpoint: Path | None = None,
-              checkpoint_every: int = 4096) -> Index:
+              checkpoint_every: int = 4096, search_params: str | None = None) -> Index:
         """Embed every catalogue image with the embedder file and index the embeddings (see
-        :func:`embed_catalogue` for ``checkpoint``)."""
+        :func:`embed_catalogue` for ``checkpoint``). ``search_params`` (FAISS syntax, e.g. ``efSearch=256``
+        or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`."""
         payload = read_embedder_file(embedder_path)
         items, vectors = embed_catalogue(payload, list_images(images), batch_size, num_workers, checkpoint,
                                          checkpoint_every)
-        index = FaissIndex(vectors.shape[1], factory, ids=True)
+        search_params = default_search_params(factory) if search_params is None else search_params
+        index = FaissIndex(vectors.shape[1], factory, search_params=search_params, ids=True)
         for i, item in enumerate(items):
             item["id"] = i
         index.add(vectors, np.arange(len(items)))
         meta = {"format": FORMAT, "embedder_hash": embedder_hash(payload), "dim": int(vectors.shape[1]),
-                "factory": factory, "count": len(items), "next_id": len(items),
+                "factory": factory, "search_params": search_params, "count": len(items), "next_id": len(items),
                 "embedder": str(Path(embedder_path).resolve())}
         return cls(index, items, meta)
 
@@ -234,7 +236,8 @@ class Index:
         if meta.get("format") != FORMAT:
             raise LookalikeError(f"'{path}' is not a lookalike index of this version (expected format {FORMAT}, "
                                  f"found {meta.get('format')}): build it again with `lookalike index build`")
-        return cls(FaissIndex.from_bytes(blob, meta["dim"], meta["factory"]), items, meta)
+        index = FaissIndex.from_bytes(blob, meta["dim"], meta["factory"], meta.get("search_params", ""))
+        return cls(index, items, meta)
 
     def check_embedder(self, embedder_path: str | Path) -> dict[str, Any]:
         """Refuse an embedder other than the one the index was built with; returns the file's contents."""
@@ -301,6 +304,8 @@ def main_index(argv: list[str]) -> None:
     build.add_argument("--out", required=True, help="index file to write (.lkidx)")
     build.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
                        "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
+    build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
+                       "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
     add = sub.add_parser("add", help="embed and add images not yet in the index")
     add.add_argument("--images", required=True, help="folder of images or manifest .csv")
     remove = sub.add_parser("remove", help="remove items by id or path, or those whose file is gone")
@@ -316,10 +321,13 @@ def main_index(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.action == "build":
         partial = Path(args.out).with_name(Path(args.out).name + ".partial")
-        index = Index.build(args.embedder, args.images, args.factory, args.batch_size, args.workers, partial)
+        index = Index.build(args.embedder, args.images, args.factory, args.batch_size, args.workers, partial,
+                            search_params=args.search_params)
         index.save(args.out)
         shutil.rmtree(partial, ignore_errors=True)
-        print(f"indexed {index.meta['count']} images ({index.meta['factory']}, {index.meta['dim']}-d) into {args.out}")
+        params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
+        print(f"indexed {index.meta['count']} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
+              f"into {args.out}")
         return
     index = Index.load(args.index)
     if args.action == "add":
@@ -351,8 +359,12 @@ def main_search(argv: list[str]) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", help="also write a picture of the queries and their results")
     parser.add_argument("--category", help="search only items with this label (classify-then-search)")
+    parser.add_argument("--search-params", help="FAISS search parameters for this search instead of the index's, "
+                        "e.g. efSearch=512 (more recall, slower)")
     args = parser.parse_args(argv)
     index = Index.load(args.index)
+    if args.search_params is not None:
+        index.faiss.set_search_params(args.search_params)
     embedder_path = args.embedder or index.meta["embedder"]
     payload = index.check_embedder(embedder_path)
     threshold = calibrated_threshold(payload)

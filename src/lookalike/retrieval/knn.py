@@ -53,6 +53,16 @@ def is_binary(factory: str) -> bool:
     return factory.startswith("B")
 
 
+def default_search_params(factory: str) -> str:
+    """Search parameters for an approximate factory string when none are given (FAISS's own defaults,
+    efSearch 16 and nprobe 1, lose many neighbours): those of conf/index/hnsw.yaml and ivf_*.yaml."""
+    if "HNSW" in factory:
+        return "efSearch=128"
+    if "IVF" in factory:
+        return "nprobe=32"
+    return ""
+
+
 def sign_codes(vectors: np.ndarray) -> np.ndarray:
     """Sign-quantised vectors packed 8 dimensions a byte: the codes of a binary index."""
     return np.packbits(vectors > 0, axis=1)
@@ -104,6 +114,11 @@ class FaissIndex:
         deserialize = faiss.deserialize_index_binary if is_binary(factory) else faiss.deserialize_index
         return cls(dim, factory, search_params=search_params,
                    cpu_index=deserialize(np.frombuffer(blob, dtype=np.uint8)))
+
+    def set_search_params(self, params: str) -> None:
+        """Search with other parameters (FAISS syntax, e.g. ``efSearch=512``) from the next search on."""
+        self.search_params = params
+        self._index = None
 
     @property
     def ntotal(self) -> int:
