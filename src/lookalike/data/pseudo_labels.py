@@ -1,9 +1,9 @@
 """Pseudo-labels for catalogues without labels: the embeddings of a (self-supervised) embedder clustered
 with FAISS spherical k-means; each cluster becomes a class that triplet training can continue on.
 
-    lookalike pseudo-labels --embedder runs/selfsup_catalog/.../embedder.pt --images DIR --clusters 300 \\
-        --out clusters.csv
-    python train.py experiment=selfsup_pseudo data.root=DIR data.source.pseudo_labels=clusters.csv
+    lookalike pseudo-labels --embedder SELFSUP/embedder.pt --images DIR --clusters 300 --out clusters.csv
+    python train.py experiment=selfsup_pseudo data.root=DIR data.source.pseudo_labels=clusters.csv \\
+        model.backbone.checkpoint=SELFSUP/embedder.pt
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from lookalike.data.table import ImageTable, Splits, missing_data, resolve_root
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
 
+log = logging.getLogger(__name__)
 LAYOUT = """  ROOT/<image>.jpg, ROOT/<any>/<folders>/<image>.png, ...
   (every image below ROOT; folder names are not used as labels)"""
-log = logging.getLogger(__name__)
 QUERY_PROTOCOL = "heldout-photo-v1"  # part of the cache key: a new protocol renders new queries
 
 
@@ -114,15 +114,14 @@ def unlabeled_folder(
     labels = np.arange(len(train))
     if pseudo_labels:
         clusters = read_pseudo_labels(pseudo_labels)
-        labelled = [p for p in train if os.path.abspath(p) in clusters]
-        if not labelled:
+        cluster_of = {p: clusters[os.path.abspath(p)] for p in train if os.path.abspath(p) in clusters}
+        if not cluster_of:
             raise LookalikeError(f"No training image of {root} is in the pseudo-label file {pseudo_labels}")
-        if len(labelled) < len(train):
+        if len(cluster_of) < len(train):
             log.warning("left out %d training image(s) that are not in %s (added after the clustering?)",
-                        len(train) - len(labelled), pseudo_labels)
-        train = labelled
-        names = sorted({clusters[os.path.abspath(p)] for p in train})
-        labels = np.searchsorted(names, [clusters[os.path.abspath(p)] for p in train])
+                        len(train) - len(cluster_of), pseudo_labels)
+        train = list(cluster_of)
+        labels = np.unique(list(cluster_of.values()), return_inverse=True)[1]
     return Splits(train=ImageTable(train, labels),
                   test=photo_to_catalogue(test, cache_dir, seed),
                   val=photo_to_catalogue(val, cache_dir, seed))
