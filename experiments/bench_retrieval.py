@@ -2,7 +2,8 @@
 
 Each (method, N) runs in its own process so that its peak memory is its own. Methods:
   lookalike-faiss   lookalike.retrieval.retrieval_metrics, FAISS Flat backend (CPU, or GPU if FAISS has one)
-  lookalike-torch   lookalike.retrieval.retrieval_metrics, exact chunked torch mm + topk (on --device)
+  lookalike-torch   lookalike.retrieval.retrieval_metrics, exact chunked torch mm + topk (on --device; on a
+                    GPU bfloat16 candidates re-scored in float32); lookalike-torch-fp32 float32 throughout
   pml               pytorch-metric-learning AccuracyCalculator (default settings: its FAISS kNN)
   numpy             brute force in numpy, chunked (matmul + argpartition), the textbook reference
 
@@ -75,7 +76,9 @@ def child(method: str, n: int, dim: int, device: str) -> dict:
         from lookalike.retrieval import retrieval_metrics
 
         emb = torch.from_numpy(x).to(device)
-        m = retrieval_metrics(emb, torch.from_numpy(labels).to(device), ks=KS, backend=method.split("-")[1])
+        _, backend, *precision = method.split("-")
+        m = retrieval_metrics(emb, torch.from_numpy(labels).to(device), ks=KS, backend=backend,
+                              precision=precision[0] if precision else "auto")
         m = {k: v for k, v in m.items() if k.startswith(("recall", "map"))}
     elif method == "pml":
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -161,7 +164,7 @@ def main() -> None:
             continue
         gpu = f"{r['gpu_peak_mb']:.0f}" if r["gpu_peak_mb"] is not None else "-"
         lines.append(f"| {r['n']:,} | {r['method']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {gpu} | "
-                     f"{r['metrics'].get('recall@1', float('nan')):.4f} | {r['metrics'].get('map@r', float('nan')):.4f} |")
+                     f"{r['metrics'].get('recall@1', float('nan')):.6f} | {r['metrics'].get('map@r', float('nan')):.6f} |")
     report(lines, a.out)
 
 

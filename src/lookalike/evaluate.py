@@ -80,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data = embed(module.embedder.to(device), dm.eval_dataloader(table), device=device,
                  dtype=torch.float16 if cfg.half_embeddings else torch.float32, desc=f"embedding {cfg.split}")
     nb = search(data["embeddings"].to(device), data["label"], data["is_query"], data["is_gallery"],
-                max(cfg.ks), cfg.index.backend, cfg.index.factory, cfg.index.search_params, **cfg.expansion)
+                max(cfg.ks), **cfg.index, **cfg.expansion)
     metrics = metrics_from_neighbors(nb, cfg.ks)
     if cfg.nmi:
         metrics["nmi"] = clustering_nmi(data["embeddings"], data["label"], seed=trained.seed)

@@ -4,8 +4,9 @@
 ``"IVF1024,PQ32"``, ``"HNSW32"`` approximate) on the CPU and copies it to the GPUs when
 ``faiss.get_num_gpus() > 0`` (CPU wheels report 0, so one code path serves both).
 ``backend="torch"`` is an exact chunked ``mm`` + ``topk`` on the embeddings' device, the choice for
-embeddings on a GPU that FAISS cannot use. ``backend="auto"`` picks torch for GPU tensors without
-FAISS GPUs (or without FAISS), FAISS otherwise.
+embeddings on a GPU that FAISS cannot use; on a GPU it finds candidates with bfloat16 similarities on
+the tensor cores and re-scores them in float32 (``precision="auto"``; ``"fp32"``: float32 throughout).
+``backend="auto"`` picks torch for GPU tensors without FAISS GPUs (or without FAISS), FAISS otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lookalike.errors import LookalikeError
 
 FAISS_GPU_MAX_K = 2048
 BACKENDS = ("auto", "faiss", "torch")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def faiss_module():
@@ -218,26 +220,57 @@ class FaissIndex:
         return sims, ids
 
 
-def _chunk_rows(queries: torch.Tensor, gallery: torch.Tensor) -> int:
-    """Queries per block of similarities: ~256 MB of float32 on a CPU; on a GPU up to an eighth of its
-    free memory (at most 4 GB), since small blocks re-read the whole gallery once per block."""
+def _chunk_rows(queries: torch.Tensor, gallery: torch.Tensor, itemsize: int = 4) -> int:
+    """Queries per block of similarities: ~256 MB on a CPU; on a GPU up to an eighth of its free memory
+    (at most 4 GB), since small blocks re-read the whole gallery once per block."""
     budget = 1 << 28
     if queries.device.type == "cuda":
         budget = min(1 << 32, torch.cuda.mem_get_info(queries.device)[0] // 8)
-    return max(1, min(len(queries), budget // 4 // max(1, len(gallery))))
+    return max(1, min(len(queries), budget // itemsize // max(1, len(gallery))))
+
+
+def candidate_count(k: int, n: int) -> int:
+    """Candidates a reduced-precision search keeps per query for exact re-scoring: k plus a margin for
+    the items that bfloat16 rounding (~0.4% of a similarity) may reorder across the k-th place."""
+    return min(n, k + max(32, k // 2))
+
+
+def _rescore(queries: torch.Tensor, gallery: torch.Tensor, cand: torch.Tensor, k: int,
+             exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 similarities of each query's candidates, best ``k`` first (in slices of ~256 MB)."""
+    rows = max(1, (1 << 28) // (4 * cand.shape[1] * gallery.shape[1]))
+    sims, idx = [], []
+    for start in range(0, len(queries), rows):
+        c = cand[start:start + rows]
+        s = torch.bmm(gallery[c], queries[start:start + rows, :, None]).squeeze(2)
+        if exclude is not None:
+            s.masked_fill_(c == exclude[start:start + rows, None], float("-inf"))
+        s, order = s.topk(k, dim=1)
+        sims.append(s)
+        idx.append(c.gather(1, order))
+    return torch.cat(sims), torch.cat(idx)
 
 
 def _torch_knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude: torch.Tensor | None,
-               chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    chunk_size = chunk_size or _chunk_rows(queries, gallery)
+               chunk_size: int | None, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if precision not in PRECISIONS:
+        raise LookalikeError(f"index.precision={precision!r} is not one of {PRECISIONS}")
+    reduced = precision == "bf16" or (precision == "auto" and queries.device.type == "cuda")
+    q, g = (queries.bfloat16(), gallery.bfloat16()) if reduced else (queries.float(), gallery.float())
+    kk = candidate_count(k, len(gallery)) if reduced else k
+    g32 = gallery.float() if reduced else g
+    chunk_size = chunk_size or _chunk_rows(q, g, g.element_size())
     sims, idx = [], []
-    for start in range(0, len(queries), chunk_size):
-        block = queries[start:start + chunk_size] @ gallery.T
+    for start in range(0, len(q), chunk_size):
+        block = q[start:start + chunk_size] @ g.T
         if exclude is not None:  # each query's own column to -inf, without a round trip to the host
             ex = exclude[start:start + chunk_size, None]
             col = ex.clamp(min=0)
             block.scatter_(1, col, torch.where(ex >= 0, float("-inf"), block.gather(1, col)))
-        s, i = block.topk(k, dim=1)
+        s, i = block.topk(kk, dim=1)
+        if reduced:
+            ex = None if exclude is None else exclude[start:start + chunk_size]
+            s, i = _rescore(queries[start:start + chunk_size].float(), g32, i, k, ex)
         sims.append(s)
         idx.append(i)
     return torch.cat(sims), torch.cat(idx)
@@ -261,17 +294,21 @@ def knn(
     factory: str = "Flat",
     search_params: str = "",
     chunk_size: int | None = None,
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` gallery items for every query: (similarities, gallery indices), best first.
 
     ``exclude[i]`` is a gallery index query ``i`` must not retrieve (itself, in the leave-one-out
-    protocol) or -1. The torch backend holds at most ``chunk_size x len(gallery)`` similarities.
+    protocol) or -1. The torch backend holds at most ``chunk_size x len(gallery)`` similarities;
+    ``precision`` (torch backend): ``fp32``, or ``bf16`` candidates re-scored in float32 (``auto``: bf16 on
+    a GPU, where it runs on the tensor cores, fp32 elsewhere).
     """
     has_exclude = exclude is not None and bool((exclude >= 0).any())
     k = min(k, len(gallery) - (1 if has_exclude else 0))
     backend = resolve_backend(backend, queries.device)
     if backend == "torch":
-        return _torch_knn(queries, gallery.to(queries.device), k, exclude if has_exclude else None, chunk_size)
+        return _torch_knn(queries, gallery.to(queries.device), k, exclude if has_exclude else None, chunk_size,
+                          precision)
     index = FaissIndex(gallery.shape[1], factory, search_params=search_params)
     index.add(gallery.detach().float().cpu().numpy())
     q = queries.detach().float().cpu().numpy()

@@ -41,6 +41,7 @@ def search(
     backend: str = "torch",
     factory: str = "Flat",
     search_params: str = "",
+    precision: str = "auto",
     qe_k: int = 0,
     dba_k: int = 0,
     alpha: float = 3.0,
@@ -70,7 +71,7 @@ def search(
     valid = relevant > 0
     q_rows, exclude, q_labels, relevant = q_rows[valid], exclude[valid], q_labels[valid], relevant[valid]
     k_max = int(max(k, int(relevant.max()) if len(relevant) else 0))
-    index = dict(backend=backend, factory=factory, search_params=search_params)
+    index = dict(backend=backend, factory=factory, search_params=search_params, precision=precision)
     queries, gallery = emb[q_rows], emb[g_rows]
     if dba_k:
         gallery = database_augmentation(gallery, dba_k, alpha, **index)
@@ -108,11 +109,13 @@ def retrieval_metrics(
     backend: str = "torch",
     factory: str = "Flat",
     search_params: str = "",
+    precision: str = "auto",
     **expansion: Any,
 ) -> dict[str, float]:
     """Metrics of retrieving same-label gallery items for every query, by cosine similarity
     (``expansion``: ``qe_k``, ``dba_k``, ``alpha`` of ``search``)."""
-    nb = search(embeddings, labels, is_query, is_gallery, max(ks), backend, factory, search_params, **expansion)
+    nb = search(embeddings, labels, is_query, is_gallery, max(ks), backend, factory, search_params, precision,
+                **expansion)
     return metrics_from_neighbors(nb, ks)
 
 
