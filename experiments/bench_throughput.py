@@ -295,14 +295,17 @@ def loader_alone(overrides: list[str], model: str, size: int, steps: int, warmup
     from lookalike.train import build_datamodule
 
     datamodule = build_datamodule(compose("train", overrides), _embedder(model, size).preprocessing)
-    done, t0 = 0, 0.0
-    for step, batch in enumerate(datamodule.train_dataloader()):
-        if step == warmup:
-            t0 = time.perf_counter()
-        elif step > warmup:
-            done += len(batch["label"])
-        if step == warmup + steps:
-            break
+    loader = datamodule.train_dataloader()
+    done, t0, step = 0, 0.0, 0
+    while step <= warmup + steps:  # over as many epochs as it takes, as training does
+        for batch in loader:
+            if step == warmup:
+                t0 = time.perf_counter()
+            elif step > warmup:
+                done += len(batch["label"])
+            step += 1
+            if step > warmup + steps:
+                break
     return {"images_per_s": done / (time.perf_counter() - t0)}
 
 
