@@ -39,7 +39,7 @@ def test_every_loss_and_miner_trains_and_validates(loss: str, miner: str, image_
     module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)
     dm.preprocessing = module.embedder.preprocessing
     before = [p.detach().clone() for p in module.embedder.head.parameters()]
-    trainer = _trainer(max_steps=2, limit_val_batches=1)
+    trainer = _trainer(max_steps=2, limit_val_batches=1, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
     logged = trainer.logged_metrics
     assert torch.isfinite(logged["train/loss"])
@@ -113,7 +113,7 @@ def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_p
     """callbacks=ema: the test metrics and embedder.pt use best.ckpt's averaged weights, not the last
     optimizer step's (Lightning's callback would restore those when testing from a checkpoint path)."""
     report = run(compose_config(tiny_overrides(data_cache, tmp_path / "run") + [
-        "logger=none", "callbacks=ema", "callbacks.ema.decay=0.5", "optim.lr.head=0.1"]))
+        "logger=none", "callbacks=ema", "callbacks.ema.multi_avg_fn.decay=0.5", "optim.lr.head=0.1"]))
     ckpt = torch.load(report["best_checkpoint"], map_location="cpu", weights_only=False)
     exported = load_embedder(report["embedder"]).state_dict()
     averaged = {k.removeprefix("embedder."): v for k, v in ckpt["state_dict"].items() if k.startswith("embedder.")}
@@ -121,6 +121,62 @@ def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_p
     assert exported.keys() == averaged.keys()
     assert all(torch.equal(exported[k], averaged[k]) for k in exported)
     assert any(not torch.equal(averaged[k], current[k]) for k in exported)  # the average is not the last step
+
+
+def test_fused_ema_of_the_config_equals_lightnings_per_tensor_ema() -> None:
+    """callbacks=ema updates the average with foreach kernels (few launches per step); the average is the
+    one Lightning's EMAWeightAveraging computes tensor by tensor, buffers (BatchNorm counters) included."""
+    from hydra.utils import instantiate
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+    cb = instantiate(compose_config(["callbacks=ema", "callbacks.ema.multi_avg_fn.decay=0.9"]).callbacks.ema)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.randn(2, 3, 8, 8))
+    fused = AveragedModel(model, use_buffers=True, **cb._kwargs)
+    reference = AveragedModel(model, use_buffers=True, avg_fn=get_ema_avg_fn(0.9))
+    for _ in range(4):
+        model(torch.randn(2, 3, 8, 8))  # moves the BatchNorm statistics and its counter
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        fused.update_parameters(model)
+        reference.update_parameters(model)
+    ours, ref = fused.module.state_dict(), reference.module.state_dict()
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-6, atol=1e-6, msg=k)
+    assert not torch.equal(ours["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_batch_statistics_are_logged_on_logging_steps_only(image_folder: Path, tmp_path: Path) -> None:
+    """train/pos_sim, train/neg_sim and the LRs are computed on the steps Lightning logs (every
+    trainer.log_every_n_steps) and there equal the plain means over positive and negative pairs."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    module, dm = _module(image_folder, tmp_path)
+    calls = []
+    original = module._log_batch_stats
+    module._log_batch_stats = lambda *a: (calls.append(module.global_step), original(*a))
+    L.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path, name="csv", version=0), enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, max_steps=6, log_every_n_steps=2,
+              limit_val_batches=0).fit(module, datamodule=dm)
+    assert calls == [1, 3, 5]
+    rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = [dict(zip(header, r.split(","))) for r in rows[1:]]
+    train_rows = [r for r in logged if r.get("train/loss")]
+    assert [int(r["step"]) for r in train_rows] == [1, 3, 5]
+    assert all(r["train/pos_sim"] and r["train/neg_sim"] and r["lr/backbone"] for r in train_rows)
+
+    stats = {}
+    module.log_dict = lambda d, **kw: stats.update(d)
+    emb = torch.nn.functional.normalize(torch.randn(8, 5), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3])
+    module._log_batch_stats(emb, labels, None)
+    sim, same = emb @ emb.T, labels[:, None] == labels[None, :]
+    assert stats["train/pos_sim"] == pytest.approx(sim[same & ~torch.eye(8, dtype=torch.bool)].mean().item(), abs=1e-6)
+    assert stats["train/neg_sim"] == pytest.approx(sim[~same].mean().item(), abs=1e-6)
 
 
 def _module(image_folder: Path, tmp_path: Path, *overrides: str) -> tuple[LitEmbedder, RetrievalDataModule]:

@@ -91,9 +91,16 @@ class LitEmbedder(L.LightningModule):
         tuples = self.miner(emb, labels) if self.miner is not None else None
         loss = self.loss_fn(emb, labels, tuples)
         self.log("train/loss", loss, prog_bar=True)
-        self._log_batch_stats(emb.detach(), labels, tuples)
-        self.log_dict({f"lr/{g['name']}": g["lr"] for g in self.optimizers().param_groups})
+        if self._logging_step():
+            self._log_batch_stats(emb.detach(), labels, tuples)
+            self.log_dict({f"lr/{g['name']}": g["lr"] for g in self.optimizers().param_groups})
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes this step's values to the logger (every ``trainer.log_every_n_steps``,
+        its own test): the batch statistics are computed only then."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step (drop the gradients) when a loss or gradient is not finite, counting it; stop the
@@ -102,7 +109,8 @@ class LitEmbedder(L.LightningModule):
         if self.max_nonfinite <= 0:  # the check is off (it costs one wait for the GPU per step)
             return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        # the largest |gradient| is inf or NaN exactly when some gradient is: fused kernels, one wait
+        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))):
             self._nonfinite_in_a_row = 0
             return
         optimizer.zero_grad(set_to_none=True)
@@ -118,12 +126,14 @@ class LitEmbedder(L.LightningModule):
                 f"optim.lr.*, check the data, or raise optim.max_nonfinite_steps")
 
     def _log_batch_stats(self, emb: torch.Tensor, labels: torch.Tensor, tuples: tuple | None) -> None:
-        """Mean cosine similarity of positive and negative pairs, and how much the miner kept."""
+        """Mean cosine similarity of positive and negative pairs, and how much the miner kept (masked sums:
+        boolean indexing would wait for the GPU)."""
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         sim = emb.float() @ emb.float().T
         pos, neg = same & ~eye, ~same
-        stats = {"train/pos_sim": sim[pos].mean(), "train/neg_sim": sim[neg].mean()}
+        stats = {"train/pos_sim": (sim * pos).sum() / pos.sum().clamp(min=1),
+                 "train/neg_sim": (sim * neg).sum() / neg.sum().clamp(min=1)}
         mined = _mined_count(tuples)
         if mined is not None:
             n_pos, n_neg = pos.sum(1).float(), neg.sum(1).float()
