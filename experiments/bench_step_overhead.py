@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 from bench_retrieval import machine, report
 from lookalike.config import compose
+from lookalike.models.lit_embedder import all_finite
 
 
 NO_KERNEL = {"aten::detach", "aten::to", "aten::view", "aten::alias", "aten::is_nonzero", "aten::item"}
@@ -66,8 +67,7 @@ def main() -> None:
         ("EMA update", "fused (callbacks=ema)", lambda: fused.update_parameters(model)),
         ("non-finite check", "per tensor (isfinite(g).all())",
          lambda: bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())),
-        ("non-finite check", "fused (get_total_norm(grads, inf))",
-         lambda: bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf"))))),
+        ("non-finite check", "fused (get_total_norm(grads, inf))", lambda: all_finite(grads)),
     ]
     params = sum(1 for _ in model.parameters())
     buffers = sum(1 for _ in model.buffers())

@@ -36,6 +36,12 @@ def _mined_count(tuples: tuple | None) -> torch.Tensor | None:
     return torch.tensor(float(len(tuples[0]) + (len(tuples[2]) if len(tuples) == 4 else 0)))
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every value is finite: the largest |value| is inf or NaN exactly when some value is (fused
+    kernels on a GPU, one wait for it)."""
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, float("inf"))))
+
+
 class LitEmbedder(L.LightningModule):
     """Trains an :class:`Embedder` with a metric-learning loss.
 
@@ -109,8 +115,7 @@ class LitEmbedder(L.LightningModule):
         if self.max_nonfinite <= 0:  # the check is off (it costs one wait for the GPU per step)
             return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        # the largest |gradient| is inf or NaN exactly when some gradient is: fused kernels, one wait
-        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))):
+        if not grads or all_finite(grads):
             self._nonfinite_in_a_row = 0
             return
         optimizer.zero_grad(set_to_none=True)

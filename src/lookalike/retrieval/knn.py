@@ -256,9 +256,9 @@ def _torch_knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude: to
     if precision not in PRECISIONS:
         raise LookalikeError(f"index.precision={precision!r} is not one of {PRECISIONS}")
     reduced = precision == "bf16" or (precision == "auto" and queries.device.type == "cuda")
-    q, g = (queries.bfloat16(), gallery.bfloat16()) if reduced else (queries.float(), gallery.float())
+    g32 = gallery.float()
+    q, g = (queries.bfloat16(), g32.bfloat16()) if reduced else (queries.float(), g32)
     kk = candidate_count(k, len(gallery)) if reduced else k
-    g32 = gallery.float() if reduced else g
     chunk_size = chunk_size or _chunk_rows(q, g, g.element_size())
     sims, idx = [], []
     for start in range(0, len(q), chunk_size):
