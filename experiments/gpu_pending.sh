@@ -9,10 +9,12 @@ part=${1:-all}
 bench() { (cd experiments && timeout "$1" python bench_throughput.py --gpu --images /tmp/jpegs --steps 150 --warmup 50 \
     --configs "resnet50 224px b256" --switches-only --timeout 100 --out "$OUT/throughput.md" "${@:2}"); }
 if [[ $part == throughput || $part == all ]]; then
-  # 7: the fused EMA / non-finite check (commit 8247fad) end to end, with the loader alone; the bookkeeping
-  # micro-benchmark on the GPU; Lightning's profile of the step
+  # 7: the bookkeeping without host waits (FusedEMA, the non-finite skip on the device, the progress bar's
+  # host copy) end to end, with the loader alone; the micro-benchmark and the host-wait census on the GPU;
+  # Lightning's profile of the step
   bench 300 --workers 15 --switch-names default "resize cache 256 px"
   timeout 60 python experiments/bench_step_overhead.py --model resnet50 --out "$OUT/throughput.md"
+  timeout 120 python experiments/bench_step_overhead.py --census --model resnet50 --out "$OUT/throughput.md"
   args=$(cd experiments && python -c "from pathlib import Path; from bench_throughput import _train_overrides as o
 print(' '.join(o(('', 'resnet50', 'resnet50', 224, 256), Path('/tmp/jpegs'), 15, 150, True, '/tmp/profile')))")
   timeout 150 python train.py $args data.resize_cache=256 +trainer.profiler=simple hydra.run.dir=/tmp/profile/run \

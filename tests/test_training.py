@@ -15,6 +15,7 @@ from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.data.image_folder import image_folder as read_split
 from lookalike.models.lit_embedder import LitEmbedder
 from lookalike.export import load_embedder
+from lookalike.profiling import HostReads
 from lookalike.train import build_datamodule, run
 from tests.conftest import TINY_MODEL, compose_config, tiny_overrides
 
@@ -113,7 +114,7 @@ def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_p
     """callbacks=ema: the test metrics and embedder.pt use best.ckpt's averaged weights, not the last
     optimizer step's (Lightning's callback would restore those when testing from a checkpoint path)."""
     report = run(compose_config(tiny_overrides(data_cache, tmp_path / "run") + [
-        "logger=none", "callbacks=ema", "callbacks.ema.multi_avg_fn.decay=0.5", "optim.lr.head=0.1"]))
+        "logger=none", "callbacks=ema", "callbacks.ema.decay=0.5", "optim.lr.head=0.1"]))
     ckpt = torch.load(report["best_checkpoint"], map_location="cpu", weights_only=False)
     exported = load_embedder(report["embedder"]).state_dict()
     averaged = {k.removeprefix("embedder."): v for k, v in ckpt["state_dict"].items() if k.startswith("embedder.")}
@@ -123,30 +124,49 @@ def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_p
     assert any(not torch.equal(averaged[k], current[k]) for k in exported)  # the average is not the last step
 
 
-def test_fused_ema_of_the_config_equals_lightnings_per_tensor_ema() -> None:
-    """callbacks=ema updates the average with foreach kernels (few launches per step); the average is the
-    one Lightning's EMAWeightAveraging computes tensor by tensor, buffers (BatchNorm counters) included."""
+class _TinyNet(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                       torch.nn.Linear(144, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_ema_of_the_config_equals_torchs_ema_without_host_reads() -> None:
+    """callbacks=ema: the average torch's AveragedModel + get_ema_avg_fn computes tensor by tensor (weights and
+    BatchNorm statistics), updated without reading a tensor on the host (no wait for the GPU per step);
+    integer buffers (BatchNorm's batch counters) follow the model."""
+    from types import SimpleNamespace
+
     from hydra.utils import instantiate
     from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-    cb = instantiate(compose_config(["callbacks=ema", "callbacks.ema.multi_avg_fn.decay=0.9"]).callbacks.ema)
+    cb = instantiate(compose_config(["callbacks=ema", "callbacks.ema.decay=0.9"]).callbacks.ema)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
-    model(torch.randn(2, 3, 8, 8))
-    fused = AveragedModel(model, use_buffers=True, **cb._kwargs)
-    reference = AveragedModel(model, use_buffers=True, avg_fn=get_ema_avg_fn(0.9))
-    for _ in range(4):
-        model(torch.randn(2, 3, 8, 8))  # moves the BatchNorm statistics and its counter
+    module, trainer = _TinyNet(), SimpleNamespace(global_step=0)
+    cb.setup(trainer, module, "fit")
+    reference = AveragedModel(module, use_buffers=True, avg_fn=get_ema_avg_fn(0.9))
+    reads = []
+    for step in range(1, 5):
+        module(torch.randn(2, 3, 8, 8))  # moves the BatchNorm statistics and its counter
         with torch.no_grad():
-            for p in model.parameters():
+            for p in module.parameters():
                 p.add_(torch.randn_like(p))
-        fused.update_parameters(model)
-        reference.update_parameters(model)
-    ours, ref = fused.module.state_dict(), reference.module.state_dict()
+        trainer.global_step = step
+        with HostReads() as counted:
+            cb.on_train_batch_end(trainer, module, None, None, step - 1)
+        reads.append(counted.sites.total())
+        reference.update_parameters(module)
+    assert reads[1:] == [0, 0, 0]  # the first update reads the update count once (it may come from a resume)
+    ours, ref, now = cb._average_model.module.state_dict(), reference.module.state_dict(), module.state_dict()
     assert ours.keys() == ref.keys()
     for k in ref:
-        torch.testing.assert_close(ours[k], ref[k], rtol=1e-6, atol=1e-6, msg=k)
-    assert not torch.equal(ours["0.weight"], model.state_dict()["0.weight"])
+        expected = ref[k] if ref[k].is_floating_point() else now[k]
+        torch.testing.assert_close(ours[k], expected, rtol=1e-6, atol=1e-6, msg=k)
+    assert not torch.equal(ours["net.0.weight"], now["net.0.weight"])
+    assert int(cb._average_model.n_averaged) == 4
 
 
 def test_batch_statistics_are_logged_on_logging_steps_only(image_folder: Path, tmp_path: Path) -> None:
@@ -177,6 +197,37 @@ def test_batch_statistics_are_logged_on_logging_steps_only(image_folder: Path, t
     sim, same = emb @ emb.T, labels[:, None] == labels[None, :]
     assert stats["train/pos_sim"] == pytest.approx(sim[same & ~torch.eye(8, dtype=torch.bool)].mean().item(), abs=1e-6)
     assert stats["train/neg_sim"] == pytest.approx(sim[~same].mean().item(), abs=1e-6)
+
+
+class _ReadsPerStep(L.Callback):
+    """Host reads made by lookalike's own code in each training step (forward, loss, backward, non-finite
+    check, optimizer step, EMA update)."""
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        self.mode = HostReads()
+        self.mode.__enter__()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.mode.__exit__(None, None, None)
+        self.reads.append(sum(n for site, n in self.mode.sites.items() if " in lookalike/" in site))
+
+
+def test_lookalike_reads_no_tensor_on_the_host_between_logging_steps(image_folder: Path, tmp_path: Path) -> None:
+    """With the default fused AdamW and callbacks=ema, lookalike's bookkeeping takes no .item(), bool() or
+    boolean index of a tensor in a training step (on a GPU each would wait for it), except the EMA's one
+    read of its update count in the first step. (Its reads on logging steps, the progress bar's copy of the
+    loss and the non-finite counts, are copies to the host, which a CPU run does not make.)"""
+    from lookalike.models.ema import FusedEMA
+
+    module, dm = _module(image_folder, tmp_path, "miner=none")
+    census = _ReadsPerStep()
+    L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, max_steps=6, log_every_n_steps=3, limit_val_batches=0,
+              callbacks=[FusedEMA(), census]).fit(module, datamodule=dm)
+    assert census.reads[0] > 0 and census.reads[1:] == [0] * 5
 
 
 def _module(image_folder: Path, tmp_path: Path, *overrides: str) -> tuple[LitEmbedder, RetrievalDataModule]:

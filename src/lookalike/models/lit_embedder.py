@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -16,6 +15,7 @@ from torch import nn
 
 from lookalike.errors import LookalikeError
 from lookalike.models.embedder import Embedder
+from lookalike.models.nonfinite import NonFiniteSteps
 from lookalike.retrieval.metrics import DEFAULT_KS, Neighbors, metrics_from_neighbors, search
 
 
@@ -34,12 +34,6 @@ def _mined_count(tuples: tuple | None) -> torch.Tensor | None:
     if tuples is None:
         return None
     return torch.tensor(float(len(tuples[0]) + (len(tuples[2]) if len(tuples) == 4 else 0)))
-
-
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether every value is finite: the largest |value| is inf or NaN exactly when some value is (fused
-    kernels on a GPU, one wait for it)."""
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors, float("inf"))))
 
 
 class LitEmbedder(L.LightningModule):
@@ -62,9 +56,8 @@ class LitEmbedder(L.LightningModule):
         has_miner = isinstance(cfg.get("miner"), DictConfig) and "_target_" in cfg.miner
         self.miner = build(cfg.miner, "the miner (miner=...)") if has_miner else None
         self.optim_cfg = cfg.optim
-        self.max_nonfinite = int(cfg.optim.get("max_nonfinite_steps", 20))
-        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, in all
-        self._nonfinite_in_a_row = 0
+        limit = int(cfg.optim.get("max_nonfinite_steps", 20))
+        self.nonfinite = NonFiniteSteps(limit) if limit > 0 else None  # 0: no check
         self.ks = tuple(cfg.get("eval", {}).get("ks", DEFAULT_KS))
         self.index_cfg = dict(cfg.get("index") or {"backend": "torch"})
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
@@ -96,8 +89,11 @@ class LitEmbedder(L.LightningModule):
         labels = batch["label"]
         tuples = self.miner(emb, labels) if self.miner is not None else None
         loss = self.loss_fn(emb, labels, tuples)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         if self._logging_step():
+            # the progress bar's copy, on the host: Lightning turns progress-bar values into Python numbers
+            # after every step, which for a GPU tensor would wait for the GPU every step
+            self.log("loss", loss.detach().cpu(), prog_bar=True, logger=False)
             self._log_batch_stats(emb.detach(), labels, tuples)
             self.log_dict({f"lr/{g['name']}": g["lr"] for g in self.optimizers().param_groups})
         return loss
@@ -106,29 +102,32 @@ class LitEmbedder(L.LightningModule):
         """Whether Lightning writes this step's values to the logger (every ``trainer.log_every_n_steps``,
         its own test): the batch statistics are computed only then."""
         every = self.trainer.log_every_n_steps
-        return every > 0 and (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0
+        return every > 0 and self._step_number() % every == 0
+
+    def _step_number(self) -> int:
+        """The number of the optimizer step being taken (1 for the first), as Lightning counts for logging."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip the step (drop the gradients) when a loss or gradient is not finite, counting it; stop the
-        run with a clear message after ``optim.max_nonfinite_steps`` such steps in a row (0: no check). Gradients are
-        already reduced across processes here, so every process decides the same."""
-        if self.max_nonfinite <= 0:  # the check is off (it costs one wait for the GPU per step)
+        """Skip the step when a loss or gradient is not finite, counting it; stop the run with a clear message
+        after ``optim.max_nonfinite_steps`` such steps in a row. With a fused optimizer (the default) the
+        skip happens on the GPU and the counts are read only on logging steps, every ``max_nonfinite_steps``
+        steps and at the end of each epoch. Gradients are already reduced across processes here, so every
+        process decides the same."""
+        if self.nonfinite is None:
             return
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads or all_finite(grads):
-            self._nonfinite_in_a_row = 0
-            return
-        optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps += 1
-        self._nonfinite_in_a_row += 1
-        self.log("train/skipped_steps", float(self.skipped_steps))
-        rank_zero_warn(f"step {self.global_step}: non-finite loss or gradients, step skipped "
-                       f"({self._nonfinite_in_a_row} in a row, {self.skipped_steps} in all)")
-        if self._nonfinite_in_a_row >= self.max_nonfinite:
-            raise LookalikeError(
-                f"The loss or its gradients were not finite for {self._nonfinite_in_a_row} steps in a row "
-                f"(step {self.global_step}); the run stops, its last checkpoint is the last good one. Lower "
-                f"optim.lr.*, check the data, or raise optim.max_nonfinite_steps")
+        step = self._step_number()
+        self.nonfinite.flag(optimizer, step)
+        if self._logging_step() or step % self.nonfinite.limit == 0:
+            self._check_nonfinite(step)
+
+    def _check_nonfinite(self, step: int) -> None:
+        self.nonfinite.check(step)
+        self.log("train/skipped_steps", float(self.nonfinite.skipped))
+
+    def on_train_epoch_end(self) -> None:
+        if self.nonfinite is not None:
+            self._check_nonfinite(self.global_step)
 
     def _log_batch_stats(self, emb: torch.Tensor, labels: torch.Tensor, tuples: tuple | None) -> None:
         """Mean cosine similarity of positive and negative pairs, and how much the miner kept (masked sums:
