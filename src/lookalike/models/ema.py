@@ -43,10 +43,9 @@ class FusedEMA(WeightAveraging):
         if self._updates is None:
             self._updates = int(average.n_averaged)
         pairs = list(zip(self._tensors(average.module), self._tensors(model), strict=True))
-        floats = [(a, m) for a, m in pairs if a.is_floating_point()]
-        others = [(a, m) for a, m in pairs if not a.is_floating_point()]
-        if self._updates == 0:
-            floats, others = [], pairs
+        first = self._updates == 0
+        floats = [] if first else [(a, m) for a, m in pairs if a.is_floating_point()]
+        others = pairs if first else [(a, m) for a, m in pairs if not a.is_floating_point()]
         if floats:
             torch._foreach_lerp_([a for a, _ in floats], [m for _, m in floats], 1.0 - self.decay)
         if others:
