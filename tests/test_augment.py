@@ -15,8 +15,8 @@ from lookalike.data.images import ImageDataset, load_rgb
 from lookalike.data.preview import augment_preview
 from lookalike.data.table import ImageTable
 from lookalike.data.transforms import eval_resize, eval_transform, train_transform
-from lookalike.models.lit_embedder import build
-from tests.conftest import TINY_MODEL, compose_config
+from lookalike.config import build
+from tests.helpers import TINY_MODEL, compose_config
 
 PRE = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "crop_pct": 1.0}
 

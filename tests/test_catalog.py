@@ -12,27 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from lookalike.catalog import Index
-from lookalike.data.synthetic import synthetic_products
+from lookalike.inference.catalog import Index
 from lookalike.errors import LookalikeError
 from lookalike.evaluate import evaluate
-from lookalike.export import load_embedder, save_embedder
-from tests.conftest import compose_config
-
-TINY_DATA = dict(num_train_products=10, num_test_products=5, photos_per_product=3, image_size=40)
-
-
-@pytest.fixture
-def catalogue(trained: dict, tmp_path: Path) -> tuple[Path, list[str], list[str]]:
-    """A manifest of the test products' catalogue pictures, and their photos with labels."""
-    cache = Path(trained["embedder"]).parents[1] / "cache"
-    test = synthetic_products(cache, **TINY_DATA).test
-    names = test.label_names()
-    rows = ["path,label"] + [f"{p},{n}" for p, n in zip(test.paths, names) if p.endswith("catalogue.jpg")]
-    (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
-    photos = [(p, n) for p, n in zip(test.paths, names) if "photo" in p]
-    return tmp_path / "catalog.csv", [p for p, _ in photos], [n for _, n in photos]
-
+from lookalike.inference.embedder_file import load_embedder, save_embedder
+from tests.helpers import TINY_DATA, compose_config
 
 def test_search_agrees_with_the_evaluation_module(trained: dict, catalogue, tmp_path: Path) -> None:
     manifest, photos, labels = catalogue
@@ -104,7 +88,7 @@ def test_index_and_search_commands(trained: dict, catalogue, tmp_path: Path) -> 
 
 
 def test_threshold_for_precision_is_exact() -> None:
-    from lookalike.calibrate import precision_recall, threshold_for_precision
+    from lookalike.inference.calibrate import precision_recall, threshold_for_precision
 
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     same = np.array([True, True, False, True, False])
@@ -122,8 +106,8 @@ def test_threshold_for_precision_is_exact() -> None:
 
 
 def test_calibrate_stores_a_threshold_that_search_uses(trained: dict, catalogue, tmp_path: Path) -> None:
-    from lookalike.calibrate import calibrate
-    from lookalike.catalog import match_threshold
+    from lookalike.inference.calibrate import calibrate
+    from lookalike.inference.embedder_file import match_threshold
 
     manifest, photos, labels = catalogue
     rows = ["path,label"] + [f"{p},{y}" for p, y in zip(photos, labels)]

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lookalike.catalog as catalog
-from lookalike.catalog import Index
+import lookalike.inference.catalog as catalog
+from lookalike.inference.catalog import Index
 from lookalike.errors import LookalikeError
-from lookalike.export import load_embedder
+from lookalike.inference.embedder_file import load_embedder
 from lookalike.retrieval.knn import FaissIndex, default_search_params
-from tests.test_catalog import catalogue  # noqa: F401  (fixture)
 
 
 def _shop(manifest: Path, folder: Path) -> list[Path]:

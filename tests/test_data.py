@@ -16,8 +16,8 @@ from lookalike.data.image_folder import image_folder as read_split
 from lookalike.data.images import load_rgb
 from lookalike.data.synthetic import synthetic_products
 from lookalike.errors import LookalikeError
-from lookalike.models.lit_embedder import build
-from tests.conftest import compose_config, write_image
+from lookalike.config import build
+from tests.helpers import compose_config, write_image
 
 PRE = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "crop_pct": 1.0}
 

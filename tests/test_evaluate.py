@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from lookalike.errors import LookalikeError
-from lookalike.evaluate import evaluate, load_checkpoint
-from tests.conftest import compose_config, tiny_overrides
+from lookalike.evaluate import evaluate
+from lookalike.models.lit_embedder import load_checkpoint
+from tests.helpers import compose_config, tiny_overrides
 
 
 def _eval_cfg(ckpt: str, out: Path, *extra: str):
@@ -124,7 +125,7 @@ def test_ddp_validation_gathers_all_ranks(data_cache: Path, tmp_path: Path) -> N
 
 
 def test_training_writes_an_embedder_file_that_rebuilds_the_model(trained: dict, tmp_path: Path) -> None:
-    from lookalike.export import load_embedder, read_embedder_file
+    from lookalike.inference.embedder_file import load_embedder, read_embedder_file
 
     path = Path(trained["embedder"])
     payload = read_embedder_file(path)

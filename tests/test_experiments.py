@@ -9,7 +9,7 @@ from omegaconf import open_dict
 
 from lookalike.config import config_dir
 from lookalike.train import run
-from tests.conftest import TINY_MODEL, compose_config
+from tests.helpers import TINY_MODEL, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 

@@ -16,7 +16,7 @@ from lookalike.data.images import ImageDataset
 from lookalike.data.manifest import manifest
 from lookalike.data.omniglot import omniglot
 from lookalike.errors import LookalikeError
-from tests.conftest import write_image, write_omniglot_part
+from tests.helpers import write_image, write_omniglot_part
 
 
 def _identity(image):

@@ -129,7 +129,7 @@ def test_bf16_candidates_rescored_in_float32_equal_the_float32_search(with_exclu
     s_small, i_small = knn(x[:30], x[:30], 29, exclude=exclude[:30] if with_exclude else None, precision="bf16")
     assert torch.equal(i_small, knn(x[:30], x[:30], 29, exclude=exclude[:30] if with_exclude else None,
                                     precision="fp32")[1])
-    with pytest.raises(LookalikeError, match="index.precision"):
+    with pytest.raises(LookalikeError, match="knn.precision"):
         knn(x, x, 5, backend="torch", precision="fp16")
 
 

@@ -22,7 +22,7 @@ from lookalike.data.images import image_problem, load_rgb
 from lookalike.data.table import ImageTable, Splits
 from lookalike.errors import LookalikeError
 from lookalike.train import run
-from tests.conftest import compose_config, tiny_overrides, write_image
+from tests.helpers import compose_config, tiny_overrides, write_image
 
 
 def bad_files(folder: Path) -> list[Path]:
@@ -201,9 +201,9 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path: Path) -> N
 def test_a_scraped_folder_goes_through_train_evaluate_index_and_search(tmp_path: Path, caplog) -> None:
     """Good images, odd-but-valid ones and broken files in one folder: nothing crashes, broken files are
     skipped and counted everywhere, odd ones are used."""
-    from lookalike.catalog import Index
+    from lookalike.inference.catalog import Index
     from lookalike.evaluate import evaluate
-    from lookalike.export import load_embedder
+    from lookalike.inference.embedder_file import load_embedder
 
     root = tmp_path / "scraped"
     colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]

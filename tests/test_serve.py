@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.catalog import Index
-from lookalike.export import load_embedder
-from tests.test_catalog import catalogue  # noqa: F401  (fixture)
+from lookalike.inference.catalog import Index
+from lookalike.inference.embedder_file import load_embedder
 
 pytest.importorskip("fastapi")
 
@@ -33,7 +32,7 @@ def served(trained: dict, catalogue, tmp_path: Path) -> tuple[Path, list[str]]: 
 def client(served):
     from fastapi.testclient import TestClient
 
-    from lookalike.serve import create_app
+    from lookalike.serve.app import create_app
 
     return TestClient(create_app(served[0], max_upload_mb=0.5))
 
@@ -101,7 +100,7 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from lookalike.serve import create_app
+    from lookalike.serve.app import create_app
 
     path, photos = served
     expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]

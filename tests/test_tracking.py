@@ -12,7 +12,7 @@ import yaml
 
 from lookalike.runs import summarize
 from lookalike.train import run
-from tests.conftest import compose_config, tiny_overrides
+from tests.helpers import compose_config, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

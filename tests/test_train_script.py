@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

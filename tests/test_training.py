@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.data.image_folder import image_folder as read_split
 from lookalike.models.lit_embedder import LitEmbedder
-from lookalike.export import load_embedder
+from lookalike.inference.embedder_file import load_embedder
 from lookalike.profiling import HostReads
 from lookalike.train import build_datamodule, run
-from tests.conftest import TINY_MODEL, compose_config, tiny_overrides
+from tests.helpers import TINY_MODEL, compose_config, tiny_overrides
 
 LOSSES = ["triplet", "contrastive", "multi_similarity", "proxy_anchor", "arcface"]
 MINERS = ["semihard", "batch_hard", "distance_weighted", "multi_similarity", "none"]

@@ -1,14 +1,18 @@
-"""Where the Hydra configs live: inside the installed package, or the repository's conf/ folder."""
+"""Hydra configs: where they live (inside the installed package, or the repository's conf/ folder), composing
+them, the command-line entry, and building objects from them with one-line errors."""
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import hydra
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lookalike.errors import LookalikeError
@@ -22,17 +26,46 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "conf"
 
 
+# Keys renamed in 0.2 -> their names now. The old spellings still work on the command line and in compose(),
+# with a warning.
+RENAMED = {
+    "index": "knn",  # the evaluation search group (not the catalogue index)
+    "trainer.channels_last": "model.channels_last",  # switches of the LightningModule, not Trainer options
+    "trainer.compile": "model.compile",
+}
+
+
+def upgrade_overrides(overrides: list[str]) -> list[str]:
+    """``overrides`` with renamed keys (:data:`RENAMED`) in today's spelling, a FutureWarning for each old one."""
+    out = []
+    for override in overrides:
+        sign = override[: len(override) - len(override.lstrip("+~"))]
+        key, eq, value = override[len(sign):].partition("=")
+        for old, new in RENAMED.items():
+            if eq and (key == old or key.startswith(old + ".")):
+                renamed = new + key[len(old):]
+                warnings.warn(f"{key}= is now {renamed}=; the old name will be removed", FutureWarning, stacklevel=3)
+                key = renamed
+                break
+        out.append(f"{sign}{key}{eq}{value}")
+    return out
+
+
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
     """The config ``python train.py OVERRIDES`` (or ``lookalike evaluate`` for ``"eval"``) would run, for
     use from Python: ``lookalike.train.run(compose("train", ["paths.output_dir=out"]))``. Keys that
     refer to Hydra's run folder need ``paths.output_dir`` set."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [])
+        return hydra_compose(config_name=config_name, overrides=upgrade_overrides(overrides or []))
 
 
-def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> None:
-    """Run ``task`` on the config Hydra composes from ``config_name`` and the command line;
-    a LookalikeError ends the program with its message alone (exit status 2)."""
+def hydra_main(config_name: str, task: Callable[[DictConfig], Any], argv: list[str] | None = None,
+               prog: str | None = None) -> None:
+    """Run ``task`` on the config Hydra composes from ``config_name`` and the command line (``argv``, default
+    ``sys.argv[1:]``; ``prog`` names the program); a LookalikeError ends the program with its message alone
+    (exit status 2)."""
+    args = sys.argv[1:] if argv is None else argv
+    sys.argv = [prog or sys.argv[0], *upgrade_overrides(args)]
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
@@ -43,3 +76,13 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any]) -> None:
             sys.exit(2)
 
     _main()
+
+
+def build(cfg: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with a one-line error naming the config group (``what``)."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, LookalikeError):  # the target's own clear message, without Hydra's wrapping
+            raise e.__cause__ from None
+        raise LookalikeError(f"Cannot build {what} from its config: {e}") from e

@@ -1,4 +1,5 @@
-"""Writing files atomically: a crash or a kill mid-write leaves the previous file (or none), never half a file."""
+"""Files: atomic writes (a crash or a kill mid-write leaves the previous file, or none, never half a file), the
+``latest`` link of a run folder, and the cache folder of generated and derived data."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+# Generated and derived data (the synthetic set, resized copies, query photos); conf/paths/default.yaml says
+# the same for configs.
+DEFAULT_CACHE_DIR = "~/.cache/lookalike"
+
+
+def cache_dir() -> str:
+    """The cache folder: ``$LOOKALIKE_CACHE``, else :data:`DEFAULT_CACHE_DIR`."""
+    return os.environ.get("LOOKALIKE_CACHE", DEFAULT_CACHE_DIR)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:

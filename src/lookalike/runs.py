@@ -1,8 +1,7 @@
-"""``lookalike runs summarize FOLDER``: one table of every run (trial) under a folder, and a plot."""
+"""Sweep summaries (``lookalike runs summarize FOLDER``): one table of every run (trial) under a folder, and a plot."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -129,11 +128,3 @@ def summarize(folder: str | Path) -> list[dict[str, Any]]:
     print(table)
     print(f"\nwritten: {folder / 'summary.md'}, summary.csv, summary.png")
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lookalike runs", description="Compare runs and sweep trials.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("summarize", help="table + plot of every run under a folder").add_argument("folder")
-    args = parser.parse_args(argv)
-    summarize(args.folder)

@@ -10,44 +10,36 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lookalike.config import hydra_main
-from lookalike.data.cache import resized_splits
-from lookalike.data.datamodule import RetrievalDataModule
+from lookalike.config import build
+from lookalike.data.datamodule import RetrievalDataModule, datamodule_from_config
 from lookalike.errors import LookalikeError
-from lookalike.export import save_embedder
 from lookalike.files import link_latest
-from lookalike.models.lit_embedder import LitEmbedder, build
+from lookalike.inference.embed import embed_loader
+from lookalike.inference.embedder_file import save_embedder
+from lookalike.models.lit_embedder import LitEmbedder
 from lookalike.provenance import provenance
-from lookalike.retrieval import embed, retrieval_metrics
+from lookalike.retrieval import retrieval_metrics
 from lookalike.retrieval.grid import retrieval_grid
 
 log = logging.getLogger(__name__)
 
-# trainer.* keys that the LightningModule reads (see LitEmbedder.configure_model), not Lightning's Trainer
-LIGHTNING_MODULE_SWITCHES = ("channels_last", "compile")
+# trainer.* keys of configs written before these switches moved to model.* (reruns of old run folders)
+LEGACY_TRAINER_KEYS = ("channels_last", "compile")
 REPORT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 
 
 def build_datamodule(cfg: DictConfig, preprocessing: dict | None = None) -> RetrievalDataModule:
-    """The data source's splits wrapped in a DataModule with the configured sampler and augmentation."""
-    options = {k: v for k, v in cfg.data.items() if k not in ("root", "source", "resize_cache")}
-    splits = build(cfg.data.source, "the data set (data=...)")
-    if cfg.data.get("resize_cache"):
-        splits = resized_splits(splits, int(cfg.data.resize_cache), cfg.paths.cache_dir)
-    return RetrievalDataModule(
-        splits=splits,
-        preprocessing=preprocessing,
+    """The training data: the data set's DataModule with the configured sampler and augmentation."""
+    return datamodule_from_config(
+        cfg.data, cfg.seed, cfg.paths.cache_dir, preprocessing,
         sampler=build(cfg.sampler, "the sampler (sampler=...)") if cfg.get("sampler") else None,
         augment=build(cfg.augment, "the augmentation (augment=...)") if cfg.get("augment") else None,
-        seed=cfg.seed,
-        **options,
     )
 
 
@@ -55,7 +47,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning Trainer with the configured callbacks and loggers."""
     callbacks = [build(c, "a callback (callbacks=...)") for c in (cfg.get("callbacks") or {}).values()]
     loggers = [build(c, "a logger (logger=...)") for c in (cfg.get("logger") or {}).values()]
-    trainer = OmegaConf.create({k: v for k, v in cfg.trainer.items() if k not in LIGHTNING_MODULE_SWITCHES})
+    trainer = OmegaConf.create({k: v for k, v in cfg.trainer.items() if k not in LEGACY_TRAINER_KEYS})
     return build(trainer, "the trainer (trainer=...)", callbacks=callbacks, logger=loggers or False)
 
 
@@ -116,12 +108,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rows: dict[str, dict[str, float]] = {}
     if cfg.eval.baseline and trainer.is_global_zero:
         loader = datamodule.eval_dataloader(datamodule.test_table, distributed=False)
-        device = trainer.strategy.root_device
-        features = module.embedder.to(device).eval()
-        data = embed(lambda x: F.normalize(features.features(x), dim=-1), loader, device=device,
-                     desc="pretrained features")
+        data = embed_loader(module.embedder.to(trainer.strategy.root_device), loader, pooled=True,
+                            desc="pretrained features")
         rows["backbone pooled features (no training)"] = retrieval_metrics(
-            data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks, **cfg.index)
+            data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks, **cfg.knn)
         module.train()
     if cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
@@ -206,8 +196,3 @@ def train_task(cfg: DictConfig) -> float | None:
     if rank_zero_only.rank == 0:
         link_latest(cfg.paths.output_dir)
     return report["best_val"]
-
-
-def main() -> None:
-    """``python train.py [overrides]`` and ``python train.py -m ...`` (sweeps)."""
-    hydra_main("train", train_task)

@@ -9,8 +9,11 @@ from typing import Any, Callable, Iterator
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
+from lookalike.config import build
+from lookalike.data.cache import resized_splits
 from lookalike.data.images import ImageDataset, unreadable_images
 from lookalike.data.table import ImageTable, Splits, split_off_classes
 from lookalike.data.transforms import eval_resize, eval_transform, train_transform
@@ -218,3 +221,16 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader(self.test_table)
+
+
+def datamodule_from_config(data: DictConfig, seed: int, cache_dir: str, preprocessing: dict[str, Any] | None = None,
+                           **options: Any) -> RetrievalDataModule:
+    """The DataModule of a ``data`` config (``conf/data/*.yaml``): its source's splits, resized once into
+    ``cache_dir`` with ``data.resize_cache``, and its loader options. Training and evaluation both build their
+    data here, so they see the same tables; ``options`` add or replace keyword arguments of
+    :class:`RetrievalDataModule` (training's sampler and augmentation, evaluation's batch size)."""
+    settings = {k: v for k, v in data.items() if k not in ("root", "source", "resize_cache")}
+    splits = build(data.source, "the data set (data=...)")
+    if data.get("resize_cache"):
+        splits = resized_splits(splits, int(data.resize_cache), cache_dir)
+    return RetrievalDataModule(splits, preprocessing, seed=seed, **{**settings, **options})

@@ -6,9 +6,7 @@ Offline it fails at once with one message; an interrupted download continues whe
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import socket
 import tarfile
 import urllib.error
 import urllib.request
@@ -20,6 +18,7 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 
 from lookalike.errors import LookalikeError
+from lookalike.net import connection_error
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,12 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 def _check_reachable(url: str, timeout: float = 5.0) -> None:
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-    except OSError as e:
-        raise LookalikeError(f"Cannot reach {parsed.hostname} to download {url} ({e}). Are you offline? "
+    error = connection_error(url, timeout)
+    if error is not None:
+        host = urlparse(url).hostname
+        raise LookalikeError(f"Cannot reach {host} to download {url} ({error}). Are you offline? "
                              f"Download the file elsewhere and put it in the --root folder; it is then "
-                             f"verified and unpacked without network.") from e
+                             f"verified and unpacked without network.") from error
 
 
 def md5sum(path: Path) -> str:
@@ -151,12 +148,3 @@ def download(name: str, root: str | Path) -> Path:
     for remote in bench.files:
         extract(fetch(remote, folder), folder)
     return folder / bench.data_root
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lookalike download", description=__doc__)
-    parser.add_argument("name", choices=sorted(BENCHMARKS))
-    parser.add_argument("--root", required=True, help="folder to download and unpack into")
-    args = parser.parse_args(argv)
-    data_root = download(args.name, args.root)
-    print(f"ready: python train.py data={BENCHMARKS[args.name].config} data.root={data_root}")

@@ -7,9 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lookalike.data.listing import list_image_files
 from lookalike.data.table import ImageTable, Splits, missing_data, resolve_root, split_classes
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 LAYOUT = """  ROOT/<class_a>/<image>.jpg
   ROOT/<class_b>/<image>.png
@@ -22,8 +21,8 @@ def read_image_folder(root: str | Path) -> ImageTable:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f for f in (path / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        paths += [str(f) for f in files]
+        files = list_image_files(path / name)
+        paths += files
         labels += [label] * len(files)
     if not paths:
         raise missing_data(f"{path} (no class folders with images)", "Image folder", LAYOUT)

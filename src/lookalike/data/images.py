@@ -1,4 +1,4 @@
-"""Decoding images to RGB arrays and the torch Dataset over an ImageTable."""
+"""Decoding images to RGB arrays, and the torch Datasets over an ImageTable and over plain image files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -41,6 +42,12 @@ def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | Non
             return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise LookalikeError(f"Cannot read image '{name or path}': {e}") from e
+
+
+def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """The ``(x, y, width, height)`` box of ``image`` (rounded, clipped to the image, at least one pixel)."""
+    x, y, w, h = (int(round(v)) for v in box)
+    return image[max(0, y):y + max(1, h), max(0, x):x + max(1, w)]
 
 
 def image_problem(path: str) -> str:
@@ -99,8 +106,7 @@ class ImageDataset(Dataset):
         t = self.table
         image = self._load(i)
         if t.boxes is not None:
-            x, y, w, h = (int(round(v)) for v in t.boxes[i])
-            image = image[max(0, y):y + max(1, h), max(0, x):x + max(1, w)]
+            image = crop_box(image, t.boxes[i])
         return {
             "image": self.transform(image=image)["image"],
             "label": int(t.labels[i]),
@@ -108,3 +114,21 @@ class ImageDataset(Dataset):
             "is_query": bool(t.is_query[i]),
             "is_gallery": bool(t.is_gallery[i]),
         }
+
+
+class ImageFiles(Dataset):
+    """Image files through an evaluation transform; a file that cannot be read yields a zero image and its error
+    (so that one bad file in a catalogue is skipped, not fatal)."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable[..., dict], size: int, min_side: int):
+        self.paths, self.transform, self.size, self.min_side = list(paths), transform, size, min_side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            image = load_rgb(self.paths[i], min_side=self.min_side)
+            return {"image": self.transform(image=image)["image"], "position": i, "error": ""}
+        except LookalikeError as e:
+            return {"image": torch.zeros(3, self.size, self.size, dtype=torch.uint8), "position": i, "error": str(e)}

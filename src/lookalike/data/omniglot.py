@@ -18,6 +18,7 @@ import numpy as np
 
 from lookalike.data.download import extract
 from lookalike.data.table import ImageTable, Splits, missing_data, resolve_root
+from lookalike.files import DEFAULT_CACHE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _table(alphabets: dict[str, Path]) -> ImageTable:
 
 
 def omniglot(root: str | Path, train: Sequence[str] = ("images_background",),
-             test: Sequence[str] = ("images_evaluation",), cache_dir: str | Path = "~/.cache/lookalike") -> Splits:
+             test: Sequence[str] = ("images_evaluation",), cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Splits:
     """Training alphabets from the ``train`` parts, test alphabets from the ``test`` parts (by alphabet)."""
     path = resolve_root(root, "Omniglot", LAYOUT)
     cache = Path(cache_dir)

@@ -1,4 +1,4 @@
-"""``lookalike augment-preview``: a picture of what training sees after augmentation."""
+"""A picture of what training sees after augmentation (``lookalike augment-preview``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
-from lookalike.config import hydra_main
+from lookalike.config import build
 from lookalike.data.images import load_rgb
 from lookalike.errors import LookalikeError
-from lookalike.models.lit_embedder import build
 
 
 def augment_grid(paths: list[str], augment, views: int, size: int, seed: int) -> Image.Image:
@@ -45,8 +44,3 @@ def augment_preview(cfg: DictConfig) -> Path:
     grid.save(out)
     print(f"augmentation preview ({len(rows)} images x {cfg.preview.views} views): {out}")
     return out
-
-
-def main() -> None:
-    """``lookalike augment-preview [overrides]``."""
-    hydra_main("train", augment_preview)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from lookalike.data.augment import random_background
 from lookalike.data.table import ImageTable, Splits
+from lookalike.files import DEFAULT_CACHE_DIR
 
 GENERATOR_VERSION = 2
 _SUPERSAMPLE = 3
@@ -290,8 +291,7 @@ def synthetic_products(
     return Splits(train=train, test=test)
 
 
-
-def write_demo(out: str | os.PathLike, cache_dir: str | os.PathLike = "~/.cache/lookalike") -> tuple[Path, Path]:
+def write_demo(out: str | os.PathLike, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> tuple[Path, Path]:
     """Copy the quickstart's test products (default settings) into ``out/catalogue/<product>/`` (their
     catalogue pictures) and ``out/photos/<product>/`` (their photos): a catalogue and queries to try
     ``lookalike index`` and ``search`` on. Returns the two folders."""
@@ -302,17 +302,3 @@ def write_demo(out: str | os.PathLike, cache_dir: str | os.PathLike = "~/.cache/
         (out / kind / name).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out / kind / name / Path(path).name)
     return out / "catalogue", out / "photos"
-
-
-def main_demo(argv: list[str]) -> None:
-    """``lookalike demo-data --out DIR``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="lookalike demo-data",
-                                     description="Write the quickstart's test products as a catalogue and photos.")
-    parser.add_argument("--out", required=True, help="folder to write catalogue/ and photos/ into")
-    parser.add_argument("--cache", default=os.environ.get("LOOKALIKE_CACHE", "~/.cache/lookalike"),
-                        help="where the synthetic products are generated (default: $LOOKALIKE_CACHE)")
-    args = parser.parse_args(argv)
-    catalogue, photos = write_demo(args.out, args.cache)
-    print(f"catalogue pictures: {catalogue}\nphotos:             {photos}")

@@ -12,20 +12,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import albumentations as A
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
-from lookalike.data.image_folder import IMAGE_SUFFIXES
+from lookalike.data.cache import cached_copies
 from lookalike.data.images import load_rgb
+from lookalike.data.listing import list_image_files
 from lookalike.data.pseudo_labels import read_pseudo_labels
 from lookalike.data.table import ImageTable, Splits, missing_data, resolve_root
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write
+from lookalike.files import DEFAULT_CACHE_DIR
 
 log = logging.getLogger(__name__)
 LAYOUT = """  ROOT/<image>.jpg, ROOT/<any>/<folders>/<image>.png, ...
@@ -47,40 +46,26 @@ def query_photo_transform() -> A.Compose:
     ])
 
 
-def list_image_files(root: str | Path) -> list[str]:
-    """Every image file below ``root`` (symbolic links to folders followed), sorted."""
+def image_files(root: str | Path) -> list[str]:
+    """Every image file below ``root`` (symbolic links to folders followed), sorted; a clear error if none."""
     path = resolve_root(root, "Unlabeled image folder", LAYOUT)
-    files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path, followlinks=True)
-                   for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    files = list_image_files(path)
     if not files:
         raise missing_data(f"{path} (no images)", "Unlabeled image folder", LAYOUT)
     return files
 
 
+def _query_photo(source: str, seed: int) -> Image.Image:
+    transform = query_photo_transform()
+    transform.set_random_seed(int(hashlib.sha1(f"{seed}|{source}".encode()).hexdigest()[:8], 16))
+    return Image.fromarray(transform(image=load_rgb(source))["image"])
+
+
 def query_photos(paths: list[str], cache_dir: str | Path, seed: int) -> list[str]:
     """One held-out photo per image (seeded per image), rendered once as JPEG under
     ``cache_dir/query-photos/`` and reused while the source file is unchanged."""
-    folder = Path(cache_dir).expanduser() / "query-photos"
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def target(path: str) -> Path:
-        st = os.stat(path)
-        key = f"{QUERY_PROTOCOL}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{seed}"
-        return folder / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.jpg"
-
-    def render(job: tuple[str, Path]) -> None:
-        source, out = job
-        transform = query_photo_transform()
-        transform.set_random_seed(int(hashlib.sha1(f"{seed}|{source}".encode()).hexdigest()[:8], 16))
-        photo = Image.fromarray(transform(image=load_rgb(source))["image"])
-        atomic_write(out, lambda tmp: photo.save(tmp, "JPEG", quality=85))
-
-    targets = [target(p) for p in paths]
-    todo = [(p, t) for p, t in zip(paths, targets) if not t.exists()]
-    if todo:
-        with ThreadPoolExecutor(4) as pool:
-            list(tqdm(pool.map(render, todo), total=len(todo), desc="rendering query photos (once)"))
-    return [str(t) for t in targets]
+    return cached_copies(paths, [f"{QUERY_PROTOCOL}|{seed}"] * len(paths), Path(cache_dir) / "query-photos",
+                         lambda source, _: _query_photo(source, seed), "rendering query photos (once)", quality=85)
 
 
 def photo_to_catalogue(paths: list[str], cache_dir: str | Path, seed: int) -> ImageTable:
@@ -96,14 +81,14 @@ def unlabeled_folder(
     val_images: float = 0.1,
     test_images: float = 0.1,
     seed: int = 0,
-    cache_dir: str | Path = "~/.cache/lookalike",
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
     pseudo_labels: str | Path | None = None,
 ) -> Splits:
     """Split the images below ``root`` at random into training images (each its own class) and held-out
     validation and test images evaluated photo -> catalogue (see the module docstring). With
     ``pseudo_labels`` (a CSV of ``lookalike pseudo-labels``) training images take their cluster as class;
     the held-out images and their evaluation stay the same."""
-    files = list_image_files(root)
+    files = image_files(root)
     order = np.random.default_rng(seed).permutation(len(files))
     n_val, n_test = (max(1, int(round(share * len(files)))) for share in (val_images, test_images))
     if n_val + n_test + 2 > len(files):

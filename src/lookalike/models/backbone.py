@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
 from lookalike.errors import LookalikeError
+from lookalike.net import connection_error
 
 # Backbones whose ImageNet weights ship in PyPI packages (no network needed). The files use other
 # key names than timm, but their tensors line up one to one, in order, with timm's model.
@@ -113,12 +112,7 @@ def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return connection_error(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout) is None
 
 
 def _offline_message(name: str) -> str:

@@ -14,10 +14,8 @@ from torch import nn
 
 from lookalike.data.images import load_rgb
 from lookalike.data.transforms import eval_resize, eval_transform, normalize_images
-
 from lookalike.models.backbone import create_backbone
 from lookalike.models.head import projection_head
-
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
@@ -75,7 +73,24 @@ class Embedder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.features(images)), dim=-1)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     @torch.inference_mode()
+    def embed_batch(self, images: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Unit embeddings (float32, on the CPU) of a batch of preprocessed images [N, 3, H, W], computed on the
+        model's device: the one inference path, so catalogue, queries and evaluation embed alike. On a GPU the
+        batch goes channels-last and runs under bfloat16 autocast. ``pooled``: the normalised pooled backbone
+        features instead (the embedding before the head, the untrained baseline)."""
+        device = self.device
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = F.normalize(self.features(images), dim=-1) if pooled else self(images)
+        return out.float().cpu()
+
     def embed(self, images: Sequence[ImageLike] | ImageLike, batch_size: int = 64) -> torch.Tensor:
         """Unit embeddings [N, D] (float32, CPU) of image paths, PIL images, HxWx3 uint8 arrays, or
         tensors already preprocessed ([3, H, W] or [N, 3, H, W]: uint8, or float and normalised);
@@ -86,13 +101,11 @@ class Embedder(nn.Module):
         else:
             items = list(images) if isinstance(images, (list, tuple)) else [images]
         transform, min_side = eval_transform(self.preprocessing), eval_resize(self.preprocessing)
-        device = next(self.parameters()).device
         was_training = self.training
         self.eval()
         out = []
         for start in range(0, len(items), batch_size):
             chunk = [_prepare(x, transform, min_side) for x in items[start:start + batch_size]]
-            out.append(self(torch.stack(chunk).to(device)).float().cpu())
+            out.append(self.embed_batch(torch.stack(chunk)))
         self.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.embedding_size)
-

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
+from lookalike.config import build
 from lookalike.errors import LookalikeError
 from lookalike.models.embedder import Embedder
 from lookalike.models.nonfinite import NonFiniteSteps
 from lookalike.retrieval.metrics import DEFAULT_KS, Neighbors, metrics_from_neighbors, search
 
 
-def build(cfg: Any, what: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with a one-line error naming the config group."""
-    try:
-        return instantiate(cfg, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, LookalikeError):  # the target's own clear message, without Hydra's wrapping
-            raise e.__cause__ from None
-        raise LookalikeError(f"Cannot build {what} from its config: {e}") from e
+# model.* keys that the LightningModule reads (speed switches), not the Embedder's architecture
+MODULE_SWITCHES = ("channels_last", "compile")
 
 
 def _mined_count(tuples: tuple | None) -> torch.Tensor | None:
@@ -49,7 +44,8 @@ class LitEmbedder(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         cfg = OmegaConf.create(config)
-        self.embedder = Embedder(**OmegaConf.to_container(cfg.model, resolve=True))
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        self.embedder = Embedder(**{k: v for k, v in model.items() if k not in MODULE_SWITCHES})
         fill = {k: v for k, v in (("num_classes", num_train_classes), ("embedding_size", self.embedder.embedding_size))
                 if k in cfg.loss and cfg.loss[k] is None}
         self.loss_fn: nn.Module = build(cfg.loss, "the loss (loss=...)", **fill)
@@ -59,18 +55,22 @@ class LitEmbedder(L.LightningModule):
         limit = int(cfg.optim.get("max_nonfinite_steps", 20))
         self.nonfinite = NonFiniteSteps(limit) if limit > 0 else None  # 0: no check
         self.ks = tuple(cfg.get("eval", {}).get("ks", DEFAULT_KS))
-        self.index_cfg = dict(cfg.get("index") or {"backend": "torch"})
+        self.knn_cfg = dict(cfg.get("knn") or cfg.get("index") or {"backend": "torch"})  # index: before 0.2
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
         self.last_neighbors: dict[str, Neighbors] = {}  # per "val"/"test": the latest search, in table rows
-        trainer_cfg = cfg.get("trainer") or {}
-        self.channels_last = bool(trainer_cfg.get("channels_last", False))
-        self.compile_model = bool(trainer_cfg.get("compile", False))
+        self.channels_last_setting = model.get("channels_last", "auto")
+        self.channels_last = False
+        self.compile_model = bool(model.get("compile", False))
 
     # -- speed ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """``trainer.channels_last``: NHWC weights and batches (faster convolutions on GPUs with tensor
-        cores); ``trainer.compile``: ``torch.compile`` the embedder in place (parameter names unchanged, so
-        checkpoints are the same either way; the first steps pay the compile time)."""
+        """``model.channels_last``: NHWC weights and batches (faster convolutions on GPUs with tensor
+        cores; ``auto``: when training on a GPU); ``model.compile``: ``torch.compile`` the embedder in place
+        (parameter names unchanged, so checkpoints are the same either way; the first steps pay the compile
+        time)."""
+        setting = self.channels_last_setting
+        on_gpu = self.trainer.strategy.root_device.type == "cuda"
+        self.channels_last = on_gpu if setting == "auto" else bool(setting)
         if self.channels_last:
             self.embedder.to(memory_format=torch.channels_last)
         if self.compile_model and getattr(self.embedder, "_compiled_call_impl", None) is None:
@@ -211,7 +211,7 @@ class LitEmbedder(L.LightningModule):
             first[1:] = idx[1:] != idx[:-1]
             data = {k: v[order[first]] for k, v in data.items()}
         nb = search(data["embeddings"], data["label"], data["is_query"], data["is_gallery"], max(self.ks),
-                    **self.index_cfg)
+                    **self.knn_cfg)
         metrics = metrics_from_neighbors(nb, self.ks)
         rows = data["index"].to(nb.queries.device)
         self.last_neighbors[prefix] = dataclasses.replace(nb, queries=rows[nb.queries], retrieved=rows[nb.retrieved])
@@ -228,3 +228,22 @@ class LitEmbedder(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitEmbedder:
+    """Rebuild a trained LitEmbedder from a checkpoint of ``train.py`` (no download, no Hydra run)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LookalikeError(f"No checkpoint at '{path}' (train.py writes runs/<task>/<time>/checkpoints/best.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # pickle, zip and torch errors for foreign or corrupt files
+        raise LookalikeError(f"'{path}' is not a readable PyTorch checkpoint ({e})") from e
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if "config" not in hp or "state_dict" not in ckpt:
+        raise LookalikeError(f"'{path}' is not a lookalike training checkpoint (it has no training config)")
+    config = copy.deepcopy(hp["config"])
+    config["model"]["backbone"].update(pretrained=False, checkpoint=None)  # the weights come from the file
+    module = LitEmbedder(config, hp["num_train_classes"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()

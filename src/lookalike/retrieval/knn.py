@@ -30,7 +30,7 @@ def faiss_module():
         import faiss
     except ImportError as e:
         raise LookalikeError("FAISS is not installed: pip install faiss-cpu (or faiss-gpu-cu12), "
-                             "or use index.backend=torch") from e
+                             "or use knn.backend=torch") from e
     return faiss
 
 
@@ -42,7 +42,7 @@ def faiss_num_gpus() -> int:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The backend ``auto`` stands for, given where the embeddings are."""
     if backend not in BACKENDS:
-        raise LookalikeError(f"index.backend={backend!r} is not one of {BACKENDS}")
+        raise LookalikeError(f"knn.backend={backend!r} is not one of {BACKENDS}")
     if backend != "auto":
         return backend
     if importlib.util.find_spec("faiss") is None or (device.type == "cuda" and faiss_num_gpus() == 0):
@@ -57,7 +57,7 @@ def is_binary(factory: str) -> bool:
 
 def default_search_params(factory: str) -> str:
     """Search parameters for an approximate factory string when none are given (FAISS's own defaults,
-    efSearch 16 and nprobe 1, lose many neighbours): those of conf/index/hnsw.yaml and ivf_*.yaml."""
+    efSearch 16 and nprobe 1, lose many neighbours): those of conf/knn/hnsw.yaml and ivf_*.yaml."""
     if "HNSW" in factory:
         return "efSearch=128"
     if "IVF" in factory:
@@ -254,7 +254,7 @@ def _rescore(queries: torch.Tensor, gallery: torch.Tensor, cand: torch.Tensor, k
 def _torch_knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, exclude: torch.Tensor | None,
                chunk_size: int | None, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     if precision not in PRECISIONS:
-        raise LookalikeError(f"index.precision={precision!r} is not one of {PRECISIONS}")
+        raise LookalikeError(f"knn.precision={precision!r} is not one of {PRECISIONS}")
     reduced = precision == "bf16" or (precision == "auto" and queries.device.type == "cuda")
     g32 = gallery.float()
     q, g = (queries.bfloat16(), g32.bfloat16()) if reduced else (queries.float(), g32)
@@ -301,8 +301,15 @@ def knn(
     ``exclude[i]`` is a gallery index query ``i`` must not retrieve (itself, in the leave-one-out
     protocol) or -1. The torch backend holds at most ``chunk_size x len(gallery)`` similarities;
     ``precision`` (torch backend): ``fp32``, or ``bf16`` candidates re-scored in float32 (``auto``: bf16 on
-    a GPU, where it runs on the tensor cores, fp32 elsewhere).
+    a GPU, where it runs on the tensor cores, fp32 elsewhere); ``search_params`` (FAISS backend): e.g.
+    ``efSearch=128``. Either given to the other backend explicitly is an error.
     """
+    if backend == "faiss" and precision != "auto":
+        raise LookalikeError(f"knn.precision={precision} applies to the torch backend; FAISS searches in float32 "
+                             "(set knn.backend=torch, or leave knn.precision=auto)")
+    if backend == "torch" and search_params:
+        raise LookalikeError(f"knn.search_params={search_params!r} are FAISS parameters; the torch backend searches "
+                             "exactly (set knn.backend=faiss, or knn.search_params='')")
     has_exclude = exclude is not None and bool((exclude >= 0).any())
     k = min(k, len(gallery) - (1 if has_exclude else 0))
     backend = resolve_backend(backend, queries.device)

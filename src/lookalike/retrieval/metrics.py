@@ -14,8 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from lookalike.retrieval.clustering import spherical_kmeans
 from lookalike.retrieval.expansion import database_augmentation, query_expansion
-from lookalike.retrieval.knn import faiss_module, knn
+from lookalike.retrieval.knn import knn
 
 DEFAULT_KS = (1, 2, 4, 8)
 
@@ -135,8 +136,6 @@ def normalized_mutual_information(assigned: np.ndarray, labels: np.ndarray) -> f
 
 def clustering_nmi(embeddings: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, seed: int = 0) -> float:
     """NMI between the classes and a FAISS k-means of the embeddings into as many clusters."""
-    x = np.ascontiguousarray(torch.as_tensor(embeddings).float().cpu().numpy())
     y = torch.as_tensor(labels).cpu().numpy()
-    kmeans = faiss_module().Kmeans(x.shape[1], len(np.unique(y)), niter=20, seed=seed, spherical=True)
-    kmeans.train(x)
-    return normalized_mutual_information(kmeans.index.search(x, 1)[1][:, 0], y)
+    x = torch.as_tensor(embeddings).float().cpu().numpy()
+    return normalized_mutual_information(spherical_kmeans(x, len(np.unique(y)), niter=20, seed=seed), y)

@@ -1,4 +1,4 @@
-"""``lookalike serve``: a web page and a JSON API to search a catalogue index with an uploaded photo.
+"""The search page and JSON API over a catalogue index (``lookalike serve``): search with an uploaded photo.
 
 The embedder and the index load once at start. Safe by default: it binds to loopback, refuses uploads
 over the size limit (413) and files that are not images (415), serves catalogue pictures by item id
@@ -6,17 +6,16 @@ only (never by path) and never writes to the index.
 """
 # no `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time
 
-import argparse
 import io
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lookalike.catalog import Index, SearchHit, calibrated_threshold
 from lookalike.data.images import load_rgb
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
-from lookalike.export import embedder_from_payload
+from lookalike.inference.catalog import Index, SearchHit
+from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload
 
 PAGE = Path(__file__).parent / "web" / "index.html"
 THUMBNAIL = 256  # longest side of the pictures the page shows, in pixels
@@ -115,20 +114,3 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             raise HTTPException(410, str(e)) from e
 
     return app
-
-
-def main(argv: list[str]) -> None:
-    """``lookalike serve --index catalog.lkidx [--host 127.0.0.1] [--port 8000]``."""
-    parser = argparse.ArgumentParser(prog="lookalike serve", description="Serve a search page for a catalogue index.")
-    parser.add_argument("--index", required=True, help="catalogue index (.lkidx)")
-    parser.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only; "
-                        "0.0.0.0 exposes the page to the network)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-upload-mb", type=float, default=10.0)
-    args = parser.parse_args(argv)
-    app = create_app(args.index, args.embedder, args.max_upload_mb)
-    import uvicorn
-
-    print(f"searching {args.index} at http://{args.host}:{args.port}/ (API docs: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

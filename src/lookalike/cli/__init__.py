@@ -1,10 +1,12 @@
-"""The ``lookalike`` command: ``lookalike train|evaluate [Hydra overrides]``."""
+"""The ``lookalike`` command: one sub-command per module of this package. Commands parse and print; the library
+does the work."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 
+from lookalike.cli import (augment_preview, calibrate, demo_data, download, evaluate, export, index, pseudo_labels,
+                           runs, search, serve, train)
 from lookalike.errors import LookalikeError
 
 USAGE = """usage: lookalike COMMAND [key=value ...]
@@ -12,11 +14,11 @@ USAGE = """usage: lookalike COMMAND [key=value ...]
 commands:
   train       train an embedder (same overrides as `python train.py`; conf/train.yaml)
   evaluate    embed a split with a checkpoint and report recall@k / MAP@R (conf/eval.yaml):
-              lookalike evaluate ckpt=runs/.../best.ckpt [data=...] [index=hnsw] [--save-embeddings]
+              lookalike evaluate ckpt=runs/.../best.ckpt [data=...] [knn=hnsw] [--save-embeddings]
   download    fetch, verify and unpack a benchmark (resumable):
               lookalike download cub200|cars196|sop|inshop --root DIR
   export      write a trained embedder as one file (native, TorchScript or ONNX), checked against PyTorch:
-              lookalike export ckpt=runs/.../best.ckpt out=embedder.pt [--format torchscript|onnx]
+              lookalike export runs/.../best.ckpt --out embedder.pt [--format torchscript|onnx]
   index       build a searchable catalogue index from an embedder file:
               lookalike index build --embedder embedder.pt --images DIR_OR_CSV --out catalog.lkidx
   search      find the catalogue items most like photos:
@@ -37,24 +39,21 @@ commands:
               lookalike augment-preview augment=photo [data=... data.root=...] [preview.out=grid.png]
 """
 
-# commands with their own argparse options: module and function called with the arguments
-PLAIN = {
-    "download": ("lookalike.data.download", "main"),
-    "export": ("lookalike.export", "main"),
-    "index": ("lookalike.catalog", "main_index"),
-    "search": ("lookalike.catalog", "main_search"),
-    "duplicates": ("lookalike.catalog", "main_duplicates"),
-    "pseudo-labels": ("lookalike.data.pseudo_labels", "main"),
-    "calibrate": ("lookalike.calibrate", "main"),
-    "demo-data": ("lookalike.data.synthetic", "main_demo"),
-    "runs": ("lookalike.runs", "main"),
-    "serve": ("lookalike.serve", "main"),
+COMMANDS = {
+    "train": train.main,
+    "evaluate": evaluate.main,
+    "download": download.main,
+    "export": export.main,
+    "index": index.main,
+    "search": search.main,
+    "calibrate": calibrate.main,
+    "serve": serve.main,
+    "duplicates": search.main_duplicates,
+    "pseudo-labels": pseudo_labels.main,
+    "demo-data": demo_data.main,
+    "runs": runs.main,
+    "augment-preview": augment_preview.main,
 }
-# commands taking Hydra overrides: module whose main() composes the config
-HYDRA = {"train": "lookalike.train", "evaluate": "lookalike.evaluate", "augment-preview": "lookalike.data.preview"}
-
-# flags accepted for convenience, as the Hydra overrides they stand for
-FLAGS = {"--save-embeddings": "save_embeddings=true", "--nmi": "nmi=true"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,21 +61,12 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if argv else 2)
-    command, rest = argv[0], [FLAGS.get(a, a) for a in argv[1:]]
-    if command in PLAIN:
-        module, function = PLAIN[command]
-        try:
-            getattr(importlib.import_module(module), function)(rest)
-        except LookalikeError as e:
-            print(f"lookalike: error: {e}", file=sys.stderr)
-            sys.exit(2)
-        return
-    if command not in HYDRA:
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
         print(f"lookalike: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [f"lookalike {command}", *rest]
-    importlib.import_module(HYDRA[command]).main()
-
-
-if __name__ == "__main__":
-    main()
+    try:
+        COMMANDS[command](rest)
+    except LookalikeError as e:
+        print(f"lookalike: error: {e}", file=sys.stderr)
+        sys.exit(2)

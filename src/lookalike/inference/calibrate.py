@@ -1,4 +1,4 @@
-"""``lookalike calibrate``: the similarity above which a search result counts as the same item / class.
+"""Calibration: the similarity above which a search result counts as the same item / class.
 
 The threshold is chosen on one half of the labelled classes for a target precision of "same label"
 decisions among each image's nearest neighbours, reported on the other, held-out half, and stored in
@@ -7,17 +7,15 @@ the embedder file, where ``lookalike search`` and ``lookalike duplicates`` find 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lookalike.catalog import list_images
+from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
-from lookalike.export import embedder_from_payload, read_embedder_file
-from lookalike.files import atomic_write
+from lookalike.inference.embedder_file import embedder_from_payload, read_embedder_file, write_embedder_file
 from lookalike.retrieval.knn import knn
 
 
@@ -53,7 +51,7 @@ def precision_recall(scores: np.ndarray, same: np.ndarray, threshold: float) -> 
 def calibrate(embedder_path: str | Path, images: str | Path, target_precision: float = 0.95,
               k: int = 20, seed: int = 0) -> dict[str, Any]:
     """Choose, report and store the match threshold; returns what was stored."""
-    items = list_images(images)
+    items = labelled_images(images)
     if any(not it["label"] for it in items):
         raise LookalikeError("calibrate needs labelled images: sub-folders per item/class, or a label column")
     names, labels = np.unique([it["label"] for it in items], return_inverse=True)
@@ -72,20 +70,5 @@ def calibrate(embedder_path: str | Path, images: str | Path, target_precision: f
                       "precision": p_fit, "recall": r_fit},
               "held_out": {"classes": int(len(np.unique(labels[held]))), "precision": p_held, "recall": r_held}}
     payload["calibration"] = result
-    atomic_write(embedder_path, lambda tmp: torch.save(payload, tmp))
+    write_embedder_file(embedder_path, payload)
     return result
-
-
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lookalike calibrate", description=__doc__)
-    parser.add_argument("--embedder", required=True, help="embedder file to calibrate (updated in place)")
-    parser.add_argument("--images", required=True, help="labelled images: folder with a sub-folder per label, or CSV")
-    parser.add_argument("--target-precision", type=float, default=0.95)
-    parser.add_argument("-k", type=int, default=20, help="neighbours per image considered")
-    args = parser.parse_args(argv)
-    r = calibrate(args.embedder, args.images, args.target_precision, args.k)
-    print(f"match threshold {r['threshold']:.4f} (target precision {r['target_precision']}), stored in {args.embedder}\n"
-          f"  classes it was chosen on ({r['fit']['classes']}): precision {r['fit']['precision']:.3f}, "
-          f"recall {r['fit']['recall']:.3f}\n"
-          f"  held-out classes ({r['held_out']['classes']}): precision {r['held_out']['precision']:.3f}, "
-          f"recall {r['held_out']['recall']:.3f}")

@@ -7,55 +7,26 @@ atomically, and it refuses queries embedded by another embedder than the one it 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from lookalike.data.image_folder import IMAGE_SUFFIXES
+from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
-from lookalike.data.manifest import read_rows
-from lookalike.export import embedder_from_payload, read_embedder_file
 from lookalike.files import atomic_write
+from lookalike.inference.embed import embed_files
+from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.models.embedder import Embedder, ImageLike
-from lookalike.retrieval.grid import search_grid
-from lookalike.retrieval.embed import embed_files
 from lookalike.retrieval.knn import FaissIndex, default_search_params
 
 FORMAT = "lookalike-index/2"
-
-
-def embedder_hash(payload: dict[str, Any]) -> str:
-    """A fingerprint of an embedder file's weights and preprocessing (not of its provenance or calibration)."""
-    digest = hashlib.sha256(json.dumps([payload["model"], payload["preprocessing"]], sort_keys=True).encode())
-    for key, tensor in sorted(payload["state_dict"].items()):
-        digest.update(key.encode())
-        digest.update(tensor.float().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def list_images(source: str | Path) -> list[dict[str, Any]]:
-    """Catalogue items (absolute paths) from a folder (recursively; the sub-folder is the label) or a
-    CSV/parquet manifest (paths relative to it)."""
-    source = Path(source).expanduser().resolve()
-    if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
-        rows = read_rows(source)
-        if not rows or "path" not in rows[0]:
-            raise LookalikeError(f"Manifest '{source}' needs a path column (and optionally label)")
-        return [{"path": str(source.parent / r["path"]), "label": r.get("label", "")} for r in rows]
-    if not source.is_dir():
-        raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest .csv/.parquet")
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise LookalikeError(f"--images: no images under '{source}'")
-    return [{"path": str(p), "label": p.parent.name if p.parent != source else ""} for p in files]
 
 
 @dataclass
@@ -164,7 +135,7 @@ class Index:
         :func:`embed_catalogue` for ``checkpoint``). ``search_params`` (FAISS syntax, e.g. ``efSearch=256``
         or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`."""
         payload = read_embedder_file(embedder_path)
-        items, vectors = embed_catalogue(payload, list_images(images), batch_size, num_workers, checkpoint,
+        items, vectors = embed_catalogue(payload, labelled_images(images), batch_size, num_workers, checkpoint,
                                          checkpoint_every)
         search_params = default_search_params(factory) if search_params is None else search_params
         index = FaissIndex(vectors.shape[1], factory, search_params=search_params, ids=True)
@@ -176,11 +147,22 @@ class Index:
                 "embedder": str(Path(embedder_path).resolve())}
         return cls(index, items, meta)
 
+    @classmethod
+    def build_file(cls, out: str | Path, embedder_path: str | Path, images: str | Path, factory: str = "Flat",
+                   batch_size: int = 64, num_workers: int | None = None, search_params: str | None = None) -> Index:
+        """:meth:`build` and :meth:`save` to ``out``, saving progress in ``<out>.partial/`` so that the same call
+        after an interruption continues where it stopped; the folder goes once the index is written."""
+        partial = Path(out).with_name(Path(out).name + ".partial")
+        index = cls.build(embedder_path, images, factory, batch_size, num_workers, partial, search_params=search_params)
+        index.save(out)
+        shutil.rmtree(partial, ignore_errors=True)
+        return index
+
     def add_images(self, payload: dict[str, Any], images: str | Path, batch_size: int = 64,
                    num_workers: int | None = None) -> list[dict[str, Any]]:
         """Embed and add the images not yet in the catalogue (by path); returns the new items."""
         known = {it["path"] for it in self.items}
-        new = [it for it in list_images(images) if it["path"] not in known]
+        new = [it for it in labelled_images(images) if it["path"] not in known]
         if not new:
             return []
         new, vectors = embed_catalogue(payload, new, batch_size, num_workers)
@@ -202,6 +184,18 @@ class Index:
         gone = set(ids)
         self._set_items([it for it in self.items if it["id"] not in gone])
         return removed
+
+    def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
+        """The ids of the items named by id, by image path, or (``missing``) whose image file is gone."""
+        by_path = {it["path"]: it["id"] for it in self.items}
+        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
+        unknown = [p for p in resolved if p not in by_path]
+        if unknown:
+            raise LookalikeError(f"Not in the index: {unknown[:10]}")
+        chosen = set(ids) | {by_path[p] for p in resolved}
+        if missing:
+            chosen |= {it["id"] for it in self.items if not Path(it["path"]).is_file()}
+        return sorted(chosen)
 
     def _set_items(self, items: list[dict[str, Any]]) -> None:
         self.items = items
@@ -292,125 +286,3 @@ class Index:
         for item in self.items:
             groups.setdefault(root(item["id"]), []).append(item["id"])
         return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
-
-
-def main_index(argv: list[str]) -> None:
-    """``lookalike index build|add|remove``: make and maintain a catalogue index."""
-    parser = argparse.ArgumentParser(prog="lookalike index", description="Build and maintain a catalogue index.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    build = sub.add_parser("build", help="embed catalogue images and index them (an interrupted build resumes)")
-    build.add_argument("--embedder", required=True, help="embedder file (embedder.pt of a run, or lookalike export)")
-    build.add_argument("--images", required=True, help="folder of images (sub-folder = label) or manifest .csv")
-    build.add_argument("--out", required=True, help="index file to write (.lkidx)")
-    build.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
-                       "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
-    build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
-                       "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
-    add = sub.add_parser("add", help="embed and add images not yet in the index")
-    add.add_argument("--images", required=True, help="folder of images or manifest .csv")
-    remove = sub.add_parser("remove", help="remove items by id or path, or those whose file is gone")
-    remove.add_argument("--ids", type=int, nargs="+", default=[])
-    remove.add_argument("--paths", nargs="+", default=[])
-    remove.add_argument("--missing", action="store_true", help="remove items whose image file no longer exists")
-    for p in (build, add):
-        p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
-    for p in (add, remove):
-        p.add_argument("--index", required=True, help="index file to update (rewritten atomically)")
-    add.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
-    args = parser.parse_args(argv)
-    if args.action == "build":
-        partial = Path(args.out).with_name(Path(args.out).name + ".partial")
-        index = Index.build(args.embedder, args.images, args.factory, args.batch_size, args.workers, partial,
-                            search_params=args.search_params)
-        index.save(args.out)
-        shutil.rmtree(partial, ignore_errors=True)
-        params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
-        print(f"indexed {index.meta['count']} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
-              f"into {args.out}")
-        return
-    index = Index.load(args.index)
-    if args.action == "add":
-        payload = index.check_embedder(args.embedder or index.meta["embedder"])
-        changed = index.add_images(payload, args.images, args.batch_size, args.workers)
-        verb = "added"
-    else:
-        by_path = {it["path"]: it["id"] for it in index.items}
-        paths = [str(Path(p).expanduser().resolve()) for p in args.paths]
-        unknown = [p for p in paths if p not in by_path]
-        if unknown:
-            raise LookalikeError(f"Not in the index: {unknown[:10]}")
-        ids = set(args.ids) | {by_path[p] for p in paths}
-        if args.missing:
-            ids |= {it["id"] for it in index.items if not Path(it["path"]).is_file()}
-        changed = index.remove(sorted(ids))
-        verb = "removed"
-    index.save(args.index)
-    print(f"{verb} {len(changed)} item(s); the index now holds {index.meta['count']}")
-
-
-def main_search(argv: list[str]) -> None:
-    """``lookalike search --index FILE.lkidx photo.jpg [...] [-k 10] [--json] [--out grid.png]``."""
-    parser = argparse.ArgumentParser(prog="lookalike search", description="Find the catalogue items most like a photo.")
-    parser.add_argument("photos", nargs="+")
-    parser.add_argument("--index", required=True)
-    parser.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--out", help="also write a picture of the queries and their results")
-    parser.add_argument("--category", help="search only items with this label (classify-then-search)")
-    parser.add_argument("--search-params", help="FAISS search parameters for this search instead of the index's, "
-                        "e.g. efSearch=512 (more recall, slower)")
-    args = parser.parse_args(argv)
-    index = Index.load(args.index)
-    if args.search_params is not None:
-        index.faiss.set_search_params(args.search_params)
-    embedder_path = args.embedder or index.meta["embedder"]
-    payload = index.check_embedder(embedder_path)
-    threshold = calibrated_threshold(payload)
-    results = index.search(embedder_from_payload(payload), args.photos, args.k, args.category)
-    if args.json:
-        print(json.dumps([{"query": q, "results": [{**asdict(h), "match": None if threshold is None else
-                                                    h.score >= threshold} for h in hits]}
-                          for q, hits in zip(args.photos, results)], indent=2))
-    else:
-        for query, hits in zip(args.photos, results):
-            print(f"{query}:")
-            for rank, h in enumerate(hits, 1):
-                flag = "" if threshold is None else ("  match" if h.score >= threshold else "")
-                print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}{flag}")
-    if args.out:
-        search_grid(args.photos, [[(h.path, h.label, h.score) for h in hits] for hits in results]).save(args.out)
-
-
-def calibrated_threshold(payload: dict[str, Any]) -> float | None:
-    """The threshold `lookalike calibrate` stored in an embedder file's contents, if any."""
-    calibration = payload.get("calibration")
-    return calibration["threshold"] if calibration else None
-
-
-def match_threshold(embedder_path: str | Path) -> float | None:
-    """The threshold `lookalike calibrate` stored in the embedder file, if any."""
-    return calibrated_threshold(read_embedder_file(embedder_path))
-
-
-def main_duplicates(argv: list[str]) -> None:
-    """``lookalike duplicates --index FILE.lkidx [--threshold T]``: groups of near-duplicate catalogue images."""
-    parser = argparse.ArgumentParser(prog="lookalike duplicates", description="List near-duplicate catalogue images.")
-    parser.add_argument("--index", required=True)
-    parser.add_argument("--threshold", type=float, help="similarity (default: the embedder's calibrated threshold)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    index = Index.load(args.index)
-    threshold = args.threshold if args.threshold is not None else match_threshold(index.meta["embedder"])
-    if threshold is None:
-        raise LookalikeError("No threshold: pass --threshold, or run `lookalike calibrate` on the embedder first")
-    groups = index.duplicate_groups(threshold)
-    if args.json:
-        print(json.dumps([[index.by_id[i] for i in g] for g in groups], indent=2))
-        return
-    print(f"{len(groups)} groups of near-duplicates (similarity >= {threshold:.4f}) among {len(index.items)} items")
-    for n, group in enumerate(groups, 1):
-        print(f"group {n}:")
-        for i in group:
-            print(f"  {index.by_id[i]['path']}  {index.by_id[i]['label']}")

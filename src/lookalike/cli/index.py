@@ -1,0 +1,54 @@
+"""``lookalike index build|add|remove``: make and maintain a catalogue index (.lkidx)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lookalike.inference.catalog import Index
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookalike index", description="Build and maintain a catalogue index.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    build = sub.add_parser("build", help="embed catalogue images and index them (an interrupted build resumes)")
+    build.add_argument("--embedder", required=True, help="embedder file (embedder.pt of a run, or lookalike export)")
+    build.add_argument("--images", required=True, help="folder of images (sub-folder = label) or manifest .csv")
+    build.add_argument("--out", required=True, help="index file to write (.lkidx)")
+    build.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
+                       "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
+    build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
+                       "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
+    add = sub.add_parser("add", help="embed and add images not yet in the index")
+    add.add_argument("--images", required=True, help="folder of images or manifest .csv")
+    remove = sub.add_parser("remove", help="remove items by id or path, or those whose file is gone")
+    remove.add_argument("--ids", type=int, nargs="+", default=[])
+    remove.add_argument("--paths", nargs="+", default=[])
+    remove.add_argument("--missing", action="store_true", help="remove items whose image file no longer exists")
+    for p in (build, add):
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    for p in (add, remove):
+        p.add_argument("--index", required=True, help="index file to update (rewritten atomically)")
+    add.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
+    if args.action == "build":
+        index = Index.build_file(args.out, args.embedder, args.images, args.factory, args.batch_size, args.workers,
+                                 search_params=args.search_params)
+        params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
+        print(f"indexed {index.meta['count']} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
+              f"into {args.out}")
+        return
+    index = Index.load(args.index)
+    if args.action == "add":
+        payload = index.check_embedder(args.embedder or index.meta["embedder"])
+        changed = index.add_images(payload, args.images, args.batch_size, args.workers)
+        verb = "added"
+    else:
+        changed = index.remove(index.select(args.ids, args.paths, args.missing))
+        verb = "removed"
+    index.save(args.index)
+    print(f"{verb} {len(changed)} item(s); the index now holds {index.meta['count']}")

@@ -1,0 +1,35 @@
+"""Finding images: every image file below a folder, and labelled images from a folder or a manifest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lookalike.data.manifest import read_rows
+from lookalike.errors import LookalikeError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def list_image_files(folder: str | Path) -> list[str]:
+    """Every image file below ``folder`` (by suffix; symbolic links to folders followed), sorted."""
+    return sorted(os.path.join(parent, name) for parent, _, names in os.walk(folder, followlinks=True)
+                  for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def labelled_images(source: str | Path) -> list[dict[str, Any]]:
+    """Items (absolute ``path``, ``label``) from a folder (recursively; an image's folder is its label, none for
+    images directly in ``source``) or from a CSV/parquet manifest with ``path[,label]`` (paths relative to it)."""
+    source = Path(source).expanduser().resolve()
+    if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
+        rows = read_rows(source)
+        if not rows or "path" not in rows[0]:
+            raise LookalikeError(f"Manifest '{source}' needs a path column (and optionally label)")
+        return [{"path": str(source.parent / r["path"]), "label": r.get("label", "")} for r in rows]
+    if not source.is_dir():
+        raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest .csv/.parquet")
+    files = list_image_files(source)
+    if not files:
+        raise LookalikeError(f"--images: no images under '{source}'")
+    return [{"path": p, "label": Path(p).parent.name if Path(p).parent != source else ""} for p in files]

@@ -1,0 +1,85 @@
+"""The embedder file: one self-contained file that rebuilds a trained embedder without Hydra or Lightning.
+
+It holds the weights, the architecture (timm name, pooling, head, image size), the preprocessing
+(size, mean, std, interpolation, crop), provenance (training config, metrics, versions) and, once
+``lookalike calibrate`` ran, the match threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lookalike.errors import LookalikeError
+from lookalike.files import atomic_write
+from lookalike.models.embedder import Embedder
+
+FORMAT = "lookalike-embedder/1"
+
+
+def write_embedder_file(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write the contents of an embedder file to ``path`` atomically (a crash leaves the previous file intact)."""
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def save_embedder(embedder: Embedder, path: str | Path, **provenance: Any) -> Path:
+    """Write ``embedder`` to ``path``; ``provenance`` (e.g. training_config, metrics, versions) is stored as given."""
+    return write_embedder_file(path, {
+        "format": FORMAT,
+        "model": embedder.config,
+        "preprocessing": embedder.preprocessing,
+        "state_dict": {k: v.detach().cpu() for k, v in embedder.state_dict().items()},
+        "provenance": provenance,
+    })
+
+
+def read_embedder_file(path: str | Path) -> dict[str, Any]:
+    """The raw contents of an embedder file, or one clear error for a missing, corrupt or foreign file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LookalikeError(f"No embedder file at '{path}'")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and torch errors for corrupt or foreign files
+        raise LookalikeError(f"'{path}' is not a readable embedder file ({e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise LookalikeError(f"'{path}' is not a lookalike embedder file (expected format {FORMAT})")
+    return payload
+
+
+def embedder_from_payload(payload: dict[str, Any]) -> Embedder:
+    """Rebuild the embedder from the contents of an embedder file (see :func:`read_embedder_file`)."""
+    config = payload["model"]
+    backbone = {**config["backbone"], "pretrained": False, "checkpoint": None}
+    embedder = Embedder(backbone, config["head"], config.get("image_size"))
+    embedder.load_state_dict(payload["state_dict"])
+    return embedder.eval()
+
+
+def load_embedder(path: str | Path) -> Embedder:
+    """Rebuild the embedder stored in ``path`` (no download: the weights are in the file), in eval mode."""
+    return embedder_from_payload(read_embedder_file(path))
+
+
+def embedder_hash(payload: dict[str, Any]) -> str:
+    """A fingerprint of an embedder file's weights and preprocessing (not of its provenance or calibration)."""
+    digest = hashlib.sha256(json.dumps([payload["model"], payload["preprocessing"]], sort_keys=True).encode())
+    for key, tensor in sorted(payload["state_dict"].items()):
+        digest.update(key.encode())
+        digest.update(tensor.float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def calibrated_threshold(payload: dict[str, Any]) -> float | None:
+    """The threshold `lookalike calibrate` stored in an embedder file's contents, if any."""
+    calibration = payload.get("calibration")
+    return calibration["threshold"] if calibration else None
+
+
+def match_threshold(embedder_path: str | Path) -> float | None:
+    """The threshold `lookalike calibrate` stored in the embedder file, if any."""
+    return calibrated_threshold(read_embedder_file(embedder_path))

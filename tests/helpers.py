@@ -1,0 +1,65 @@
+"""Helpers the tests share: tiny configs and tiny images written into temporary folders (no network, no
+../shared). Fixtures built from them are in conftest.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+
+from lookalike.config import compose
+
+# A tiny, fast timm model and tiny images: a training step takes milliseconds on a CPU.
+TINY_MODEL = [
+    "model.backbone.name=test_efficientnet",
+    "model.backbone.pretrained=false",
+    "model.head.embedding_size=16",
+    "model.image_size=32",
+]
+
+# The synthetic set of tiny_overrides, as synthetic_products arguments.
+TINY_DATA = dict(num_train_products=10, num_test_products=5, photos_per_product=3, image_size=40)
+
+
+def tiny_overrides(cache: Path, out: Path | None = None) -> list[str]:
+    """Overrides that make the default (quickstart) config train in a second or two. Without ``out``
+    (for ``train.py`` in a subprocess) the output folder is Hydra's run folder (``hydra.run.dir``)."""
+    return TINY_MODEL + (["paths.output_dir=" + str(out)] if out is not None else []) + [
+        f"data.root={cache}",
+        "data.source.num_train_products=10",
+        "data.source.num_test_products=5",
+        "data.source.photos_per_product=3",
+        "data.source.image_size=40",
+        "data.batch_size=16",
+        "data.eval_batch_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "eval.baseline=false",
+        "eval.before=false",
+    ]
+
+
+def compose_config(overrides: list[str], name: str = "train") -> DictConfig:
+    """Compose a config from the project's conf/ folder, as `python train.py` would."""
+    return compose(name, overrides)
+
+
+def write_image(path: Path, color: tuple[int, int, int], size: int = 24, seed: int = 0) -> None:
+    """A small JPEG: a solid colour with noise, so images of one class are alike but not equal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).normal(0, 12, (size, size, 3))
+    Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)).save(path)
+
+
+def write_omniglot_part(root: Path, part: str, alphabets: list[str], characters: int = 2, drawings: int = 4) -> None:
+    """Omniglot's published layout: ``root/part/<Alphabet>/characterNN/<drawing>.png``."""
+    for a, alphabet in enumerate(alphabets):
+        for c in range(characters):
+            for i in range(drawings):
+                write_image(root / part / alphabet / f"character{c + 1:02d}" / f"{a}{c}_{i:02d}.png",
+                            (60 * a, 100 * c, 90), size=12, seed=i)
