@@ -19,14 +19,14 @@ from datetime import date
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_retrieval import machine, report  # noqa: E402
+from common import machine, report
 
-from lookalike.data.image_folder import image_folder  # noqa: E402
-from lookalike.data.synthetic import synthetic_products  # noqa: E402
-from lookalike.export import load_embedder  # noqa: E402
-from lookalike.models.embedder import Embedder  # noqa: E402
-from lookalike.retrieval.metrics import retrieval_metrics  # noqa: E402
+from lookalike.data.image_folder import image_folder
+from lookalike.data.synthetic import synthetic_products
+from lookalike.files import DEFAULT_CACHE_DIR
+from lookalike.inference.embedder_file import load_embedder
+from lookalike.models.embedder import Embedder
+from lookalike.retrieval.metrics import retrieval_metrics
 
 SETTINGS = [("none", {}), *[(f"QE k={k}", {"qe_k": k}) for k in (1, 2, 3, 5, 10)],
             *[(f"DBA k={k}", {"dba_k": k}) for k in (1, 2, 3, 5)], ("DBA k=2 + QE k=2", {"dba_k": 2, "qe_k": 2})]
@@ -49,7 +49,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flowers", help="flowers17 root (one folder per class)")
     p.add_argument("--embedder", help="a trained embedder file for the synthetic products (e.g. the quickstart's)")
-    p.add_argument("--cache", default=os.path.expanduser("~/.cache/lookalike"))
+    p.add_argument("--cache", default=os.path.expanduser(DEFAULT_CACHE_DIR))
     p.add_argument("--out")
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)

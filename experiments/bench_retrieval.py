@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,19 +24,9 @@ from datetime import date
 
 import numpy as np
 
+from common import machine, make_data, report
+
 KS = (1, 2, 4, 8, 16, 32)
-CLASS_SIZE = 10  # images per class (between SOP's ~5 and CUB's ~60)
-
-
-def make_data(n: int, dim: int, seed: int = 0, noise: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
-    """Clustered unit vectors: every class around its own centre (per-dimension noise ``noise`` times the
-    centre's), so the metrics are not trivial; two members of a class have cosine about 1/(1+noise^2)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) // CLASS_SIZE
-    centres = rng.standard_normal((labels.max() + 1, dim), dtype=np.float32)
-    x = centres[labels] + noise * rng.standard_normal((n, dim), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x, labels
 
 
 def numpy_metrics(x: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> dict[str, float]:
@@ -101,29 +90,6 @@ def child(method: str, n: int, dim: int, device: str) -> dict:
         "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
         "metrics": {k: round(float(v), 6) for k, v in m.items()},
     }
-
-
-def machine() -> str:
-    import faiss
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"faiss {faiss.__version__} ({faiss.get_num_gpus()} FAISS GPUs)")
-
-
-def report(lines: list[str], out: str | None) -> None:
-    """Print a Markdown section and append it to ``out`` if given."""
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if out:
-        with open(out, "a") as f:
-            f.write(text)
 
 
 def main() -> None:

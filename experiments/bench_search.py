@@ -27,21 +27,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_retrieval import machine, make_data, report
+from common import machine, make_data, report
 
 K = 10
 
 
 def build_throughput(images: Path, image_size: int, batch_size: int, workers: int | None) -> dict:
     """Images/s of a whole index build (decode, resize, embed, add) on the available device."""
-    from lookalike.catalog import Index, list_images
-    from lookalike.export import save_embedder
+    from lookalike.data.listing import labelled_images
+    from lookalike.inference.catalog import Index
+    from lookalike.inference.embedder_file import save_embedder
     from lookalike.models.embedder import Embedder
 
     embedder = Embedder({"name": "tf_efficientnet_lite0", "pretrained": False}, {"embedding_size": 128}, image_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_embedder(embedder, Path(tmp) / "embedder.pt")
-        n = len(list_images(images))
+        n = len(labelled_images(images))
         t0 = time.perf_counter()
         Index.build(path, images, batch_size=batch_size, num_workers=workers)
         seconds = time.perf_counter() - t0

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_retrieval import machine, report
+from common import machine, report
 
 
 def padded_index(embedder: Path, images: Path, items: int, out: Path) -> Path:
     """An index of ``images`` padded to ``items`` entries with jittered copies of their embeddings."""
-    from lookalike.catalog import Index
+    from lookalike.inference.catalog import Index
 
     index = Index.build(embedder, images)
     vectors = index.vectors()

@@ -32,7 +32,7 @@ import torch
 from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
-from bench_retrieval import machine, report
+from common import machine, report
 from lookalike.config import compose
 from lookalike.profiling import HostReads
 

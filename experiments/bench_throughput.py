@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench_retrieval import machine, report
+from common import machine, report
 
 ROOT = Path(__file__).resolve().parent.parent
 # (name, timm model, lookalike model config, image size, batch size)
@@ -48,11 +48,11 @@ CPU_CONFIGS = [("lite0 128px b32", "tf_efficientnet_lite0", "lite0", 128, 32),
                ("lite0 224px b32", "tf_efficientnet_lite0", "lite0", 224, 32)]
 # lookalike with one setting changed, on the GPU's resnet50 batch-256 configuration
 SWITCHES = {
-    "channels_last off": ["trainer.channels_last=false"],
+    "channels_last off": ["model.channels_last=false"],
     "fused AdamW off (foreach)": ["optim.optimizer.fused=false"],
     "non-finite check off": ["optim.max_nonfinite_steps=0"],
     "EMA off": ["callbacks=default"],
-    "torch.compile on": ["trainer.compile=true"],
+    "torch.compile on": ["model.compile=true"],
     "resize cache 256 px": ["data.resize_cache=256"],
 }
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core peaks
@@ -202,10 +202,10 @@ def _timed(step, steps: int, warmup: int, batch: int, gpu: bool) -> float:
 
 def embed_folder(model: str, size: int, batch: int, images: Path, workers: int, limit: int) -> dict:
     """lookalike's catalogue embedding (`embed_files`) over JPEGs, timed after the first batch."""
-    from lookalike.catalog import list_images
-    from lookalike.retrieval.embed import embed_files
+    from lookalike.data.listing import labelled_images
+    from lookalike.inference.embed import embed_files
 
-    paths = [item["path"] for item in list_images(images)[:limit]]
+    paths = [item["path"] for item in labelled_images(images)[:limit]]
     done, t0 = 0, None
     for positions, _, _ in embed_files(_embedder(model, size), paths, batch_size=batch, num_workers=workers,
                                        progress=False):

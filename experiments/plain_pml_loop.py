@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from lookalike.data.image_folder import image_folder
-from lookalike.data.omniglot import omniglot
+from common import splits
+
 from lookalike.models.backbone import load_offline_weights
 from lookalike.retrieval.metrics import retrieval_metrics
 
@@ -54,16 +54,6 @@ def sync(device: torch.device) -> None:
     """Wait for the GPU's queued work (so that a clock reading covers it)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def splits(name: str, root: str):
-    """The zero-shot splits of the issue: flowers17 classes 01-08 / 09-17; Omniglot small1-only / small2-only;
-    any other folder: 90% of its classes train."""
-    if name == "flowers17":
-        return image_folder(root, train_classes=8)
-    if name == "folder":
-        return image_folder(root, train_classes=0.9)
-    return omniglot(root, ["images_background_small1"], ["images_background_small2"])
 
 
 def main() -> None:

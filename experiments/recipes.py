@@ -27,11 +27,10 @@ import torch
 
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.models.embedder import Embedder
-from lookalike.retrieval import embed, retrieval_metrics
+from lookalike.inference.embed import embed_loader
+from lookalike.retrieval import retrieval_metrics
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_retrieval import machine  # noqa: E402
-from plain_pml_loop import splits  # noqa: E402
+from common import machine, splits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +110,7 @@ def run_pretrained_224(dataset: str, root: str) -> dict:
     """The pretrained pooled features at timm's own 224 px, a reference beyond the training resolution."""
     model = Embedder({"name": "tf_efficientnet_lite0", "pretrained": True}, {"embedding_size": None}, 224).eval()
     data = RetrievalDataModule(splits(dataset, root), model.preprocessing, val_classes=1, num_workers=2)
-    out = embed(model, data.eval_dataloader(data.test_table), device=torch.device("cpu"), desc="pretrained 224 px")
+    out = embed_loader(model, data.eval_dataloader(data.test_table), desc="pretrained 224 px")
     metrics = retrieval_metrics(out["embeddings"], out["label"], ks=(1, 2, 4, 8))
     return {"dataset": dataset, "recipe": "pretrained_224", "seed": 0, "test": metrics, "duration_s": 0}
 

@@ -31,13 +31,12 @@ import torch
 from lookalike.data.image_folder import image_folder
 from lookalike.data.synthetic import synthetic_products
 from lookalike.data.table import ImageTable
-from lookalike.data.unlabeled import list_image_files, photo_to_catalogue
-from lookalike.export import load_embedder
+from lookalike.data.unlabeled import image_files, photo_to_catalogue
+from lookalike.inference.embedder_file import load_embedder
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval import retrieval_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retrieval import machine, report  # noqa: E402
+from common import machine, report
 
 REPO = Path(__file__).resolve().parents[1]
 KS = (1, 4, 8)
@@ -76,7 +75,7 @@ def selfsup_runs(unlabeled: Path, work: Path, name: str, common: list[str], imag
     options = [f"data.root={unlabeled}", "data.num_workers=2", f"paths.cache_dir={work / 'cache'}", *common]
     selfsup = train(["experiment=selfsup_catalog", *options], work / f"{name}_selfsup", reuse)
     clusters = work / f"{name}_clusters.csv"
-    images = len(list_image_files(unlabeled))
+    images = len(image_files(unlabeled))
     label = [sys.executable, "-m", "lookalike.cli", "pseudo-labels", "--embedder", str(selfsup[0]), "--images",
              str(unlabeled), "--clusters", str(images // images_per_cluster), "--out", str(clusters)]
     subprocess.run(label, cwd=REPO, check=True)
