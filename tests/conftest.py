@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 from omegaconf import DictConfig
 
 from lookalike.data.synthetic import synthetic_products
@@ -81,3 +82,64 @@ def catalogue(trained: dict, tmp_path: Path) -> tuple[Path, list[str], list[str]
     (tmp_path / "catalog.csv").write_text("\n".join(rows) + "\n")
     photos = [(p, n) for p, n in zip(test.paths, names) if "photo" in p]
     return tmp_path / "catalog.csv", [p for p, _ in photos], [n for _, n in photos]
+
+
+@pytest.fixture
+def fake_cars(tmp_path: Path) -> Path:
+    """Cars196's published layout (cars_annos.mat, car_ims/) with 196 classes of 2 images, each with a box."""
+    root = tmp_path / "cars196"
+    n = 196 * 2
+    dtype = [("relative_im_path", "O"), ("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"),
+             ("class", "O"), ("test", "O")]
+    annos = np.zeros((1, n), dtype=dtype)
+    for i in range(n):
+        rel = f"car_ims/{i + 1:06d}.jpg"
+        write_image(root / rel, (i % 255, 80, 160), size=16, seed=i)
+        annos[0, i] = (rel, 1, 2, 11, 9, i // 2 + 1, i % 2)
+    scipy.io.savemat(root / "cars_annos.mat", {"annotations": annos})
+    return root
+
+
+@pytest.fixture
+def fake_sop(tmp_path: Path) -> Path:
+    """Stanford Online Products' layout: 6 training and 3 test products of 4 pictures each."""
+    root = tmp_path / "Stanford_Online_Products"
+    for name, classes in (("Ebay_train.txt", range(1, 7)), ("Ebay_test.txt", range(7, 10))):
+        lines = ["image_id class_id super_class_id path"]
+        for c in classes:
+            for j in range(4):
+                rel = f"bicycle_final/{c}_{j}.JPG"
+                write_image(root / rel, (c * 25, 200 - c * 20, 90), size=16, seed=10 * c + j)
+                lines.append(f"{len(lines)} {c} 1 {rel}")
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def fake_inshop(tmp_path: Path) -> Path:
+    """DeepFashion In-Shop's layout: 6 training items of 4 pictures, 3 test items with 2 queries and 2 gallery
+    pictures each."""
+    root = tmp_path / "inshop"
+    rows = []
+    for item in range(1, 10):
+        status = ["train"] * 4 if item <= 6 else ["query", "query", "gallery", "gallery"]
+        for j, s in enumerate(status):
+            path = f"img/WOMEN/Dresses/id_{item:08d}/{j:02d}_1_front.jpg"
+            write_image(root / path, (item * 25, 90, 200 - item * 20), size=16, seed=10 * item + j)
+            rows.append(f"{path} id_{item:08d} {s}")
+    (root / "list_eval_partition.txt").write_text("\n".join([str(len(rows)), "image_name item_id evaluation_status",
+                                                               *rows]) + "\n")
+    return root
+
+
+@pytest.fixture
+def fake_manifest(tmp_path: Path) -> Path:
+    """A catalogue manifest (path,label) of 8 products with 4 pictures each, paths relative to it."""
+    root = tmp_path / "shop"
+    rows = ["path,label"]
+    for sku in range(8):
+        for j in range(4):
+            write_image(root / "img" / f"{sku}_{j}.jpg", (sku * 30, 60, 220 - sku * 25), seed=10 * sku + j)
+            rows.append(f"img/{sku}_{j}.jpg,SKU-{sku:03d}")
+    (root / "catalog.csv").write_text("\n".join(rows) + "\n")
+    return root / "catalog.csv"

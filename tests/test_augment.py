@@ -110,4 +110,10 @@ def test_augment_preview_writes_a_grid(data_cache: Path, tmp_path: Path) -> None
                           "data.source.image_size=40", "preview.rows=3", "preview.views=2", "preview.size=48",
                           f"preview.out={tmp_path / 'p.png'}", f"paths.output_dir={tmp_path}"])
     out = augment_preview(cfg)
-    assert Image.open(out).size == (3 * 52, 3 * 52)
+    grid = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
+    assert grid.shape == (3 * 52, 3 * 52, 3)
+    tiles = [[grid[r * 52:r * 52 + 48, c * 52:c * 52 + 48] for c in range(3)] for r in range(3)]
+    assert all(np.abs(row[0] - view).mean() > 5 for row in tiles for view in row[1:])  # the views are augmented
+    assert np.abs(tiles[0][0] - tiles[1][0]).mean() > 5  # one row per product
+    again = np.asarray(Image.open(augment_preview(cfg)).convert("RGB"), dtype=np.float32)
+    assert np.array_equal(grid, again)  # seeded: the same preview every time

@@ -15,11 +15,29 @@ from PIL import Image
 from lookalike.errors import LookalikeError
 from lookalike.evaluate import evaluate
 from lookalike.models.lit_embedder import load_checkpoint
-from tests.helpers import compose_config, tiny_overrides
+from lookalike.train import run
+from tests.helpers import TINY_MODEL, compose_config, tiny_overrides
 
 
 def _eval_cfg(ckpt: str, out: Path, *extra: str):
     return compose_config([f"ckpt={ckpt}", f"paths.output_dir={out}", "num_workers=0", *extra], name="eval")
+
+
+def test_evaluate_builds_the_data_as_training_did_for_a_catalogue_without_labels(image_folder: Path,
+                                                                                 tmp_path: Path) -> None:
+    """A data=unlabeled checkpoint (each image its own class, data.instances=true) is evaluated on the same
+    held-out photo -> catalogue split, with the same numbers as its training run's test."""
+    trained = run(compose_config([
+        "experiment=selfsup_catalog", *TINY_MODEL, f"data.root={image_folder}", "data.num_workers=0",
+        "data.batch_size=8", f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'run'}",
+        "logger=none", "eval.baseline=false", "eval.before=false", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1", "trainer.accelerator=cpu"]))
+    report = evaluate(_eval_cfg(trained["best_checkpoint"], tmp_path / "eval", "grid.queries=0",
+                                f"paths.cache_dir={tmp_path / 'cache'}"))
+    after = trained["test"]["after training (best checkpoint)"]
+    assert report["set"] == trained["test_set"] and "queries" in report["set"]
+    for key in ("recall@1", "recall@2", "map@r"):
+        assert report["metrics"][key] == pytest.approx(after[key], abs=1e-6), key
 
 
 def test_evaluate_reproduces_the_training_test_metrics_and_writes_files(trained: dict, tmp_path: Path) -> None:

@@ -1,44 +1,76 @@
-"""Every experiment config composes and runs a tiny fast-dev-run (a new experiment is smoke-tested for free)."""
+"""Every experiment config, and every data set config, composes and runs one training step on a tiny fake of its
+data, then tests on the whole fake test split (a new experiment or data set is smoke-tested for free, whatever
+its data)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from lookalike.config import config_dir
-from lookalike.train import run
-from tests.helpers import TINY_MODEL, compose_config
+from lookalike.train import build_datamodule, run
+from tests.helpers import TINY_DATA, TINY_MODEL, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+DATA_SETS = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
+
+# the fixture (conftest.py) holding a tiny fake of each data source's layout, by the source's function
+FAKES = {"synthetic_products": "data_cache", "image_folder": "image_folder", "manifest": "fake_manifest",
+         "cub200": "fake_cub", "cars196": "fake_cars", "stanford_online_products": "fake_sop",
+         "inshop": "fake_inshop", "omniglot": "fake_omniglot", "unlabeled_folder": "image_folder"}
 
 
-def test_there_are_experiments() -> None:
-    assert "triplet_resnet" in EXPERIMENTS
+def test_there_are_experiments_and_every_data_set_has_a_fake() -> None:
+    assert "triplet_resnet" in EXPERIMENTS and "synthetic" in DATA_SETS
+    sources = {compose_config([f"data={d}"]).data.source._target_.rsplit(".", 1)[-1] for d in DATA_SETS}
+    assert sources <= FAKES.keys(), f"add a fake of {sorted(sources - FAKES.keys())} to conftest.py and FAKES"
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_on_tiny_data(experiment: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    cfg = compose_config([f"experiment={experiment}"])
-    source = cfg.data.source._target_.rsplit(".", 1)[-1]
-    roots = {"cub200": "fake_cub", "image_folder": "image_folder", "synthetic_products": "data_cache",
-             "omniglot": "fake_omniglot", "unlabeled_folder": "image_folder"}
-    root = request.getfixturevalue(roots[source])
-    cfg = compose_config([f"experiment={experiment}", *TINY_MODEL, f"data.root={root}", "data.num_workers=0",
-                          f"paths.cache_dir={tmp_path / 'cache'}",
-                          "data.batch_size=8", "data.eval_batch_size=16", "logger=none", "eval.baseline=false",
-                          "eval.before=false", "+trainer.fast_dev_run=1", "trainer.accelerator=cpu",
-                          "trainer.precision=32-true", f"paths.output_dir={tmp_path}"])
+def _tiny(choice: str, tmp_path: Path, request: pytest.FixtureRequest) -> DictConfig:
+    """The config of ``choice`` (e.g. ``experiment=X`` or ``data=Y``) on the tiny fake of its data source."""
+    source = compose_config([choice]).data.source._target_.rsplit(".", 1)[-1]
+    root = request.getfixturevalue(FAKES[source])
+    cfg = compose_config([choice, *TINY_MODEL, f"data.root={root}", "data.num_workers=0",
+                          f"paths.cache_dir={tmp_path / 'cache'}", "data.batch_size=8", "data.eval_batch_size=16",
+                          "logger=none", "eval.baseline=false", "eval.before=false", "trainer.max_epochs=1",
+                          "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
+                          "trainer.accelerator=cpu", "trainer.precision=32-true", f"paths.output_dir={tmp_path}"])
     with open_dict(cfg):
-        if "train_classes" in cfg.data.source:  # the fake folder has 6 classes
+        if "train_classes" in cfg.data.source:  # the fake folder and manifest have 6 and 8 classes
             cfg.data.source.train_classes = 4
             cfg.data.val_classes = 1
+        if "num_train_classes" in cfg.data.source:  # CUB and Cars: the standard split of all their classes
+            cfg.data.val_classes = 2
         if "pseudo_labels" in cfg.data.source and not cfg.data.instances:  # clusters as lookalike pseudo-labels writes
             rows = [f"{p},{p.parent.name}" for p in sorted(Path(root).rglob("*.jpg"))]
             (tmp_path / "clusters.csv").write_text("\n".join(["path,label", *rows]))
             cfg.data.source.pseudo_labels = str(tmp_path / "clusters.csv")
         if "num_train_products" in cfg.data.source:
-            cfg.data.source.update(num_train_products=10, num_test_products=5, photos_per_product=3, image_size=40)
-    report = run(cfg)
-    assert 0.0 <= report["test"]["after training"]["recall@1"] <= 1.0
+            cfg.data.source.update(TINY_DATA)
+    return cfg
+
+
+def _check_report(cfg: DictConfig, report: dict) -> None:
+    """The run tested its own test split: every valid query of it, with coherent retrieval metrics."""
+    test = build_datamodule(cfg).test_table
+    after = next(row for name, row in report["test"].items() if name.startswith("after training"))
+    assert report["test_set"] == test.describe()
+    assert after["queries"] + after["queries_without_relevant"] == test.is_query.sum() and after["queries"] > 0
+    recalls = [after[f"recall@{k}"] for k in (1, 2, 4, 8)]
+    assert recalls == sorted(recalls) and after["precision@1"] == recalls[0]
+    assert 0 < after["map@r"] <= after["r_precision"] + 1e-9 <= 1 + 1e-9
+    assert Path(report["embedder"]).is_file()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_on_tiny_data(experiment: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cfg = _tiny(f"experiment={experiment}", tmp_path, request)
+    _check_report(cfg, run(cfg))
+
+
+@pytest.mark.parametrize("data", DATA_SETS)
+def test_data_set_trains_on_its_tiny_fake(data: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cfg = _tiny(f"data={data}", tmp_path, request)
+    _check_report(cfg, run(cfg))

@@ -8,7 +8,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import scipy.io
 
 from lookalike.data.benchmarks import cars196, inshop, stanford_online_products
 from lookalike.data.cub import cub200
@@ -29,21 +28,6 @@ def test_cub_crop_to_box(fake_cub: Path) -> None:
     s = cub200(fake_cub, crop_to_box=True)
     assert s.train.boxes is not None and s.train.boxes.shape == (200, 4)
     assert ImageDataset(s.train, _identity)[0]["image"].shape == (5, 8, 3)
-
-
-@pytest.fixture
-def fake_cars(tmp_path: Path) -> Path:
-    root = tmp_path / "cars196"
-    n = 196 * 2
-    dtype = [("relative_im_path", "O"), ("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"),
-             ("class", "O"), ("test", "O")]
-    annos = np.zeros((1, n), dtype=dtype)
-    for i in range(n):
-        rel = f"car_ims/{i + 1:06d}.jpg"
-        write_image(root / rel, (i % 255, 80, 160), size=16, seed=i)
-        annos[0, i] = (rel, 1, 2, 11, 9, i // 2 + 1, i % 2)
-    scipy.io.savemat(root / "cars_annos.mat", {"annotations": annos})
-    return root
 
 
 def test_cars196_standard_split_and_boxes(fake_cars: Path) -> None:

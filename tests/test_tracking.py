@@ -75,8 +75,17 @@ def test_wandb_logger_runs_offline(data_cache: Path, tmp_path: Path, monkeypatch
 
 
 def test_tensorboard_logger(data_cache: Path, tmp_path: Path) -> None:
-    run(compose_config(tiny_overrides(data_cache, tmp_path) + ["logger=tensorboard"]))
-    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    report = run(compose_config(tiny_overrides(data_cache, tmp_path) + ["logger=tensorboard", "trainer.max_epochs=2",
+                                                                  "trainer.log_every_n_steps=1"]))
+    events = EventAccumulator(str(next((tmp_path / "tensorboard").rglob("events.out.tfevents.*")).parent)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/map@r", "val/recall@1", "test/recall@1", "test/map@r"} <= tags
+    assert [e.step for e in events.Scalars("val/map@r")] == sorted(e.step for e in events.Scalars("val/map@r"))
+    assert len(events.Scalars("val/map@r")) == 2  # one per epoch
+    after = report["test"]["after training (best checkpoint)"]
+    assert events.Scalars("test/map@r")[-1].value == pytest.approx(after["map@r"], abs=1e-6)
 
 
 def test_run_folder_records_provenance(data_cache: Path, tmp_path: Path) -> None:
