@@ -110,7 +110,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def summarize(folder: str | Path) -> list[dict[str, Any]]:
-    """Print the table and write ``summary.md``, ``summary.csv`` and ``summary.png`` into ``folder``."""
+    """One row per run under ``folder`` (see :func:`collect`), also written as ``summary.md`` (the table of
+    :func:`to_markdown`), ``summary.csv`` and ``summary.png`` (the plot) into ``folder``."""
     folder = Path(folder)
     rows = collect(folder)
     if not rows:
@@ -125,6 +126,4 @@ def summarize(folder: str | Path) -> list[dict[str, Any]]:
             writer.writerow([r["run"], *(r["overrides"].get(k, "") for k in keys), r.get("metric"), r.get("best_val"),
                              *(r.get(f"test_{k}") for k in TEST_KEYS), r.get("duration_s"), r["status"]])
     plot(rows, folder / "summary.png")
-    print(table)
-    print(f"\nwritten: {folder / 'summary.md'}, summary.csv, summary.png")
     return rows

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from lookalike.runs import summarize
+from lookalike.runs import summarize, to_markdown
 
 
 def main(argv: list[str]) -> None:
@@ -12,4 +13,5 @@ def main(argv: list[str]) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("summarize", help="table + plot of every run under a folder").add_argument("folder")
     args = parser.parse_args(argv)
-    summarize(args.folder)
+    rows = summarize(args.folder)
+    print(f"{to_markdown(rows)}\n\nwritten: {Path(args.folder) / 'summary.md'}, summary.csv, summary.png")
