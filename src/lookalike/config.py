@@ -64,8 +64,10 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any], argv: list[s
     """Run ``task`` on the config Hydra composes from ``config_name`` and the command line (``argv``, default
     ``sys.argv[1:]``; ``prog`` names the program); a LookalikeError ends the program with its message alone
     (exit status 2)."""
-    args = sys.argv[1:] if argv is None else argv
-    sys.argv = [prog or sys.argv[0], *upgrade_overrides(args)]
+    if argv is None:  # python train.py ...: the program stays, as relaunched DDP processes need it
+        sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
+    else:
+        sys.argv = [prog or sys.argv[0], *upgrade_overrides(argv)]
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
