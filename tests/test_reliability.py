@@ -98,9 +98,16 @@ def test_odd_but_valid_images_decode_to_rgb(tmp_path: Path) -> None:
     assert deep.max() > 128  # 16-bit values rescaled, not clipped to white or black
 
 
-def test_huge_images_decode_or_are_refused_by_the_bomb_limit(tmp_path: Path) -> None:
-    Image.new("L", (10_000, 10_000), 128).save(tmp_path / "huge.png")  # 100 Mpx: allowed, with PIL's warning
-    Image.new("1", (15_000, 15_000)).save(tmp_path / "bomb.png")  # 225 Mpx: over twice PIL's limit
+def test_huge_images_are_refused_before_decoding_unless_the_budget_allows_them(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from lookalike.data import images
+
+    Image.new("L", (10_000, 10_000), 128).save(tmp_path / "huge.png")  # 100 Mpx: over lookalike's 40 Mpx budget
+    Image.new("1", (15_000, 15_000)).save(tmp_path / "bomb.png")  # 225 Mpx: over twice PIL's limit too
+    assert "more than this decoder's 40,000,000" in image_problem(str(tmp_path / "huge.png"))
+    with pytest.raises(LookalikeError, match="Cannot read image .*huge.png.*10000 x 10000 pixels"):
+        load_rgb(str(tmp_path / "huge.png"))
+    monkeypatch.setattr(images, "MAX_PIXELS", 300_000_000)  # LOOKALIKE_MAX_PIXELS=300000000
     with pytest.warns(Image.DecompressionBombWarning):
         assert image_problem(str(tmp_path / "huge.png")) == ""
     assert "DecompressionBombError" in image_problem(str(tmp_path / "bomb.png"))

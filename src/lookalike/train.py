@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from hydra.core.hydra_config import HydraConfig
@@ -22,7 +21,7 @@ from lookalike.errors import LookalikeError
 from lookalike.files import link_latest
 from lookalike.inference.embed import embed_loader
 from lookalike.inference.embedder_file import save_embedder
-from lookalike.models.lit_embedder import LitEmbedder
+from lookalike.models.lit_embedder import LitEmbedder, read_checkpoint
 from lookalike.provenance import provenance
 from lookalike.retrieval import retrieval_metrics
 from lookalike.retrieval.grid import retrieval_grid
@@ -116,11 +115,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if ckpt_path is not None:
+        read_checkpoint(ckpt_path)  # refused unless it is plain data; Lightning then loads it the same way
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # the checkpoint's weights (averaged ones with callbacks=ema), loaded here and not through
         # trainer.test(ckpt_path=...): Lightning's weight-averaging callback would restore the non-averaged ones
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        module.load_state_dict(read_checkpoint(best)["state_dict"])
     rows["after training (best checkpoint)" if best else "after training"] = _test_metrics(
         trainer.test(module, datamodule=datamodule, verbose=False))
 

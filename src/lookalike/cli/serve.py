@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lookalike.errors import LookalikeError
-from lookalike.serve.app import create_app
+from lookalike.serve.app import LOOPBACK_NAMES, create_app
 
 
 def main(argv: list[str]) -> None:
@@ -16,8 +16,13 @@ def main(argv: list[str]) -> None:
                         "0.0.0.0 exposes the page to the network)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
+    parser.add_argument("--slots", type=int, default=4, help="searches with an upload at once (more wait: 503)")
     args = parser.parse_args(argv)
-    app = create_app(args.index, args.embedder, args.max_upload_mb)
+    if args.slots < 1 or args.max_upload_mb <= 0:
+        raise LookalikeError("--slots must be at least 1 and --max-upload-mb above 0")
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    app = create_app(args.index, args.embedder, args.max_upload_mb, slots=args.slots,
+                     allowed_hosts=LOOPBACK_NAMES if loopback else None)
     try:
         import uvicorn
     except ImportError as e:

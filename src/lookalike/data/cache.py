@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from lookalike.data.images import crop_box, load_rgb
 from lookalike.data.table import ImageTable, Splits
+from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
 
 
@@ -26,7 +27,8 @@ def cached_copies(sources: Sequence[str], params: Sequence[Any], folder: str | P
                   make: Callable[[str, Any], Image.Image], desc: str, quality: int = 95, workers: int = 4) -> list[str]:
     """For each source file, the JPEG ``make(source, params)`` under ``folder``, named by the source's path, size
     and modification time and by ``params``: made where missing (in threads, each written atomically, so the
-    cache never holds half a file) and reused otherwise. Returns the cached paths in order."""
+    cache never holds half a file) and reused otherwise. Returns the cached paths in order; a source that cannot
+    be read keeps its own path, so that the data check finds it and leaves it out with the other broken files."""
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -35,21 +37,27 @@ def cached_copies(sources: Sequence[str], params: Sequence[Any], folder: str | P
         key = f"{os.path.abspath(source)}|{st.st_size}|{st.st_mtime_ns}|{param}"
         return folder / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.jpg"
 
-    def write(job: tuple[str, Any, Path]) -> None:
+    def write(job: tuple[str, Any, Path]) -> bool:
         source, param, out = job
-        picture = make(source, param)
+        try:
+            picture = make(source, param)
+        except LookalikeError:
+            return False
         atomic_write(out, lambda tmp: picture.save(tmp, "JPEG", quality=quality))
+        return True
 
-    targets = [target(s, p) for s, p in zip(sources, params)]
-    todo = [(s, p, t) for s, p, t in zip(sources, params, targets) if not t.exists()]
+    targets = [target(s, p) if os.path.isfile(s) else None for s, p in zip(sources, params)]
+    todo = [(s, p, t) for s, p, t in zip(sources, params, targets) if t is not None and not t.exists()]
     if todo:
         with ThreadPoolExecutor(workers) as pool:
-            list(tqdm(pool.map(write, todo), total=len(todo), desc=desc))
-    return [str(t) for t in targets]
+            made = list(tqdm(pool.map(write, todo), total=len(todo), desc=desc))
+        failed = {t for (_, _, t), ok in zip(todo, made) if not ok}
+        targets = [None if t in failed else t for t in targets]
+    return [source if t is None else str(t) for source, t in zip(sources, targets)]
 
 
 def _resized(source: str, box: tuple | None, size: int) -> Image.Image:
-    image = load_rgb(source)
+    image = load_rgb(source, min_side=None if box is not None else size)
     im = Image.fromarray(crop_box(image, box) if box is not None else image)
     scale = size / min(im.size)
     if scale < 1:

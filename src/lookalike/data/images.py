@@ -8,6 +8,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -16,6 +17,39 @@ from tqdm.auto import tqdm
 
 from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
+
+# The image formats lookalike opens (photos and catalogue pictures); PIL's others (EPS through Ghostscript,
+# icons, fonts, ...) are refused unread.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")  # JPEG includes MPO (phone photos)
+# The decoding budget, checked on the header before any pixel is decoded: at most this many pixels decoded
+# (after a JPEG's reduced-scale decoding), and the long side at most MAX_ASPECT times the short side, so that
+# no resize of the short side to the model's input makes more than MAX_ASPECT times its pixels.
+MAX_PIXELS = int(os.environ.get("LOOKALIKE_MAX_PIXELS", 40_000_000))
+MAX_ASPECT = 32
+
+
+def _open(path: str | IO[bytes], min_side: int | None) -> Image.Image:
+    """The image opened (header only, in :data:`IMAGE_FORMATS`), reduced for decoding at no less than ``min_side``
+    where the format allows it (JPEG), and checked against the decoding budget."""
+    im = Image.open(path, formats=IMAGE_FORMATS)
+    if min_side and im.format in ("JPEG", "MPO") and min(im.size) >= 2 * min_side:
+        scale = min_side / min(im.size)
+        im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        im.close()
+        raise ValueError(f"{width} x {height} pixels is more than this decoder's {MAX_PIXELS:,}")
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        im.close()
+        raise ValueError(f"{width} x {height} pixels is longer than {MAX_ASPECT} times as wide (or the reverse)")
+    return im
+
+
+def _reason(e: Exception) -> str:
+    """What went wrong, without the reprs of file objects that PIL's messages hold."""
+    if isinstance(e, Image.UnidentifiedImageError):
+        return f"not an image in a supported format ({', '.join(IMAGE_FORMATS)})"
+    return str(e)
 
 
 def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | None = None) -> np.ndarray:
@@ -26,10 +60,7 @@ def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | Non
     1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while its short side stays >= ``min_side``; several
     times faster for large photos, and a better-filtered reduction than resizing the full image."""
     try:
-        with Image.open(path) as im:
-            if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
-                scale = min_side / min(im.size)
-                im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
+        with _open(path, min_side) as im:
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
@@ -40,8 +71,8 @@ def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | Non
                 top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 return np.repeat((arr * (255.0 / top)).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
             return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise LookalikeError(f"Cannot read image '{name or path}': {e}") from e
+    except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
+        raise LookalikeError(f"Cannot read image '{name or path}': {_reason(e)}") from e
 
 
 def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
@@ -54,12 +85,12 @@ def image_problem(path: str) -> str:
     """Why ``path`` cannot be decoded, or "" if it can. JPEGs are decoded at a reduced scale (draft mode),
     which still reads every byte, so truncated files are found at a fraction of the cost."""
     try:
-        with Image.open(path) as im:
+        with _open(path, None) as im:
             im.draft("RGB", (64, 64))
             im.load()
         return ""
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {e}"
+    except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {_reason(e)}"
 
 
 def unreadable_images(paths: Sequence[str], workers: int | None = None) -> dict[str, str]:
@@ -131,4 +162,7 @@ class ImageFiles(Dataset):
             image = load_rgb(self.paths[i], min_side=self.min_side)
             return {"image": self.transform(image=image)["image"], "position": i, "error": ""}
         except LookalikeError as e:
-            return {"image": torch.zeros(3, self.size, self.size, dtype=torch.uint8), "position": i, "error": str(e)}
+            error = str(e)
+        except (cv2.error, ValueError, MemoryError) as e:  # a transform that fails on this image: skipped too
+            error = f"Cannot prepare image '{self.paths[i]}': {type(e).__name__}: {e}"
+        return {"image": torch.zeros(3, self.size, self.size, dtype=torch.uint8), "position": i, "error": error}

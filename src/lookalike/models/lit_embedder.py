@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -230,15 +231,25 @@ class LitEmbedder(L.LightningModule):
         self._eval_end("test")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitEmbedder:
-    """Rebuild a trained LitEmbedder from a checkpoint of ``train.py`` (no download, no Hydra run)."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The contents of a training checkpoint, read as plain data (tensors, numbers, text, containers): torch's
+    ``weights_only`` loader, which never runs code from the file. A file that needs more is refused."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LookalikeError(f"No checkpoint at '{path}' (train.py writes runs/<task>/<time>/checkpoints/best.ckpt)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # pickle, zip and torch errors for foreign or corrupt files
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused an object: loading it would run code
+        raise LookalikeError(f"'{path}' holds Python objects beyond plain data, which lookalike does not load "
+                             "(loading them could run code from the file); lookalike's own checkpoints never do. "
+                             "If you trust the file, re-save its state_dict and hyper_parameters as plain data") from e
+    except Exception as e:  # zip and torch errors for foreign or corrupt files
         raise LookalikeError(f"'{path}' is not a readable PyTorch checkpoint ({e})") from e
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitEmbedder:
+    """Rebuild a trained LitEmbedder from a checkpoint of ``train.py`` (no download, no Hydra run)."""
+    ckpt = read_checkpoint(path, map_location)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if "config" not in hp or "state_dict" not in ckpt:
         raise LookalikeError(f"'{path}' is not a lookalike training checkpoint (it has no training config)")

@@ -1,15 +1,20 @@
 """The search page and JSON API over a catalogue index (``lookalike serve``): search with an uploaded photo.
 
-The embedder and the index load once at start. Safe by default: it binds to loopback, refuses uploads
-over the size limit (413) and files that are not images (415), serves catalogue pictures by item id
-only (never by path) and never writes to the index.
+The embedder and the index load once at start. Safe by default: it binds to loopback (and then answers only
+requests addressed to a loopback name, against DNS rebinding), refuses uploads over the size limit while they
+arrive (413, chunked ones too), searches at most ``slots`` uploads at once (503 with Retry-After beyond),
+opens only the image formats users upload (415 for anything else), serves catalogue pictures by item id
+only (never by path, and never names server paths) and never writes to the index.
 """
 # no `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time
 
 import io
+import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+import cv2
 
 from lookalike.data.images import load_rgb
 from lookalike.data.transforms import eval_resize
@@ -20,14 +25,73 @@ from lookalike.inference.embedder_file import calibrated_threshold, embedder_fro
 PAGE = Path(__file__).parent / "web" / "index.html"
 THUMBNAIL = 256  # longest side of the pictures the page shows, in pixels
 K_CHOICES = (5, 10, 20, 50)
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]  # the Host header a loopback-bound page accepts
+FORM_ROOM = 64 * 1024  # bytes of multipart form around the uploaded file
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class UploadGuard:
+    """ASGI middleware in front of the app: a request with a body waits for none of it before it has one of
+    ``slots`` places (else 503 with Retry-After), and its body is read into memory only up to ``limit`` bytes
+    (else 413, as soon as it passes the limit, whatever its Content-Length says). So at most ``slots`` bodies of
+    at most ``limit`` bytes are held at once, and nothing is spooled to disk."""
+
+    def __init__(self, app: Callable, limit: int, slots: int, too_large: str):
+        self.app, self.limit, self.slots, self.too_large, self.busy = app, limit, slots, too_large, 0
+
+    async def _refuse(self, send: Send, status: int, detail: str, headers: list | None = None) -> None:
+        body = ('{"detail": "%s"}' % detail).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send, 413, self.too_large)
+        if self.busy >= self.slots:
+            return await self._refuse(send, 503, "Busy: try again in a moment", [(b"retry-after", b"1")])
+        self.busy += 1
+        try:
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.limit:
+                    return await self._refuse(send, 413, self.too_large)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            sent = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    return await receive()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send)
+        finally:
+            self.busy -= 1
 
 
 def create_app(index_path: str | Path, embedder_path: str | Path | None = None, max_upload_mb: float = 10.0,
-               max_k: int = 100):
-    """The FastAPI application over one ``.lkidx`` index (and the embedder it was built with)."""
+               max_k: int = 100, slots: int = 4, allowed_hosts: list[str] | None = None):
+    """The FastAPI application over one ``.lkidx`` index (and the embedder it was built with). ``slots``:
+    searches with an upload at once; ``allowed_hosts``: the Host header names answered (None: any)."""
     try:
-        from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-        from fastapi.responses import HTMLResponse, JSONResponse, Response
+        from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+        from fastapi.responses import HTMLResponse, Response
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
     except ImportError as e:
         raise LookalikeError("lookalike serve needs the serve extra: pip install 'lookalike[serve]'") from e
     from PIL import Image
@@ -40,6 +104,10 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="lookalike visual search", description=f"Search {len(index.items)} catalogue items "
                   "with a photo. Items are addressed by id.", version="1")
+    app.add_middleware(UploadGuard, limit=limit + FORM_ROOM, slots=slots,
+                       too_large=f"Upload larger than {max_upload_mb:g} MB")
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     def item_json(item: dict[str, Any]) -> dict[str, Any]:
         return {"id": item["id"], "label": item["label"], "name": Path(item["path"]).name,
@@ -60,11 +128,11 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             raise HTTPException(422, f"k must be between 1 and {max_k}")
         return k
 
-    @app.middleware("http")
-    async def refuse_large_uploads(request: Request, call_next):
-        if int(request.headers.get("content-length") or 0) > limit + 64 * 1024:  # room for the form around it
-            return JSONResponse({"detail": f"Upload larger than {max_upload_mb:g} MB"}, status_code=413)
-        return await call_next(request)
+    def search_vector(vector: Any, k: int) -> dict[str, Any]:
+        try:
+            return answer(index.search_vectors(vector, k)[0])
+        except LookalikeError as e:  # an empty catalogue
+            raise HTTPException(409, str(e)) from e
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -72,16 +140,20 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             "{{K_OPTIONS}}", "".join(f'<option{" selected" if k == 10 else ""}>{k}</option>' for k in K_CHOICES))
 
     @app.post("/api/search", summary="The catalogue items most similar to an uploaded photo")
-    def search(image: UploadFile = File(..., description="a photo (JPEG, PNG, WebP, ...)"),
+    def search(image: UploadFile = File(..., description="a photo (JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF)"),
                k: int = Form(10, description="how many results")) -> dict[str, Any]:
+        k = check_k(k)
         data = image.file.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, f"Upload larger than {max_upload_mb:g} MB")
         try:
-            array = load_rgb(io.BytesIO(data), name=image.filename or "upload", min_side=decode_side)
+            array = load_rgb(io.BytesIO(data), name=(image.filename or "upload")[:100], min_side=decode_side)
+            vector = embedder.embed([array]).numpy()
         except LookalikeError as e:
             raise HTTPException(415, f"Not an image this server can read: {e}") from e
-        return answer(index.search_vectors(embedder.embed([array]).numpy(), check_k(k))[0])
+        except (cv2.error, ValueError, MemoryError) as e:
+            raise HTTPException(415, "Not an image this server can prepare for search") from e
+        return search_vector(vector, k)
 
     @app.get("/api/items/{item_id}", summary="One catalogue item")
     def get_item(item_id: int) -> dict[str, Any]:
@@ -89,11 +161,16 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
 
     @app.get("/api/items/{item_id}/similar", summary="The items most similar to a catalogue item (more like this)")
     def similar(item_id: int, k: int = 10) -> dict[str, Any]:
+        k = check_k(k)
         try:
             vector = embedder.embed([item(item_id)["path"]]).numpy()
         except LookalikeError as e:
-            raise HTTPException(410, str(e)) from e
-        return answer(index.search_vectors(vector, check_k(k))[0])
+            raise gone(item_id, e) from e
+        return search_vector(vector, k)
+
+    def gone(item_id: int, e: Exception) -> HTTPException:
+        log.warning("catalogue item %d: %s", item_id, e)  # the server's log names the file; the answer does not
+        return HTTPException(410, f"The picture of catalogue item {item_id} is missing or unreadable on the server")
 
     @lru_cache(maxsize=4096)
     def thumbnail(item_id: int) -> bytes:
@@ -111,6 +188,6 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             return Response(thumbnail(item_id), media_type="image/jpeg",
                             headers={"Cache-Control": "public, max-age=3600"})
         except LookalikeError as e:
-            raise HTTPException(410, str(e)) from e
+            raise gone(item_id, e) from e
 
     return app
