@@ -1,16 +1,27 @@
-"""Files: atomic writes (a crash or a kill mid-write leaves the previous file, or none, never half a file), the
-``latest`` link of a run folder, and the cache folder of generated and derived data."""
+"""Files: atomic writes (a crash or a kill mid-write leaves the previous file, or none, never half a file), locks
+for read-modify-writes, the ``latest`` link of a run folder, and the cache folder of generated and derived data."""
 
 from __future__ import annotations
 
+import glob
 import os
+import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+from filelock import FileLock, Timeout
+
+from lookalike.errors import LookalikeError
 
 # Generated and derived data (the synthetic set, resized copies, query photos); conf/paths/default.yaml says
 # the same for configs.
 DEFAULT_CACHE_DIR = "~/.cache/lookalike"
+
+
+# How long a writer of a catalogue index or an embedder file waits for another one to finish.
+LOCK_TIMEOUT_S = float(os.environ.get("LOOKALIKE_LOCK_TIMEOUT", 600))
 
 
 def cache_dir() -> str:
@@ -18,19 +29,86 @@ def cache_dir() -> str:
     return os.environ.get("LOOKALIKE_CACHE", DEFAULT_CACHE_DIR)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files that writers of ``path`` which were killed mid-write left behind (their process is gone)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it onto ``path``.
+
+    The file keeps the permissions (and, where allowed, the owner) of the one it replaces, or gets those a new
+    file would; a symbolic link is written through, to its target; the file and its folder are synced to disk
+    before and after the rename; the temporary file is removed on failure, and those of killed writers on the
+    next write. Returns the path written (the link's target for a link)."""
+    path = Path(os.path.realpath(Path(path).expanduser()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        if path.exists():
+            st = path.stat()
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            try:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            except PermissionError:
+                pass
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+@contextmanager
+def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the lock of ``path`` (the file ``<path>.lock`` beside it) for a read-modify-write: another lookalike
+    process changing the same file waits for it, and after ``timeout`` seconds gives up with one message."""
+    target = os.path.realpath(Path(path).expanduser())
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(target + ".lock")
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout as e:
+        raise LookalikeError(f"'{path}' is being changed by another lookalike process (its lock {target}.lock was "
+                             f"held for more than {timeout:g} s): try again once that process has finished") from e
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def link_latest(folder: str | Path) -> None:

@@ -42,13 +42,12 @@ def main(argv: list[str]) -> None:
         print(f"indexed {index.meta['count']} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
               f"into {args.out}")
         return
-    index = Index.load(args.index)
-    if args.action == "add":
-        payload = index.check_embedder(args.embedder or index.meta["embedder"])
-        changed = index.add_images(payload, args.images, args.batch_size, args.workers)
-        verb = "added"
-    else:
-        changed = index.remove(index.select(args.ids, args.paths, args.missing))
-        verb = "removed"
-    index.save(args.index)
+    with Index.edit(args.index) as index:  # another writer of the same file waits until this one has saved
+        if args.action == "add":
+            payload = index.check_embedder(args.embedder or index.meta["embedder"])
+            changed = index.add_images(payload, args.images, args.batch_size, args.workers)
+            verb = "added"
+        else:
+            changed = index.remove(index.select(args.ids, args.paths, args.missing))
+            verb = "removed"
     print(f"{verb} {len(changed)} item(s); the index now holds {index.meta['count']}")

@@ -27,6 +27,7 @@ def main(argv: list[str]) -> None:
                         "e.g. efSearch=512 (more recall, slower)")
     args = parser.parse_args(argv)
     index = Index.load(args.index)
+    index.check_query(args.k)
     if args.search_params is not None:
         index.faiss.set_search_params(args.search_params)
     payload = index.check_embedder(args.embedder or index.meta["embedder"])

@@ -19,14 +19,15 @@ def list_image_files(folder: str | Path) -> list[str]:
 
 
 def labelled_images(source: str | Path) -> list[dict[str, Any]]:
-    """Items (absolute ``path``, ``label``) from a folder (recursively; an image's folder is its label, none for
-    images directly in ``source``) or from a CSV/parquet manifest with ``path[,label]`` (paths relative to it)."""
+    """Items (``path``: absolute and resolved, so one file has one path however it is named; ``label``) from a
+    folder (recursively; an image's folder is its label, none for images directly in ``source``) or from a
+    CSV/parquet manifest with ``path[,label]`` (paths relative to it)."""
     source = Path(source).expanduser().resolve()
     if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
         rows = read_rows(source)
         if not rows or "path" not in rows[0]:
             raise LookalikeError(f"Manifest '{source}' needs a path column (and optionally label)")
-        return [{"path": str(source.parent / r["path"]), "label": r.get("label", "")} for r in rows]
+        return [{"path": str((source.parent / r["path"]).resolve()), "label": r.get("label", "")} for r in rows]
     if not source.is_dir():
         raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest .csv/.parquet")
     files = list_image_files(source)

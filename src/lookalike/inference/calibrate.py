@@ -15,6 +15,7 @@ import torch
 
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
+from lookalike.files import locked
 from lookalike.inference.embedder_file import embedder_from_payload, read_embedder_file, write_embedder_file
 from lookalike.retrieval.knn import knn
 
@@ -57,6 +58,12 @@ def calibrate(embedder_path: str | Path, images: str | Path, target_precision: f
     names, labels = np.unique([it["label"] for it in items], return_inverse=True)
     if len(names) < 4:
         raise LookalikeError("calibrate needs at least 4 labels (half choose the threshold, half check it)")
+    with locked(embedder_path):  # the file is rewritten: another writer of it waits
+        return _calibrate(embedder_path, items, names, labels, target_precision, k, seed)
+
+
+def _calibrate(embedder_path: str | Path, items: list[dict[str, Any]], names: np.ndarray, labels: np.ndarray,
+               target_precision: float, k: int, seed: int) -> dict[str, Any]:
     payload = read_embedder_file(embedder_path)
     vectors = embedder_from_payload(payload).embed([it["path"] for it in items]).numpy()
     held = np.isin(labels, np.random.default_rng(seed).permutation(len(names))[: len(names) // 2])

@@ -9,24 +9,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write
+from lookalike.files import atomic_write, locked
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.knn import FaissIndex, default_search_params
 
 FORMAT = "lookalike-index/2"
+META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "embedder")
+PARTIAL_MARKER = "key.json"  # in the <out>.partial/ folder of a build in progress: lookalike's own folder
+# Largest members of a .lkidx read (uncompressed, as the zip says): meta and, per item, its entry in
+# items.json and its share of the FAISS index; beyond them the file is refused unread.
+MAX_META_BYTES = 1 << 20
+MAX_ITEM_JSON_BYTES = 4096
 
 
 @dataclass
@@ -45,8 +53,11 @@ class BuildCheckpoint:
 
     def __init__(self, folder: Path, key: str):
         self.folder, self.key = folder, key
-        key_file = folder / "key.json"
-        if folder.is_dir() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
+        key_file = folder / PARTIAL_MARKER
+        if folder.exists() and not key_file.is_file():
+            raise LookalikeError(f"'{folder}' exists and is not a lookalike build in progress: move it away, or "
+                                 f"choose another --out (a build keeps its progress in <out>.partial/)")
+        if folder.is_dir() and json.loads(key_file.read_text()) != key:
             warnings.warn(f"Ignoring '{folder}': it is from a build with other images or another embedder")
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -154,9 +165,21 @@ class Index:
         after an interruption continues where it stopped; the folder goes once the index is written."""
         partial = Path(out).with_name(Path(out).name + ".partial")
         index = cls.build(embedder_path, images, factory, batch_size, num_workers, partial, search_params=search_params)
-        index.save(out)
-        shutil.rmtree(partial, ignore_errors=True)
+        with locked(out):
+            index.save(out)
+        if (partial / PARTIAL_MARKER).is_file():  # only lookalike's own folder
+            shutil.rmtree(partial, ignore_errors=True)
         return index
+
+    @classmethod
+    @contextmanager
+    def edit(cls, path: str | Path) -> Iterator[Index]:
+        """``with Index.edit(path) as index: ...``: load, change and save the index while holding its lock, so that
+        two processes changing one file lose nothing (the second waits for the first)."""
+        with locked(path):
+            index = cls.load(path)
+            yield index
+            index.save(path)
 
     def add_images(self, payload: dict[str, Any], images: str | Path, batch_size: int = 64,
                    num_workers: int | None = None) -> list[dict[str, Any]]:
@@ -222,15 +245,28 @@ class Index:
             raise LookalikeError(f"No index file at '{path}' (make one with `lookalike index build`)")
         try:
             with zipfile.ZipFile(path) as z:
-                meta = json.loads(z.read("meta.json"))
-                items = json.loads(z.read("items.json"))
-                blob = z.read("index.faiss")
-        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
+                meta = json.loads(_member(z, "meta.json", MAX_META_BYTES))
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                    found = meta.get("format") if isinstance(meta, dict) else None
+                    raise LookalikeError(f"'{path}' is not a lookalike index of this version (expected format "
+                                         f"{FORMAT}, found {found}): build it again with `lookalike index build`")
+                missing = [k for k in META_KEYS if k not in meta]
+                if missing or not isinstance(meta["count"], int) or not isinstance(meta["dim"], int):
+                    raise LookalikeError(f"'{path}' is a damaged lookalike index (meta.json lacks {missing or 'types'})")
+                count, dim = max(0, meta["count"]), max(1, meta["dim"])
+                items = json.loads(_member(z, "items.json", MAX_META_BYTES + count * MAX_ITEM_JSON_BYTES))
+                blob = _member(z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise LookalikeError(f"'{path}' is not a readable lookalike index ({e})") from e
-        if meta.get("format") != FORMAT:
-            raise LookalikeError(f"'{path}' is not a lookalike index of this version (expected format {FORMAT}, "
-                                 f"found {meta.get('format')}): build it again with `lookalike index build`")
-        index = FaissIndex.from_bytes(blob, meta["dim"], meta["factory"], meta.get("search_params", ""))
+        if not isinstance(items, list) or len(items) != count or not all(
+                isinstance(it, dict) and {"id", "path", "label"} <= it.keys() for it in items):
+            raise LookalikeError(f"'{path}' is a damaged lookalike index (items.json does not match meta.json)")
+        try:
+            index = FaissIndex.from_bytes(blob, dim, meta["factory"], meta.get("search_params", ""))
+        except LookalikeError as e:
+            raise LookalikeError(f"'{path}' is a damaged lookalike index: {e}") from e
+        if index.ntotal != count:
+            raise LookalikeError(f"'{path}' is a damaged lookalike index ({index.ntotal} vectors for {count} items)")
         return cls(index, items, meta)
 
     def check_embedder(self, embedder_path: str | Path) -> dict[str, Any]:
@@ -243,9 +279,17 @@ class Index:
                                  f"embedder the index was built with")
         return payload
 
+    def check_query(self, k: int) -> None:
+        """Refuse a search that cannot answer (``k`` below 1, an empty catalogue) before any embedding work."""
+        if k < 1:
+            raise LookalikeError(f"k={k}: ask for at least one result (-k 1 or more)")
+        if not self.items:
+            raise LookalikeError("The catalogue index is empty: add images with `lookalike index add`")
+
     def search_vectors(self, vectors: np.ndarray, k: int = 10, category: str | None = None) -> list[list[SearchHit]]:
         """Top-``k`` catalogue items for each query vector, only among items labelled ``category`` if given
         (the classify-then-search design)."""
+        self.check_query(k)
         if vectors.shape[1] != self.meta["dim"]:
             raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
         allowed = None
@@ -261,6 +305,7 @@ class Index:
     def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10,
                category: str | None = None) -> list[list[SearchHit]]:
         """Embed ``images`` with ``embedder`` and search the catalogue."""
+        self.check_query(k)
         return self.search_vectors(embedder.embed(list(images)).numpy(), k, category)
 
     def vectors(self) -> np.ndarray:
@@ -269,6 +314,8 @@ class Index:
 
     def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
         """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest)."""
+        if not self.items:
+            return []
         scores, ids = self.faiss.search(self.vectors(), min(k + 1, len(self.items)))
         parent = {it["id"]: it["id"] for it in self.items}
 
@@ -286,3 +333,19 @@ class Index:
         for item in self.items:
             groups.setdefault(root(item["id"]), []).append(item["id"])
         return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
+
+
+def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """A member of the zip, refused unread when it would inflate to more than ``limit`` bytes."""
+    info = z.getinfo(name)
+    if info.file_size > limit:
+        raise LookalikeError(f"{name} would inflate to {info.file_size:,} bytes, more than an index of its size "
+                             f"holds ({limit:,}): not read")
+    return z.read(info)
+
+
+def max_index_bytes(factory: str, dim: int, count: int) -> int:
+    """The most bytes the FAISS index of ``count`` items of ``dim`` dimensions can take, for any index type
+    lookalike builds: each vector with its graph links and id, plus IVF centroids and a fixed overhead."""
+    cells = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
+    return (1 << 26) + count * (4 * dim + 1024) + cells * 4 * dim

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,6 +34,12 @@ def faiss_module():
         raise LookalikeError("FAISS is not installed: pip install faiss-cpu (or faiss-gpu-cu12), "
                              "or use knn.backend=torch") from e
     return faiss
+
+
+def faiss_reason(e: Exception) -> str:
+    """FAISS's message without the C++ function and file it comes from."""
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return text.split("Error: ", 1)[-1].split(": ", 1)[-1][:200] if "Error" in text and ": " in text else text[:200]
 
 
 def faiss_num_gpus() -> int:
@@ -89,6 +97,15 @@ class FaissIndex:
         self.search_params = search_params
         self.use_gpu = not self.binary and (faiss_num_gpus() > 0 if gpu == "auto" else bool(gpu))
         self._index = None
+        if search_params:
+            self._apply_search_params(faiss.ParameterSpace(), cpu_index)  # a bad one is refused now, not at search
+
+    def _apply_search_params(self, space, index) -> None:
+        try:
+            space.set_index_parameters(index, self.search_params)
+        except RuntimeError as e:
+            raise LookalikeError(f"FAISS search parameters {self.search_params!r} do not fit a {self.factory} index "
+                                 f"({faiss_reason(e)}): e.g. efSearch=128 for HNSW, nprobe=32 for IVF") from e
 
     @staticmethod
     def _new_index(faiss, dim: int, factory: str, ids: bool):
@@ -111,11 +128,18 @@ class FaissIndex:
 
     @classmethod
     def from_bytes(cls, blob: bytes, dim: int, factory: str, search_params: str = "") -> FaissIndex:
-        """Rebuild an index from :meth:`to_bytes`."""
+        """Rebuild an index from :meth:`to_bytes`. A damaged or hostile blob gets one error, and the rebuilding may
+        take no more than a few times the blob's size in memory (a header claiming more is refused)."""
         faiss = faiss_module()
         deserialize = faiss.deserialize_index_binary if is_binary(factory) else faiss.deserialize_index
-        return cls(dim, factory, search_params=search_params,
-                   cpu_index=deserialize(np.frombuffer(blob, dtype=np.uint8)))
+        try:
+            with _memory_bound(2 * len(blob) + (256 << 20)):
+                cpu_index = deserialize(np.frombuffer(blob, dtype=np.uint8))
+        except (RuntimeError, MemoryError) as e:
+            raise LookalikeError(f"its FAISS index cannot be read ({faiss_reason(e)})") from e
+        if cpu_index.d != dim:
+            raise LookalikeError(f"its FAISS index has {cpu_index.d} dimensions, not {dim}")
+        return cls(dim, factory, search_params=search_params, cpu_index=cpu_index)
 
     def set_search_params(self, params: str) -> None:
         """Search with other parameters (FAISS syntax, e.g. ``efSearch=512``) from the next search on."""
@@ -142,7 +166,7 @@ class FaissIndex:
                 self._index = self.cpu_index
                 space = faiss.ParameterSpace()
             if self.search_params:
-                space.set_index_parameters(self._index, self.search_params)
+                self._apply_search_params(space, self._index)
         return self._index
 
     def _codes(self, vectors: np.ndarray) -> np.ndarray:
@@ -153,7 +177,12 @@ class FaissIndex:
         """Train the index if its type needs it, then add the vectors (with ``ids``, or 0..n-1 in order)."""
         codes = self._codes(vectors)
         if not self.cpu_index.is_trained:
-            self.cpu_index.train(codes)
+            try:
+                self.cpu_index.train(codes)
+            except RuntimeError as e:
+                raise LookalikeError(f"A {self.factory} index cannot be trained on {len(codes)} vectors "
+                                     f"({faiss_reason(e)}): use Flat or HNSW32, or fewer IVF cells "
+                                     f"(about 40 images per cell, e.g. IVF{max(1, len(codes) // 40)},Flat)") from e
         if ids is None:
             self.cpu_index.add(codes)
         else:
@@ -218,6 +247,27 @@ class FaissIndex:
         if self.binary:
             sims = 1 - 2 * sims.astype(np.float32) / self.dim
         return sims, ids
+
+
+@contextmanager
+def _memory_bound(extra: int) -> Iterator[None]:
+    """Within the block, the process may map at most ``extra`` more bytes of address space (Linux; elsewhere no
+    bound): an allocation beyond fails at once instead of filling the memory."""
+    try:
+        import resource
+
+        with open("/proc/self/status") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, StopIteration, ValueError):
+        yield
+        return
+    bound = used + extra if hard == resource.RLIM_INFINITY else min(hard, used + extra)
+    resource.setrlimit(resource.RLIMIT_AS, (bound, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _chunk_rows(queries: torch.Tensor, gallery: torch.Tensor, itemsize: int = 4) -> int:
