@@ -1,0 +1,377 @@
+"""Hostile inputs and careless use: no memory blow-ups, no code from files, no lost items, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lookalike.cli import main as lookalike
+from lookalike.data.images import image_problem, load_rgb
+from lookalike.data.listing import labelled_images
+from lookalike.errors import LookalikeError
+from lookalike.files import atomic_write
+from lookalike.inference.catalog import Index
+from lookalike.models.lit_embedder import load_checkpoint
+from lookalike.retrieval.knn import FaissIndex
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _png(path: Path, width: int, height: int) -> Path:
+    Image.new("L", (width, height), 200).save(path)
+    return path
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one-line message of a lookalike command that must fail (exit status 2, no traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        lookalike(argv)
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after any progress bar
+    assert stop.value.code == 2 and "Traceback" not in err and last.startswith("lookalike: error: "), err
+    return last
+
+
+# -- 1. decoding budget ------------------------------------------------------------------------------------------
+def test_elongated_and_huge_images_are_refused_from_their_header(tmp_path: Path) -> None:
+    thin = _png(tmp_path / "thin.png", 1, 100_000)  # a few hundred bytes; resized to 224 px it would be 19 GB
+    assert thin.stat().st_size < 2000
+    with pytest.raises(LookalikeError, match="longer than 32 times"):
+        load_rgb(str(thin), min_side=256)
+    assert "longer than 32 times" in image_problem(str(thin))
+    Image.new("L", (13_000, 13_000)).save(tmp_path / "wide.png")
+    with pytest.raises(LookalikeError, match="13000 x 13000 pixels is more than"):
+        load_rgb(str(tmp_path / "wide.png"))
+    big_jpeg = tmp_path / "big.jpg"  # 60 Mpx, but decoded at 1/8 scale for a 256-px model input: allowed
+    Image.new("RGB", (10_000, 6_000), (90, 120, 30)).save(big_jpeg, quality=50)
+    assert load_rgb(str(big_jpeg), min_side=256).shape == (750, 1250, 3)
+    eps = tmp_path / "x.eps"  # PIL would hand it to Ghostscript; lookalike opens only photo formats
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(LookalikeError, match="not an image in a supported format"):
+        load_rgb(str(eps))
+
+
+def test_index_build_skips_images_that_cannot_be_decoded(trained: dict, catalogue, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    manifest, _, _ = catalogue
+    _png(tmp_path / "thin.png", 1, 100_000)
+    (tmp_path / "with_bad.csv").write_text(manifest.read_text() + f"{tmp_path / 'thin.png'},bad\n")
+    with pytest.warns(UserWarning, match="thin.png.*longer than 32 times"):
+        lookalike(["index", "build", "--embedder", trained["embedder"], "--images", str(tmp_path / "with_bad.csv"),
+                   "--out", str(tmp_path / "c.lkidx"), "--workers", "0"])
+    out = capsys.readouterr().out
+    assert "skipped 1 unreadable image(s) of 6" in out and "indexed 5 images" in out
+
+
+# -- 2. no code from checkpoints ---------------------------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                data_cache: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {"config": _Evil(marker)}, "state_dict": {}}, evil)
+    with pytest.raises(LookalikeError, match="beyond plain data"):
+        load_checkpoint(evil)
+    assert "beyond plain data" in _fails(["evaluate", f"ckpt={evil}", f"hydra.run.dir={tmp_path / 'e'}"], capsys)
+    assert "beyond plain data" in _fails(["export", str(evil), "--out", str(tmp_path / "x.pt")], capsys)
+    from tests.helpers import tiny_overrides
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny_overrides(data_cache),
+                              f"hydra.run.dir={tmp_path / 'r'}", f"ckpt_path={evil}"],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 2 and "beyond plain data" in resumed.stderr and "Traceback" not in resumed.stderr
+    assert not marker.exists()
+
+
+# -- 3. the page: body limit while reading, slots, hosts, no leaks -----------------------------------------------
+@pytest.fixture
+def app(trained: dict, catalogue, tmp_path: Path):
+    """The page over a copy of the catalogue pictures (tests may remove them), loopback names only."""
+    pytest.importorskip("fastapi")
+    from lookalike.serve.app import create_app
+
+    rows = ["path,label"]
+    for i, row in enumerate(catalogue[0].read_text().splitlines()[1:]):
+        path, label = row.rsplit(",", 1)
+        (tmp_path / "pictures" / f"{i}.jpg").parent.mkdir(exist_ok=True)
+        (tmp_path / "pictures" / f"{i}.jpg").write_bytes(Path(path).read_bytes())
+        rows.append(f"pictures/{i}.jpg,{label}")
+    (tmp_path / "copy.csv").write_text("\n".join(rows) + "\n")
+    Index.build(trained["embedder"], tmp_path / "copy.csv", num_workers=0).save(tmp_path / "c.lkidx")
+    return create_app(tmp_path / "c.lkidx", max_upload_mb=0.5, allowed_hosts=["127.0.0.1", "localhost"])
+
+
+def test_chunked_uploads_over_the_limit_are_refused(app) -> None:
+    from fastapi.testclient import TestClient
+
+    def chunks():  # 4 MB without a Content-Length, in 64 KB pieces
+        for _ in range(64):
+            yield b"--x\r\n" + b"0" * 65_531
+
+    r = TestClient(app, base_url="http://127.0.0.1").post(
+        "/api/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "larger than 0.5 MB" in r.json()["detail"]
+
+
+def _asgi_post(guard, chunks: list[bytes], headers: list | None = None) -> tuple[list[dict], int]:
+    """A POST through ``guard`` with its body in ``chunks``: the messages sent back and the chunks it read."""
+    read, sent = 0, []
+
+    async def receive():
+        nonlocal read
+        read += 1
+        return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(guard({"type": "http", "method": "POST", "headers": headers or []}, receive, send))
+    return sent, read
+
+
+def test_a_body_is_refused_as_soon_as_it_passes_the_limit_and_never_reaches_the_app() -> None:
+    from lookalike.serve.app import UploadGuard
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(await receive())
+
+    guard = UploadGuard(app, limit=100_000, slots=2, too_large="too large")
+    sent, read = _asgi_post(guard, [b"0" * 65_536] * 64)  # 4 MB, chunked (no Content-Length)
+    assert sent[0]["status"] == 413 and read == 2 and not reached  # stopped at the second 64 KB chunk
+    sent, read = _asgi_post(guard, [b"0"], headers=[(b"content-length", b"4000000")])
+    assert sent[0]["status"] == 413 and read == 0  # a declared size over the limit: nothing read
+    _asgi_post(guard, [b"ab", b"cd"])
+    assert reached == [{"type": "http.request", "body": b"abcd", "more_body": False}] and guard.busy == 0
+
+
+def test_searches_beyond_the_slots_are_answered_busy() -> None:
+    from lookalike.serve.app import UploadGuard
+
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await receive()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = UploadGuard(slow_app, limit=1000, slots=1, too_large="too large")
+
+    async def request() -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"x" * 10, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await guard({"type": "http", "method": "POST", "headers": []}, receive, send)
+        return sent
+
+    async def both() -> tuple[list[dict], list[dict]]:
+        first = asyncio.create_task(request())
+        await asyncio.sleep(0.01)
+        second = await request()  # the only slot is taken
+        release.set()
+        return await first, second
+
+    first, second = asyncio.run(both())
+    assert first[0]["status"] == 200 and second[0]["status"] == 503
+    assert (b"retry-after", b"1") in second[0]["headers"] and guard.busy == 0
+
+
+def test_the_page_leaks_no_paths_no_reprs_and_answers_loopback_names_only(app, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app, base_url="http://127.0.0.1")
+    garbage = client.post("/api/search", files={"image": ("x.jpg", b"\x00not an image", "image/jpeg")})
+    assert garbage.status_code == 415 and "object at 0x" not in garbage.text and "supported format" in garbage.text
+    thin = io.BytesIO()
+    Image.new("L", (1, 100_000)).save(thin, "PNG")
+    elongated = client.post("/api/search", files={"image": ("thin.png", thin.getvalue(), "image/png")})
+    assert elongated.status_code == 415 and "longer than 32 times" in elongated.text
+    index = Index.load(tmp_path / "c.lkidx")
+    Path(index.items[0]["path"]).rename(tmp_path / "moved.jpg")  # a catalogue picture gone from the server
+    gone = client.get(f"/api/items/{index.items[0]['id']}/image")
+    assert gone.status_code == 410 and str(tmp_path) not in gone.text and "/" not in gone.json()["detail"]
+    rebound = TestClient(app, base_url="http://attacker.example")  # DNS rebinding: another name, our address
+    assert rebound.get("/api/items/0").status_code == 400
+
+
+def test_an_empty_catalogue_answers_clearly(trained: dict, catalogue, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "c.lkidx"
+    index = Index.build(trained["embedder"], catalogue[0], num_workers=0)
+    index.remove([it["id"] for it in index.items])
+    index.save(path)
+    photo = catalogue[1][0]
+    assert "is empty" in _fails(["search", "--index", str(path), photo], capsys)
+    lookalike(["duplicates", "--index", str(path), "--threshold", "0.9"])
+    assert "0 groups of near-duplicates" in capsys.readouterr().out
+    assert "at least one result" in _fails(["search", "--index", str(path), photo, "-k", "0"], capsys)
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve.app import create_app
+
+    with open(photo, "rb") as f:
+        answer = TestClient(create_app(path)).post("/api/search", files={"image": ("p.jpg", f, "image/jpeg")})
+    assert answer.status_code == 409 and "is empty" in answer.json()["detail"]
+
+
+# -- 4. two writers at once --------------------------------------------------------------------------------------
+def test_two_processes_adding_to_one_index_lose_nothing(trained: dict, catalogue, tmp_path: Path) -> None:
+    manifest, photos, labels = catalogue
+    index = Index.build(trained["embedder"], manifest, num_workers=0)
+    index.save(tmp_path / "c.lkidx")
+    for name, part in (("a", photos[::2]), ("b", photos[1::2])):
+        for i, photo in enumerate(part):
+            (tmp_path / name / f"p{i}").mkdir(parents=True)
+            (tmp_path / name / f"p{i}" / "photo.jpg").write_bytes(Path(photo).read_bytes())
+    cli = [sys.executable, "-m", "lookalike.cli", "index", "add", "--index", str(tmp_path / "c.lkidx"), "--workers", "0"]
+    writers = [subprocess.Popen([*cli, "--images", str(tmp_path / name)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for name in "ab"]
+    outputs = [w.communicate(timeout=300) for w in writers]
+    assert all(w.returncode == 0 for w in writers), outputs
+    final = Index.load(tmp_path / "c.lkidx")
+    ids = [it["id"] for it in final.items]
+    assert len(final.items) == 5 + len(photos) and len(set(ids)) == len(ids) == final.faiss.ntotal
+
+
+# -- 5. atomic writes keep the file what it was ------------------------------------------------------------------
+def test_atomic_writes_keep_mode_follow_links_and_clean_up(tmp_path: Path) -> None:
+    target = tmp_path / "real" / "catalog.lkidx"
+    target.parent.mkdir()
+    target.write_text("old")
+    os.chmod(target, 0o644)
+    (tmp_path / "link.lkidx").symlink_to(target)
+    stale = target.parent / ".catalog.lkidx.999999999.abc.lkidx"  # a writer killed mid-write (no such process)
+    stale.write_text("half")
+    atomic_write(tmp_path / "link.lkidx", lambda tmp: Path(tmp).write_text("new"))
+    assert (tmp_path / "link.lkidx").is_symlink() and target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o644 and not stale.exists()
+
+    def fails(tmp: str) -> None:
+        Path(tmp).write_text("partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, fails)
+    assert target.read_text() == "new" and sorted(p.name for p in target.parent.iterdir()) == ["catalog.lkidx"]
+
+
+def test_calibrate_and_add_keep_the_files_mode(trained: dict, catalogue, tmp_path: Path) -> None:
+    from lookalike.inference.calibrate import calibrate
+
+    manifest, photos, labels = catalogue
+    embedder = tmp_path / "embedder.pt"
+    embedder.write_bytes(Path(trained["embedder"]).read_bytes())
+    os.chmod(embedder, 0o644)
+    rows = ["path,label", *(f"{p},{y}" for p, y in zip(photos, labels)), *manifest.read_text().splitlines()[1:]]
+    (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
+    calibrate(embedder, tmp_path / "labelled.csv", target_precision=0.3, k=3)
+    assert embedder.stat().st_mode & 0o777 == 0o644
+
+
+# -- 6. bad parameters are found at once -------------------------------------------------------------------------
+def test_bad_index_parameters_are_refused_when_building(trained: dict, catalogue, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    build = ["index", "build", "--embedder", trained["embedder"], "--images", str(catalogue[0]), "--workers", "0"]
+    err = _fails([*build, "--out", str(tmp_path / "a.lkidx"), "--factory", "HNSW32", "--search-params", "bogus=1"],
+                 capsys)
+    assert "'bogus=1' do not fit a HNSW32 index" in err and not (tmp_path / "a.lkidx").exists()
+    err = _fails([*build, "--out", str(tmp_path / "b.lkidx"), "--factory", "IVF1024,Flat"], capsys)
+    assert "IVF1024,Flat index cannot be trained on 5 vectors" in err
+
+
+def _damaged(source: Path, out: Path, member: str, data: bytes) -> Path:
+    with zipfile.ZipFile(source) as z, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as w:
+        for name in z.namelist():
+            w.writestr(name, data if name == member else z.read(name))
+    return out
+
+
+def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogue, tmp_path: Path) -> None:
+    good = tmp_path / "good.lkidx"
+    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(good)
+    with zipfile.ZipFile(good) as z:
+        meta, blob = json.loads(z.read("meta.json")), z.read("index.faiss")
+    cases = {
+        "garbage blob": ("index.faiss", b"\x00" * 100, "FAISS index cannot be read"),
+        "missing keys": ("meta.json", json.dumps({"format": meta["format"]}).encode(), "meta.json lacks"),
+        "items bomb": ("items.json", b" " * (300 << 20), "would inflate to"),
+        "items of another index": ("items.json", b"[]", "does not match meta.json"),
+    }
+    for name, (member, data, message) in cases.items():
+        with pytest.raises(LookalikeError, match=message):
+            Index.load(_damaged(good, tmp_path / f"{name}.lkidx", member, data))
+    # a FAISS index claiming 16 GB of vectors (less than this machine's memory and swap, so the allocation
+    # itself would succeed and be filled): refused at once, without taking the memory
+    lying = bytearray(blob)
+    offset = lying.find(b"IxFI") + 4 + 33  # the flat vectors' length in floats, after the inner index's header
+    assert struct.unpack("<Q", lying[offset:offset + 8])[0] == 5 * meta["dim"]
+    lying[offset:offset + 8] = struct.pack("<Q", 4 << 30)
+    hostile = _damaged(good, tmp_path / "lying.lkidx", "index.faiss", bytes(lying))
+    probe = ("import resource, sys\nfrom lookalike.inference.catalog import Index\nfrom lookalike.errors import "
+             "LookalikeError\ntry:\n    Index.load(sys.argv[1])\nexcept LookalikeError as e:\n    print('refused:', e)\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    done = subprocess.run([sys.executable, "-c", probe, str(hostile)], capture_output=True, text=True, timeout=120)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and lines[0].startswith("refused: ") and int(lines[-1]) < 2000, done.stderr[-2000:]
+
+
+def test_knn_refuses_damaged_blobs_of_another_dimension() -> None:
+    index = FaissIndex(16, "Flat", ids=True)
+    index.add(np.eye(16, dtype=np.float32), np.arange(16))
+    with pytest.raises(LookalikeError, match="16 dimensions, not 8"):
+        FaissIndex.from_bytes(index.to_bytes(), 8, "Flat")
+
+
+# -- 7. nothing deleted that is not lookalike's ------------------------------------------------------------------
+def test_a_build_never_deletes_a_folder_it_did_not_make(trained: dict, catalogue, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    notes = tmp_path / "notes.partial"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    err = _fails(["index", "build", "--embedder", trained["embedder"], "--images", str(catalogue[0]),
+                  "--out", str(tmp_path / "notes"), "--workers", "0"], capsys)
+    assert "is not a lookalike build in progress" in err and (notes / "todo.txt").read_text() == "mine"
+
+
+# -- 9. one file, one path ---------------------------------------------------------------------------------------
+def test_catalogue_paths_are_resolved(tmp_path: Path, capsys: pytest.CaptureFixture, trained: dict,
+                                      catalogue) -> None:
+    (tmp_path / "cat" / "a").mkdir(parents=True)
+    picture = tmp_path / "cat" / "a" / "x.jpg"
+    picture.write_bytes(Path(catalogue[1][0]).read_bytes())
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "m.csv").write_text("path,label\n../cat/a/x.jpg,a\n")
+    assert labelled_images(tmp_path / "lists" / "m.csv")[0]["path"] == labelled_images(tmp_path / "cat")[0]["path"]
+    index = tmp_path / "c.lkidx"
+    lookalike(["index", "build", "--embedder", trained["embedder"], "--images", str(tmp_path / "lists" / "m.csv"),
+               "--out", str(index), "--workers", "0"])
+    lookalike(["index", "add", "--index", str(index), "--images", str(tmp_path / "cat"), "--workers", "0"])
+    assert "added 0 item(s); the index now holds 1" in capsys.readouterr().out
+    lookalike(["index", "remove", "--index", str(index), "--paths", str(tmp_path / "lists" / ".." / "cat/a/x.jpg")])
+    assert "removed 1 item(s); the index now holds 0" in capsys.readouterr().out
