@@ -1,5 +1,5 @@
-"""Evaluation: load a training checkpoint, embed a split of its data (built as training builds it), search it,
-report metrics and a picture."""
+"""Evaluation: load training checkpoints or embedder files, embed a split of the data (built as training builds
+it), search it, report metrics (one row per embedder, side by side) and a picture."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from lookalike.data.datamodule import datamodule_from_config
 from lookalike.errors import LookalikeError
 from lookalike.inference.embed import embed_loader
-from lookalike.models.lit_embedder import load_checkpoint
+from lookalike.inference.source import load_source
+from lookalike.models.embedder import Embedder
 from lookalike.retrieval.grid import retrieval_grid
 from lookalike.retrieval.metrics import clustering_nmi, metrics_from_neighbors, search
 
@@ -24,56 +25,86 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-    """Two aligned lines: metric names and values."""
-    keys = [k for k in metrics if k not in ("queries", "queries_without_relevant")]
-    return "  ".join(f"{k:>11}" for k in keys) + "\n" + "  ".join(f"{metrics[k]:>11.4f}" for k in keys)
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """Aligned lines: metric names, then each source's values (named when there are several)."""
+    keys = [k for k in rows[0]["metrics"] if k not in ("queries", "queries_without_relevant")]
+    width = max(len(Path(r["checkpoint"]).name) for r in rows) if len(rows) > 1 else 0
+    lines = [" " * width + "  ".join(f"{k:>11}" for k in keys)]
+    for r in rows:
+        name = f"{Path(r['checkpoint']).name:<{width}}" if width else ""
+        lines.append(name + "  ".join(f"{r['metrics'][k]:>11.4f}" for k in keys))
+    return "\n".join(lines)
 
 
-def save_embeddings(folder: Path, data: dict[str, torch.Tensor], paths: list[str]) -> None:
-    """``embeddings.npy``, ``labels.npy`` and ``items.csv`` (row, path, label, is_query, is_gallery)."""
-    np.save(folder / "embeddings.npy", data["embeddings"].numpy())
-    np.save(folder / "labels.npy", data["label"].numpy())
-    with open(folder / "items.csv", "w", newline="") as f:
+def save_embeddings(folder: Path, data: dict[str, torch.Tensor], paths: list[str], suffix: str = "") -> None:
+    """``embeddings.npy``, ``labels.npy`` and ``items.csv`` (row, path, label, is_query, is_gallery), each name
+    with ``suffix`` before its extension."""
+    np.save(folder / f"embeddings{suffix}.npy", data["embeddings"].numpy())
+    np.save(folder / f"labels{suffix}.npy", data["label"].numpy())
+    with open(folder / f"items{suffix}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row", "path", "label", "is_query", "is_gallery"])
         for i in range(len(paths)):
             w.writerow([i, paths[i], int(data["label"][i]), int(data["is_query"][i]), int(data["is_gallery"][i])])
 
 
+def _training_config(sources: list[tuple[str, Embedder, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The training config of the first source that has one (a pretrained embedder file has none)."""
+    return next((prov["training_config"] for _, _, prov in sources if prov.get("training_config")), None)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Embed the chosen split of ``cfg.data`` (or the checkpoint's data) and report retrieval metrics."""
+    """Embed the chosen split of ``cfg.data`` (else of the data the first trained source was trained on) with
+    each source of ``cfg.ckpt`` (a training checkpoint or an embedder file, or a list of them), search it and
+    report retrieval metrics, one row per source on the same data."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    module = load_checkpoint(cfg.ckpt)
-    trained = OmegaConf.create(module.hparams["config"])
-    dm = datamodule_from_config(cfg.data if cfg.get("data") else trained.data, trained.seed, cfg.paths.cache_dir,
-                                module.embedder.preprocessing, eval_batch_size=cfg.batch_size,
-                                num_workers=cfg.num_workers)
+    names = [str(c) for c in cfg.ckpt] if OmegaConf.is_list(cfg.ckpt) else [str(cfg.ckpt)]
+    if not names:
+        raise LookalikeError("ckpt=[]: name a checkpoint or an embedder file (or several)")
+    sources = [(name, *load_source(name)) for name in names]
+    trained = _training_config(sources)
+    if cfg.get("data"):
+        data_cfg = cfg.data
+    elif trained is not None:
+        data_cfg = OmegaConf.create(trained).data
+    else:
+        raise LookalikeError("No data to evaluate on: these embedders were not trained by lookalike (they carry no "
+                             "training config); give it, e.g. data=image_folder data.root=/path/to/photos")
+    seed = trained["seed"] if trained is not None else cfg.seed
+    dm = datamodule_from_config(data_cfg, seed, cfg.paths.cache_dir, sources[0][1].preprocessing,
+                                eval_batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     if cfg.split not in ("test", "val"):
         raise LookalikeError(f"split={cfg.split!r}: choose test or val")
     table = dm.test_table if cfg.split == "test" else dm.val_table
 
     device = _device(cfg.device)
-    data = embed_loader(module.embedder.to(device), dm.eval_dataloader(table),
-                        dtype=torch.float16 if cfg.half_embeddings else torch.float32, desc=f"embedding {cfg.split}")
-    nb = search(data["embeddings"].to(device), data["label"], data["is_query"], data["is_gallery"],
-                max(cfg.ks), **cfg.knn, **cfg.expansion)
-    metrics = metrics_from_neighbors(nb, cfg.ks)
-    if cfg.nmi:
-        metrics["nmi"] = clustering_nmi(data["embeddings"], data["label"], seed=trained.seed)
+    rows = []
+    for i, (name, embedder, _) in enumerate(sources):
+        suffix = "" if len(sources) == 1 else f"_{i}"
+        dm.preprocessing = embedder.preprocessing  # each embedder's own image size and normalisation
+        data = embed_loader(embedder.to(device), dm.eval_dataloader(table),
+                            dtype=torch.float16 if cfg.half_embeddings else torch.float32, desc=f"embedding {cfg.split}")
+        nb = search(data["embeddings"].to(device), data["label"], data["is_query"], data["is_gallery"],
+                    max(cfg.ks), **cfg.knn, **cfg.expansion)
+        metrics = metrics_from_neighbors(nb, cfg.ks)
+        if cfg.nmi:
+            metrics["nmi"] = clustering_nmi(data["embeddings"], data["label"], seed=seed)
+        rows.append({"checkpoint": name, "metrics": metrics})
+        if cfg.save_embeddings:
+            save_embeddings(out, data, table.paths, suffix)
+        if cfg.grid.queries > 0:
+            retrieval_grid(table.paths, table.label_names(), nb, cfg.grid.queries, cfg.grid.k, seed=seed).save(
+                out / f"retrieval_grid{suffix}.png")
 
-    report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "set": table.describe(),
-              "index": OmegaConf.to_container(cfg.knn), "expansion": OmegaConf.to_container(cfg.expansion),
-              "metrics": metrics}
+    report = {**rows[0], "split": cfg.split, "set": table.describe(), "index": OmegaConf.to_container(cfg.knn),
+              "expansion": OmegaConf.to_container(cfg.expansion), "rows": rows}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    if cfg.save_embeddings:
-        save_embeddings(out, data, table.paths)
-    if cfg.grid.queries > 0:
-        retrieval_grid(table.paths, table.label_names(), nb, cfg.grid.queries, cfg.grid.k, seed=trained.seed).save(
-            out / "retrieval_grid.png")
+    files = ["metrics.json", *(["embeddings.npy", "labels.npy", "items.csv"] if cfg.save_embeddings else []),
+             *(["retrieval_grid.png"] if cfg.grid.queries > 0 else [])]
+    if len(sources) > 1:
+        files = [files[0], *(f.replace(".", "_N.", 1) for f in files[1:])]
     print(f"\n{cfg.split} split ({table.describe()}), index {cfg.knn.backend}/{cfg.knn.factory}:\n"
-          f"{format_metrics(metrics)}\n\nwritten to {out}: metrics.json"
-          + (", embeddings.npy, labels.npy, items.csv" if cfg.save_embeddings else "")
-          + (", retrieval_grid.png" if cfg.grid.queries > 0 else ""))
+          f"{format_rows(rows)}\n\nwritten to {out}: {', '.join(files)}"
+          + ("  (N: the embedder's place in ckpt=[...], from 0)" if len(sources) > 1 else ""))
     return report

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import sys
 
-from lookalike.cli import (augment_preview, calibrate, demo_data, download, evaluate, export, index, pseudo_labels,
-                           runs, search, serve, train)
+from lookalike.cli import (augment_preview, calibrate, demo_data, download, evaluate, export, index, pretrained,
+                           pseudo_labels, runs, search, serve, train)
 from lookalike.errors import LookalikeError
 
 USAGE = """usage: lookalike COMMAND [key=value ...]
 
 commands:
   train       train an embedder (same overrides as `python train.py`; conf/train.yaml)
-  evaluate    embed a split with a checkpoint and report recall@k / MAP@R (conf/eval.yaml):
-              lookalike evaluate ckpt=runs/.../best.ckpt [data=...] [knn=hnsw] [--save-embeddings]
+  evaluate    embed a split with checkpoints or embedder files, report recall@k / MAP@R side by side
+              (conf/eval.yaml): lookalike evaluate ckpt=[pretrained.pt,runs/.../best.ckpt] [data=...] [knn=hnsw]
+  pretrained  an embedder file of a timm model's pretrained features, no training (the baseline):
+              lookalike pretrained --model tf_efficientnet_lite0 [--pool avg|token|...] --out pretrained.pt
   download    fetch, verify and unpack a benchmark (resumable):
               lookalike download cub200|cars196|sop|inshop --root DIR
   export      write a trained embedder as one file (native, TorchScript or ONNX), checked against PyTorch:
@@ -42,6 +44,7 @@ commands:
 COMMANDS = {
     "train": train.main,
     "evaluate": evaluate.main,
+    "pretrained": pretrained.main,
     "download": download.main,
     "export": export.main,
     "index": index.main,

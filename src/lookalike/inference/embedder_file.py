@@ -37,6 +37,15 @@ def save_embedder(embedder: Embedder, path: str | Path, **provenance: Any) -> Pa
     })
 
 
+def pretrained_embedder(name: str, pool: str = "avg", image_size: int | None = None,
+                        checkpoint: str | None = None) -> Embedder:
+    """A timm model's pretrained weights as an embedder with no training: its pooled features (``pool``; ``token``
+    for a vision transformer's class token) are the embedding, at ``image_size`` (default: the model's own).
+    Weights come as in training: packaged offline weights, ``checkpoint`` (a local file), or timm's hub."""
+    backbone = {"name": name, "pretrained": True, "checkpoint": checkpoint, "pool": pool}
+    return Embedder(backbone, {"embedding_size": None}, image_size).eval()
+
+
 def read_embedder_file(path: str | Path) -> dict[str, Any]:
     """The raw contents of an embedder file, or one clear error for a missing, corrupt or foreign file."""
     path = Path(path).expanduser()

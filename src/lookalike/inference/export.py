@@ -11,25 +11,11 @@ import torch
 
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
-from lookalike.inference.embedder_file import embedder_from_payload, load_embedder, read_embedder_file, save_embedder
-from lookalike.models.embedder import Embedder
-from lookalike.models.lit_embedder import load_checkpoint
-from lookalike.provenance import provenance
+from lookalike.inference.embedder_file import load_embedder, save_embedder
+from lookalike.inference.source import load_source
 
 FORMATS = ("native", "torchscript", "onnx")
 TOLERANCE = 1e-4  # max abs difference of an export's embeddings from the PyTorch model's
-
-
-def load_source(path: str | Path) -> tuple[Embedder, dict[str, Any]]:
-    """The embedder and its provenance from a training checkpoint (.ckpt) or an embedder file."""
-    path = Path(path).expanduser()
-    if path.suffix == ".ckpt":
-        module = load_checkpoint(path)
-        config = module.hparams["config"]
-        return module.embedder.eval(), {"training_config": config, "checkpoint": str(path),
-                                        **provenance(config.get("seed", 0))}
-    payload = read_embedder_file(path)
-    return embedder_from_payload(payload), payload["provenance"]
 
 
 def _runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:

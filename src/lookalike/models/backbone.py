@@ -21,7 +21,7 @@ OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
     for i in range(3)
 }
 
-POOLS = ("avg", "max", "avgmax", "gem")
+POOLS = ("avg", "max", "avgmax", "gem", "token")  # token: a vision transformer's class token
 
 
 class GeM(nn.Module):
@@ -131,8 +131,10 @@ def create_backbone(name: str, pretrained: bool = True, checkpoint: str | None =
     """A timm backbone without classifier and its pooling; returns (model, pool).
 
     With ``pool='gem'`` the model returns feature maps and the returned pool is GeM; otherwise
-    timm pools and the returned pool is the identity. Weights: ``checkpoint`` (a local file)
-    if given, else packaged offline weights, else timm's hub if ``pretrained``.
+    timm pools (``token``: the class token of a vision transformer) and the returned pool is the identity.
+    Vision transformers take any input size (timm's ``dynamic_img_size``), so they run at lookalike's
+    image sizes too. Weights: ``checkpoint`` (a local file) if given, else packaged offline weights, else
+    timm's hub if ``pretrained``.
     """
     if pool not in POOLS:
         raise LookalikeError(f"model.backbone.pool={pool!r} is not one of {POOLS}")
@@ -142,12 +144,19 @@ def create_backbone(name: str, pretrained: bool = True, checkpoint: str | None =
     from_hub = pretrained and not checkpoint and offline_weights_file(name) is None
     if from_hub and not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
         raise LookalikeError(_offline_message(name))
+    options = dict(pretrained=from_hub, num_classes=0, global_pool="" if pool == "gem" else pool)
     try:
-        model = timm.create_model(name, pretrained=from_hub, num_classes=0, global_pool="" if pool == "gem" else pool)
+        try:
+            model = timm.create_model(name, dynamic_img_size=True, **options)  # vision transformers
+        except TypeError:  # a model without patch embeddings (CNNs) has no such option
+            model = timm.create_model(name, **options)
     except (OSError, RuntimeError) as e:
         if from_hub:
             raise LookalikeError(_offline_message(name) + f" ({e})") from e
         raise
+    except (ValueError, AssertionError, KeyError, NotImplementedError) as e:  # a pooling the model does not have
+        raise LookalikeError(f"model.backbone.pool={pool!r} does not fit {name!r} ({e}): token is for vision "
+                             f"transformers (the class token), avg, max, avgmax and gem for any model") from e
     if checkpoint:
         load_checkpoint_file(model, checkpoint)
     elif pretrained and not from_hub:
