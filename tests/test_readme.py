@@ -32,5 +32,8 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert "after training (best checkpoint)" in out and (tmp_path / "runs/quickstart/latest/embedder.pt").is_file()
     assert out.count("max abs difference from PyTorch") == 2
     assert "indexed 40 images" in out and (tmp_path / "results.png").stat().st_size > 10_000
+    assert "pretrained.pt" in out and out.count("wrote pretrained.pt") == 1 and (tmp_path / "pretrained.lkidx").is_file()
+    side_by_side = out[out.index("test split (40 classes, 320 images"):]
+    assert "pretrained.pt" in side_by_side and "embedder.pt" in side_by_side
     assert "held-out classes" in out and '"match":' in out and "groups of near-duplicates" in out
     assert "removed 1 item(s); the index now holds 39" in out and "added 1 item(s); the index now holds 40" in out
