@@ -1,11 +1,15 @@
 """Benchmark: photo -> catalogue on real phone photos (the DVD covers of the Stanford Mobile Visual Search set).
 
 Each of the 100 items has one clean reference picture and four phone photos (canon, droid, e63, palm: clutter,
-hands, glare, dim light, perspective). The zero-shot protocol trains on items 001-050 (references and photos) and
-tests on items 051-100: the 200 photos query the 50 references. It writes the manifest (path,label,split,role:
-photos are queries, references the gallery, so validation on training items held out by data.val_classes is
-photo -> catalogue too) and runs `python train.py data=manifest ...` once per seed; each run's report holds the
-pretrained backbone's pooled features (no training) and the trained model on the same test split.
+hands, glare, dim light, perspective). Two protocols, each written as a manifest (path,label,split,role: photos
+are queries, references the gallery) and trained once per seed with `python train.py`; each run's report holds
+the pretrained backbone's pooled features (no training) and the trained model on the same test split:
+
+- catalogue_only: a shop with only its catalogue. `experiment=catalogue_only` trains on the 100 references alone
+  (each its own class, "photo" augmentations; checkpoints chosen on rendered photos of them); the 400 real
+  photos query the 100 references.
+- zero_shot: `data=manifest` trains on items 001-050 (references and photos; 10 of them held out as validation
+  items, photo -> catalogue) and tests on items 051-100: 200 photos query 50 references.
 
     python experiments/photo_to_catalogue.py --root ../shared/datasets/dvd_covers --seeds 0 1 2 \
         --out experiments/results/photo_to_catalogue.md
@@ -41,11 +45,30 @@ def zero_shot_manifest(root: Path, out: Path) -> Path:
     return out
 
 
-def train(manifest: Path, seed: int, work: Path, overrides: list[str]) -> dict:
+def catalogue_only_manifest(root: Path, out: Path) -> Path:
+    """The 100 references train; the 400 photos query the 100 references."""
+    rows = ["path,label,split,role"]
+    for item in range(1, 101):
+        name = f"{item:03d}"
+        rows += [f"{root / 'reference' / f'{name}.jpg'},{name},{split},gallery" for split in ("train", "test")]
+        rows += [f"{root / camera / f'{name}.jpg'},{name},test,query" for camera in CAMERAS]
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
+PROTOCOLS = {  # name: (manifest writer, train.py overrides, what the test is)
+    "catalogue_only": (catalogue_only_manifest, ["experiment=catalogue_only"],
+                       "catalogue only: trained on the 100 references; 400 photos -> 100 references"),
+    "zero_shot": (zero_shot_manifest, ["data=manifest", "data.val_classes=10"],
+                  "zero-shot: trained on items 001-050; items 051-100, 200 photos -> 50 references"),
+}
+
+
+def train(protocol: str, manifest: Path, seed: int, work: Path, overrides: list[str]) -> dict:
     """One training run; returns its report (metrics.json)."""
-    folder = work / f"seed{seed}"
-    cmd = [sys.executable, "train.py", "data=manifest", f"data.root={manifest}", "data.val_classes=10",
-           "model.image_size=224", f"seed={seed}", "logger=csv", "eval.before=false", "eval.ks=[1,5]",
+    folder = work / f"{protocol}-seed{seed}"
+    cmd = [sys.executable, "train.py", *PROTOCOLS[protocol][1], f"data.root={manifest}", "model.image_size=224",
+           f"seed={seed}", "logger=csv", "eval.before=false", "eval.ks=[1,5]", f"paths.cache_dir={work / 'cache'}",
            f"hydra.run.dir={folder}", *overrides]
     started = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -65,21 +88,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="the dvd_covers folder (reference/, canon/, droid/, e63/, palm/)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS), default=sorted(PROTOCOLS))
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lookalike-photo-to-catalogue"))
     p.add_argument("--out", help="append a Markdown section with the results to this file")
     p.add_argument("overrides", nargs="*", help="more train.py overrides (the recipe), e.g. trainer.max_epochs=12")
     a = p.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    manifest = zero_shot_manifest(Path(a.root).resolve(), work / "zero_shot.csv")
-    runs = [train(manifest, seed, work, a.overrides) for seed in a.seeds]
+    for protocol in a.protocols:
+        write_manifest, _, title = PROTOCOLS[protocol]
+        manifest = write_manifest(Path(a.root).resolve(), work / f"{protocol}.csv")
+        runs = [train(protocol, manifest, seed, work, a.overrides) for seed in a.seeds]
+        report(section(title, runs, a.seeds), a.out)
+
+
+def section(title: str, runs: list[dict], seeds: list[int]) -> list[str]:
+    """The Markdown section of one protocol: pretrained and trained rows, mean ± std over the seeds."""
     rows = {"pretrained pooled features (no training)": "backbone pooled features (no training)",
             "lookalike recipe (best checkpoint)": "after training (best checkpoint)"}
-    lines = [f"\n## {date.today()}: zero-shot, items 051-100 (200 photos -> 50 references)\n",
+    lines = [f"\n## {date.today()}: {title}\n",
              f"Machine: {machine()}  ",
              f"Command: `python experiments/photo_to_catalogue.py {' '.join(sys.argv[1:])}`  ",
-             f"Each run: `python {runs[0]['command']}` (seed {a.seeds[0]}; the others differ only in the seed); "
-             f"{statistics.mean(r['minutes'] for r in runs):.1f} min a run. Seeds {a.seeds}, mean ± std.\n",
+             f"Each run: `python {runs[0]['command']}` (seed {seeds[0]}; the others differ only in the seed); "
+             f"{statistics.mean(r['minutes'] for r in runs):.1f} min a run. Seeds {seeds}, mean ± std.\n",
              "| model | " + " | ".join(f"recall@{k}" for k in KS) + " | MAP@R | per seed recall@1 |",
              "|---|" + "---:|" * (len(KS) + 2)]
     for name, key in rows.items():
@@ -89,7 +120,7 @@ def main() -> None:
                      ", ".join(f"{m['recall@1']:.3f}" for m in per_seed) + " |")
     lines.append(f"\nTest set: {runs[0]['test_set']}; best validation {runs[0]['optimized_metric']} per seed: "
                  + ", ".join(f"{r['best_val']:.3f}" for r in runs) + ".")
-    report(lines, a.out)
+    return lines
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def _tiny(choice: str, tmp_path: Path, request: pytest.FixtureRequest) -> DictCo
     cfg = compose_config([choice, *TINY_MODEL, f"data.root={root}", "data.num_workers=0",
                           f"paths.cache_dir={tmp_path / 'cache'}", "data.batch_size=8", "data.eval_batch_size=16",
                           "logger=none", "eval.baseline=false", "eval.before=false", "trainer.max_epochs=1",
-                          "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
+                          "+trainer.limit_train_batches=1",
                           "trainer.accelerator=cpu", "trainer.precision=32-true", f"paths.output_dir={tmp_path}"])
     with open_dict(cfg):
         if "train_classes" in cfg.data.source:  # the fake folder and manifest have 6 and 8 classes

@@ -190,3 +190,12 @@ def test_query_expansion_and_database_augmentation_follow_their_definitions(data
                                                       np.arange(len(manual)) < 50, np.arange(len(manual)) >= 50,
                                                       (1, 4)), abs=1e-6)
     assert with_qe != pytest.approx(retrieval_metrics(emb, labels, q, g, (1, 4)), abs=1e-6)
+
+
+def test_a_search_without_queries_answers_nothing_instead_of_failing() -> None:
+    gallery = torch.nn.functional.normalize(torch.randn(10, 4), dim=-1)
+    for backend in ("torch", "faiss"):
+        sims, ids = knn(gallery[:0], gallery, 3, backend=backend)
+        assert sims.shape == (0, 0) and ids.shape == (0, 0)
+    assert retrieval_metrics(gallery, torch.arange(10), is_query=torch.zeros(10, dtype=torch.bool)) == {
+        "queries": 0.0, "queries_without_relevant": 0.0}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lookalike.config import compose
-from lookalike.data.manifest import read_rows
+from lookalike.data.listing import read_rows
 from lookalike.cli.pseudo_labels import main as pseudo_labels_main
 from lookalike.data.pseudo_labels import read_pseudo_labels
 from lookalike.inference.clusters import cluster

@@ -1,15 +1,28 @@
-"""Finding images: every image file below a folder, and labelled images from a folder or a manifest."""
+"""Finding images: every image file below a folder, the rows of a CSV or parquet list, and labelled images from a
+folder or a manifest."""
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any
 
-from lookalike.data.manifest import read_rows
 from lookalike.errors import LookalikeError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV or parquet table as dicts of text."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise LookalikeError("Reading a parquet manifest needs pandas and pyarrow: pip install pandas pyarrow") from e
+        return pd.read_parquet(path).fillna("").astype(str).to_dict("records")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def list_image_files(folder: str | Path) -> list[str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from lookalike.data.listing import read_rows
 from lookalike.data.table import ImageTable, Splits, missing_data, split_classes
+from lookalike.data.unlabeled import photo_to_catalogue
 from lookalike.errors import LookalikeError
+from lookalike.files import DEFAULT_CACHE_DIR
 
 LAYOUT = """  a .csv (or .parquet) file with a header row and the columns
     path    image path, absolute or relative to the manifest's folder
@@ -20,21 +22,14 @@ LAYOUT = """  a .csv (or .parquet) file with a header row and the columns
 ROLES = {"query": (True, False), "gallery": (False, True), "both": (True, True), "": (True, True)}
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV or parquet table as dicts of text."""
-    if path.suffix.lower() == ".parquet":
-        try:
-            import pandas as pd
-        except ImportError as e:
-            raise LookalikeError("Reading a parquet manifest needs pandas and pyarrow: pip install pandas pyarrow") from e
-        return pd.read_parquet(path).fillna("").astype(str).to_dict("records")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def manifest(path: str | Path, train_classes: float | int | Sequence[str] = 0.5,
-             test_classes: Sequence[str] | None = None) -> Splits:
-    """Read a manifest; rows with a ``split`` column go where it says, others are split by class."""
+             test_classes: Sequence[str] | None = None, val_photos: bool = False, seed: int = 0,
+             cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Splits:
+    """Read a manifest; rows with a ``split`` column go where it says, others are split by class.
+
+    ``val_photos``: without validation rows, validate photo -> catalogue on the training pictures themselves,
+    each the gallery item of one held-out "photo" of it rendered once into ``cache_dir`` (what a shop with
+    only its catalogue can check; :func:`lookalike.data.unlabeled.photo_to_catalogue`)."""
     if path is None or not Path(path).expanduser().is_file():
         raise missing_data(path, "Manifest", LAYOUT)
     path = Path(path).expanduser()
@@ -50,11 +45,16 @@ def manifest(path: str | Path, train_classes: float | int | Sequence[str] = 0.5,
     table = ImageTable([str(path.parent / r["path"]) for r in rows], np.array([index[str(r["label"])] for r in rows]),
                        roles[:, 0], roles[:, 1], class_names=names)
     if "split" not in rows[0]:
-        return split_classes(table, train_classes, test_classes)
-    split = np.array([r["split"].strip().lower() for r in rows])
-    unknown = sorted(set(split) - {"train", "val", "test"})
-    if unknown:
-        raise LookalikeError(f"Manifest '{path}': unknown split value(s) {unknown}; use train, val or test")
-    val = table.subset(split == "val")
-    return Splits(train=table.subset(split == "train"), test=table.subset(split == "test"),
-                  val=val if len(val) else None)
+        splits = split_classes(table, train_classes, test_classes)
+    else:
+        split = np.array([r["split"].strip().lower() for r in rows])
+        unknown = sorted(set(split) - {"train", "val", "test"})
+        if unknown:
+            raise LookalikeError(f"Manifest '{path}': unknown split value(s) {unknown}; use train, val or test")
+        val = table.subset(split == "val")
+        splits = Splits(train=table.subset(split == "train"), test=table.subset(split == "test"),
+                        val=val if len(val) else None)
+    if val_photos and splits.val is None:
+        unique = list(dict.fromkeys(splits.train.paths))
+        splits = Splits(train=splits.train, test=splits.test, val=photo_to_catalogue(unique, cache_dir, seed))
+    return splits

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from lookalike.data.manifest import read_rows
+from lookalike.data.listing import read_rows
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
 

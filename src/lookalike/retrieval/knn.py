@@ -362,6 +362,9 @@ def knn(
                              "exactly (set knn.backend=faiss, or knn.search_params='')")
     has_exclude = exclude is not None and bool((exclude >= 0).any())
     k = min(k, len(gallery) - (1 if has_exclude else 0))
+    if len(queries) == 0 or k <= 0:
+        return torch.zeros(len(queries), 0, device=queries.device), torch.zeros(len(queries), 0, dtype=torch.long,
+                                                                                device=queries.device)
     backend = resolve_backend(backend, queries.device)
     if backend == "torch":
         return _torch_knn(queries, gallery.to(queries.device), k, exclude if has_exclude else None, chunk_size,
