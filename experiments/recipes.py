@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.models.embedder import Embedder

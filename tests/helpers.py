@@ -44,6 +44,19 @@ def tiny_overrides(cache: Path, out: Path | None = None) -> list[str]:
     ]
 
 
+def module_and_data(cfg: DictConfig) -> tuple:
+    """The LitEmbedder and the training DataModule of ``cfg``, as ``train.run`` builds them."""
+    from omegaconf import OmegaConf
+
+    from lookalike.models.lit_embedder import LitEmbedder
+    from lookalike.train import build_datamodule
+
+    dm = build_datamodule(cfg)
+    module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)
+    dm.preprocessing = module.embedder.preprocessing
+    return module, dm
+
+
 def compose_config(overrides: list[str], name: str = "train") -> DictConfig:
     """Compose a config from the project's conf/ folder, as `python train.py` would."""
     return compose(name, overrides)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import zipfile
 
-import numpy as np
 import pytest
 
 from lookalike.data.benchmarks import cars196, inshop, stanford_online_products

@@ -9,15 +9,13 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+import lightning as L
 
 from lookalike.cli import main as lookalike
 from lookalike.evaluate import evaluate
 from lookalike.inference.embedder_file import load_embedder, read_embedder_file
 from lookalike.models.embedder import Embedder
-from lookalike.models.lit_embedder import LitEmbedder
-from lookalike.train import build_datamodule
-from tests.helpers import TINY_DATA, compose_config
+from tests.helpers import TINY_DATA, compose_config, module_and_data
 
 
 @pytest.mark.parametrize("pool", ["token", "avg"])
@@ -31,10 +29,7 @@ def test_a_vision_transformer_embeds_and_trains_at_lookalikes_sizes(pool: str, i
                           "model.image_size=48", "data=image_folder", f"data.root={image_folder}",
                           "data.source.train_classes=0.67", "data.batch_size=8", "data.val_classes=1",
                           "data.num_workers=0", f"paths.output_dir={tmp_path}"])
-    dm = build_datamodule(cfg)
-    module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)
-    dm.preprocessing = module.embedder.preprocessing
-    import lightning as L
+    module, dm = module_and_data(cfg)
 
     before = [p.detach().clone() for p in module.embedder.backbone.parameters()]
     L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,

@@ -19,7 +19,7 @@ from lookalike.models.lit_embedder import LitEmbedder
 from lookalike.profiling import HostReads
 from lookalike.retrieval import retrieval_metrics
 from lookalike.train import build_datamodule, run
-from tests.helpers import TINY_MODEL, compose_config, tiny_overrides
+from tests.helpers import TINY_MODEL, compose_config, module_and_data, tiny_overrides
 
 LOSSES = ["triplet", "contrastive", "multi_similarity", "proxy_anchor", "arcface"]
 MINERS = ["semihard", "batch_hard", "distance_weighted", "multi_similarity", "none"]
@@ -38,9 +38,7 @@ def test_every_loss_and_miner_trains_and_validates(loss: str, miner: str, image_
                                        f"data.root={image_folder}", "data.source.train_classes=0.67",
                                        "data.batch_size=8", "sampler.m=4", "data.val_classes=1",
                                        "data.num_workers=0", f"paths.output_dir={tmp_path}"])
-    dm = build_datamodule(cfg)
-    module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)
-    dm.preprocessing = module.embedder.preprocessing
+    module, dm = module_and_data(cfg)
     before = [p.detach().clone() for p in module.embedder.head.parameters()]
     trainer = _trainer(max_steps=2, limit_val_batches=1, log_every_n_steps=1)
     trainer.fit(module, datamodule=dm)
@@ -240,10 +238,7 @@ def _module(image_folder: Path, tmp_path: Path, *overrides: str) -> tuple[LitEmb
     cfg = compose_config(TINY_MODEL + ["data=image_folder", f"data.root={image_folder}", "data.source.train_classes=0.67",
                                        "data.batch_size=8", "sampler.m=4", "data.val_classes=1", "data.num_workers=0",
                                        f"paths.output_dir={tmp_path}", *overrides])
-    dm = build_datamodule(cfg)
-    module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)
-    dm.preprocessing = module.embedder.preprocessing
-    return module, dm
+    return module_and_data(cfg)
 
 
 def test_uint8_batches_are_normalised_by_the_model() -> None:
