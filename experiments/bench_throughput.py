@@ -54,6 +54,7 @@ SWITCHES = {
     "EMA off": ["callbacks=default"],
     "torch.compile on": ["model.compile=true"],
     "resize cache 256 px": ["data.resize_cache=256"],
+    "dense semi-hard triplet loss": ["loss=triplet_dense", "miner=none"],
 }
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense tensor-core peaks
 
