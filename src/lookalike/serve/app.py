@@ -38,7 +38,8 @@ class UploadGuard:
     """ASGI middleware in front of the app: a request with a body waits for none of it before it has one of
     ``slots`` places (else 503 with Retry-After), and its body is read into memory only up to ``limit`` bytes
     (else 413, as soon as it passes the limit, whatever its Content-Length says). So at most ``slots`` bodies of
-    at most ``limit`` bytes are held at once, and nothing is spooled to disk."""
+    at most ``limit`` bytes are held at once, and an upload over the limit is never read whole nor spooled to
+    disk."""
 
     def __init__(self, app: Callable, limit: int, slots: int, too_large: str):
         self.app, self.limit, self.slots, self.too_large, self.busy = app, limit, slots, too_large, 0
