@@ -146,10 +146,16 @@ class Index:
         :func:`embed_catalogue` for ``checkpoint``). ``search_params`` (FAISS syntax, e.g. ``efSearch=256``
         or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`."""
         payload = read_embedder_file(embedder_path)
-        items, vectors = embed_catalogue(payload, labelled_images(images), batch_size, num_workers, checkpoint,
-                                         checkpoint_every)
+        listed = labelled_images(images)
         search_params = default_search_params(factory) if search_params is None else search_params
-        index = FaissIndex(vectors.shape[1], factory, search_params=search_params, ids=True)
+        dim = embedder_from_payload(payload).embedding_size
+        index = FaissIndex(dim, factory, search_params=search_params, ids=True)  # bad parameters: refused now
+        cells = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
+        if cells > len(listed):
+            raise LookalikeError(f"A {factory} index needs at least {cells} images to train its cells ({len(listed)} "
+                                 f"listed; about 40 per cell is best): use Flat or HNSW32, or e.g. "
+                                 f"IVF{max(1, len(listed) // 40)},Flat")
+        items, vectors = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every)
         for i, item in enumerate(items):
             item["id"] = i
         index.add(vectors, np.arange(len(items)))
