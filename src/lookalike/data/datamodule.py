@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from typing import Any, Callable, Iterator
 
@@ -178,7 +179,10 @@ class RetrievalDataModule(L.LightningDataModule):
         try:
             # with instances, an epoch shows every image about once, as m views
             length = len(labels) * (m if self.instances and isinstance(m, int) else 1)
-            return self.sampler(labels=labels, batch_size=self.batch_size, length_before_new_iter=length)
+            roles = {}
+            if "is_catalogue" in inspect.signature(getattr(self.sampler, "func", self.sampler)).parameters:
+                roles["is_catalogue"] = self.train_table.is_gallery & ~self.train_table.is_query
+            return self.sampler(labels=labels, batch_size=self.batch_size, length_before_new_iter=length, **roles)
         except AssertionError as e:
             raise LookalikeError(
                 f"Cannot build PK batches of data.batch_size={self.batch_size} with sampler.m={m} from "

@@ -16,6 +16,7 @@ from torch import nn
 
 from lookalike.config import build
 from lookalike.errors import LookalikeError
+from lookalike.models.dense_triplet import DenseSemiHardTripletLoss
 from lookalike.models.embedder import Embedder
 from lookalike.models.nonfinite import NonFiniteSteps
 from lookalike.retrieval.metrics import DEFAULT_KS, Neighbors, metrics_from_neighbors, search
@@ -89,7 +90,10 @@ class LitEmbedder(L.LightningModule):
         emb = self.embedder(self._images(batch))
         labels = batch["label"]
         tuples = self.miner(emb, labels) if self.miner is not None else None
-        loss = self.loss_fn(emb, labels, tuples)
+        if isinstance(self.loss_fn, DenseSemiHardTripletLoss) and self.loss_fn.catalogue_weight != 1.0:
+            loss = self.loss_fn(emb, labels, tuples, is_catalogue=batch["is_gallery"] & ~batch["is_query"])
+        else:
+            loss = self.loss_fn(emb, labels, tuples)
         self.log("train/loss", loss)
         if self._logging_step():
             # the progress bar's copy, on the host: Lightning turns progress-bar values into Python numbers
