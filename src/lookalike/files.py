@@ -62,8 +62,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     The file keeps the permissions (and, where allowed, the owner) of the one it replaces, or gets those a new
     file would; a symbolic link is written through, to its target; the file and its folder are synced to disk
     before and after the rename; the temporary file is removed on failure, and those of killed writers on the
-    next write. Returns the path written (the link's target for a link)."""
-    path = Path(os.path.realpath(Path(path).expanduser()))
+    next write. Returns ``path`` as given."""
+    given = Path(path)
+    path = Path(os.path.realpath(given.expanduser()))
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=path.suffix, dir=path.parent)
@@ -90,7 +91,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+    return given
 
 
 @contextmanager
