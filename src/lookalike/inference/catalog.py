@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import warnings
 import zipfile
@@ -26,7 +25,7 @@ from lookalike.files import atomic_write, locked
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.models.embedder import Embedder, ImageLike
-from lookalike.retrieval.knn import FaissIndex, default_search_params
+from lookalike.retrieval.knn import FaissIndex, default_search_params, ivf_cells
 
 FORMAT = "lookalike-index/2"
 META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "embedder")
@@ -90,10 +89,12 @@ class BuildCheckpoint:
 
 def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_size: int = 64,
                     num_workers: int | None = None, checkpoint: Path | None = None,
-                    checkpoint_every: int = 4096) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Embed the items' images; unreadable ones are left out with one warning each. With ``checkpoint``
-    (a folder), progress is saved every ``checkpoint_every`` images and an earlier run's is reused."""
-    embedder = embedder_from_payload(payload)
+                    checkpoint_every: int = 4096, embedder: Embedder | None = None
+                    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Embed the items' images with the embedder of ``payload`` (``embedder``: that one, already rebuilt);
+    unreadable ones are left out with one warning each. With ``checkpoint`` (a folder), progress is saved every
+    ``checkpoint_every`` images and an earlier run's is reused."""
+    embedder = embedder or embedder_from_payload(payload)
     paths = [it["path"] for it in items]
     store = None
     done, positions, vectors, errors = 0, [], [], []
@@ -148,14 +149,15 @@ class Index:
         payload = read_embedder_file(embedder_path)
         listed = labelled_images(images)
         search_params = default_search_params(factory) if search_params is None else search_params
-        dim = embedder_from_payload(payload).embedding_size
-        index = FaissIndex(dim, factory, search_params=search_params, ids=True)  # bad parameters: refused now
-        cells = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
+        embedder = embedder_from_payload(payload)
+        index = FaissIndex(embedder.embedding_size, factory, search_params=search_params, ids=True)  # refused now
+        cells = ivf_cells(factory)
         if cells > len(listed):
             raise LookalikeError(f"A {factory} index needs at least {cells} images to train its cells ({len(listed)} "
                                  f"listed; about 40 per cell is best): use Flat or HNSW32, or e.g. "
                                  f"IVF{max(1, len(listed) // 40)},Flat")
-        items, vectors = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every)
+        items, vectors = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every,
+                                         embedder)
         for i, item in enumerate(items):
             item["id"] = i
         index.add(vectors, np.arange(len(items)))
@@ -353,5 +355,4 @@ def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
 def max_index_bytes(factory: str, dim: int, count: int) -> int:
     """The most bytes the FAISS index of ``count`` items of ``dim`` dimensions can take, for any index type
     lookalike builds: each vector with its graph links and id, plus IVF centroids and a fixed overhead."""
-    cells = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
-    return (1 << 26) + count * (4 * dim + 1024) + cells * 4 * dim
+    return (1 << 26) + count * (4 * dim + 1024) + ivf_cells(factory) * 4 * dim

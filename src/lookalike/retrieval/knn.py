@@ -12,6 +12,7 @@ the tensor cores and re-scores them in float32 (``precision="auto"``; ``"fp32"``
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
@@ -61,6 +62,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def is_binary(factory: str) -> bool:
     """Binary (Hamming) factory strings start with ``B``: ``BFlat``, ``BHNSW32``, ``BIVF1024``."""
     return factory.startswith("B")
+
+
+def ivf_cells(factory: str) -> int:
+    """The number of inverted-list cells of an IVF factory string (``IVF1024,Flat`` -> 1024), else 0."""
+    found = re.search(r"IVF(\d+)", factory)
+    return int(found.group(1)) if found else 0
 
 
 def default_search_params(factory: str) -> str:
