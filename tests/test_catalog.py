@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from lookalike.inference.catalog import Index
 from lookalike.errors import LookalikeError
 from lookalike.evaluate import evaluate
+from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import load_embedder, save_embedder
+from lookalike.inference.query import SearchOptions, search_catalogue
 from tests.helpers import TINY_DATA, compose_config
 
 def test_search_agrees_with_the_evaluation_module(trained: dict, catalogue, tmp_path: Path) -> None:
@@ -135,8 +136,10 @@ def test_duplicates_and_category_search(trained: dict, catalogue, tmp_path: Path
     groups = index.duplicate_groups(threshold=0.9999)
     assert len(groups) == 1 and {Path(index.by_id[i]["path"]).name for i in groups[0]} == {"front.jpg", "front_copy.jpg"}
     target = labels[0]
-    hits = index.search(load_embedder(trained["embedder"]), photos[:3], k=5, category=target)
+    vectors = load_embedder(trained["embedder"]).embed(photos[:3]).numpy()
+    answers = search_catalogue(index, vectors, SearchOptions(k=5, category=target))
     in_category = sum(it["label"] == target for it in index.items)
-    assert all(h.label == target for row in hits for h in row) and all(len(row) == in_category for row in hits)
-    with pytest.raises(LookalikeError, match="No catalogue item has the category"):
-        index.search(load_embedder(trained["embedder"]), photos[:1], category="no-such-label")
+    assert all(h.label == target for a in answers for h in a.hits)
+    assert all(len(a.hits) == in_category for a in answers)
+    with pytest.raises(LookalikeError, match="No catalogue item has the label 'no-such-label'"):
+        search_catalogue(index, vectors[:1], SearchOptions(category="no-such-label"))

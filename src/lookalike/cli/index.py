@@ -18,6 +18,10 @@ def _parser() -> argparse.ArgumentParser:
                        "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
     build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
                        "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
+    build.add_argument("--rerank", type=int, help="keep the exact vectors in the file and re-score this many "
+                       "candidates per search (default: 200 for compressed types: PQ, SQ, binary; else 0)")
+    build.add_argument("--dba", type=int, default=0, help="database-side augmentation: replace each catalogue vector "
+                       "by its normalised sum with this many nearest items (0: off)")
     add = sub.add_parser("add", help="embed and add images not yet in the index")
     add.add_argument("--images", required=True, help="folder of images or manifest .csv")
     remove = sub.add_parser("remove", help="remove items by id or path, or those whose file is gone")
@@ -37,8 +41,9 @@ def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     if args.action == "build":
         index = Index.build_file(args.out, args.embedder, args.images, args.factory, args.batch_size, args.workers,
-                                 search_params=args.search_params)
+                                 search_params=args.search_params, rerank=args.rerank, dba_k=args.dba)
         params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
+        params += f", re-scoring {index.meta['rerank']} candidates" if index.meta["rerank"] else ""
         print(f"indexed {index.meta['count']} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
               f"into {args.out}")
         return

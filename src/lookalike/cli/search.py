@@ -10,41 +10,70 @@ from dataclasses import asdict
 from lookalike.errors import LookalikeError
 from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload, match_threshold
+from lookalike.inference.query import FUSIONS, SearchOptions, search_catalogue
 from lookalike.retrieval.grid import search_grid
 
 
+def add_search_options(parser: argparse.ArgumentParser) -> None:
+    """The options of one search (``lookalike.inference.query.SearchOptions``)."""
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--fuse", choices=FUSIONS, help="several photos of one item: one answer for all, by their "
+                        "mean embedding or each item's best photo (default: one answer per photo)")
+    parser.add_argument("--group-by", help="one result per product: label, or a manifest column (e.g. sku)")
+    parser.add_argument("--category", help="search only items of this category, or 'auto': decide it first by "
+                        "the vote of the nearest items (classify-then-search)")
+    parser.add_argument("--category-by", default="label", help="the column holding the category (default: label)")
+    parser.add_argument("--votes", type=int, default=10, help="nearest items voting for --category auto")
+    parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items")
+    parser.add_argument("--rerank", type=int, help="candidates re-scored with the exact vectors (default: the "
+                        "index's: 200 for compressed index types, 0 for the others)")
+    parser.add_argument("--search-params", help="FAISS search parameters for this search instead of the index's, "
+                        "e.g. efSearch=512 (more recall, slower)")
+
+
+def options_from(args: argparse.Namespace) -> SearchOptions:
+    """The search options of parsed ``add_search_options`` arguments."""
+    return SearchOptions(k=args.k, fuse=args.fuse, group_by=args.group_by, category=args.category,
+                         category_by=args.category_by, votes=args.votes, qe=args.qe, rerank=args.rerank).check()
+
+
 def main(argv: list[str]) -> None:
-    """``lookalike search --index FILE.lkidx photo.jpg [...] [-k 10] [--json] [--out grid.png]``."""
+    """``lookalike search --index FILE.lkidx photo.jpg [...] [-k 10] [--fuse mean] [--group-by label] [--json]``."""
     parser = argparse.ArgumentParser(prog="lookalike search", description="Find the catalogue items most like a photo.")
     parser.add_argument("photos", nargs="+")
     parser.add_argument("--index", required=True)
     parser.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
-    parser.add_argument("-k", type=int, default=10)
+    add_search_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", help="also write a picture of the queries and their results")
-    parser.add_argument("--category", help="search only items with this label (classify-then-search)")
-    parser.add_argument("--search-params", help="FAISS search parameters for this search instead of the index's, "
-                        "e.g. efSearch=512 (more recall, slower)")
     args = parser.parse_args(argv)
+    options = options_from(args)
     index = Index.load(args.index)
     index.check_query(args.k)
     if args.search_params is not None:
         index.faiss.set_search_params(args.search_params)
     payload = index.check_embedder(args.embedder or index.meta["embedder"])
     threshold = calibrated_threshold(payload)
-    results = index.search(embedder_from_payload(payload), args.photos, args.k, args.category)
+    vectors = embedder_from_payload(payload).embed(args.photos).numpy()
+    answers = search_catalogue(index, vectors, options)
+    queries = [" + ".join(args.photos)] if options.fuse else args.photos
     if args.json:
-        print(json.dumps([{"query": q, "results": [{**asdict(h), "match": None if threshold is None else
-                                                    h.score >= threshold} for h in hits]}
-                          for q, hits in zip(args.photos, results)], indent=2))
+        print(json.dumps([{"query": q, "category": a.category, "category_confidence": a.category_confidence,
+                           "results": [{**asdict(h), "match": None if threshold is None else h.score >= threshold}
+                                       for h in a.hits]} for q, a in zip(queries, answers)], indent=2))
     else:
-        for query, hits in zip(args.photos, results):
+        for query, answer in zip(queries, answers):
             print(f"{query}:")
-            for rank, h in enumerate(hits, 1):
+            if answer.category is not None:
+                share = "" if answer.category_confidence is None else f" ({answer.category_confidence:.0%} of the vote)"
+                print(f"  {options.category_by}: {answer.category}{share}")
+            for rank, h in enumerate(answer.hits, 1):
                 flag = "" if threshold is None else ("  match" if h.score >= threshold else "")
-                print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}{flag}")
+                pictures = f"  [{h.pictures} picture{'s' * (h.pictures > 1)}]" if h.group is not None else ""
+                print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}{pictures}{flag}")
     if args.out:
-        search_grid(args.photos, [[(h.path, h.label, h.score) for h in hits] for hits in results]).save(args.out)
+        firsts = args.photos[:1] if options.fuse else args.photos
+        search_grid(firsts, [[(h.path, h.label, h.score) for h in a.hits] for a in answers]).save(args.out)
 
 
 def main_duplicates(argv: list[str]) -> None:

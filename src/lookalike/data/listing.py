@@ -31,19 +31,34 @@ def list_image_files(folder: str | Path) -> list[str]:
                   for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
 
 
+MAX_FIELD_CHARS = 256  # longest value of an extra manifest column kept with a catalogue item
+
+
 def labelled_images(source: str | Path) -> list[dict[str, Any]]:
     """Items (``path``: absolute and resolved, so one file has one path however it is named; ``label``) from a
     folder (recursively; an image's folder is its label, none for images directly in ``source``) or from a
-    CSV/parquet manifest with ``path[,label]`` (paths relative to it)."""
+    CSV/parquet manifest with ``path[,label]`` (paths relative to it); a manifest's other columns (brand,
+    category, ...) come as each item's ``fields``."""
     source = Path(source).expanduser().resolve()
     if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
         rows = read_rows(source)
         if not rows or "path" not in rows[0]:
             raise LookalikeError(f"Manifest '{source}' needs a path column (and optionally label)")
-        return [{"path": str((source.parent / r["path"]).resolve()), "label": r.get("label", "")} for r in rows]
+        return [{"path": str((source.parent / r["path"]).resolve()), "label": r.get("label", ""),
+                 **({"fields": fields} if (fields := _fields(source, r)) else {})} for r in rows]
     if not source.is_dir():
         raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest .csv/.parquet")
     files = list_image_files(source)
     if not files:
         raise LookalikeError(f"--images: no images under '{source}'")
     return [{"path": p, "label": Path(p).parent.name if Path(p).parent != source else ""} for p in files]
+
+
+def _fields(source: Path, row: dict[str, str]) -> dict[str, str]:
+    """A manifest row's columns other than path and label, refused when a value is too long to keep."""
+    fields = {str(k): "" if v is None else str(v) for k, v in row.items() if k not in ("path", "label") and k is not None}
+    long = [k for k, v in fields.items() if len(v) > MAX_FIELD_CHARS or len(k) > MAX_FIELD_CHARS]
+    if long:
+        raise LookalikeError(f"Manifest '{source}': column {long[0]!r} has a value over {MAX_FIELD_CHARS} "
+                             f"characters ({row.get('path')}); keep long texts out of the manifest")
+    return fields

@@ -1,8 +1,10 @@
 """A searchable catalogue: embeddings of catalogue images in a FAISS index, with their metadata.
 
-A ``.lkidx`` file is a zip holding ``index.faiss`` (the FAISS index), ``items.json`` (id, path and
-label of each item) and ``meta.json`` (format, embedder hash, dimension, index type). It is written
-atomically, and it refuses queries embedded by another embedder than the one it was built with.
+A ``.lkidx`` file is a zip holding ``index.faiss`` (the FAISS index), ``items.json`` (id, path, label and
+manifest fields of each item), ``meta.json`` (format, embedder hash, dimension, index type) and, for compressed
+index types, ``vectors.npy``: the exact float embeddings in item order, stored uncompressed so that searches
+memory-map it and re-score their candidates with it. It is written atomically, and it refuses queries embedded
+by another embedder than the one it was built with.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from lookalike.files import atomic_write, locked
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.models.embedder import Embedder, ImageLike
-from lookalike.retrieval.knn import FaissIndex, default_search_params, ivf_cells
+from lookalike.retrieval.expansion import database_augmentation
+from lookalike.retrieval.knn import FaissIndex, default_search_params, is_lossy, ivf_cells, rescore
 
 FORMAT = "lookalike-index/2"
 META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "embedder")
@@ -34,6 +37,7 @@ PARTIAL_MARKER = "key.json"  # in the <out>.partial/ folder of a build in progre
 # items.json and its share of the FAISS index; beyond them the file is refused unread.
 MAX_META_BYTES = 1 << 20
 MAX_ITEM_JSON_BYTES = 4096
+DEFAULT_RERANK = 200  # candidates a compressed index re-scores with the exact vectors (results/search.md)
 
 
 @dataclass
@@ -44,6 +48,9 @@ class SearchHit:
     path: str
     label: str
     score: float
+    fields: dict[str, str] | None = None
+    group: str | None = None  # grouped searches: the value of the grouping column
+    pictures: int = 1  # grouped searches: this group's pictures among the candidates
 
 
 class BuildCheckpoint:
@@ -133,19 +140,24 @@ class Index:
     """Catalogue items, their FAISS index (keyed by item id) and the fingerprint of the embedder that
     made them. Items can be added and removed; ids are never reused."""
 
-    def __init__(self, faiss_index: FaissIndex, items: list[dict[str, Any]], meta: dict[str, Any]):
+    def __init__(self, faiss_index: FaissIndex, items: list[dict[str, Any]], meta: dict[str, Any],
+                 exact: np.ndarray | None = None):
         self.faiss = faiss_index
-        self.items = items
         self.meta = meta
-        self.by_id = {it["id"]: it for it in items}
+        self.exact = exact  # float vectors in item order (a memory map once loaded), or None
+        self._set_items(items)
 
     @classmethod
     def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat", batch_size: int = 64,
               num_workers: int | None = None, checkpoint: Path | None = None,
-              checkpoint_every: int = 4096, search_params: str | None = None) -> Index:
+              checkpoint_every: int = 4096, search_params: str | None = None, rerank: int | None = None,
+              dba_k: int = 0, dba_alpha: float = 3.0) -> Index:
         """Embed every catalogue image with the embedder file and index the embeddings (see
         :func:`embed_catalogue` for ``checkpoint``). ``search_params`` (FAISS syntax, e.g. ``efSearch=256``
-        or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`."""
+        or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`. ``rerank``: how
+        many candidates searches re-score with exact vectors kept in the file (default: ``DEFAULT_RERANK`` for
+        compressed index types, 0 for the others). ``dba_k`` > 0: database-side augmentation of the catalogue
+        vectors with their ``dba_k`` nearest items before indexing."""
         payload = read_embedder_file(embedder_path)
         listed = labelled_images(images)
         search_params = default_search_params(factory) if search_params is None else search_params
@@ -156,23 +168,50 @@ class Index:
             raise LookalikeError(f"A {factory} index needs at least {cells} images to train its cells ({len(listed)} "
                                  f"listed; about 40 per cell is best): use Flat or HNSW32, or e.g. "
                                  f"IVF{max(1, len(listed) // 40)},Flat")
+        rerank = (DEFAULT_RERANK if is_lossy(factory) else 0) if rerank is None else rerank
+        if rerank < 0 or dba_k < 0:
+            raise LookalikeError(f"rerank={rerank}, dba_k={dba_k}: use 0 (off) or a positive number of items")
         items, vectors = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every,
                                          embedder)
         for i, item in enumerate(items):
             item["id"] = i
-        index.add(vectors, np.arange(len(items)))
         meta = {"format": FORMAT, "embedder_hash": embedder_hash(payload), "dim": int(vectors.shape[1]),
                 "factory": factory, "search_params": search_params, "count": len(items), "next_id": len(items),
-                "embedder": str(Path(embedder_path).resolve())}
-        return cls(index, items, meta)
+                "embedder": str(Path(embedder_path).resolve()), "rerank": rerank,
+                "dba": {"k": dba_k, "alpha": dba_alpha} if dba_k else None}
+        built = cls(index, [], meta, np.zeros((0, vectors.shape[1]), np.float32) if rerank else None)
+        built.add_vectors(items, vectors)
+        return built
+
+    def add_vectors(self, items: list[dict[str, Any]], vectors: np.ndarray) -> None:
+        """Add items (with their ``id``) and their embeddings; with database-side augmentation (``meta["dba"]``)
+        each new vector is first augmented with its nearest items among the catalogue and the new ones."""
+        dba = self.meta.get("dba")
+        if dba and len(vectors):
+            vectors = self._augmented(vectors, dba["k"], dba["alpha"])
+        self.faiss.add(vectors, np.array([it["id"] for it in items], dtype=np.int64))
+        if self.exact is not None:
+            self.exact = np.concatenate([np.asarray(self.exact), vectors.astype(np.float32)])
+        self._set_items(self.items + items)
+
+    def _augmented(self, new: np.ndarray, k: int, alpha: float) -> np.ndarray:
+        """DBA of ``new`` against the current catalogue and themselves (exact search)."""
+        import torch
+
+        pool = torch.from_numpy(np.concatenate([self.vectors(), new]) if self.items else new).float()
+        augmented = database_augmentation(pool, min(k, len(pool) - 1), alpha) if len(pool) > 1 else pool
+        return augmented[len(pool) - len(new):].numpy()
 
     @classmethod
     def build_file(cls, out: str | Path, embedder_path: str | Path, images: str | Path, factory: str = "Flat",
-                   batch_size: int = 64, num_workers: int | None = None, search_params: str | None = None) -> Index:
-        """:meth:`build` and :meth:`save` to ``out``, saving progress in ``<out>.partial/`` so that the same call
-        after an interruption continues where it stopped; the folder goes once the index is written."""
+                   batch_size: int = 64, num_workers: int | None = None, search_params: str | None = None,
+                   **options: Any) -> Index:
+        """:meth:`build` (``options``: its ``rerank``, ``dba_k``, ``dba_alpha``) and :meth:`save` to ``out``, saving
+        progress in ``<out>.partial/`` so that the same call after an interruption continues where it stopped; the
+        folder goes once the index is written."""
         partial = Path(out).with_name(Path(out).name + ".partial")
-        index = cls.build(embedder_path, images, factory, batch_size, num_workers, partial, search_params=search_params)
+        index = cls.build(embedder_path, images, factory, batch_size, num_workers, partial, search_params=search_params,
+                          **options)
         with locked(out):
             index.save(out)
         if (partial / PARTIAL_MARKER).is_file():  # only lookalike's own folder
@@ -197,12 +236,10 @@ class Index:
         if not new:
             return []
         new, vectors = embed_catalogue(payload, new, batch_size, num_workers)
-        ids = np.arange(self.meta["next_id"], self.meta["next_id"] + len(new))
-        for item, i in zip(new, ids):
-            item["id"] = int(i)
-        self.faiss.add(vectors, ids)
-        self._set_items(self.items + new)
-        self.meta["next_id"] = int(ids[-1]) + 1
+        for i, item in enumerate(new, self.meta["next_id"]):
+            item["id"] = i
+        self.add_vectors(new, vectors)
+        self.meta["next_id"] = new[-1]["id"] + 1
         return new
 
     def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -212,8 +249,10 @@ class Index:
             raise LookalikeError(f"No catalogue item has the id(s) {unknown[:10]}")
         removed = [self.by_id[i] for i in ids]
         self.faiss.remove(np.array(list(ids), dtype=np.int64))
-        gone = set(ids)
-        self._set_items([it for it in self.items if it["id"] not in gone])
+        keep = ~np.isin(self.ids, np.array(list(ids), dtype=np.int64))
+        if self.exact is not None:
+            self.exact = np.asarray(self.exact)[keep]
+        self._set_items([it for it, kept in zip(self.items, keep) if kept])
         return removed
 
     def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
@@ -231,6 +270,7 @@ class Index:
     def _set_items(self, items: list[dict[str, Any]]) -> None:
         self.items = items
         self.by_id = {it["id"]: it for it in items}
+        self.ids = np.array([it["id"] for it in items], dtype=np.int64)  # ascending: ids only grow
         self.meta["count"] = len(items)
 
     def save(self, path: str | Path) -> Path:
@@ -238,10 +278,13 @@ class Index:
         blob = self.faiss.to_bytes()
 
         def write(tmp: str) -> None:
-            with zipfile.ZipFile(tmp, "w") as z:
+            with zipfile.ZipFile(tmp, "w") as z:  # members stored, not compressed: vectors.npy is memory-mapped
                 z.writestr("meta.json", json.dumps(self.meta))
                 z.writestr("items.json", json.dumps(self.items))
                 z.writestr("index.faiss", blob)
+                if self.exact is not None:
+                    with z.open("vectors.npy", "w", force_zip64=True) as f:
+                        np.lib.format.write_array(f, np.ascontiguousarray(self.exact, dtype=np.float32))
 
         return atomic_write(path, write)
 
@@ -264,6 +307,7 @@ class Index:
                 count, dim = max(0, meta["count"]), max(1, meta["dim"])
                 items = json.loads(_member(z, "items.json", MAX_META_BYTES + count * MAX_ITEM_JSON_BYTES))
                 blob = _member(z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
+                exact = _vectors_member(path, z, count, dim) if "vectors.npy" in z.namelist() else None
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise LookalikeError(f"'{path}' is not a readable lookalike index ({e})") from e
         if not isinstance(items, list) or len(items) != count or not all(
@@ -275,7 +319,9 @@ class Index:
             raise LookalikeError(f"'{path}' is a damaged lookalike index: {e}") from e
         if index.ntotal != count:
             raise LookalikeError(f"'{path}' is a damaged lookalike index ({index.ntotal} vectors for {count} items)")
-        return cls(index, items, meta)
+        if [it["id"] for it in items] != sorted({it["id"] for it in items}):
+            raise LookalikeError(f"'{path}' is a damaged lookalike index (item ids not unique and ascending)")
+        return cls(index, items, meta, exact)
 
     def check_embedder(self, embedder_path: str | Path) -> dict[str, Any]:
         """Refuse an embedder other than the one the index was built with; returns the file's contents."""
@@ -294,31 +340,62 @@ class Index:
         if not self.items:
             raise LookalikeError("The catalogue index is empty: add images with `lookalike index add`")
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, category: str | None = None) -> list[list[SearchHit]]:
-        """Top-``k`` catalogue items for each query vector, only among items labelled ``category`` if given
-        (the classify-then-search design)."""
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, allowed: np.ndarray | None = None,
+                       rerank: int | None = None) -> list[list[SearchHit]]:
+        """Top-``k`` catalogue items for each query vector, only among the item ids ``allowed`` if given.
+        ``rerank`` (default: the index's own): the index's best ``max(k, rerank)`` candidates are re-scored with
+        the exact vectors kept in the file (compressed index types keep them; 0: no re-scoring)."""
         self.check_query(k)
         if vectors.shape[1] != self.meta["dim"]:
             raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
-        allowed = None
-        if category is not None:
-            allowed = np.array([it["id"] for it in self.items if it["label"] == category], dtype=np.int64)
-            if len(allowed) == 0:
-                raise LookalikeError(f"No catalogue item has the category {category!r}")
-        scores, ids = self.faiss.search(vectors, min(k, len(self.items) if allowed is None else len(allowed)),
-                                        allowed=allowed)
-        return [[SearchHit(int(i), self.by_id[i]["path"], self.by_id[i]["label"], float(s))
-                 for s, i in zip(row_s, row_i) if i >= 0] for row_s, row_i in zip(scores, ids)]
+        rerank = self.meta.get("rerank", 0) if rerank is None else rerank
+        if rerank and self.exact is None:
+            raise LookalikeError(f"This index keeps no exact vectors to re-score with: rerank=0, or build it with "
+                                 f"--rerank {DEFAULT_RERANK}")
+        if allowed is not None and len(allowed) == 0:
+            return [[] for _ in vectors]
+        available = len(self.items) if allowed is None else len(allowed)
+        scores, ids = self.faiss.search(vectors, min(max(k, rerank), available), allowed=allowed)
+        if rerank:
+            rows = np.where(ids >= 0, np.searchsorted(self.ids, np.maximum(ids, 0)), -1)
+            scores, ids = rescore(vectors, ids, rows, self.exact, min(k, available))
+        return [[self.hit(int(i), float(s)) for s, i in zip(row_s, row_i) if i >= 0]
+                for row_s, row_i in zip(scores, ids)]
 
-    def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10,
-               category: str | None = None) -> list[list[SearchHit]]:
+    def hit(self, item_id: int, score: float) -> SearchHit:
+        """The result for one catalogue item."""
+        item = self.by_id[item_id]
+        return SearchHit(item_id, item["path"], item["label"], score, item.get("fields"))
+
+    def value(self, item: dict[str, Any], column: str) -> str:
+        """An item's ``label`` or manifest field ``column``."""
+        if column == "label":
+            return item["label"]
+        fields = item.get("fields") or {}
+        if column not in fields:
+            known = sorted({"label", *(k for it in self.items[:1000] for k in (it.get("fields") or {}))})
+            raise LookalikeError(f"Catalogue items have no column {column!r}; they have: {', '.join(known)}")
+        return fields[column]
+
+    def ids_where(self, column: str, value: str) -> np.ndarray:
+        """The ids of the items whose ``column`` (``label`` or a manifest field) is ``value``."""
+        return np.array([it["id"] for it in self.items if self.value(it, column) == value], dtype=np.int64)
+
+    def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10) -> list[list[SearchHit]]:
         """Embed ``images`` with ``embedder`` and search the catalogue."""
         self.check_query(k)
-        return self.search_vectors(embedder.embed(list(images)).numpy(), k, category)
+        return self.search_vectors(embedder.embed(list(images)).numpy(), k)
 
     def vectors(self) -> np.ndarray:
-        """The stored embeddings in item order (Flat, HNSW and BFlat indexes keep them)."""
-        return self.faiss.reconstruct(np.array([it["id"] for it in self.items], dtype=np.int64))
+        """The stored embeddings in item order: the exact ones where the file keeps them, else those the FAISS
+        index holds (Flat, HNSW and BFlat indexes keep theirs)."""
+        return np.asarray(self.exact) if self.exact is not None else self.faiss.reconstruct(self.ids)
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """The stored embeddings of the items at ``rows`` (positions in ``items``)."""
+        if self.exact is not None:
+            return np.asarray(self.exact[np.asarray(rows)], dtype=np.float32)
+        return self.faiss.reconstruct(self.ids[np.asarray(rows)])
 
     def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
         """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest)."""
@@ -350,6 +427,34 @@ def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
         raise LookalikeError(f"{name} would inflate to {info.file_size:,} bytes, more than an index of its size "
                              f"holds ({limit:,}): not read")
     return z.read(info)
+
+
+def _vectors_member(path: Path, z: zipfile.ZipFile, count: int, dim: int) -> np.ndarray:
+    """``vectors.npy`` memory-mapped in place (its pages are read only when a search touches them); refused unless
+    it is stored uncompressed and holds exactly ``count`` float32 vectors of ``dim``."""
+    info = z.getinfo("vectors.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy is compressed)")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy has no header)")
+        f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"format version {version}")
+            shape, fortran, dtype = read_header(f)
+        except ValueError as e:
+            raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy: {e})") from e
+        offset = f.tell()
+    if shape != (count, dim) or fortran or dtype != np.float32 or offset + 4 * count * dim > path.stat().st_size:
+        raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy holds {shape} {dtype}, "
+                             f"not {count} x {dim} float32)")
+    return np.memmap(path, np.float32, "r", offset, (count, dim)) if count else np.zeros((0, dim), np.float32)
 
 
 def max_index_bytes(factory: str, dim: int, count: int) -> int:

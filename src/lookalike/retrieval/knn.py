@@ -64,6 +64,26 @@ def is_binary(factory: str) -> bool:
     return factory.startswith("B")
 
 
+def is_lossy(factory: str) -> bool:
+    """Whether the index keeps compressed codes instead of the vectors (product or scalar quantisation, sign bits),
+    so that its scores are approximate and worth re-scoring with the exact vectors."""
+    return is_binary(factory) or any(part in factory for part in ("PQ", "SQ", "LSH"))
+
+
+def rescore(queries: np.ndarray, candidates: np.ndarray, rows: np.ndarray, vectors: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank each query's candidate ids by their exact inner product: ``rows`` are the candidates' rows in
+    ``vectors`` (-1 for none), which may be a memory map (only the candidates' rows are read). Best ``k`` first."""
+    valid = rows >= 0
+    gathered = vectors[np.where(valid, rows, 0).ravel()].reshape(*rows.shape, -1)
+    scores = np.einsum("qcd,qd->qc", gathered.astype(np.float32, copy=False), queries.astype(np.float32))
+    scores[~valid] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(scores, order, 1)
+    ids = np.where(np.isfinite(best), np.take_along_axis(candidates, order, 1), -1)
+    return best.astype(np.float32), ids
+
+
 def ivf_cells(factory: str) -> int:
     """The number of inverted-list cells of an IVF factory string (``IVF1024,Flat`` -> 1024), else 0."""
     found = re.search(r"IVF(\d+)", factory)

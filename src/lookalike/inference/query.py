@@ -1,0 +1,150 @@
+"""One search of the catalogue as a shop wants it, from query embeddings to the results shown.
+
+In order: several photos of one item are fused into one query (``mean`` of their embeddings, or ``max``: each
+item scored by its best photo); alpha query expansion optionally adds the query's nearest catalogue vectors;
+the category is decided (``auto``: a similarity-weighted vote of the nearest items' category) or given, and the
+search is restricted to it; the index searches (re-scoring its candidates with exact vectors where it keeps
+them); results are grouped to one per product (``group_by``: ``label`` or a manifest column) with how many of
+its pictures were among the candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+from lookalike.inference.catalog import Index, SearchHit
+
+FUSIONS = ("mean", "max")
+CANDIDATES_PER_GROUP = 4  # candidates searched per requested group before searching wider
+
+
+@dataclass
+class SearchOptions:
+    """How to search: ``k`` results; ``fuse`` several photos into one answer (``mean``/``max``; None: each photo
+    its own answer); ``group_by`` one result per value of this column; ``category`` a value of ``category_by``
+    to search within, or ``auto`` to decide it by the vote of the ``votes`` nearest items; ``qe`` > 0: alpha
+    query expansion with that many nearest items; ``rerank``: candidates re-scored exactly (None: the index's)."""
+
+    k: int = 10
+    fuse: str | None = None
+    group_by: str | None = None
+    category: str | None = None
+    category_by: str = "label"
+    votes: int = 10
+    qe: int = 0
+    qe_alpha: float = 3.0
+    rerank: int | None = None
+
+    def check(self) -> SearchOptions:
+        """Refuse options that cannot be searched with, before any embedding work."""
+        if self.fuse is not None and self.fuse not in FUSIONS:
+            raise LookalikeError(f"fuse={self.fuse!r}: use one of {', '.join(FUSIONS)}")
+        if self.votes < 1 or self.qe < 0 or (self.rerank is not None and self.rerank < 0):
+            raise LookalikeError("votes must be at least 1, qe and rerank 0 (off) or more")
+        return self
+
+
+@dataclass
+class Answer:
+    """The results of one query (one photo, or several fused), and the category searched in."""
+
+    hits: list[SearchHit]
+    category: str | None = None
+    category_confidence: float | None = None  # share of the vote, for category=auto
+
+
+def search_catalogue(index: Index, vectors: np.ndarray, options: SearchOptions) -> list[Answer]:
+    """Search ``vectors`` (one row per photo): one answer per photo, or one for all with ``options.fuse``."""
+    options.check()
+    index.check_query(options.k)
+    for column in {options.group_by, options.category_by if options.category else None} - {None}:
+        index.value(index.items[0], column)  # an unknown column is refused before searching
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if options.fuse is None:
+        return [_answer(index, vectors[i:i + 1], options) for i in range(len(vectors))]
+    if options.fuse == "mean":
+        vectors = _normalized(vectors.mean(0, keepdims=True))
+    return [_answer(index, vectors, options)]
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _answer(index: Index, queries: np.ndarray, options: SearchOptions) -> Answer:
+    """One answer for ``queries``: one photo, or several to fuse by their best score per item."""
+    if options.qe:
+        queries = _expanded(index, queries, options)
+    category, confidence, allowed = options.category, None, None
+    if category == "auto":
+        category, confidence = vote(ranked(index, queries, options.votes, options), index, options.category_by)
+    if category is not None:
+        allowed = index.ids_where(options.category_by, category)
+        if len(allowed) == 0:
+            raise LookalikeError(f"No catalogue item has the {options.category_by} {category!r}")
+    return Answer(ranked(index, queries, options.k, options, allowed, options.group_by), category, confidence)
+
+
+def ranked(index: Index, queries: np.ndarray, k: int, options: SearchOptions, allowed: np.ndarray | None = None,
+           group_by: str | None = None) -> list[SearchHit]:
+    """The best ``k`` items (or groups) for all ``queries`` together, each item scored by its best query. Grouped
+    searches widen their candidates until they hold ``k`` groups or the whole (allowed) catalogue."""
+    available = len(index.items) if allowed is None else len(allowed)
+    want = k if group_by is None else min(available, max(k * CANDIDATES_PER_GROUP, 50))
+    while True:
+        hits = _best_per_item(index.search_vectors(queries, want, allowed, options.rerank))
+        if group_by is not None:
+            hits = group(hits, index, group_by)
+        if len(hits) >= k or want >= available:
+            return hits[:k]
+        want = min(available, want * CANDIDATES_PER_GROUP)
+
+
+def _best_per_item(rows: Sequence[list[SearchHit]]) -> list[SearchHit]:
+    """One ranked list from several queries' lists: each item once, with its best score."""
+    if len(rows) == 1:
+        return rows[0]
+    best: dict[int, SearchHit] = {}
+    for row in rows:
+        for hit in row:
+            if hit.id not in best or hit.score > best[hit.id].score:
+                best[hit.id] = hit
+    return sorted(best.values(), key=lambda h: -h.score)
+
+
+def group(hits: list[SearchHit], index: Index, column: str) -> list[SearchHit]:
+    """One hit per value of ``column`` (a product's best picture), with ``pictures``: how many of its pictures
+    are among ``hits``."""
+    first: dict[str, SearchHit] = {}
+    counts: dict[str, int] = {}
+    for hit in hits:
+        value = index.value(index.by_id[hit.id], column)
+        counts[value] = counts.get(value, 0) + 1
+        first.setdefault(value, hit)
+    return [replace(hit, group=value, pictures=counts[value]) for value, hit in first.items()]
+
+
+def vote(hits: list[SearchHit], index: Index, column: str) -> tuple[str, float]:
+    """The ``column`` value of the nearest items, weighted by similarity, and its share of the vote."""
+    weights: dict[str, float] = {}
+    for hit in hits:
+        value = index.value(index.by_id[hit.id], column)
+        weights[value] = weights.get(value, 0.0) + max(hit.score, 0.0) + 1e-6
+    winner = max(weights, key=weights.__getitem__)
+    return winner, weights[winner] / sum(weights.values())
+
+
+def _expanded(index: Index, queries: np.ndarray, options: SearchOptions) -> np.ndarray:
+    """alpha-QE (as ``lookalike.retrieval.expansion``): each query plus its nearest catalogue vectors, weighted by
+    similarity**alpha."""
+    out = []
+    for query in queries:
+        hits = index.search_vectors(query[None], options.qe, rerank=options.rerank)[0]
+        rows = np.searchsorted(index.ids, [h.id for h in hits])
+        weights = np.maximum([h.score for h in hits], 0.0) ** options.qe_alpha
+        out.append(query + (weights[:, None] * index.vectors_at(rows)).sum(0))
+    return _normalized(np.stack(out))
