@@ -199,3 +199,16 @@ def test_a_search_without_queries_answers_nothing_instead_of_failing() -> None:
         assert sims.shape == (0, 0) and ids.shape == (0, 0)
     assert retrieval_metrics(gallery, torch.arange(10), is_query=torch.zeros(10, dtype=torch.bool)) == {
         "queries": 0.0, "queries_without_relevant": 0.0}
+
+
+def test_product_level_recall_collapses_pictures_of_one_product() -> None:
+    # query (label 0) nearest to three pictures of product 1, then a picture of its own product 0
+    gallery = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.98, 0.2], [0.9, 0.43], [0.0, 1.0], [0.1, 0.99]])
+    emb = torch.nn.functional.normalize(torch.cat([torch.tensor([[1.0, 0.0]]), gallery]), dim=1)
+    labels = torch.tensor([0, 1, 1, 1, 0, 2, 2])
+    is_query = torch.tensor([True] + [False] * 6)
+    m = retrieval_metrics(emb, labels, is_query, ~is_query, ks=(1, 2, 4))
+    assert m["recall@2"] == 0.0 and m["recall@4"] == 1.0
+    assert m["product_recall@1"] == 0.0 and m["product_recall@2"] == 1.0
+    single = retrieval_metrics(emb[[0, 1, 4, 5]], torch.tensor([0, 1, 0, 2]), is_query[:4], ~is_query[:4])
+    assert "product_recall@1" not in single  # one picture per product: picture and product level are the same

@@ -17,6 +17,7 @@ from PIL import Image
 
 from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import load_embedder
+from lookalike.inference.query import SearchOptions, search_catalogue
 
 pytest.importorskip("fastapi")
 
@@ -54,6 +55,23 @@ def test_search_api_answers_like_the_index(client, served, trained: dict) -> Non
     assert similar[0]["id"] == results[0]["id"] and similar[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
     assert "Drop a photo here" in client.get("/").text
+
+
+def test_search_api_fuses_several_photos_groups_and_classifies(client, served, trained: dict) -> None:
+    path, photos = served
+    index = Index.load(path)
+    vectors = load_embedder(trained["embedder"]).embed(photos[:2]).numpy()
+    expected = search_catalogue(index, vectors, SearchOptions(k=3, fuse="max", group_by="label", category="auto"))[0]
+    files = [("image", (f"p{i}.jpg", Path(p).read_bytes(), "image/jpeg")) for i, p in enumerate(photos[:2])]
+    found = client.post("/api/search", files=files, data={"k": "3", "fuse": "max", "group_by": "label",
+                                                          "category": "auto"})
+    assert found.status_code == 200, found.text
+    body = found.json()
+    assert [r["id"] for r in body["results"]] == [h.id for h in expected.hits]
+    assert body["category"] == expected.category and body["results"][0]["group"] == expected.hits[0].group
+    unknown = client.post("/api/search", files=files[:1], data={"group_by": "brand"})
+    assert unknown.status_code == 422 and "no column 'brand'" in unknown.json()["detail"]
+    assert client.post("/api/search", files=files * 5).status_code == 422  # more photos than one item needs
 
 
 def test_bad_requests_get_clear_4xx_answers(client) -> None:

@@ -1,4 +1,5 @@
-"""Retrieval metrics: recall@k, precision@1, R-precision and MAP@R (Musgrave et al., 2020), NMI.
+"""Retrieval metrics: recall@k, precision@1, R-precision and MAP@R (Musgrave et al., 2020), NMI; where several
+gallery pictures share a label, product-level recall@k too (the list collapsed to one entry per label).
 
 One protocol mechanism serves both standard set-ups: rows that are both query and gallery
 retrieve every other gallery row (leave-one-out; a query never retrieves itself, even among
@@ -19,6 +20,7 @@ from lookalike.retrieval.expansion import database_augmentation, query_expansion
 from lookalike.retrieval.knn import knn
 
 DEFAULT_KS = (1, 2, 4, 8)
+MAX_PRODUCT_DEPTH = 1024  # most pictures searched per query for product-level recall (beyond: counted a miss)
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Neighbors:
     hits: torch.Tensor  # [q, k] bool: retrieved item has the query's label
     relevant: torch.Tensor  # [q] number of relevant gallery items
     skipped: int  # queries without any relevant gallery item
+    labels: torch.Tensor | None = None  # [q, k] labels of the retrieved items
+    shared_labels: bool = False  # several gallery items share a label: product-level metrics apply
 
 
 def search(
@@ -72,6 +76,9 @@ def search(
     valid = relevant > 0
     q_rows, exclude, q_labels, relevant = q_rows[valid], exclude[valid], q_labels[valid], relevant[valid]
     k_max = int(max(k, int(relevant.max()) if len(relevant) else 0))
+    shared = bool(len(counts) and int(counts.max()) > 1)
+    if shared:  # product-level recall@k needs up to k products' worth of pictures
+        k_max = max(k_max, min(len(g_rows), k * int(counts.max()), MAX_PRODUCT_DEPTH))
     index = dict(backend=backend, factory=factory, search_params=search_params, precision=precision)
     queries, gallery = emb[q_rows], emb[g_rows]
     if dba_k:
@@ -80,7 +87,21 @@ def search(
         queries = query_expansion(queries, gallery, qe_k, alpha, exclude=exclude, **index)
     sims, nn = knn(queries, gallery, k_max, exclude=exclude, **index)
     nn = nn.to(dev)
-    return Neighbors(q_rows, g_rows[nn], sims, g_labels[nn] == q_labels[:, None], relevant, int((~valid).sum()))
+    return Neighbors(q_rows, g_rows[nn], sims, g_labels[nn] == q_labels[:, None], relevant, int((~valid).sum()),
+                     g_labels[nn], shared)
+
+
+def product_ranks(nb: Neighbors) -> torch.Tensor:
+    """Each query's rank of the first relevant item when the retrieved list is collapsed to one entry per label
+    (a product's first picture), or 0 where none was retrieved."""
+    labels = nb.labels
+    order = labels.sort(dim=1, stable=True)
+    first = torch.ones_like(labels, dtype=torch.bool)
+    first[:, 1:] = order.values[:, 1:] != order.values[:, :-1]
+    is_first = torch.zeros_like(first).scatter_(1, order.indices, first)  # a label's first place in the list
+    distinct = is_first.long().cumsum(1)
+    found = nb.hits.any(1)
+    return torch.where(found, distinct.gather(1, nb.hits.long().argmax(1, keepdim=True)).squeeze(1), 0)
 
 
 def metrics_from_neighbors(nb: Neighbors, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
@@ -95,6 +116,10 @@ def metrics_from_neighbors(nb: Neighbors, ks: Sequence[int] = DEFAULT_KS) -> dic
     precision_at_i = hits.cumsum(1) / ranks[None, :]
     for k in ks:
         out[f"recall@{k}"] = hits[:, :k].amax(1).mean().item()
+    if nb.shared_labels and nb.labels is not None:
+        ranks_p = product_ranks(nb)
+        for k in ks:
+            out[f"product_recall@{k}"] = ((ranks_p >= 1) & (ranks_p <= k)).double().mean().item()
     out["precision@1"] = hits[:, 0].mean().item()
     out["r_precision"] = ((hits * within_r).sum(1) / r).mean().item()
     out["map@r"] = ((precision_at_i * hits * within_r).sum(1) / r).mean().item()

@@ -19,14 +19,16 @@ import cv2
 from lookalike.data.images import load_rgb
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
-from lookalike.inference.catalog import Index, SearchHit
+from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload
+from lookalike.inference.query import Answer, SearchOptions, search_catalogue
 
 PAGE = Path(__file__).parent / "web" / "index.html"
 THUMBNAIL = 256  # longest side of the pictures the page shows, in pixels
 K_CHOICES = (5, 10, 20, 50)
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]  # the Host header a loopback-bound page accepts
-FORM_ROOM = 64 * 1024  # bytes of multipart form around the uploaded file
+FORM_ROOM = 64 * 1024  # bytes of multipart form around the uploaded files
+MAX_PHOTOS = 8  # photos of one item searched together
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
@@ -114,10 +116,11 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         return {"id": item["id"], "label": item["label"], "name": Path(item["path"]).name,
                 "image": f"/api/items/{item['id']}/image"}
 
-    def answer(hits: list[SearchHit]) -> dict[str, Any]:
-        return {"threshold": threshold, "results": [
-            {**item_json(index.by_id[h.id]), "score": h.score,
-             "match": None if threshold is None else h.score >= threshold} for h in hits]}
+    def answer(found: Answer) -> dict[str, Any]:
+        return {"threshold": threshold, "category": found.category, "category_confidence": found.category_confidence,
+                "results": [{**item_json(index.by_id[h.id]), "score": h.score, "group": h.group,
+                             "pictures": h.pictures, "match": None if threshold is None else h.score >= threshold}
+                            for h in found.hits]}
 
     def item(item_id: int) -> dict[str, Any]:
         if item_id not in index.by_id:
@@ -129,45 +132,72 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             raise HTTPException(422, f"k must be between 1 and {max_k}")
         return k
 
-    def search_vector(vector: Any, k: int) -> dict[str, Any]:
+    def search_vectors(vectors: Any, options: SearchOptions) -> dict[str, Any]:
         try:
-            return answer(index.search_vectors(vector, k)[0])
-        except LookalikeError as e:  # an empty catalogue
-            raise HTTPException(409, str(e)) from e
+            return answer(search_catalogue(index, vectors, options)[0])
+        except LookalikeError as e:  # an empty catalogue, an unknown column or category
+            raise HTTPException(409 if not index.items else 422, str(e)) from e
+
+    def options(k: int, fuse: str = "mean", group_by: str | None = None, category: str | None = None,
+                category_by: str = "label") -> SearchOptions:
+        try:
+            return SearchOptions(k=check_k(k), fuse=fuse, group_by=group_by or None, category=category or None,
+                                 category_by=category_by).check()
+        except LookalikeError as e:
+            raise HTTPException(422, str(e)) from e
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return PAGE.read_text().replace("{{COUNT}}", str(len(index.items))).replace(
             "{{K_OPTIONS}}", "".join(f'<option{" selected" if k == 10 else ""}>{k}</option>' for k in K_CHOICES))
 
-    @app.post("/api/search", summary="The catalogue items most similar to an uploaded photo")
-    def search(image: UploadFile = File(..., description="a photo (JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF)"),
-               k: int = Form(10, description="how many results")) -> dict[str, Any]:
-        k = check_k(k)
-        data = image.file.read(limit + 1)
-        if len(data) > limit:
+    def decoded(image: UploadFile, budget: int) -> tuple[Any, int]:
+        data = image.file.read(budget + 1)
+        if len(data) > budget:
             raise HTTPException(413, f"Upload larger than {max_upload_mb:g} MB")
         try:
-            array = load_rgb(io.BytesIO(data), name=(image.filename or "upload")[:100], min_side=decode_side)
-            vector = embedder.embed([array]).numpy()
+            return load_rgb(io.BytesIO(data), name=(image.filename or "upload")[:100], min_side=decode_side), len(data)
         except LookalikeError as e:
             raise HTTPException(415, f"Not an image this server can read: {e}") from e
         except (cv2.error, ValueError, MemoryError) as e:
             raise HTTPException(415, "Not an image this server can prepare for search") from e
-        return search_vector(vector, k)
+
+    @app.post("/api/search", summary="The catalogue items most similar to an uploaded photo (or to several photos "
+              "of one item, fused)")
+    def search(image: list[UploadFile] = File(..., description="one photo, or up to 8 of one item (JPEG, PNG, WebP, "
+                                              "AVIF, GIF, BMP or TIFF); all together at most the upload limit"),
+               k: int = Form(10, description="how many results"),
+               fuse: str = Form("mean", description="several photos: mean (of embeddings) or max (best photo)"),
+               group_by: str = Form("", description="one result per value of this column: label or a manifest "
+                                    "column (empty: one per picture)"),
+               category: str = Form("", description="search only this category, or auto (decide it first)"),
+               category_by: str = Form("label", description="the column holding the category")) -> dict[str, Any]:
+        chosen = options(k, fuse, group_by, category, category_by)
+        if len(image) > MAX_PHOTOS:
+            raise HTTPException(422, f"At most {MAX_PHOTOS} photos at once")
+        arrays, budget = [], limit
+        for upload in image:
+            array, size = decoded(upload, budget)
+            arrays.append(array)
+            budget -= size
+        try:
+            vectors = embedder.embed(arrays).numpy()
+        except (cv2.error, ValueError, MemoryError) as e:
+            raise HTTPException(415, "Not an image this server can prepare for search") from e
+        return search_vectors(vectors, chosen)
 
     @app.get("/api/items/{item_id}", summary="One catalogue item")
     def get_item(item_id: int) -> dict[str, Any]:
         return item_json(item(item_id))
 
     @app.get("/api/items/{item_id}/similar", summary="The items most similar to a catalogue item (more like this)")
-    def similar(item_id: int, k: int = 10) -> dict[str, Any]:
-        k = check_k(k)
+    def similar(item_id: int, k: int = 10, group_by: str = "") -> dict[str, Any]:
+        chosen = options(k, group_by=group_by)
         try:
             vector = embedder.embed([item(item_id)["path"]]).numpy()
         except LookalikeError as e:
             raise gone(item_id, e) from e
-        return search_vector(vector, k)
+        return search_vectors(vector, chosen)
 
     def gone(item_id: int, e: Exception) -> HTTPException:
         log.warning("catalogue item %d: %s", item_id, e)  # the server's log names the file; the answer does not
