@@ -138,6 +138,18 @@ def test_query_expansion_and_database_augmentation() -> None:
     assert np.allclose(np.linalg.norm(augmented.vectors(), axis=1), 1, atol=1e-5)
 
 
+def test_confusers_are_the_most_similar_pairs_with_different_labels() -> None:
+    index, _ = vector_catalogue(products=10)
+    pairs = index.confusers(top=5)
+    assert len(pairs) == 5 and [p[0] for p in pairs] == sorted((p[0] for p in pairs), reverse=True)
+    assert all(index.by_id[a]["label"] != index.by_id[b]["label"] for _, a, b in pairs)
+    vectors = index.vectors()
+    everything = [(float(vectors[i] @ vectors[j]), i, j) for i in range(30) for j in range(i + 1, 30)
+                  if i // 3 != j // 3]
+    assert pairs[0][1:] == max(everything)[1:]  # the closest pair overall comes first
+    assert index.confusers("category", top=3)[0][0] <= pairs[0][0] + 1e-6
+
+
 def test_manifest_columns_become_item_fields(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("path,label,brand,price\na.jpg,sofa,Acme,120\n")
     assert labelled_images(tmp_path / "m.csv")[0]["fields"] == {"brand": "Acme", "price": "120"}
@@ -161,6 +173,9 @@ def test_search_command_fuses_groups_and_classifies(trained: dict, catalogue, tm
     [answer] = json.loads(found.stdout)
     assert answer["query"] == " + ".join(photos[:3]) and answer["category"] in labels
     assert all(r["label"] == answer["category"] and r["pictures"] >= 1 for r in answer["results"])
+    confusers = subprocess.run([*cli, "confusers", "--index", str(tmp_path / "c.lkidx"), "--top", "3", "--json"],
+                               capture_output=True, text=True, timeout=300)
+    assert confusers.returncode == 0 and len(json.loads(confusers.stdout)) == 3, confusers.stderr[-2000:]
     bad = subprocess.run([*cli, "search", "--index", str(tmp_path / "c.lkidx"), photos[0], "--group-by", "sku"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "no column 'sku'" in bad.stderr and "Traceback" not in bad.stderr

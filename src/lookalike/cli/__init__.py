@@ -30,6 +30,7 @@ commands:
   serve       a search page and JSON API for a catalogue index (loopback only unless --host says otherwise):
               lookalike serve --index catalog.lkidx [--port 8000]
   duplicates  groups of near-duplicate catalogue images: lookalike duplicates --index catalog.lkidx
+  confusers   the most similar pictures with different labels: lookalike confusers --index catalog.lkidx
   pseudo-labels
               cluster a catalogue without labels into pseudo-classes (FAISS k-means) for triplet training:
               lookalike pseudo-labels --embedder embedder.pt --images DIR --clusters 300 --out clusters.csv
@@ -52,6 +53,7 @@ COMMANDS = {
     "calibrate": calibrate.main,
     "serve": serve.main,
     "duplicates": search.main_duplicates,
+    "confusers": search.main_confusers,
     "pseudo-labels": pseudo_labels.main,
     "demo-data": demo_data.main,
     "runs": runs.main,

@@ -96,3 +96,25 @@ def main_duplicates(argv: list[str]) -> None:
         print(f"group {n}:")
         for i in group:
             print(f"  {index.by_id[i]['path']}  {index.by_id[i]['label']}")
+
+
+def main_confusers(argv: list[str]) -> None:
+    """``lookalike confusers --index FILE.lkidx [--by label] [--top 50] [--json]``."""
+    parser = argparse.ArgumentParser(prog="lookalike confusers", description="List the most similar pairs of "
+                                     "catalogue pictures with different labels: likely catalogue mistakes, or the "
+                                     "pairs to collect feedback on.")
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--by", default="label", help="the column that should differ (default: label)")
+    parser.add_argument("--top", type=int, default=50)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    index = Index.load(args.index)
+    pairs = index.confusers(args.by, args.top)
+    if args.json:
+        print(json.dumps([{"similarity": s, "a": index.by_id[a], "b": index.by_id[b]} for s, a, b in pairs], indent=2))
+        return
+    print(f"{len(pairs)} most similar pairs with different {args.by} among {len(index.items)} items")
+    for s, a, b in pairs:
+        print(f"  {s:.4f}  {index.value(index.by_id[a], args.by):<16} {index.by_id[a]['path']}")
+        print(f"          {index.value(index.by_id[b], args.by):<16} {index.by_id[b]['path']}")
+

@@ -397,6 +397,22 @@ class Index:
             return np.asarray(self.exact[np.asarray(rows)], dtype=np.float32)
         return self.faiss.reconstruct(self.ids[np.asarray(rows)])
 
+    def confusers(self, column: str = "label", top: int = 50, k: int = 10) -> list[tuple[float, int, int]]:
+        """The ``top`` most similar pairs of items whose ``column`` differs, as (similarity, id, id), most similar
+        first: likely mistakes in the catalogue, or the pairs to collect feedback on (each item to its ``k``
+        nearest)."""
+        if len(self.items) < 2:
+            return []
+        values = [self.value(it, column) for it in self.items]
+        hits = self.search_vectors(self.vectors(), min(k + 1, len(self.items)))
+        pairs = {}
+        for row, value, found in zip(self.ids, values, hits):
+            for h in found:
+                j = int(np.searchsorted(self.ids, h.id))
+                if h.id != row and values[j] != value:
+                    pairs[(min(int(row), h.id), max(int(row), h.id))] = h.score
+        return sorted(((s, a, b) for (a, b), s in pairs.items()), reverse=True)[:top]
+
     def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
         """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest)."""
         if not self.items:

@@ -138,7 +138,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         except LookalikeError as e:  # an empty catalogue, an unknown column or category
             raise HTTPException(409 if not index.items else 422, str(e)) from e
 
-    def options(k: int, fuse: str = "mean", group_by: str | None = None, category: str | None = None,
+    def options(k: int, fuse: str = "max", group_by: str | None = None, category: str | None = None,
                 category_by: str = "label") -> SearchOptions:
         try:
             return SearchOptions(k=check_k(k), fuse=fuse, group_by=group_by or None, category=category or None,
@@ -167,7 +167,8 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     def search(image: list[UploadFile] = File(..., description="one photo, or up to 8 of one item (JPEG, PNG, WebP, "
                                               "AVIF, GIF, BMP or TIFF); all together at most the upload limit"),
                k: int = Form(10, description="how many results"),
-               fuse: str = Form("mean", description="several photos: mean (of embeddings) or max (best photo)"),
+               fuse: str = Form("max", description="several photos: max (each item's best photo; measured better "
+                                 "on real photos) or mean (of the embeddings)"),
                group_by: str = Form("", description="one result per value of this column: label or a manifest "
                                     "column (empty: one per picture)"),
                category: str = Form("", description="search only this category, or auto (decide it first)"),
