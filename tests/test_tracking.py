@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,11 @@ def test_wandb_logger_runs_offline(data_cache: Path, tmp_path: Path, monkeypatch
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     assert (tmp_path / "retrieval_grid.png").is_file() and (tmp_path / "embedder.pt").is_file()
-    log = next(runs[0].glob("*.wandb")).read_bytes()  # the offline run's record, synced later
+    record = next(runs[0].glob("*.wandb"))  # the offline run's record, synced later
+    deadline = time.monotonic() + 60  # wandb's service process may still be appending to it on a busy machine
+    while b"quickstart-embedder" not in record.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = record.read_bytes()
     assert b"quickstart-embedder" in log and b"embedder.pt" in log  # the embedder file as a model artifact
     assert list((runs[0] / "files" / "media" / "images").rglob("retrieval_grid*.png"))
 
