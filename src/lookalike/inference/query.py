@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from lookalike.errors import LookalikeError
 from lookalike.inference.catalog import Index, SearchHit
+from lookalike.retrieval.expansion import expand
 
 FUSIONS = ("mean", "max")
 CANDIDATES_PER_GROUP = 4  # candidates searched per requested group before searching wider
@@ -144,7 +146,7 @@ def _expanded(index: Index, queries: np.ndarray, options: SearchOptions) -> np.n
     out = []
     for query in queries:
         hits = index.search_vectors(query[None], options.qe, rerank=options.rerank)[0]
-        rows = np.searchsorted(index.ids, [h.id for h in hits])
-        weights = np.maximum([h.score for h in hits], 0.0) ** options.qe_alpha
-        out.append(query + (weights[:, None] * index.vectors_at(rows)).sum(0))
-    return _normalized(np.stack(out))
+        neighbours = index.vectors_at(np.searchsorted(index.ids, [h.id for h in hits]))
+        out.append(expand(torch.from_numpy(query[None]), torch.from_numpy(neighbours[None]),
+                          torch.tensor([[h.score for h in hits]]), options.qe_alpha)[0].numpy())
+    return np.stack(out)

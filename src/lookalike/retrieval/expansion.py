@@ -13,10 +13,15 @@ import torch.nn.functional as F
 from lookalike.retrieval.knn import knn
 
 
+def expand(base: torch.Tensor, neighbours: torch.Tensor, sims: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Each vector of ``base`` [n, d] plus its ``neighbours`` [n, k, d] weighted by ``sims`` [n, k] ** alpha."""
+    weights = sims.clamp(min=0) ** alpha
+    return F.normalize(base + (weights[..., None] * neighbours).sum(1), dim=-1)
+
+
 def _expand(base: torch.Tensor, gallery: torch.Tensor, sims: torch.Tensor, ids: torch.Tensor,
             alpha: float) -> torch.Tensor:
-    weights = sims.clamp(min=0) ** alpha
-    return F.normalize(base + (weights[..., None] * gallery[ids.to(gallery.device)]).sum(1), dim=-1)
+    return expand(base, gallery[ids.to(gallery.device)], sims, alpha)
 
 
 def query_expansion(queries: torch.Tensor, gallery: torch.Tensor, k: int, alpha: float = 3.0,
