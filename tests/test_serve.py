@@ -74,6 +74,31 @@ def test_search_api_fuses_several_photos_groups_and_classifies(client, served, t
     assert client.post("/api/search", files=files * 5).status_code == 422  # more photos than one item needs
 
 
+def test_marks_on_results_go_beside_the_index_never_into_it(served, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from lookalike.data.feedback import read_feedback
+    from lookalike.serve.app import create_app
+
+    path, photos = served
+    before = path.read_bytes()
+    client = TestClient(create_app(path, feedback=tmp_path / "c.feedback"))
+    found = client.post("/api/search", files={"image": ("p.jpg", Path(photos[0]).read_bytes(), "image/jpeg")})
+    first, second = found.json()["results"][:2]
+    files = [("image", (f"p{i}.jpg", Path(p).read_bytes(), "image/jpeg")) for i, p in enumerate(photos[:2])]
+    same = client.post("/api/feedback", files=files, data={"item": first["id"], "verdict": "same"})
+    assert same.status_code == 200 and same.json() == {"recorded": 2, "item": first["id"], "verdict": "same"}
+    client.post("/api/feedback", files=files[:1], data={"item": second["id"], "verdict": "different"})
+    marks = read_feedback(tmp_path / "c.feedback" / "feedback.csv")
+    assert [(m.verdict, m.label) for m in marks] == [("same", first["label"])] * 2 + [("different", second["label"])]
+    assert marks[0].photo == marks[2].photo and path.read_bytes() == before
+    assert client.post("/api/feedback", files=files, data={"item": 10**6, "verdict": "same"}).status_code == 404
+    assert client.post("/api/feedback", files=files, data={"item": first["id"], "verdict": "?"}).status_code == 422
+    off = TestClient(create_app(path)).post("/api/feedback", files=files, data={"item": 1, "verdict": "same"})
+    assert off.status_code == 404 and "no feedback" in off.json()["detail"]
+    assert "const FEEDBACK = true" in client.get("/").text
+
+
 def test_bad_requests_get_clear_4xx_answers(client) -> None:
     text = client.post("/api/search", files={"image": ("notes.txt", b"not an image", "text/plain")})
     assert text.status_code == 415 and "Not an image" in text.json()["detail"]
@@ -123,7 +148,8 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
     path, photos = served
     expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(path), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(path, feedback=tmp_path / "c.feedback")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     browser = _browser()
@@ -147,6 +173,11 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
             Path(os.environ["LOOKALIKE_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, Path(os.environ["LOOKALIKE_TEST_ARTIFACTS"]) / "serve.png")
         assert Image.open(shot).size[0] > 0
+        cards[0].find_element(By.CSS_SELECTOR, "button[data-verdict=same]").click()  # a mark, not a new search
+        wait.until(lambda b: "Thank you" in b.find_element(By.ID, "status").text)
+        marked = (tmp_path / "c.feedback" / "feedback.csv").read_text().splitlines()
+        assert len(marked) == 2 and f",same,{expected[0].id}," in marked[1]
+        cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
         clicked = cards[1].get_attribute("data-id")  # read before the click: the click replaces the cards
         cards[1].click()  # more like this: the clicked item becomes the query and comes first
         first_card = "const c = document.querySelector('#results .result'); return c && c.dataset.id"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lookalike.data.feedback import feedback_folder
 from lookalike.errors import LookalikeError
 from lookalike.serve.app import LOOPBACK_NAMES, create_app
 
@@ -17,15 +18,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--slots", type=int, default=4, help="searches with an upload at once (more wait: 503)")
+    parser.add_argument("--feedback", help="folder the page's 'same' / 'not the same' marks go to (default: "
+                        "catalog.feedback/ beside catalog.lkidx; train with data.feedback=FOLDER/feedback.csv)")
+    parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
     args = parser.parse_args(argv)
     if args.slots < 1 or args.max_upload_mb <= 0:
         raise LookalikeError("--slots must be at least 1 and --max-upload-mb above 0")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    feedback = None if args.no_feedback else (args.feedback or feedback_folder(args.index))
     app = create_app(args.index, args.embedder, args.max_upload_mb, slots=args.slots,
-                     allowed_hosts=LOOPBACK_NAMES if loopback else None)
+                     allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback)
     try:
         import uvicorn
     except ImportError as e:
         raise LookalikeError("lookalike serve needs the serve extra: pip install 'lookalike[serve]'") from e
     print(f"searching {args.index} at http://{args.host}:{args.port}/ (API docs: /docs)")
+    if feedback is not None:
+        print(f"marks on results go to {feedback}/feedback.csv")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import os
 from typing import Any, Callable, Iterator
 
 import lightning as L
@@ -15,7 +16,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from lookalike.config import build
 from lookalike.data.cache import resized_splits
+from lookalike.data.feedback import read_feedback, with_feedback
 from lookalike.data.images import ImageDataset, unreadable_images
+from lookalike.data.samplers import HardPairBatches
 from lookalike.data.table import ImageTable, Splits, split_off_classes
 from lookalike.data.transforms import eval_resize, eval_transform, train_transform
 from lookalike.errors import LookalikeError
@@ -110,7 +113,9 @@ class RetrievalDataModule(L.LightningDataModule):
     unless the source provides its own, so checkpoints are chosen on classes never trained on
     and the test classes are touched only for the final report. ``instances``: every training image is
     its own class (self-supervised, see :mod:`lookalike.data.unlabeled`); the PK sampler then draws
-    ``m`` augmented views of each image it picks.
+    ``m`` augmented views of each image it picks. ``feedback``: a feedback CSV of marks on search results
+    (:mod:`lookalike.data.feedback`), its photos added to training and ``feedback_pairs`` of its confused class
+    pairs put into every batch.
     """
 
     def __init__(
@@ -128,6 +133,8 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: int = 0,
         on_bad_image: str = "skip",
         instances: bool = False,
+        feedback: str | None = None,
+        feedback_pairs: int = 1,
     ):
         super().__init__()
         splits = without_unreadable(splits, on_bad_image)
@@ -140,13 +147,28 @@ class RetrievalDataModule(L.LightningDataModule):
         else:
             train, val = splits.train, splits.val
         self.instances = instances
-        self.train_table: ImageTable = trainable(train, instances).relabelled()
-        if len(self.train_table) == 0 and len(train) > 0:
+        kept = trainable(train, instances)
+        if len(kept) == 0 and len(train) > 0:
             raise LookalikeError("No training class has two images, so there is no positive pair: for a catalogue "
                                  "without labels use data.instances=true (experiment=selfsup_catalog) or give it "
                                  "classes (data.source.pseudo_labels=CSV of lookalike pseudo-labels)")
+        test, pairs = splits.test, []
+        if feedback:
+            added = with_feedback(kept, read_feedback(feedback), held_out=set(val.label_names()))
+            log.info(added.summary)
+            kept, pairs = added.table, added.hard_pairs
+            photos = {os.path.realpath(p) for p in added.photos}
+            test = test.subset(np.array([os.path.realpath(p) not in photos for p in test.paths], bool))
+            trained = set(test.label_names()) & set(kept.label_names())
+            if trained:
+                log.warning("feedback trains on %d test class(es): the test report is not zero-shot for them "
+                            "(its photos are left out of the test queries)", len(trained))
+        self.train_table: ImageTable = kept.relabelled()
+        label_of = dict(zip(self.train_table.label_names(), self.train_table.labels.tolist()))
+        self.hard_pairs = [(label_of[a], label_of[b]) for a, b in pairs]
+        self.feedback_pairs = feedback_pairs
         self.val_table: ImageTable = val
-        self.test_table: ImageTable = splits.test
+        self.test_table: ImageTable = test
         for name, table in (("training", self.train_table), ("validation", val), ("test", splits.test)):
             if len(table) == 0:
                 raise LookalikeError(f"The {name} split is empty: check data.root and the class split settings")
@@ -209,6 +231,10 @@ class RetrievalDataModule(L.LightningDataModule):
         """PK batches (or shuffled ones without a sampler); under DDP each process draws its own."""
         dataset = ImageDataset(self.train_table, train_transform(self.augment, self.preprocessing))
         sampler = self._pk_sampler() or RandomSampler(dataset)
+        if self.hard_pairs and self.feedback_pairs > 0:
+            m = getattr(self.sampler, "keywords", {}).get("m", 4)
+            sampler = HardPairBatches(sampler, self.train_table.labels, self.hard_pairs, m, self.batch_size,
+                                      self.feedback_pairs)
         seeded = EpochSeededSampler(sampler, self.seed, epoch=self._current_epoch, rank=_rank_and_world()[0])
         return DataLoader(dataset, batch_size=self.batch_size, sampler=seeded, drop_last=True, **self.loader_args)
 

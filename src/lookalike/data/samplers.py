@@ -50,3 +50,30 @@ class CatalogueAndPhotosSampler(Sampler[int]):
         for _ in range(self.batches):
             for c in np.random.choice(len(self.classes), self.batch_size // self.m, replace=False):
                 yield from self._group(int(c))
+
+
+class HardPairBatches(Sampler[int]):
+    """``sampler``'s row indices with, in each batch of ``batch_size``, the first ``2 m per_batch`` rows replaced
+    by ``m`` rows of each class of ``per_batch`` of ``pairs`` (label pairs known to be confused, e.g. from
+    feedback), drawn at random: the miner then meets those hard negatives in every batch. PML has no sampler
+    taking class pairs."""
+
+    def __init__(self, sampler: Sampler[int], labels: np.ndarray, pairs: list[tuple[int, int]], m: int,
+                 batch_size: int, per_batch: int = 1):
+        if not pairs or 2 * m * per_batch > batch_size:
+            raise LookalikeError(f"Cannot put {per_batch} hard class pair(s) of m={m} images each into batches of "
+                                 f"{batch_size}: lower data.feedback_pairs or raise data.batch_size")
+        self.sampler, self.pairs, self.batch_size, self.m, self.per_batch = sampler, pairs, batch_size, m, per_batch
+        labels = np.asarray(labels)
+        self.rows = {int(c): np.flatnonzero(labels == c) for c in {c for pair in pairs for c in pair}}
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        rows = list(self.sampler)
+        for start in range(0, len(rows) - self.batch_size + 1, self.batch_size):
+            classes = [c for p in np.random.randint(len(self.pairs), size=self.per_batch) for c in self.pairs[p]]
+            chosen = [np.random.choice(self.rows[c], self.m, replace=len(self.rows[c]) < self.m) for c in classes]
+            rows[start:start + len(classes) * self.m] = [int(i) for group in chosen for i in group]
+        return iter(rows)

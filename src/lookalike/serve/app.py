@@ -4,7 +4,8 @@ The embedder and the index load once at start. Safe by default: it binds to loop
 requests addressed to a loopback name, against DNS rebinding), refuses uploads over the size limit while they
 arrive (413, chunked ones too), searches at most ``slots`` uploads at once (503 with Retry-After beyond),
 opens only the image formats users upload (415 for anything else), serves catalogue pictures by item id
-only (never by path, and never names server paths) and never writes to the index.
+only (never by path, and never names server paths) and never writes to the index: "same product" / "not the
+same" marks on results go to a feedback folder beside it (:mod:`lookalike.data.feedback`), when one is given.
 """
 # no `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time
 
@@ -16,6 +17,7 @@ from typing import Any, Awaitable, Callable
 
 import cv2
 
+from lookalike.data.feedback import PHOTO_SIDE, FeedbackLog
 from lookalike.data.images import load_rgb
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
@@ -88,9 +90,11 @@ class UploadGuard:
 
 
 def create_app(index_path: str | Path, embedder_path: str | Path | None = None, max_upload_mb: float = 10.0,
-               max_k: int = 100, slots: int = 4, allowed_hosts: list[str] | None = None):
+               max_k: int = 100, slots: int = 4, allowed_hosts: list[str] | None = None,
+               feedback: str | Path | None = None):
     """The FastAPI application over one ``.lkidx`` index (and the embedder it was built with). ``slots``:
-    searches with an upload at once; ``allowed_hosts``: the Host header names answered (None: any)."""
+    searches with an upload at once; ``allowed_hosts``: the Host header names answered (None: any);
+    ``feedback``: the folder marks on results are appended to (None: the page takes no marks)."""
     try:
         from fastapi import FastAPI, File, Form, HTTPException, UploadFile
         from fastapi.responses import HTMLResponse, Response
@@ -104,6 +108,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     embedder = embedder_from_payload(payload).eval()
     threshold = calibrated_threshold(payload)
     decode_side = eval_resize(embedder.preprocessing)
+    marks = None if feedback is None else FeedbackLog(feedback)
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="lookalike visual search", description=f"Search {len(index.items)} catalogue items "
                   "with a photo. Items are addressed by id.", version="1")
@@ -122,7 +127,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
                              "pictures": h.pictures, "match": None if threshold is None else h.score >= threshold}
                             for h in found.hits]}
 
-    def item(item_id: int) -> dict[str, Any]:
+    def catalogue_item(item_id: int) -> dict[str, Any]:
         if item_id not in index.by_id:
             raise HTTPException(404, f"No catalogue item has the id {item_id}")
         return index.by_id[item_id]
@@ -149,14 +154,15 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return PAGE.read_text().replace("{{COUNT}}", str(len(index.items))).replace(
+            "{{FEEDBACK}}", "true" if marks else "false").replace(
             "{{K_OPTIONS}}", "".join(f'<option{" selected" if k == 10 else ""}>{k}</option>' for k in K_CHOICES))
 
-    def decoded(image: UploadFile, budget: int) -> tuple[Any, int]:
+    def decoded(image: UploadFile, budget: int, side: int = decode_side) -> tuple[Any, int]:
         data = image.file.read(budget + 1)
         if len(data) > budget:
             raise HTTPException(413, f"Upload larger than {max_upload_mb:g} MB")
         try:
-            return load_rgb(io.BytesIO(data), name=(image.filename or "upload")[:100], min_side=decode_side), len(data)
+            return load_rgb(io.BytesIO(data), name=(image.filename or "upload")[:100], min_side=side), len(data)
         except LookalikeError as e:
             raise HTTPException(415, f"Not an image this server can read: {e}") from e
         except (cv2.error, ValueError, MemoryError) as e:
@@ -174,28 +180,49 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
                category: str = Form("", description="search only this category, or auto (decide it first)"),
                category_by: str = Form("label", description="the column holding the category")) -> dict[str, Any]:
         chosen = options(k, fuse, group_by, category, category_by)
-        if len(image) > MAX_PHOTOS:
-            raise HTTPException(422, f"At most {MAX_PHOTOS} photos at once")
-        arrays, budget = [], limit
-        for upload in image:
-            array, size = decoded(upload, budget)
-            arrays.append(array)
-            budget -= size
+        arrays = photos(image)
         try:
             vectors = embedder.embed(arrays).numpy()
         except (cv2.error, ValueError, MemoryError) as e:
             raise HTTPException(415, "Not an image this server can prepare for search") from e
         return search_vectors(vectors, chosen)
 
+    def photos(uploads: list[UploadFile], side: int = decode_side) -> list[Any]:
+        if len(uploads) > MAX_PHOTOS:
+            raise HTTPException(422, f"At most {MAX_PHOTOS} photos at once")
+        arrays, budget = [], limit
+        for upload in uploads:
+            array, size = decoded(upload, budget, side)
+            arrays.append(array)
+            budget -= size
+        return arrays
+
+    @app.post("/api/feedback", summary="Mark a result of a photo search: the same product as the photo(s), or not")
+    def mark(image: list[UploadFile] = File(..., description="the photo(s) searched with"),
+             item: int = Form(..., description="the id of the result marked"),
+             verdict: str = Form(..., description="same or different")) -> dict[str, Any]:
+        if marks is None:
+            raise HTTPException(404, "This server takes no feedback (started with --no-feedback)")
+        if verdict not in ("same", "different"):
+            raise HTTPException(422, "verdict must be same or different")
+        try:
+            rows = marks.record(photos(image, PHOTO_SIDE), catalogue_item(item), verdict)
+        except LookalikeError as e:  # the folder is full, or its lock is held too long
+            raise HTTPException(507, str(e)) from e
+        except OSError as e:
+            log.error("cannot write feedback to %s: %s", feedback, e)
+            raise HTTPException(507, "The server cannot write feedback: see its log") from e
+        return {"recorded": len(rows), "item": item, "verdict": verdict}
+
     @app.get("/api/items/{item_id}", summary="One catalogue item")
     def get_item(item_id: int) -> dict[str, Any]:
-        return item_json(item(item_id))
+        return item_json(catalogue_item(item_id))
 
     @app.get("/api/items/{item_id}/similar", summary="The items most similar to a catalogue item (more like this)")
     def similar(item_id: int, k: int = 10, group_by: str = "") -> dict[str, Any]:
         chosen = options(k, group_by=group_by)
         try:
-            vector = embedder.embed([item(item_id)["path"]]).numpy()
+            vector = embedder.embed([catalogue_item(item_id)["path"]]).numpy()
         except LookalikeError as e:
             raise gone(item_id, e) from e
         return search_vectors(vector, chosen)
@@ -215,7 +242,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     @app.get("/api/items/{item_id}/image", summary="A catalogue item's picture (JPEG, at most 256 px)",
              response_class=Response)
     def get_image(item_id: int) -> Response:
-        item(item_id)
+        catalogue_item(item_id)
         try:
             return Response(thumbnail(item_id), media_type="image/jpeg",
                             headers={"Cache-Control": "public, max-age=3600"})

@@ -1,0 +1,187 @@
+"""Feedback on search results: a person marks a result "same product" or "not the same".
+
+The page appends marks to a feedback folder beside the index (``catalog.feedback/``: ``feedback.csv`` and the
+query photos, re-encoded, under ``photos/``); the index itself is never written. Training reads the CSV
+(``python train.py data.feedback=catalog.feedback/feedback.csv``):
+
+- a "same" mark adds the photo to the training set as an image of the marked item's label, and the item's
+  catalogue picture with it (a label training has never seen becomes a new class of the two);
+- a "different" mark says the photo is not that item: the photo's class (from a "same" mark of the same photo,
+  else a class of the photo alone, whose augmented views are its positives) and the item's class are put in
+  the same batches (:class:`lookalike.data.samplers.HardPairBatches`), where the miner finds the hard negatives.
+
+Marks on validation classes are left out (checkpoints are chosen on classes never trained on), and feedback
+photos are left out of the test queries.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.data.images import unreadable_images
+from lookalike.data.table import ImageTable
+from lookalike.errors import LookalikeError
+from lookalike.files import atomic_write, locked
+
+log = logging.getLogger(__name__)
+COLUMNS = ("time", "photo", "verdict", "item", "label", "path")
+VERDICTS = ("same", "different")
+MAX_PHOTOS = 10_000  # photos one feedback folder keeps (each at most PHOTO_SIDE px, JPEG): bounded disk
+PHOTO_SIDE = 1024
+LAYOUT = """  a CSV file with a header row and the columns
+    photo    the query photo (path relative to the CSV's folder, or absolute)
+    verdict  same | different
+    label    the label of the catalogue item marked
+    path     the item's catalogue picture (used when training has never seen its label)
+  (lookalike serve writes it: catalog.feedback/feedback.csv beside the index)"""
+
+
+def feedback_folder(index_path: str | Path) -> Path:
+    """Where the page keeps feedback on ``catalog.lkidx``: ``catalog.feedback/`` beside it."""
+    return Path(index_path).with_suffix(".feedback")
+
+
+class FeedbackLog:
+    """Appends marks to ``folder/feedback.csv`` (under its lock: several servers lose nothing) and keeps each
+    marked photo once (named by its content's hash, re-encoded as JPEG of at most ``PHOTO_SIDE`` px: nothing of
+    the upload but its pixels is kept), at most ``max_photos`` of them."""
+
+    def __init__(self, folder: str | Path, max_photos: int = MAX_PHOTOS):
+        self.folder, self.max_photos = Path(folder), max_photos
+        self.file = self.folder / "feedback.csv"
+
+    def _photo(self, image: np.ndarray) -> str:
+        picture = Image.fromarray(image)
+        picture.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
+        out = io.BytesIO()
+        picture.save(out, "JPEG", quality=90)
+        data = out.getvalue()
+        name = f"photos/{hashlib.sha256(data).hexdigest()[:24]}.jpg"
+        path = self.folder / name
+        if not path.exists():
+            kept = self.folder / "photos"
+            if kept.is_dir() and sum(1 for _ in kept.glob("*.jpg")) >= self.max_photos:
+                raise LookalikeError(f"The feedback folder {self.folder} holds {self.max_photos} photos, its limit: "
+                                     "train with it (data.feedback=...), then move it away to start a new one")
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        return name
+
+    def record(self, images: list[np.ndarray], item: dict[str, Any], verdict: str) -> list[dict[str, str]]:
+        """Append one mark for each photo of a query (RGB arrays) on catalogue ``item``; returns the rows."""
+        if verdict not in VERDICTS:
+            raise LookalikeError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with locked(self.file):
+            rows = [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "photo": self._photo(image), "verdict": verdict,
+                     "item": str(item["id"]), "label": str(item.get("label") or ""), "path": str(item["path"])}
+                    for image in images]
+            new = not self.file.exists() or self.file.stat().st_size == 0
+            with open(self.file, "a", newline="") as f:
+                writer = csv.DictWriter(f, COLUMNS)
+                if new:
+                    writer.writeheader()
+                writer.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+        return rows
+
+
+@dataclass(frozen=True)
+class Mark:
+    """One mark: ``photo`` is (or is not, ``verdict='different'``) the item labelled ``label``, pictured at ``path``."""
+
+    photo: str
+    verdict: str
+    label: str
+    path: str
+
+
+def read_feedback(path: str | Path) -> list[Mark]:
+    """The marks of a feedback CSV; rows cut short (a writer killed mid-line) are left out with a warning."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LookalikeError(f"data.feedback: no feedback file at '{path}'. Expected\n{LAYOUT}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"photo", "verdict", "label", "path"} <= set(rows[0]):
+        raise LookalikeError(f"Feedback file '{path}' lacks columns; expected\n{LAYOUT}")
+    whole = [r for r in rows if all(r.get(c) is not None for c in ("photo", "verdict", "label", "path"))]
+    if len(whole) < len(rows):
+        log.warning("feedback: left out %d row(s) cut short in %s", len(rows) - len(whole), path)
+    unknown = sorted({r["verdict"] for r in whole} - set(VERDICTS))
+    if unknown:
+        raise LookalikeError(f"Feedback file '{path}': unknown verdict(s) {unknown}; use same or different")
+    return [Mark(str(path.parent / r["photo"]), r["verdict"], r["label"], r["path"]) for r in whole]
+
+
+@dataclass
+class WithFeedback:
+    """The training table with the feedback's photos, the class pairs to batch together, and what was used."""
+
+    table: ImageTable
+    hard_pairs: list[tuple[str, str]]  # (photo's class, item's class) by name
+    photos: set[str]
+    summary: str
+
+
+def with_feedback(train: ImageTable, marks: list[Mark], held_out: set[str]) -> WithFeedback:
+    """``train`` plus the photos of ``marks`` (see the module's docstring); marks naming a class of ``held_out``
+    (the validation classes) are left out."""
+    original = train.class_names or [str(i) for i in range(int(train.labels.max(initial=-1)) + 1)]
+    names = list(original)
+    number = {n: i for i, n in enumerate(names)}
+    skipped = [m for m in marks if m.label in held_out]
+    marks = [m for m in marks if m.label not in held_out]
+    bad = unreadable_images(sorted({m.photo for m in marks} | {m.path for m in marks if m.verdict == "same"}))
+    for image, problem in bad.items():
+        log.warning("feedback: leaving out the marks on unreadable image %s (%s)", image, problem)
+    unreadable = [m for m in marks if m.photo in bad or (m.verdict == "same" and m.path in bad)]
+    marks = [m for m in marks if m not in unreadable]
+    trained = dict(zip(map(os.path.realpath, train.paths), train.label_names()))
+    photo_class = {m.photo: m.label for m in marks if m.verdict == "same"}
+    for m in marks:
+        photo_class.setdefault(m.photo, f"feedback photo {Path(m.photo).name}")
+    photo_class.update({p: trained[os.path.realpath(p)] for p in photo_class if os.path.realpath(p) in trained})
+    known = set(trained)
+    rows: dict[str, str] = {}
+    for m in marks:
+        if os.path.realpath(m.photo) not in known:
+            rows.setdefault(m.photo, photo_class[m.photo])
+        if m.verdict == "same" and os.path.realpath(m.path) not in known:
+            rows.setdefault(m.path, m.label)
+    paths, labels = list(train.paths), list(train.labels)
+    for row_path, name in rows.items():
+        if name not in number:
+            number[name] = len(names)
+            names.append(name)
+        paths.append(row_path)
+        labels.append(number[name])
+    table = ImageTable(paths, np.array(labels), class_names=names,
+                       is_query=np.r_[train.is_query, np.ones(len(rows), bool)],
+                       is_gallery=np.r_[train.is_gallery, np.ones(len(rows), bool)])
+    present = set(table.label_names())
+    pairs = sorted({(photo_class[m.photo], m.label) for m in marks
+                    if m.verdict == "different" and m.label in present and m.label != photo_class[m.photo]})
+    unmatched = sum(1 for m in marks if m.verdict == "different" and m.label not in present)
+    same = sum(1 for m in marks if m.verdict == "same")
+    added = len(names) - len(original)
+    summary = (f"feedback: {same} 'same' and {len(marks) - same} 'different' mark(s) on {len(photo_class)} photo(s): "
+               f"{len(rows)} image(s) added, {added} new class(es), {len(pairs)} hard-negative class pair(s)")
+    if unreadable:
+        summary += f"; {len(unreadable)} mark(s) on unreadable images left out"
+    if skipped:
+        summary += f"; {len(skipped)} mark(s) on validation classes left out"
+    if unmatched:
+        summary += f"; {unmatched} 'different' mark(s) on items whose label training has no image of, unused"
+    return WithFeedback(table, pairs, set(photo_class), summary)
