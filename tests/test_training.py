@@ -18,7 +18,8 @@ from lookalike.inference.embedder_file import load_embedder
 from lookalike.models.lit_embedder import LitEmbedder
 from lookalike.profiling import HostReads
 from lookalike.retrieval import retrieval_metrics
-from lookalike.train import build_datamodule, run
+from lookalike.errors import LookalikeError
+from lookalike.train import build_datamodule, choose_weights, run
 from tests.helpers import TINY_MODEL, compose_config, module_and_data, tiny_overrides
 
 LOSSES = ["triplet", "contrastive", "multi_similarity", "proxy_anchor", "arcface"]
@@ -118,7 +119,7 @@ def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_p
     """callbacks=ema: the test metrics and embedder.pt use best.ckpt's averaged weights, not the last
     optimizer step's (Lightning's callback would restore those when testing from a checkpoint path)."""
     report = run(compose_config(tiny_overrides(data_cache, tmp_path / "run") + [
-        "logger=none", "callbacks=ema", "callbacks.ema.decay=0.5", "optim.lr.head=0.1"]))
+        "logger=none", "callbacks=ema", "callbacks.ema.decay=0.5", "optim.lr.head=0.1", "select.alphas=[1.0]"]))
     ckpt = torch.load(report["best_checkpoint"], map_location="cpu", weights_only=False)
     exported = load_embedder(report["embedder"]).state_dict()
     averaged = {k.removeprefix("embedder."): v for k, v in ckpt["state_dict"].items() if k.startswith("embedder.")}
@@ -126,6 +127,33 @@ def test_weight_averaging_is_what_is_tested_and_exported(data_cache: Path, tmp_p
     assert exported.keys() == averaged.keys()
     assert all(torch.equal(exported[k], averaged[k]) for k in exported)
     assert any(not torch.equal(averaged[k], current[k]) for k in exported)  # the average is not the last step
+
+
+def test_the_exported_weights_are_the_best_interpolation_on_validation(tiny_cfg, capsys) -> None:
+    """select.alphas (WiSE-FT): the run reports every alpha's validation metrics, exports the best one's
+    weights, and alpha 1 is the best checkpoint (its validation MAP@R is the checkpoint's)."""
+    report = run(tiny_cfg)
+    selection = report["selection"]
+    scores = {float(a): m["map@r"] for a, m in selection["validation"].items()}
+    assert sorted(scores) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert scores[selection["alpha"]] == max(scores.values())
+    assert scores[1.0] == pytest.approx(report["best_val"], abs=1e-4)
+    printed = capsys.readouterr().out
+    assert "Validation classes" in printed and selection["verdict"] in printed
+    assert (selection["name"] in report["test"]) == (selection["alpha"] != 1)
+
+
+def test_a_fine_tuning_that_hurts_exports_the_start(tiny_cfg) -> None:
+    module, dm = module_and_data(tiny_cfg)
+    start = {k: v.clone() for k, v in module.embedder.state_dict().items()}
+    with torch.no_grad():  # a "fine-tuning" that wrecked the weights
+        for p in module.embedder.parameters():
+            p.add_(torch.randn_like(p) * 50 * (p.abs().mean() + 1))
+    selection = choose_weights(module, dm, tiny_cfg, start, torch.device("cpu"))
+    assert selection["alpha"] == 0 and "did not beat" in selection["verdict"]
+    assert all(torch.equal(v, start[k]) for k, v in module.embedder.state_dict().items())
+    with pytest.raises(LookalikeError, match="not a retrieval metric"):
+        choose_weights(module, dm, OmegaConf.merge(tiny_cfg, {"optimized_metric": "val/loss"}), start, "cpu")
 
 
 class _TinyNet(L.LightningModule):

@@ -22,6 +22,7 @@ from lookalike.files import link_latest
 from lookalike.inference.embed import embed_loader
 from lookalike.inference.embedder_file import save_embedder
 from lookalike.models.lit_embedder import LitEmbedder, read_checkpoint
+from lookalike.models.wise import interpolated
 from lookalike.provenance import provenance
 from lookalike.retrieval import retrieval_metrics
 from lookalike.retrieval.grid import retrieval_grid
@@ -115,6 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
+    start = {k: v.detach().cpu().clone() for k, v in module.embedder.state_dict().items()}
     if ckpt_path is not None:
         read_checkpoint(ckpt_path)  # refused unless it is plain data; Lightning then loads it the same way
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -124,10 +126,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         module.load_state_dict(read_checkpoint(best)["state_dict"])
     rows["after training (best checkpoint)" if best else "after training"] = _test_metrics(
         trainer.test(module, datamodule=datamodule, verbose=False))
+    selection = choose_weights(module, datamodule, cfg, start, trainer.strategy.root_device)
+    if selection and selection["alpha"] != 1:
+        rows[selection["name"]] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
     report = {"test": rows, "best_checkpoint": best, "optimized_metric": cfg.optimized_metric,
               "best_val": _best_score(trainer), "test_set": datamodule.test_table.describe(),
-              "duration_s": round(time.time() - started, 1)}
+              "selection": selection, "duration_s": round(time.time() - started, 1)}
     if trainer.is_global_zero:
         _save_grid(module, datamodule, trainer, output_dir / "retrieval_grid.png")
         # the tested (best) weights as a self-contained embedder file, also a wandb artifact
@@ -136,11 +141,53 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _log_artifact(trainer, embedder_file, cfg.task_name)
         report["embedder"] = str(embedder_file)
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        if selection:
+            print(f"\nValidation classes ({datamodule.val_table.describe()}), the weights exported chosen on "
+                  f"{cfg.optimized_metric}:\n{format_report(selection['validation'], 'alpha (0: start, 1: fine-tuned)')}"
+                  f"\n{selection['verdict']}")
         print(f"\nTest classes ({report['test_set']}):\n{format_report(rows, 'model')}")
         print(f"\nbest checkpoint: {best or '(none saved)'}\nembedder file:   {embedder_file}"
               f"\nrun folder:      {output_dir}")
     _finish_wandb(trainer)
     return report
+
+
+def choose_weights(module: LitEmbedder, datamodule: RetrievalDataModule, cfg: DictConfig,
+                   start: dict[str, Any], device: Any) -> dict[str, Any] | None:
+    """Leave in ``module`` the best, on the validation classes' ``optimized_metric``, of the interpolations
+    between the weights training started from (``start``) and the fine-tuned ones at ``select.alphas``
+    (WiSE-FT); returns the choice and every alpha's validation metrics (None with no alpha but 1)."""
+    alphas = sorted({float(a) for a in (cfg.get("select") or {}).get("alphas") or [1.0]})
+    if alphas == [1.0]:
+        return None
+    if not all(0 <= a <= 1 for a in alphas):
+        raise LookalikeError(f"select.alphas={alphas}: each alpha must be between 0 (the start) and 1 (fine-tuned)")
+    metric = cfg.optimized_metric.removeprefix("val/")
+    end = {k: v.detach().clone() for k, v in module.embedder.state_dict().items()}
+    loader = datamodule.eval_dataloader(datamodule.val_table, distributed=False)
+    scores: dict[float, dict[str, float]] = {}
+    for alpha in alphas:  # every process computes the same choice, so under DDP all export the same weights
+        module.embedder.load_state_dict(interpolated(start, end, alpha))
+        data = embed_loader(module.embedder.to(device), loader, desc=f"validation, alpha {alpha:g}")
+        scores[alpha] = retrieval_metrics(data["embeddings"], data["label"], data["is_query"], data["is_gallery"],
+                                          cfg.eval.ks, **cfg.knn)
+        if metric not in scores[alpha]:
+            raise LookalikeError(f"optimized_metric={cfg.optimized_metric} is not a retrieval metric of the "
+                                 f"validation classes ({', '.join('val/' + k for k in scores[alpha])}): choose one "
+                                 "of those, or set select.alphas=[1.0] to export the fine-tuned weights as they are")
+    chosen = max(alphas, key=lambda a: (scores[a][metric], a))
+    module.embedder.load_state_dict(interpolated(start, end, chosen))
+    module.train()
+    if chosen == 0:
+        name, verdict = "chosen: the start (alpha 0)", (
+            f"Fine-tuning did not beat the weights it started from on the validation classes ({metric} "
+            f"{scores[0.0][metric]:.4f} against {scores[alphas[-1]][metric]:.4f} fine-tuned): the embedder exported "
+            "is the starting (pretrained) model.")
+    else:
+        name = f"chosen: WiSE-FT alpha {chosen:g}" if chosen != 1 else "chosen: fine-tuned (alpha 1)"
+        verdict = f"Exported: alpha {chosen:g} ({metric} {scores[chosen][metric]:.4f} on the validation classes)."
+    return {"metric": metric, "alpha": chosen, "name": name, "verdict": verdict,
+            "validation": {f"{a:g}": m for a, m in scores.items()}}
 
 
 def _save_grid(module: LitEmbedder, datamodule: RetrievalDataModule, trainer: L.Trainer, path: Path) -> None:
