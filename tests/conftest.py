@@ -63,11 +63,13 @@ def fake_cub(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One tiny training run shared by the tests: its report (checkpoint, embedder file, metrics)."""
+    """One tiny training run shared by the tests: its report (checkpoint, embedder file, metrics). It exports
+    the best checkpoint's weights as they are (``select.alphas=[1.0]``), so the two are one model; the choice
+    among interpolations is tested in test_training.py."""
     from lookalike.train import run
 
     base = tmp_path_factory.mktemp("trained")
-    return run(compose_config(tiny_overrides(base / "cache", base / "run") + ["logger=none"]))
+    return run(compose_config(tiny_overrides(base / "cache", base / "run") + ["logger=none", "select.alphas=[1.0]"]))
 
 
 

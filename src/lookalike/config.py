@@ -13,9 +13,23 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lookalike.errors import LookalikeError
+
+FALLBACK_SIZE = 224  # the input size of a backbone timm has no pretrained configuration for
+
+
+def backbone_size(name: str) -> int:
+    """A timm backbone's own (pretrained) input resolution, from its configuration: nothing is built or
+    downloaded. Configs write it ``${backbone_size:${model.backbone.name}}``."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(str(name))
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else FALLBACK_SIZE
+
+
+OmegaConf.register_new_resolver("backbone_size", backbone_size, replace=True)
 
 
 def config_dir() -> Path:

@@ -259,7 +259,8 @@ def datamodule_from_config(data: DictConfig, seed: int, cache_dir: str, preproce
     ``cache_dir`` with ``data.resize_cache``, and its loader options. Training and evaluation both build their
     data here, so they see the same tables; ``options`` add or replace keyword arguments of
     :class:`RetrievalDataModule` (training's sampler and augmentation, evaluation's batch size)."""
-    settings = {k: v for k, v in data.items() if k not in ("root", "source", "resize_cache")}
+    # image_size is the model's (evaluation has no model group to resolve it from)
+    settings = {k: data[k] for k in data if k not in ("root", "source", "resize_cache", "image_size")}
     splits = build(data.source, "the data set (data=...)")
     if data.get("resize_cache"):
         splits = resized_splits(splits, int(data.resize_cache), cache_dir)
