@@ -69,6 +69,11 @@ def test_search_api_fuses_several_photos_groups_and_classifies(client, served, t
     body = found.json()
     assert [r["id"] for r in body["results"]] == [h.id for h in expected.hits]
     assert body["category"] == expected.category and body["results"][0]["group"] == expected.hits[0].group
+    label = body["results"][-1]["label"]
+    kept = client.post("/api/search", files=files[:1], data={"filter": f'label == "{label}"'}).json()["results"]
+    assert kept and {r["label"] for r in kept} == {label}
+    bad = client.post("/api/search", files=files[:1], data={"filter": "__import__('os')"})
+    assert bad.status_code == 422 and "filter" in bad.json()["detail"]
     unknown = client.post("/api/search", files=files[:1], data={"group_by": "brand"})
     assert unknown.status_code == 422 and "no column 'brand'" in unknown.json()["detail"]
     assert client.post("/api/search", files=files * 5).status_code == 422  # more photos than one item needs

@@ -23,6 +23,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", help="search only items of this category, or 'auto': decide it first by "
                         "the vote of the nearest items (classify-then-search)")
     parser.add_argument("--category-by", default="label", help="the column holding the category (default: label)")
+    parser.add_argument("--filter", help='only items whose metadata match, e.g. \'brand == "acme" and price < 100\' '
+                        "(label and manifest columns; == != < <= > >= in, and / or / not)")
     parser.add_argument("--votes", type=int, default=10, help="nearest items voting for --category auto")
     parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items")
     parser.add_argument("--rerank", type=int, help="candidates re-scored with the exact vectors (default: the "
@@ -34,7 +36,8 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
 def options_from(args: argparse.Namespace) -> SearchOptions:
     """The search options of parsed ``add_search_options`` arguments."""
     return SearchOptions(k=args.k, fuse=args.fuse, group_by=args.group_by, category=args.category,
-                         category_by=args.category_by, votes=args.votes, qe=args.qe, rerank=args.rerank).check()
+                         category_by=args.category_by, votes=args.votes, qe=args.qe, rerank=args.rerank,
+                         filter=args.filter).check()
 
 
 def main(argv: list[str]) -> None:

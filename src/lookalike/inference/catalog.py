@@ -26,6 +26,7 @@ from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, locked
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
+from lookalike.inference.filters import parse_filter
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.expansion import database_augmentation
 from lookalike.retrieval.knn import FaissIndex, default_search_params, is_lossy, ivf_cells, rescore
@@ -37,6 +38,7 @@ PARTIAL_MARKER = "key.json"  # in the <out>.partial/ folder of a build in progre
 # items.json and its share of the FAISS index; beyond them the file is refused unread.
 MAX_META_BYTES = 1 << 20
 MAX_ITEM_JSON_BYTES = 4096
+FILTER_CACHE = 32  # filter expressions whose matching ids an Index keeps
 DEFAULT_RERANK = 200  # candidates a compressed index re-scores with the exact vectors (results/search.md)
 
 
@@ -272,6 +274,7 @@ class Index:
         self.by_id = {it["id"]: it for it in items}
         self.ids = np.array([it["id"] for it in items], dtype=np.int64)  # ascending: ids only grow
         self.meta["count"] = len(items)
+        self._matching: dict[str, np.ndarray] = {}  # filter expression -> ids (items changed: answers anew)
 
     def save(self, path: str | Path) -> Path:
         """Write the ``.lkidx`` file atomically."""
@@ -380,6 +383,22 @@ class Index:
     def ids_where(self, column: str, value: str) -> np.ndarray:
         """The ids of the items whose ``column`` (``label`` or a manifest field) is ``value``."""
         return np.array([it["id"] for it in self.items if self.value(it, column) == value], dtype=np.int64)
+
+    def columns(self) -> set[str]:
+        """``label`` and every manifest column an item has."""
+        return {"label", *(k for it in self.items for k in (it.get("fields") or {}))}
+
+    def matching(self, expression: str) -> np.ndarray:
+        """The ids of the items a filter expression (:mod:`lookalike.inference.filters`) keeps; the last
+        few expressions' answers are kept (a server answers the same filter many times)."""
+        if expression not in self._matching:
+            keep = parse_filter(expression, self.columns()).matches
+            if len(self._matching) >= FILTER_CACHE:
+                self._matching.pop(next(iter(self._matching)))
+            self._matching[expression] = np.array(
+                [it["id"] for it in self.items if keep({"label": it["label"], **(it.get("fields") or {})})],
+                dtype=np.int64)
+        return self._matching[expression]
 
     def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10) -> list[list[SearchHit]]:
         """Embed ``images`` with ``embedder`` and search the catalogue."""

@@ -2,8 +2,8 @@
 
 In order: several photos of one item are fused into one query (``mean`` of their embeddings, or ``max``: each
 item scored by its best photo); alpha query expansion optionally adds the query's nearest catalogue vectors;
-the category is decided (``auto``: a similarity-weighted vote of the nearest items' category) or given, and the
-search is restricted to it; the index searches (re-scoring its candidates with exact vectors where it keeps
+the search is restricted to the items a metadata filter keeps (``brand == "acme" and price < 100``), and to the
+category, decided (``auto``: a similarity-weighted vote of the nearest items' category) or given; the index searches (re-scoring its candidates with exact vectors where it keeps
 them); results are grouped to one per product (``group_by``: ``label`` or a manifest column) with how many of
 its pictures were among the candidates.
 """
@@ -28,8 +28,9 @@ CANDIDATES_PER_GROUP = 4  # candidates searched per requested group before searc
 class SearchOptions:
     """How to search: ``k`` results; ``fuse`` several photos into one answer (``mean``/``max``; None: each photo
     its own answer); ``group_by`` one result per value of this column; ``category`` a value of ``category_by``
-    to search within, or ``auto`` to decide it by the vote of the ``votes`` nearest items; ``qe`` > 0: alpha
-    query expansion with that many nearest items; ``rerank``: candidates re-scored exactly (None: the index's)."""
+    to search within, or ``auto`` to decide it by the vote of the ``votes`` nearest items (among the items
+    ``filter`` keeps: an expression of :mod:`lookalike.inference.filters`); ``qe`` > 0: alpha query expansion
+    with that many nearest items; ``rerank``: candidates re-scored exactly (None: the index's)."""
 
     k: int = 10
     fuse: str | None = None
@@ -40,6 +41,7 @@ class SearchOptions:
     qe: int = 0
     qe_alpha: float = 3.0
     rerank: int | None = None
+    filter: str | None = None
 
     def check(self) -> SearchOptions:
         """Refuse options that cannot be searched with, before any embedding work."""
@@ -65,6 +67,8 @@ def search_catalogue(index: Index, vectors: np.ndarray, options: SearchOptions) 
     index.check_query(options.k)
     for column in {options.group_by, options.category_by if options.category else None} - {None}:
         index.value(index.items[0], column)  # an unknown column is refused before searching
+    if options.filter:
+        index.matching(options.filter)  # a bad expression is refused before searching
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if options.fuse is None:
         return [_answer(index, vectors[i:i + 1], options) for i in range(len(vectors))]
@@ -81,13 +85,19 @@ def _answer(index: Index, queries: np.ndarray, options: SearchOptions) -> Answer
     """One answer for ``queries``: one photo, or several to fuse by their best score per item."""
     if options.qe:
         queries = _expanded(index, queries, options)
-    category, confidence, allowed = options.category, None, None
+    category, confidence = options.category, None
+    allowed = index.matching(options.filter) if options.filter else None
+    if allowed is not None and len(allowed) == 0:
+        raise LookalikeError(f"No catalogue item matches the filter {options.filter!r}")
     if category == "auto":
-        category, confidence = vote(ranked(index, queries, options.votes, options), index, options.category_by)
+        category, confidence = vote(ranked(index, queries, options.votes, options, allowed), index,
+                                    options.category_by)
     if category is not None:
-        allowed = index.ids_where(options.category_by, category)
+        within = index.ids_where(options.category_by, category)
+        allowed = within if allowed is None else np.intersect1d(allowed, within)
         if len(allowed) == 0:
-            raise LookalikeError(f"No catalogue item has the {options.category_by} {category!r}")
+            raise LookalikeError(f"No catalogue item has the {options.category_by} {category!r}"
+                                 + (" and matches the filter" if options.filter else ""))
     return Answer(ranked(index, queries, options.k, options, allowed, options.group_by), category, confidence)
 
 

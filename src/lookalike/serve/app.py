@@ -144,10 +144,13 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             raise HTTPException(409 if not index.items else 422, str(e)) from e
 
     def options(k: int, fuse: str = "max", group_by: str | None = None, category: str | None = None,
-                category_by: str = "label") -> SearchOptions:
+                category_by: str = "label", where: str | None = None) -> SearchOptions:
         try:
-            return SearchOptions(k=check_k(k), fuse=fuse, group_by=group_by or None, category=category or None,
-                                 category_by=category_by).check()
+            chosen = SearchOptions(k=check_k(k), fuse=fuse, group_by=group_by or None, category=category or None,
+                                   category_by=category_by, filter=where or None).check()
+            if chosen.filter:
+                index.matching(chosen.filter)  # a bad expression is refused before any upload is decoded
+            return chosen
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from e
 
@@ -178,8 +181,11 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
                group_by: str = Form("", description="one result per value of this column: label or a manifest "
                                     "column (empty: one per picture)"),
                category: str = Form("", description="search only this category, or auto (decide it first)"),
-               category_by: str = Form("label", description="the column holding the category")) -> dict[str, Any]:
-        chosen = options(k, fuse, group_by, category, category_by)
+               category_by: str = Form("label", description="the column holding the category"),
+               filter: str = Form("", description='only items whose metadata match, e.g. brand == "acme" and '
+                                  "price < 100 (label and manifest columns; == != < <= > >= in, and / or / not)")
+               ) -> dict[str, Any]:
+        chosen = options(k, fuse, group_by, category, category_by, filter)
         arrays = photos(image)
         try:
             vectors = embedder.embed(arrays).numpy()
@@ -219,8 +225,8 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         return item_json(catalogue_item(item_id))
 
     @app.get("/api/items/{item_id}/similar", summary="The items most similar to a catalogue item (more like this)")
-    def similar(item_id: int, k: int = 10, group_by: str = "") -> dict[str, Any]:
-        chosen = options(k, group_by=group_by)
+    def similar(item_id: int, k: int = 10, group_by: str = "", filter: str = "") -> dict[str, Any]:
+        chosen = options(k, group_by=group_by, where=filter)
         try:
             vector = embedder.embed([catalogue_item(item_id)["path"]]).numpy()
         except LookalikeError as e:

@@ -1,0 +1,57 @@
+"""Metadata filters: the expression language (nothing in it runs), and searches restricted to what it keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lookalike.errors import LookalikeError
+from lookalike.inference.filters import parse_filter
+from lookalike.inference.query import SearchOptions, search_catalogue
+from tests.test_query import vector_catalogue
+
+COLUMNS = {"label", "brand", "price", "in_stock"}
+ITEMS = [{"label": "a", "brand": "acme", "price": "99.5", "in_stock": "true"},
+         {"label": "b", "brand": "acme", "price": "120", "in_stock": "no"},
+         {"label": "c", "brand": "zenith", "price": "n/a", "in_stock": "Yes"},
+         {"label": "d", "brand": "bolt"}]
+
+
+@pytest.mark.parametrize("text, kept", [
+    ('brand == "acme"', "ab"), ("brand != 'acme'", "cd"), ("price < 100", "a"), ("100 < price", "b"),
+    ("99 <= price <= 120", "ab"), ('brand in ["acme", "bolt"]', "abd"), ("brand not in ['acme']", "cd"),
+    ('brand == "acme" and price < 100', "a"), ('brand == "zenith" or price > 100', "bc"),
+    ("not (brand == 'acme')", "cd"), ("in_stock == true", "ac"), ("in_stock == false", "b"),
+    ('brand == "acme" && price >= 120 || label == "d"', "bd"), ("price == -1", "")])
+def test_expressions_keep_the_right_items(text: str, kept: str) -> None:
+    keep = parse_filter(text, COLUMNS).matches
+    assert "".join(item["label"] for item in ITEMS if keep(item)) == kept
+
+
+@pytest.mark.parametrize("text, message", [
+    ("__import__('os').system('touch /tmp/x')", "comparisons"), ("brand.__class__ == 'x'", "column"),
+    ("colour == 'red'", "column"), ("brand == ", "Cannot read"), ("brand", "not a condition"),
+    ("brand < 'm'", "numbers only"), ("brand in 'acme'", "takes a list"), ("brand == price", "a value must be"),
+    ("(" * 400 + "price < 1" + ")" * 400, "filter"), ("x" * 1001, "longer than")])
+def test_anything_else_is_refused_with_one_message(text: str, message: str) -> None:
+    with pytest.raises(LookalikeError, match=message):
+        parse_filter(text, COLUMNS)
+
+
+def test_search_with_a_filter_ranks_only_the_items_it_keeps() -> None:
+    index, centres = vector_catalogue()
+    query = centres[:1]
+    [found] = search_catalogue(index, query, SearchOptions(k=5, filter='category == "c1"'))
+    assert [h.fields["category"] for h in found.hits] == ["c1"] * 5
+    vectors = index.vectors()
+    kept = [i for i, it in enumerate(index.items) if it["fields"]["category"] == "c1"]
+    best = sorted(kept, key=lambda i: -float(vectors[i] @ query[0]))[:5]
+    assert [h.id for h in found.hits] == [index.items[i]["id"] for i in best]
+    assert np.array_equal(index.matching('category == "c1"'), index.ids_where("category", "c1"))
+    [both] = search_catalogue(index, query, SearchOptions(k=3, filter='label in ["p1", "p4"]', category="c1",
+                                                            category_by="category"))
+    assert {h.label for h in both.hits} == {"p1", "p4"}  # p1 and p4 are both of category c1
+    with pytest.raises(LookalikeError, match="No catalogue item matches"):
+        search_catalogue(index, query, SearchOptions(filter='label == "nothing"'))
+    with pytest.raises(LookalikeError, match="column"):
+        search_catalogue(index, query, SearchOptions(filter='brand == "x"'))
