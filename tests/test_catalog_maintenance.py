@@ -162,3 +162,22 @@ def test_index_add_and_remove_commands(trained: dict, catalogue, tmp_path: Path)
     assert "removed 2 item(s); the index now holds 8" in run("remove", "--index", str(out), "--ids", "0",
                                                               "--missing")
     assert Index.load(out).meta["factory"] == "BFlat"
+
+
+@pytest.mark.slow
+def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, catalogue, tmp_path: Path) -> None:
+    """index build --devices 2 (Lightning's predict loop, 2 CPU processes, gloo): the same items in the same
+    order, the same vectors (to float tolerance), an unreadable file skipped once, nothing left but the index."""
+    shop = _shop(catalogue[0], tmp_path / "shop")
+    (shop[0].parent / "broken.jpg").write_bytes(b"not an image")
+    one = Index.build(trained["embedder"], tmp_path / "shop", num_workers=0)
+    done = subprocess.run([sys.executable, "-m", "lookalike.cli", "index", "build", "--embedder", trained["embedder"],
+                           "--images", str(tmp_path / "shop"), "--out", str(tmp_path / "two.lkidx"), "--devices", "2",
+                           "--accelerator", "cpu", "--workers", "0"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("indexed 5 images") == 1 and done.stdout.count("skipped 1 unreadable") == 1
+    two = Index.load(tmp_path / "two.lkidx")
+    assert two.items == one.items
+    np.testing.assert_allclose(two.vectors(), one.vectors(), atol=1e-5)
+    assert not (tmp_path / "two.lkidx.shards").exists() and not (tmp_path / "two.lkidx.partial").exists()

@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
                        "candidates per search (default: 200 for compressed types: PQ, SQ, binary; else 0)")
     build.add_argument("--dba", type=int, default=0, help="database-side augmentation: replace each catalogue vector "
                        "by its normalised sum with this many nearest items (0: off)")
+    build.add_argument("--devices", type=int, default=1, help="embed in this many processes per machine under DDP "
+                       "(Lightning's predict loop; GPUs, or CPU processes with --accelerator cpu)")
+    build.add_argument("--num-nodes", type=int, default=1, help="machines taking part (each runs the same command; "
+                       "Lightning's cluster environment, the output folder shared)")
+    build.add_argument("--accelerator", default="auto", help="gpu, cpu or auto (Lightning's)")
     add = sub.add_parser("add", help="embed and add images not yet in the index")
     add.add_argument("--images", required=True, help="folder of images or manifest .csv")
     remove = sub.add_parser("remove", help="remove items by id or path, or those whose file is gone")
@@ -41,7 +46,10 @@ def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     if args.action == "build":
         index = Index.build_file(args.out, args.embedder, args.images, args.factory, args.batch_size, args.workers,
-                                 search_params=args.search_params, rerank=args.rerank, dba_k=args.dba)
+                                 search_params=args.search_params, rerank=args.rerank, dba_k=args.dba,
+                                 devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator)
+        if index is None:  # a DDP process other than rank 0: rank 0 writes the index
+            return
         params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
         params += f", re-scoring {index.meta['rerank']} candidates" if index.meta["rerank"] else ""
         print(f"indexed {index.meta['count']} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "

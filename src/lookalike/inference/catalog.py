@@ -27,6 +27,7 @@ from lookalike.files import atomic_write, locked
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.inference.filters import parse_filter
+from lookalike.inference.sharded import Processes, embed_sharded
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.expansion import database_augmentation
 from lookalike.retrieval.knn import FaissIndex, default_search_params, is_lossy, ivf_cells, rescore
@@ -98,13 +99,38 @@ class BuildCheckpoint:
 
 def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_size: int = 64,
                     num_workers: int | None = None, checkpoint: Path | None = None,
-                    checkpoint_every: int = 4096, embedder: Embedder | None = None
-                    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+                    checkpoint_every: int = 4096, embedder: Embedder | None = None,
+                    processes: Processes | None = None) -> tuple[list[dict[str, Any]], np.ndarray] | None:
     """Embed the items' images with the embedder of ``payload`` (``embedder``: that one, already rebuilt);
     unreadable ones are left out with one warning each. With ``checkpoint`` (a folder), progress is saved every
-    ``checkpoint_every`` images and an earlier run's is reused."""
+    ``checkpoint_every`` images and an earlier run's is reused. With ``processes`` of more than one, Lightning's
+    DDP predict loop embeds in that many processes (:mod:`lookalike.inference.sharded`; shards in
+    ``processes.folder``), and the processes other than rank 0 get None."""
     embedder = embedder or embedder_from_payload(payload)
     paths = [it["path"] for it in items]
+    if processes is not None and processes.count > 1:
+        found = embed_sharded(embedder, paths, processes, batch_size, 2 if num_workers is None else num_workers)
+        if found is None:
+            return None
+        positions, vectors, errors = [found[0]], [found[1]], found[2]
+    else:
+        positions, vectors, errors = _embed_resumable(embedder, payload, paths, batch_size, num_workers, checkpoint,
+                                                      checkpoint_every)
+    for error in errors:
+        warnings.warn(f"skipped: {error}")
+    if errors:
+        print(f"skipped {len(errors)} unreadable image(s) of {len(paths)}")
+    keep = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    if len(keep) == 0:
+        raise LookalikeError("None of the images could be read")
+    return [items[i] for i in keep], np.concatenate(vectors)
+
+
+def _embed_resumable(embedder: Embedder, payload: dict[str, Any], paths: list[str], batch_size: int,
+                     num_workers: int | None, checkpoint: Path | None, checkpoint_every: int
+                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """One process's embedding of ``paths``: (positions, vectors, errors), saved every ``checkpoint_every`` images
+    in ``checkpoint`` and resumed from it."""
     store = None
     done, positions, vectors, errors = 0, [], [], []
     if checkpoint is not None:
@@ -128,14 +154,7 @@ def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_
             vectors += pending[1]
             errors += pending[2]
             pending = ([], [], [])
-    for error in errors:
-        warnings.warn(f"skipped: {error}")
-    if errors:
-        print(f"skipped {len(errors)} unreadable image(s) of {len(paths)}")
-    keep = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    if len(keep) == 0:
-        raise LookalikeError("None of the images could be read")
-    return [items[i] for i in keep], np.concatenate(vectors)
+    return positions, vectors, errors
 
 
 class Index:
@@ -153,13 +172,14 @@ class Index:
     def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat", batch_size: int = 64,
               num_workers: int | None = None, checkpoint: Path | None = None,
               checkpoint_every: int = 4096, search_params: str | None = None, rerank: int | None = None,
-              dba_k: int = 0, dba_alpha: float = 3.0) -> Index:
+              dba_k: int = 0, dba_alpha: float = 3.0, processes: Processes | None = None) -> Index | None:
         """Embed every catalogue image with the embedder file and index the embeddings (see
         :func:`embed_catalogue` for ``checkpoint``). ``search_params`` (FAISS syntax, e.g. ``efSearch=256``
         or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`. ``rerank``: how
         many candidates searches re-score with exact vectors kept in the file (default: ``DEFAULT_RERANK`` for
         compressed index types, 0 for the others). ``dba_k`` > 0: database-side augmentation of the catalogue
-        vectors with their ``dba_k`` nearest items before indexing."""
+        vectors with their ``dba_k`` nearest items before indexing. ``processes``: embed in several processes
+        (DDP); then only rank 0 gets the index, the others None."""
         payload = read_embedder_file(embedder_path)
         listed = labelled_images(images)
         search_params = default_search_params(factory) if search_params is None else search_params
@@ -173,8 +193,11 @@ class Index:
         rerank = (DEFAULT_RERANK if is_lossy(factory) else 0) if rerank is None else rerank
         if rerank < 0 or dba_k < 0:
             raise LookalikeError(f"rerank={rerank}, dba_k={dba_k}: use 0 (off) or a positive number of items")
-        items, vectors = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every,
-                                         embedder)
+        embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every, embedder,
+                                   processes)
+        if embedded is None:
+            return None
+        items, vectors = embedded
         for i, item in enumerate(items):
             item["id"] = i
         meta = {"format": FORMAT, "embedder_hash": embedder_hash(payload), "dim": int(vectors.shape[1]),
@@ -207,13 +230,17 @@ class Index:
     @classmethod
     def build_file(cls, out: str | Path, embedder_path: str | Path, images: str | Path, factory: str = "Flat",
                    batch_size: int = 64, num_workers: int | None = None, search_params: str | None = None,
-                   **options: Any) -> Index:
+                   devices: int = 1, num_nodes: int = 1, accelerator: str = "auto", **options: Any) -> Index | None:
         """:meth:`build` (``options``: its ``rerank``, ``dba_k``, ``dba_alpha``) and :meth:`save` to ``out``, saving
         progress in ``<out>.partial/`` so that the same call after an interruption continues where it stopped; the
-        folder goes once the index is written."""
+        folder goes once the index is written. ``devices`` x ``num_nodes`` > 1: embedded under DDP (shards in
+        ``<out>.shards/``), written by rank 0; the other ranks get None."""
         partial = Path(out).with_name(Path(out).name + ".partial")
+        processes = Processes(devices, Path(out).with_name(Path(out).name + ".shards"), num_nodes, accelerator)
         index = cls.build(embedder_path, images, factory, batch_size, num_workers, partial, search_params=search_params,
-                          **options)
+                          processes=processes, **options)
+        if index is None:
+            return None
         with locked(out):
             index.save(out)
         if (partial / PARTIAL_MARKER).is_file():  # only lookalike's own folder
