@@ -302,6 +302,7 @@ class Index:
         self.ids = np.array([it["id"] for it in items], dtype=np.int64)  # ascending: ids only grow
         self.meta["count"] = len(items)
         self._matching: dict[str, np.ndarray] = {}  # filter expression -> ids (items changed: answers anew)
+        self._by_value: dict[str, dict[str, np.ndarray]] = {}  # column -> value -> ids
 
     def save(self, path: str | Path) -> Path:
         """Write the ``.lkidx`` file atomically."""
@@ -408,8 +409,14 @@ class Index:
         return fields[column]
 
     def ids_where(self, column: str, value: str) -> np.ndarray:
-        """The ids of the items whose ``column`` (``label`` or a manifest field) is ``value``."""
-        return np.array([it["id"] for it in self.items if self.value(it, column) == value], dtype=np.int64)
+        """The ids of the items whose ``column`` (``label`` or a manifest field) is ``value`` (each column's
+        value -> ids table is made once, on its first use)."""
+        if column not in self._by_value:
+            table: dict[str, list[int]] = {}
+            for it in self.items:
+                table.setdefault(self.value(it, column), []).append(it["id"])
+            self._by_value[column] = {v: np.array(ids, dtype=np.int64) for v, ids in table.items()}
+        return self._by_value[column].get(value, np.zeros(0, np.int64))
 
     def columns(self) -> set[str]:
         """``label`` and every manifest column an item has."""
