@@ -137,3 +137,18 @@ def test_an_epochs_batches_depend_on_seed_and_epoch_only(image_folder: Path) -> 
         epochs.append(next(iter(dm.train_dataloader())))
     assert torch.equal(epochs[0]["index"], epochs[1]["index"]) and torch.equal(epochs[0]["image"], epochs[1]["image"])
     assert not torch.equal(epochs[0]["image"], epochs[2]["image"])
+
+
+def test_boxes_are_read_checked_and_clipped() -> None:
+    from lookalike.data.images import checked_box, cut, parse_box
+
+    assert parse_box(" 4, 5.5,10,20 ") == (4.0, 5.5, 10.0, 20.0)
+    for text in ("4,5,10", "a,b,c,d", "1,2,3,nan"):
+        with pytest.raises(LookalikeError, match="x,y,width,height"):
+            parse_box(text)
+    assert checked_box((90, 10, 50, 20), 100, 40) == (90, 10, 10, 20)  # over the edge: clipped
+    for box, message in (((-1, 0, 5, 5), "0 or more"), ((0, 0, 0, 5), "above 0"), ((100, 0, 5, 5), "outside")):
+        with pytest.raises(LookalikeError, match=message):
+            checked_box(box, 100, 40)
+    image = np.arange(40 * 100 * 3, dtype=np.uint8).reshape(40, 100, 3)
+    assert np.array_equal(cut(image, (10, 5, 20, 8)), image[5:13, 10:30])

@@ -179,3 +179,12 @@ def test_search_command_fuses_groups_and_classifies(trained: dict, catalogue, tm
     bad = subprocess.run([*cli, "search", "--index", str(tmp_path / "c.lkidx"), photos[0], "--group-by", "sku"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "no column 'sku'" in bad.stderr and "Traceback" not in bad.stderr
+    label = labels[0]
+    cropped = subprocess.run([*cli, "search", "--index", str(tmp_path / "c.lkidx"), photos[0], "--crop", "2,2,20,20",
+                              "--filter", f'label == "{label}"', "--json"], capture_output=True, text=True, timeout=300)
+    assert cropped.returncode == 0, cropped.stderr[-2000:]
+    assert {r["label"] for r in json.loads(cropped.stdout)[0]["results"]} == {label}
+    for option, value, message in (("--crop", "500,0,5,5", "outside"), ("--filter", "price <", "Cannot read")):
+        bad = subprocess.run([*cli, "search", "--index", str(tmp_path / "c.lkidx"), photos[0], option, value],
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

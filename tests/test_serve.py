@@ -79,6 +79,25 @@ def test_search_api_fuses_several_photos_groups_and_classifies(client, served, t
     assert client.post("/api/search", files=files * 5).status_code == 422  # more photos than one item needs
 
 
+def test_search_with_a_crop_of_the_photo(client, served, trained: dict) -> None:
+    from lookalike.data.images import load_rgb
+
+    path, photos = served
+    whole = load_rgb(photos[0])
+    h, w = whole.shape[:2]
+    box = (w // 4, h // 4, w // 2, h // 2)
+    expected = Index.load(path).search(load_embedder(trained["embedder"]), [whole[h // 4:h // 4 + h // 2,
+                                                                                   w // 4:w // 4 + w // 2]], k=3)[0]
+    files = [("image", ("p.jpg", Path(photos[0]).read_bytes(), "image/jpeg"))]
+    found = client.post("/api/search", files=files, data={"k": "3", "crop": ",".join(map(str, box))})
+    assert found.status_code == 200, found.text
+    assert [r["score"] for r in found.json()["results"]] == pytest.approx([h.score for h in expected], abs=1e-5)
+    for bad, message in ((f"{w},0,10,10", "outside"), ("0,0,0,5", "above 0"), ("1,2,3", "x,y,width,height")):
+        refused = client.post("/api/search", files=files, data={"crop": bad})
+        assert refused.status_code == 422 and message in refused.json()["detail"], refused.text
+    assert client.post("/api/search", files=files, data={"crop": ["", ""]}).status_code == 422  # 2 crops, 1 photo
+
+
 def test_marks_on_results_go_beside_the_index_never_into_it(served, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
@@ -182,11 +201,23 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
         wait.until(lambda b: "Thank you" in b.find_element(By.ID, "status").text)
         marked = (tmp_path / "c.feedback" / "feedback.csv").read_text().splitlines()
         assert len(marked) == 2 and f",same,{expected[0].id}," in marked[1]
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        query = browser.find_element(By.ID, "query")  # draw a box on the photo: the search is redone with it
+        ActionChains(browser).move_to_element_with_offset(query, -query.size["width"] // 4, -query.size["height"] // 4
+                                                          ).click_and_hold().move_by_offset(
+            query.size["width"] // 2, query.size["height"] // 2).release().perform()
+        wait.until(lambda b: "(cropped)" in b.find_element(By.ID, "status").text)
+        box = [int(v) for v in query.get_attribute("data-crop").split(",")]
+        from lookalike.data.images import cut, load_rgb
+
+        cropped = Index.load(path).search(load_embedder(trained["embedder"]), [cut(load_rgb(photos[0]), box)], k=10)[0]
+        first = "const c = document.querySelector('#results .result'); return c && c.dataset.id"
+        assert browser.execute_script(first) == str(cropped[0].id)
         cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
         clicked = cards[1].get_attribute("data-id")  # read before the click: the click replaces the cards
         cards[1].click()  # more like this: the clicked item becomes the query and comes first
-        first_card = "const c = document.querySelector('#results .result'); return c && c.dataset.id"
-        wait.until(lambda b: b.execute_script(first_card) == clicked)  # one atomic read, no stale elements
+        wait.until(lambda b: b.execute_script(first) == clicked)  # one atomic read, no stale elements
     finally:
         browser.quit()
         server.should_exit = True

@@ -7,6 +7,7 @@ import argparse
 import json
 from dataclasses import asdict
 
+from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.errors import LookalikeError
 from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload, match_threshold
@@ -49,15 +50,19 @@ def main(argv: list[str]) -> None:
     add_search_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", help="also write a picture of the queries and their results")
+    parser.add_argument("--crop", default="none", help="search with this part of every photo: x,y,width,height in "
+                        "pixels (none: the whole photo)")
     args = parser.parse_args(argv)
     options = options_from(args)
+    box = None if args.crop == "none" else parse_box(args.crop, "--crop")
     index = Index.load(args.index)
     index.check_query(args.k)
     if args.search_params is not None:
         index.faiss.set_search_params(args.search_params)
     payload = index.check_embedder(args.embedder or index.meta["embedder"])
     threshold = calibrated_threshold(payload)
-    vectors = embedder_from_payload(payload).embed(args.photos).numpy()
+    photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]
+    vectors = embedder_from_payload(payload).embed(photos).numpy()
     answers = search_catalogue(index, vectors, options)
     queries = [" + ".join(args.photos)] if options.fuse else args.photos
     if args.json:

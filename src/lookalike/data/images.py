@@ -81,6 +81,36 @@ def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     return image[max(0, y):y + max(1, h), max(0, x):x + max(1, w)]
 
 
+def parse_box(text: str, name: str = "crop") -> tuple[float, float, float, float]:
+    """``"x,y,width,height"`` (pixels, from the top-left corner) as numbers, or one clear message."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(np.isfinite(box)):
+        raise LookalikeError(f"{name}={text!r}: give x,y,width,height in pixels, e.g. 40,30,200,150")
+    return box  # type: ignore[return-value]
+
+
+def checked_box(box: Sequence[float], width: int, height: int, name: str = "crop") -> tuple[int, int, int, int]:
+    """``box`` in whole pixels, refused (one message) when it is negative, of zero area or outside the
+    ``width`` x ``height`` image; a box running over the edge is clipped to it."""
+    x, y, w, h = box
+    if x < 0 or y < 0 or w <= 0 or h <= 0:
+        raise LookalikeError(f"{name} {x:g},{y:g},{w:g},{h:g}: x and y must be 0 or more, width and height above 0")
+    if x >= width or y >= height:
+        raise LookalikeError(f"{name} {x:g},{y:g},{w:g},{h:g} is outside the {width} x {height} image")
+    left, top = int(x), int(y)
+    return left, top, max(1, min(int(round(x + w)), width) - left), max(1, min(int(round(y + h)), height) - top)
+
+
+def cut(image: np.ndarray, box: Sequence[float], name: str = "crop") -> np.ndarray:
+    """The part of ``image`` in ``box`` (``x,y,width,height`` in its pixels), checked by :func:`checked_box`."""
+    x, y, w, h = checked_box(box, image.shape[1], image.shape[0], name)
+    return image[y:y + h, x:x + w]
+
+
 def image_problem(path: str) -> str:
     """Why ``path`` cannot be decoded, or "" if it can. JPEGs are decoded at a reduced scale (draft mode),
     which still reads every byte, so truncated files are found at a fraction of the cost."""

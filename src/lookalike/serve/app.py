@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 import cv2
 
 from lookalike.data.feedback import PHOTO_SIDE, FeedbackLog
-from lookalike.data.images import load_rgb
+from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
 from lookalike.inference.catalog import Index
@@ -160,16 +160,23 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             "{{FEEDBACK}}", "true" if marks else "false").replace(
             "{{K_OPTIONS}}", "".join(f'<option{" selected" if k == 10 else ""}>{k}</option>' for k in K_CHOICES))
 
-    def decoded(image: UploadFile, budget: int, side: int = decode_side) -> tuple[Any, int]:
+    def decoded(image: UploadFile, budget: int, side: int = decode_side, box: Any = None) -> tuple[Any, int]:
         data = image.file.read(budget + 1)
         if len(data) > budget:
             raise HTTPException(413, f"Upload larger than {max_upload_mb:g} MB")
-        try:
-            return load_rgb(io.BytesIO(data), name=(image.filename or "upload")[:100], min_side=side), len(data)
+        try:  # with a crop, decoded whole: the box is in the photo's own pixels
+            array = load_rgb(io.BytesIO(data), name=(image.filename or "upload")[:100],
+                             min_side=None if box is not None else side)
         except LookalikeError as e:
             raise HTTPException(415, f"Not an image this server can read: {e}") from e
         except (cv2.error, ValueError, MemoryError) as e:
             raise HTTPException(415, "Not an image this server can prepare for search") from e
+        if box is not None:
+            try:
+                array = cut(array, box)
+            except LookalikeError as e:
+                raise HTTPException(422, str(e)) from e
+        return array, len(data)
 
     @app.post("/api/search", summary="The catalogue items most similar to an uploaded photo (or to several photos "
               "of one item, fused)")
@@ -183,22 +190,32 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
                category: str = Form("", description="search only this category, or auto (decide it first)"),
                category_by: str = Form("label", description="the column holding the category"),
                filter: str = Form("", description='only items whose metadata match, e.g. brand == "acme" and '
-                                  "price < 100 (label and manifest columns; == != < <= > >= in, and / or / not)")
+                                  "price < 100 (label and manifest columns; == != < <= > >= in, and / or / not)"),
+               crop: list[str] = Form([], description="per photo, in order: x,y,width,height in its pixels to "
+                                      "search with that part of it (empty: the whole photo)")
                ) -> dict[str, Any]:
         chosen = options(k, fuse, group_by, category, category_by, filter)
-        arrays = photos(image)
+        arrays = photos(image, boxes=crops(crop, len(image)))
         try:
             vectors = embedder.embed(arrays).numpy()
         except (cv2.error, ValueError, MemoryError) as e:
             raise HTTPException(415, "Not an image this server can prepare for search") from e
         return search_vectors(vectors, chosen)
 
-    def photos(uploads: list[UploadFile], side: int = decode_side) -> list[Any]:
+    def crops(texts: list[str], count: int) -> list[Any]:
+        if len(texts) > count:
+            raise HTTPException(422, f"{len(texts)} crops for {count} photo(s)")
+        try:
+            return [parse_box(t) if t.strip() else None for t in texts] + [None] * (count - len(texts))
+        except LookalikeError as e:
+            raise HTTPException(422, str(e)) from e
+
+    def photos(uploads: list[UploadFile], side: int = decode_side, boxes: list[Any] | None = None) -> list[Any]:
         if len(uploads) > MAX_PHOTOS:
             raise HTTPException(422, f"At most {MAX_PHOTOS} photos at once")
         arrays, budget = [], limit
-        for upload in uploads:
-            array, size = decoded(upload, budget, side)
+        for upload, box in zip(uploads, boxes or [None] * len(uploads)):
+            array, size = decoded(upload, budget, side, box)
             arrays.append(array)
             budget -= size
         return arrays
