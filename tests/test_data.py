@@ -152,3 +152,27 @@ def test_boxes_are_read_checked_and_clipped() -> None:
             checked_box(box, 100, 40)
     image = np.arange(40 * 100 * 3, dtype=np.uint8).reshape(40, 100, 3)
     assert np.array_equal(cut(image, (10, 5, 20, 8)), image[5:13, 10:30])
+
+
+def test_manifest_boxes_crop_their_images_and_bad_ones_get_one_message(fake_manifest: Path) -> None:
+    from lookalike.data.images import ImageDataset
+    from lookalike.data.manifest import manifest
+
+    lines = fake_manifest.read_text().splitlines()
+    boxed = [lines[0] + ",x,y,width,height"] + [f"{row},2,3,10,12" if i % 2 == 0 else f"{row},,,,"
+                                                for i, row in enumerate(lines[1:])]
+    fake_manifest.write_text("\n".join(boxed) + "\n")
+    splits = manifest(fake_manifest, train_classes=0.5, crop_to_box=True)
+    table = splits.train
+    first = ImageDataset(table, lambda image: {"image": image})
+    assert table.boxes[0].tolist() == [2, 3, 10, 12] and np.isnan(table.boxes[1]).all()
+    assert first[0]["image"].shape == (12, 10, 3) and first[1]["image"].shape == (24, 24, 3)
+    assert manifest(fake_manifest, train_classes=0.5).train.boxes is None  # boxes only when asked
+    for cells, message in (("-1,0,5,5", "0 or more"), ("0,0,5,0", "above 0"), ("30,0,5,5", "outside the 24 x 24"),
+                           ("a,b,c,d", "x,y,width,height")):
+        fake_manifest.write_text("\n".join([boxed[0], f"{lines[1]},{cells}", *boxed[2:]]) + "\n")
+        with pytest.raises(LookalikeError, match=f"line 2 .*{message}"):
+            manifest(fake_manifest, crop_to_box=True)
+    fake_manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LookalikeError, match="crop_to_box needs the columns x,y,width,height"):
+        manifest(fake_manifest, crop_to_box=True)

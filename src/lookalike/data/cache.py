@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -67,7 +68,8 @@ def _resized(source: str, box: tuple | None, size: int) -> Image.Image:
 
 def resized_table(table: ImageTable, size: int, cache_dir: str | Path, workers: int = 4) -> ImageTable:
     """The same rows pointing at resized copies under ``cache_dir/resized-<size>/`` (made if missing)."""
-    boxes = [None] * len(table) if table.boxes is None else [tuple(float(v) for v in b) for b in table.boxes]
+    boxes = [None] * len(table) if table.boxes is None else [
+        tuple(float(v) for v in b) if np.isfinite(b).all() else None for b in table.boxes]
     paths = cached_copies(table.paths, boxes, Path(cache_dir).expanduser() / f"resized-{size}",
                           lambda source, box: _resized(source, box, size), f"resizing images to {size} px (once)",
                           workers=workers)

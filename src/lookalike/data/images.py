@@ -105,6 +105,14 @@ def checked_box(box: Sequence[float], width: int, height: int, name: str = "crop
     return left, top, max(1, min(int(round(x + w)), width) - left), max(1, min(int(round(y + h)), height) - top)
 
 
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image file after its EXIF orientation, from its header only."""
+    with _open(path, None) as im:
+        width, height = im.size
+        turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the sides
+    return (height, width) if turned else (width, height)
+
+
 def cut(image: np.ndarray, box: Sequence[float], name: str = "crop") -> np.ndarray:
     """The part of ``image`` in ``box`` (``x,y,width,height`` in its pixels), checked by :func:`checked_box`."""
     x, y, w, h = checked_box(box, image.shape[1], image.shape[0], name)
@@ -166,7 +174,7 @@ class ImageDataset(Dataset):
             self.transform.set_random_seed(seed)
         t = self.table
         image = self._load(i)
-        if t.boxes is not None:
+        if t.boxes is not None and np.isfinite(t.boxes[i]).all():  # NaN: this row has no box
             image = crop_box(image, t.boxes[i])
         return {
             "image": self.transform(image=image)["image"],
