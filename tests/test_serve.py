@@ -69,6 +69,12 @@ def test_search_api_fuses_several_photos_groups_and_classifies(client, served, t
     body = found.json()
     assert [r["id"] for r in body["results"]] == [h.id for h in expected.hits]
     assert body["category"] == expected.category and body["results"][0]["group"] == expected.hits[0].group
+    with_qe = search_catalogue(index, vectors[:1], SearchOptions(k=3, fuse="max", qe=2))[0]
+    expanded = client.post("/api/search", files=files[:1], data={"k": "3", "qe": "2"}).json()["results"]
+    assert [r["score"] for r in expanded] == pytest.approx([h.score for h in with_qe.hits], abs=1e-5)
+    plain = search_catalogue(index, vectors[:1], SearchOptions(k=3))[0]
+    assert [h.score for h in plain.hits] != pytest.approx([h.score for h in with_qe.hits], abs=1e-5)
+    assert client.post("/api/search", files=files[:1], data={"qe": "-1"}).status_code == 422
     label = body["results"][-1]["label"]
     kept = client.post("/api/search", files=files[:1], data={"filter": f'label == "{label}"'}).json()["results"]
     assert kept and {r["label"] for r in kept} == {label}

@@ -21,13 +21,15 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--feedback", help="folder the page's 'same' / 'not the same' marks go to (default: "
                         "catalog.feedback/ beside catalog.lkidx; train with data.feedback=FOLDER/feedback.csv)")
     parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
+    parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items for "
+                        "requests that do not say (0: off; database-side augmentation is an index build option)")
     args = parser.parse_args(argv)
     if args.slots < 1 or args.max_upload_mb <= 0:
         raise LookalikeError("--slots must be at least 1 and --max-upload-mb above 0")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     feedback = None if args.no_feedback else (args.feedback or feedback_folder(args.index))
     app = create_app(args.index, args.embedder, args.max_upload_mb, slots=args.slots,
-                     allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback)
+                     allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback, qe=args.qe)
     try:
         import uvicorn
     except ImportError as e:

@@ -91,10 +91,11 @@ class UploadGuard:
 
 def create_app(index_path: str | Path, embedder_path: str | Path | None = None, max_upload_mb: float = 10.0,
                max_k: int = 100, slots: int = 4, allowed_hosts: list[str] | None = None,
-               feedback: str | Path | None = None):
+               feedback: str | Path | None = None, qe: int = 0):
     """The FastAPI application over one ``.lkidx`` index (and the embedder it was built with). ``slots``:
     searches with an upload at once; ``allowed_hosts``: the Host header names answered (None: any);
-    ``feedback``: the folder marks on results are appended to (None: the page takes no marks)."""
+    ``feedback``: the folder marks on results are appended to (None: the page takes no marks); ``qe``: alpha
+    query expansion with that many nearest items for requests that do not say (0: off)."""
     try:
         from fastapi import FastAPI, File, Form, HTTPException, UploadFile
         from fastapi.responses import HTMLResponse, Response
@@ -144,10 +145,13 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             raise HTTPException(409 if not index.items else 422, str(e)) from e
 
     def options(k: int, fuse: str = "max", group_by: str | None = None, category: str | None = None,
-                category_by: str = "label", where: str | None = None) -> SearchOptions:
+                category_by: str = "label", where: str | None = None, expand: int | None = None) -> SearchOptions:
+        expand = qe if expand is None else expand
+        if not 0 <= expand <= max_k:
+            raise HTTPException(422, f"qe must be between 0 (off) and {max_k}")
         try:
             chosen = SearchOptions(k=check_k(k), fuse=fuse, group_by=group_by or None, category=category or None,
-                                   category_by=category_by, filter=where or None).check()
+                                   category_by=category_by, filter=where or None, qe=expand).check()
             if chosen.filter:
                 index.matching(chosen.filter)  # a bad expression is refused before any upload is decoded
             return chosen
@@ -192,9 +196,10 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
                filter: str = Form("", description='only items whose metadata match, e.g. brand == "acme" and '
                                   "price < 100 (label and manifest columns; == != < <= > >= in, and / or / not)"),
                crop: list[str] = Form([], description="per photo, in order: x,y,width,height in its pixels to "
-                                      "search with that part of it (empty: the whole photo)")
-               ) -> dict[str, Any]:
-        chosen = options(k, fuse, group_by, category, category_by, filter)
+                                      "search with that part of it (empty: the whole photo)"),
+               qe: int | None = Form(None, description="alpha query expansion with this many nearest items "
+                                     "(0: off; default: the server's --qe)")) -> dict[str, Any]:
+        chosen = options(k, fuse, group_by, category, category_by, filter, qe)
         arrays = photos(image, boxes=crops(crop, len(image)))
         try:
             vectors = embedder.embed(arrays).numpy()
