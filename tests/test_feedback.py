@@ -37,6 +37,9 @@ def test_marks_are_appended_with_each_photo_kept_once(tmp_path: Path) -> None:
         log.record([_photo(2)], item, "same")
     with pytest.raises(LookalikeError, match="verdict"):
         log.record([_photo(0)], item, "maybe")
+    full = FeedbackLog(tmp_path / "c.feedback", max_csv_bytes=log.file.stat().st_size)
+    with pytest.raises(LookalikeError, match="has reached"):
+        full.record([_photo(0)], item, "same")
     with open(log.file, "a") as f:
         f.write("2026-01-01T00:00:00,photos/x.jpg")  # a writer killed mid-line
     assert len(read_feedback(log.file)) == 3

@@ -39,6 +39,7 @@ COLUMNS = ("time", "photo", "verdict", "item", "label", "path")
 VERDICTS = ("same", "different")
 MAX_PHOTOS = 10_000  # photos one feedback folder keeps (each at most PHOTO_SIDE px, JPEG): bounded disk
 PHOTO_SIDE = 1024
+MAX_CSV_BYTES = 64 * 2**20  # about 400,000 marks
 LAYOUT = """  a CSV file with a header row and the columns
     photo    the query photo (path relative to the CSV's folder, or absolute)
     verdict  same | different
@@ -55,10 +56,10 @@ def feedback_folder(index_path: str | Path) -> Path:
 class FeedbackLog:
     """Appends marks to ``folder/feedback.csv`` (under its lock: several servers lose nothing) and keeps each
     marked photo once (named by its content's hash, re-encoded as JPEG of at most ``PHOTO_SIDE`` px: nothing of
-    the upload but its pixels is kept), at most ``max_photos`` of them."""
+    the upload but its pixels is kept), at most ``max_photos`` of them and ``max_csv_bytes`` of marks."""
 
-    def __init__(self, folder: str | Path, max_photos: int = MAX_PHOTOS):
-        self.folder, self.max_photos = Path(folder), max_photos
+    def __init__(self, folder: str | Path, max_photos: int = MAX_PHOTOS, max_csv_bytes: int = MAX_CSV_BYTES):
+        self.folder, self.max_photos, self.max_csv_bytes = Path(folder), max_photos, max_csv_bytes
         self.file = self.folder / "feedback.csv"
 
     def _photo(self, image: np.ndarray) -> str:
@@ -83,6 +84,10 @@ class FeedbackLog:
             raise LookalikeError(f"verdict must be one of {VERDICTS}, not {verdict!r}")
         self.folder.mkdir(parents=True, exist_ok=True)
         with locked(self.file):
+            if self.file.exists() and self.file.stat().st_size >= self.max_csv_bytes:
+                raise LookalikeError(f"The feedback file {self.file} has reached {self.max_csv_bytes // 2**20} MB, its "
+                                     "limit: train with it (data.feedback=...), then move its folder away to start "
+                                     "a new one")
             rows = [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "photo": self._photo(image), "verdict": verdict,
                      "item": str(item["id"]), "label": str(item.get("label") or ""), "path": str(item["path"])}
                     for image in images]
