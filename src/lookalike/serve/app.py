@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 import cv2
 
-from lookalike.data.feedback import PHOTO_SIDE, FeedbackLog
+from lookalike.data.feedback import PHOTO_SIDE, VERDICTS, FeedbackLog
 from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
@@ -231,7 +231,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
              verdict: str = Form(..., description="same or different")) -> dict[str, Any]:
         if marks is None:
             raise HTTPException(404, "This server takes no feedback (started with --no-feedback)")
-        if verdict not in ("same", "different"):
+        if verdict not in VERDICTS:
             raise HTTPException(422, "verdict must be same or different")
         try:
             rows = marks.record(photos(image, PHOTO_SIDE), catalogue_item(item), verdict)
