@@ -189,11 +189,16 @@ class RetrievalDataModule(L.LightningDataModule):
     def num_train_classes(self) -> int:
         return self.train_table.num_classes
 
+    @property
+    def _sampler_m(self) -> int | str:
+        """The configured sampler's images per class (``sampler.m``), or "?" without one."""
+        return getattr(self.sampler, "keywords", {}).get("m", "?")
+
     def _pk_sampler(self) -> Sampler | None:
         if self.sampler is None:
             return None
         labels = self.train_table.labels
-        m = getattr(self.sampler, "keywords", {}).get("m", "?")
+        m = self._sampler_m
         small = int((np.bincount(labels) < m).sum()) if isinstance(m, int) else 0
         if small and not self.instances:
             log.warning("%d training class(es) have fewer than sampler.m=%d images: their images repeat within a "
@@ -232,7 +237,7 @@ class RetrievalDataModule(L.LightningDataModule):
         dataset = ImageDataset(self.train_table, train_transform(self.augment, self.preprocessing))
         sampler = self._pk_sampler() or RandomSampler(dataset)
         if self.hard_pairs and self.feedback_pairs > 0:
-            m = getattr(self.sampler, "keywords", {}).get("m", 4)
+            m = self._sampler_m if isinstance(self._sampler_m, int) else 4  # shuffled batches: pairs of 4
             sampler = HardPairBatches(sampler, self.train_table.labels, self.hard_pairs, m, self.batch_size,
                                       self.feedback_pairs)
         seeded = EpochSeededSampler(sampler, self.seed, epoch=self._current_epoch, rank=_rank_and_world()[0])
