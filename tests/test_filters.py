@@ -47,7 +47,8 @@ def test_search_with_a_filter_ranks_only_the_items_it_keeps() -> None:
     kept = [i for i, it in enumerate(index.items) if it["fields"]["category"] == "c1"]
     best = sorted(kept, key=lambda i: -float(vectors[i] @ query[0]))[:5]
     assert [h.id for h in found.hits] == [index.items[i]["id"] for i in best]
-    assert np.array_equal(index.matching('category == "c1"'), index.ids_where("category", "c1"))
+    assert np.array_equal(index.matching(parse_filter('category == "c1"', index.columns()).condition),
+                          [index.items[i]["id"] for i in kept])
     [both] = search_catalogue(index, query, SearchOptions(k=3, filter='label in ["p1", "p4"]', category="c1",
                                                             category_by="category"))
     assert {h.label for h in both.hits} == {"p1", "p4"}  # p1 and p4 are both of category c1

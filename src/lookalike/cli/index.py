@@ -1,10 +1,12 @@
-"""``lookalike index build|add|remove``: make and maintain a catalogue index (.lkidx)."""
+"""``lookalike index build|add|remove``: make and maintain a catalogue index (a .lkidx file, or a Milvus
+collection with ``--backend milvus``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from lookalike.inference.catalog import Index
+from lookalike.inference.backends import BACKENDS, build_catalogue, editing
+from lookalike.inference.milvus import DEFAULT_COLLECTION
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -13,7 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="embed catalogue images and index them (an interrupted build resumes)")
     build.add_argument("--embedder", required=True, help="embedder file (embedder.pt of a run, or lookalike export)")
     build.add_argument("--images", required=True, help="folder of images (sub-folder = label) or manifest .csv")
-    build.add_argument("--out", required=True, help="index file to write (.lkidx)")
+    build.add_argument("--out", required=True, help="index file to write (.lkidx); --backend milvus: a Milvus Lite "
+                       "file (catalog.db) or a server URI (http://host:19530)")
     build.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
                        "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
     build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
@@ -37,25 +40,35 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=64)
         p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
     for p in (add, remove):
-        p.add_argument("--index", required=True, help="index file to update (rewritten atomically)")
+        p.add_argument("--index", required=True, help="index file to update (rewritten atomically), or the Milvus "
+                       "file / URI")
+    add_backend_options(build, add, remove)
     add.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
     return parser
+
+
+def add_backend_options(*parsers: argparse.ArgumentParser) -> None:
+    """--backend and --collection: where the catalogue lives."""
+    for p in parsers:
+        p.add_argument("--backend", choices=BACKENDS, default="faiss", help="faiss: a .lkidx file (default); "
+                       "milvus: a collection in a Milvus Lite file or on a Milvus server (token: $MILVUS_TOKEN)")
+        p.add_argument("--collection", default=DEFAULT_COLLECTION, help="the Milvus collection (--backend milvus)")
 
 
 def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     if args.action == "build":
-        index = Index.build_file(args.out, args.embedder, args.images, args.factory, args.batch_size, args.workers,
-                                 search_params=args.search_params, rerank=args.rerank, dba_k=args.dba,
-                                 devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator)
+        index = build_catalogue(args.out, args.embedder, args.images, args.backend, args.collection, args.factory,
+                                args.batch_size, args.workers, args.search_params, args.devices, args.num_nodes,
+                                args.accelerator, rerank=args.rerank, dba_k=args.dba)
         if index is None:  # a DDP process other than rank 0: rank 0 writes the index
             return
         params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
         params += f", re-scoring {index.meta['rerank']} candidates" if index.meta["rerank"] else ""
-        print(f"indexed {index.meta['count']} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
-              f"into {args.out}")
+        print(f"indexed {index.count()} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
+              f"into {args.out}" + (f" (collection {args.collection})" if args.backend == "milvus" else ""))
         return
-    with Index.edit(args.index) as index:  # another writer of the same file waits until this one has saved
+    with editing(args.index, args.backend, args.collection) as index:  # another writer of the same file waits until this one has saved
         if args.action == "add":
             payload = index.check_embedder(args.embedder or index.meta["embedder"])
             changed = index.add_images(payload, args.images, args.batch_size, args.workers)
@@ -63,4 +76,5 @@ def main(argv: list[str]) -> None:
         else:
             changed = index.remove(index.select(args.ids, args.paths, args.missing))
             verb = "removed"
-    print(f"{verb} {len(changed)} item(s); the index now holds {index.meta['count']}")
+        total = index.count()
+    print(f"{verb} {len(changed)} item(s); the index now holds {total}")

@@ -9,6 +9,8 @@ from dataclasses import asdict
 
 from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.errors import LookalikeError
+from lookalike.cli.index import add_backend_options
+from lookalike.inference.backends import open_catalogue
 from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload, match_threshold
 from lookalike.inference.query import FUSIONS, SearchOptions, search_catalogue
@@ -45,8 +47,9 @@ def main(argv: list[str]) -> None:
     """``lookalike search --index FILE.lkidx photo.jpg [...] [-k 10] [--fuse mean] [--group-by label] [--json]``."""
     parser = argparse.ArgumentParser(prog="lookalike search", description="Find the catalogue items most like a photo.")
     parser.add_argument("photos", nargs="+")
-    parser.add_argument("--index", required=True)
+    parser.add_argument("--index", required=True, help="catalogue index (.lkidx), or the Milvus file / URI")
     parser.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
+    add_backend_options(parser)
     add_search_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", help="also write a picture of the queries and their results")
@@ -55,10 +58,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     options = options_from(args)
     box = None if args.crop == "none" else parse_box(args.crop, "--crop")
-    index = Index.load(args.index)
+    index = open_catalogue(args.index, args.backend, args.collection)
     index.check_query(args.k)
     if args.search_params is not None:
-        index.faiss.set_search_params(args.search_params)
+        index.set_search_params(args.search_params)
     payload = index.check_embedder(args.embedder or index.meta["embedder"])
     threshold = calibrated_threshold(payload)
     photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]
@@ -87,23 +90,25 @@ def main(argv: list[str]) -> None:
 def main_duplicates(argv: list[str]) -> None:
     """``lookalike duplicates --index FILE.lkidx [--threshold T] [--json]``."""
     parser = argparse.ArgumentParser(prog="lookalike duplicates", description="List near-duplicate catalogue images.")
-    parser.add_argument("--index", required=True)
+    parser.add_argument("--index", required=True, help="catalogue index (.lkidx), or the Milvus file / URI")
+    add_backend_options(parser)
     parser.add_argument("--threshold", type=float, help="similarity (default: the embedder's calibrated threshold)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    index = Index.load(args.index)
+    index = open_catalogue(args.index, args.backend, args.collection)
     threshold = args.threshold if args.threshold is not None else match_threshold(index.meta["embedder"])
     if threshold is None:
         raise LookalikeError("No threshold: pass --threshold, or run `lookalike calibrate` on the embedder first")
     groups = index.duplicate_groups(threshold)
+    items = [[index.item(i) for i in g] for g in groups]
     if args.json:
-        print(json.dumps([[index.by_id[i] for i in g] for g in groups], indent=2))
+        print(json.dumps(items, indent=2))
         return
-    print(f"{len(groups)} groups of near-duplicates (similarity >= {threshold:.4f}) among {len(index.items)} items")
-    for n, group in enumerate(groups, 1):
+    print(f"{len(groups)} groups of near-duplicates (similarity >= {threshold:.4f}) among {index.count()} items")
+    for n, group in enumerate(items, 1):
         print(f"group {n}:")
-        for i in group:
-            print(f"  {index.by_id[i]['path']}  {index.by_id[i]['label']}")
+        for item in group:
+            print(f"  {item['path']}  {item['label']}")
 
 
 def main_confusers(argv: list[str]) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from lookalike.cli.index import add_backend_options
 from lookalike.data.feedback import feedback_folder
 from lookalike.errors import LookalikeError
+from lookalike.inference.milvus import is_remote
 from lookalike.serve.app import LOOPBACK_NAMES, create_app
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="lookalike serve", description="Serve a search page for a catalogue index.")
-    parser.add_argument("--index", required=True, help="catalogue index (.lkidx)")
+    parser.add_argument("--index", required=True, help="catalogue index (.lkidx), or the Milvus file / URI")
+    add_backend_options(parser)
     parser.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only; "
                         "0.0.0.0 exposes the page to the network)")
@@ -19,7 +23,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--slots", type=int, default=4, help="searches with an upload at once (more wait: 503)")
     parser.add_argument("--feedback", help="folder the page's 'same' / 'not the same' marks go to (default: "
-                        "catalog.feedback/ beside catalog.lkidx; train with data.feedback=FOLDER/feedback.csv)")
+                        "catalog.feedback/ beside catalog.lkidx or catalog.db, <collection>.feedback/ here for a server; train with data.feedback=FOLDER/feedback.csv)")
     parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
     parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items for "
                         "requests that do not say (0: off; database-side augmentation is an index build option)")
@@ -27,9 +31,11 @@ def main(argv: list[str]) -> None:
     if args.slots < 1 or args.max_upload_mb <= 0:
         raise LookalikeError("--slots must be at least 1 and --max-upload-mb above 0")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
-    feedback = None if args.no_feedback else (args.feedback or feedback_folder(args.index))
+    beside = Path(f"{args.collection}.lkidx") if args.backend == "milvus" and is_remote(args.index) else args.index
+    feedback = None if args.no_feedback else (args.feedback or feedback_folder(beside))
     app = create_app(args.index, args.embedder, args.max_upload_mb, slots=args.slots,
-                     allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback, qe=args.qe)
+                     allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback, qe=args.qe,
+                     backend=args.backend, collection=args.collection)
     try:
         import uvicorn
     except ImportError as e:

@@ -15,7 +15,6 @@ import shutil
 import warnings
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -26,8 +25,9 @@ from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, locked
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
-from lookalike.inference.filters import parse_filter
+from lookalike.inference.filters import Condition, matches
 from lookalike.inference.sharded import Processes, embed_sharded
+from lookalike.inference.store import Catalogue, SearchHit
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.expansion import database_augmentation
 from lookalike.retrieval.knn import FaissIndex, default_search_params, is_lossy, ivf_cells, rescore
@@ -41,19 +41,6 @@ MAX_META_BYTES = 1 << 20
 MAX_ITEM_JSON_BYTES = 4096
 FILTER_CACHE = 32  # filter expressions whose matching ids an Index keeps
 DEFAULT_RERANK = 200  # candidates a compressed index re-scores with the exact vectors (results/search.md)
-
-
-@dataclass
-class SearchHit:
-    """One result: catalogue item and cosine similarity."""
-
-    id: int
-    path: str
-    label: str
-    score: float
-    fields: dict[str, str] | None = None
-    group: str | None = None  # grouped searches: the value of the grouping column
-    pictures: int = 1  # grouped searches: this group's pictures among the candidates
 
 
 class BuildCheckpoint:
@@ -157,7 +144,7 @@ def _embed_resumable(embedder: Embedder, payload: dict[str, Any], paths: list[st
     return positions, vectors, errors
 
 
-class Index:
+class Index(Catalogue):
     """Catalogue items, their FAISS index (keyed by item id) and the fingerprint of the embedder that
     made them. Items can be added and removed; ids are never reused."""
 
@@ -301,8 +288,8 @@ class Index:
         self.by_id = {it["id"]: it for it in items}
         self.ids = np.array([it["id"] for it in items], dtype=np.int64)  # ascending: ids only grow
         self.meta["count"] = len(items)
-        self._matching: dict[str, np.ndarray] = {}  # filter expression -> ids (items changed: answers anew)
-        self._by_value: dict[str, dict[str, np.ndarray]] = {}  # column -> value -> ids
+        self._matching: dict[Condition, np.ndarray] = {}  # filter condition -> ids (items changed: answers anew)
+        self._columns: set[str] | None = None
 
     def save(self, path: str | Path) -> Path:
         """Write the ``.lkidx`` file atomically."""
@@ -354,28 +341,12 @@ class Index:
             raise LookalikeError(f"'{path}' is a damaged lookalike index (item ids not unique and ascending)")
         return cls(index, items, meta, exact)
 
-    def check_embedder(self, embedder_path: str | Path) -> dict[str, Any]:
-        """Refuse an embedder other than the one the index was built with; returns the file's contents."""
-        payload = read_embedder_file(embedder_path)
-        found = embedder_hash(payload)
-        if found != self.meta["embedder_hash"]:
-            raise LookalikeError(f"This index was built with embedder {self.meta['embedder_hash']}, but "
-                                 f"'{embedder_path}' is {found}: rebuild the index with it, or search with the "
-                                 f"embedder the index was built with")
-        return payload
-
-    def check_query(self, k: int) -> None:
-        """Refuse a search that cannot answer (``k`` below 1, an empty catalogue) before any embedding work."""
-        if k < 1:
-            raise LookalikeError(f"k={k}: ask for at least one result (-k 1 or more)")
-        if not self.items:
-            raise LookalikeError("The catalogue index is empty: add images with `lookalike index add`")
-
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, allowed: np.ndarray | None = None,
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, where: Condition | None = None,
                        rerank: int | None = None) -> list[list[SearchHit]]:
-        """Top-``k`` catalogue items for each query vector, only among the item ids ``allowed`` if given.
-        ``rerank`` (default: the index's own): the index's best ``max(k, rerank)`` candidates are re-scored with
-        the exact vectors kept in the file (compressed index types keep them; 0: no re-scoring)."""
+        """Top-``k`` catalogue items for each query vector, only among the items passing ``where`` (FAISS id
+        selectors over :meth:`matching`). ``rerank`` (default: the index's own): the index's best
+        ``max(k, rerank)`` candidates are re-scored with the exact vectors kept in the file (compressed index types
+        keep them; 0: no re-scoring)."""
         self.check_query(k)
         if vectors.shape[1] != self.meta["dim"]:
             raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
@@ -383,6 +354,7 @@ class Index:
         if rerank and self.exact is None:
             raise LookalikeError(f"This index keeps no exact vectors to re-score with: rerank=0, or build it with "
                                  f"--rerank {DEFAULT_RERANK}")
+        allowed = None if where is None else self.matching(where)
         if allowed is not None and len(allowed) == 0:
             return [[] for _ in vectors]
         available = len(self.items) if allowed is None else len(allowed)
@@ -400,39 +372,38 @@ class Index:
 
     def value(self, item: dict[str, Any], column: str) -> str:
         """An item's ``label`` or manifest field ``column``."""
-        if column == "label":
-            return item["label"]
-        fields = item.get("fields") or {}
-        if column not in fields:
-            known = sorted({"label", *(k for it in self.items[:1000] for k in (it.get("fields") or {}))})
-            raise LookalikeError(f"Catalogue items have no column {column!r}; they have: {', '.join(known)}")
-        return fields[column]
+        if column != "label":
+            self.check_columns(column)
+        return item["label"] if column == "label" else (item.get("fields") or {}).get(column, "")
 
-    def ids_where(self, column: str, value: str) -> np.ndarray:
-        """The ids of the items whose ``column`` (``label`` or a manifest field) is ``value`` (each column's
-        value -> ids table is made once, on its first use)."""
-        if column not in self._by_value:
-            table: dict[str, list[int]] = {}
-            for it in self.items:
-                table.setdefault(self.value(it, column), []).append(it["id"])
-            self._by_value[column] = {v: np.array(ids, dtype=np.int64) for v, ids in table.items()}
-        return self._by_value[column].get(value, np.zeros(0, np.int64))
+    def count(self, where: Condition | None = None) -> int:
+        """How many items there are (``where``: that pass the condition)."""
+        return len(self.items) if where is None else len(self.matching(where))
+
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """One item by id, or None."""
+        return self.by_id.get(item_id)
 
     def columns(self) -> set[str]:
-        """``label`` and every manifest column an item has."""
-        return {"label", *(k for it in self.items for k in (it.get("fields") or {}))}
+        """``label`` and every manifest column an item has (found once per change of the items)."""
+        if self._columns is None:
+            self._columns = {"label", *(k for it in self.items for k in (it.get("fields") or {}))}
+        return self._columns
 
-    def matching(self, expression: str) -> np.ndarray:
-        """The ids of the items a filter expression (:mod:`lookalike.inference.filters`) keeps; the last
-        few expressions' answers are kept (a server answers the same filter many times)."""
-        if expression not in self._matching:
-            keep = parse_filter(expression, self.columns()).matches
+    def set_search_params(self, params: str) -> None:
+        """Search with other FAISS parameters (``efSearch=512``, ``nprobe=64``) from the next search on."""
+        self.faiss.set_search_params(params)
+
+    def matching(self, where: Condition) -> np.ndarray:
+        """The ids of the items passing a filter condition (:mod:`lookalike.inference.filters`); the last few
+        conditions' answers are kept (a server answers the same filter many times)."""
+        if where not in self._matching:
             if len(self._matching) >= FILTER_CACHE:
                 self._matching.pop(next(iter(self._matching)))
-            self._matching[expression] = np.array(
-                [it["id"] for it in self.items if keep({"label": it["label"], **(it.get("fields") or {})})],
+            self._matching[where] = np.array(
+                [it["id"] for it in self.items if matches(where, {"label": it["label"], **(it.get("fields") or {})})],
                 dtype=np.int64)
-        return self._matching[expression]
+        return self._matching[where]
 
     def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10) -> list[list[SearchHit]]:
         """Embed ``images`` with ``embedder`` and search the catalogue."""
@@ -444,11 +415,18 @@ class Index:
         index holds (Flat, HNSW and BFlat indexes keep theirs)."""
         return np.asarray(self.exact) if self.exact is not None else self.faiss.reconstruct(self.ids)
 
-    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
-        """The stored embeddings of the items at ``rows`` (positions in ``items``)."""
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored embeddings of the items ``ids``, in that order."""
+        rows = np.searchsorted(self.ids, np.asarray(ids, dtype=np.int64))
         if self.exact is not None:
-            return np.asarray(self.exact[np.asarray(rows)], dtype=np.float32)
-        return self.faiss.reconstruct(self.ids[np.asarray(rows)])
+            return np.asarray(self.exact[rows], dtype=np.float32)
+        return self.faiss.reconstruct(self.ids[rows])
+
+    def batches(self, size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every item as (ids, embeddings), ``size`` at a time, in id order."""
+        for start in range(0, len(self.items), size):
+            ids = self.ids[start:start + size]
+            yield ids, self.vectors_of(ids)
 
     def confusers(self, column: str = "label", top: int = 50, k: int = 10) -> list[tuple[float, int, int]]:
         """The ``top`` most similar pairs of items whose ``column`` differs, as (similarity, id, id), most similar
@@ -465,28 +443,6 @@ class Index:
                 if h.id != row and values[j] != value:
                     pairs[(min(int(row), h.id), max(int(row), h.id))] = h.score
         return sorted(((s, a, b) for (a, b), s in pairs.items()), reverse=True)[:top]
-
-    def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
-        """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest)."""
-        if not self.items:
-            return []
-        scores, ids = self.faiss.search(self.vectors(), min(k + 1, len(self.items)))
-        parent = {it["id"]: it["id"] for it in self.items}
-
-        def root(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        for item, row_s, row_i in zip(self.items, scores, ids):
-            for s, j in zip(row_s, row_i):
-                if j >= 0 and j != item["id"] and s >= threshold:
-                    parent[root(int(j))] = root(item["id"])
-        groups: dict[int, list[int]] = {}
-        for item in self.items:
-            groups.setdefault(root(item["id"]), []).append(item["id"])
-        return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
 
 
 def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from lookalike.errors import LookalikeError
-from lookalike.inference.catalog import Index, SearchHit
+from lookalike.inference.filters import Condition, restriction
+from lookalike.inference.store import Catalogue, SearchHit, hit_value
 from lookalike.retrieval.expansion import expand
 
 FUSIONS = ("mean", "max")
@@ -61,56 +62,51 @@ class Answer:
     category_confidence: float | None = None  # share of the vote, for category=auto
 
 
-def search_catalogue(index: Index, vectors: np.ndarray, options: SearchOptions) -> list[Answer]:
+def search_catalogue(index: Catalogue, vectors: np.ndarray, options: SearchOptions) -> list[Answer]:
     """Search ``vectors`` (one row per photo): one answer per photo, or one for all with ``options.fuse``."""
     options.check()
     index.check_query(options.k)
-    for column in {options.group_by, options.category_by if options.category else None} - {None}:
-        index.value(index.items[0], column)  # an unknown column is refused before searching
-    if options.filter:
-        index.matching(options.filter)  # a bad expression is refused before searching
+    index.check_columns(options.group_by, options.category_by if options.category else None)
+    where = restriction(options.filter, index.columns())  # a bad expression is refused before searching
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if options.fuse is None:
-        return [_answer(index, vectors[i:i + 1], options) for i in range(len(vectors))]
+        return [_answer(index, vectors[i:i + 1], options, where) for i in range(len(vectors))]
     if options.fuse == "mean":
         vectors = _normalized(vectors.mean(0, keepdims=True))
-    return [_answer(index, vectors, options)]
+    return [_answer(index, vectors, options, where)]
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _answer(index: Index, queries: np.ndarray, options: SearchOptions) -> Answer:
+def _answer(index: Catalogue, queries: np.ndarray, options: SearchOptions, where: Condition | None) -> Answer:
     """One answer for ``queries``: one photo, or several to fuse by their best score per item."""
     if options.qe:
         queries = _expanded(index, queries, options)
     category, confidence = options.category, None
-    allowed = index.matching(options.filter) if options.filter else None
-    if allowed is not None and len(allowed) == 0:
+    if where is not None and index.count(where) == 0:
         raise LookalikeError(f"No catalogue item matches the filter {options.filter!r}")
     if category == "auto":
-        category, confidence = vote(ranked(index, queries, options.votes, options, allowed), index,
-                                    options.category_by)
+        category, confidence = vote(ranked(index, queries, options.votes, options, where), options.category_by)
     if category is not None:
-        within = index.ids_where(options.category_by, category)
-        allowed = within if allowed is None else np.intersect1d(allowed, within)
-        if len(allowed) == 0:
+        where = restriction(options.filter, index.columns(), category, options.category_by)
+        if index.count(where) == 0:
             raise LookalikeError(f"No catalogue item has the {options.category_by} {category!r}"
                                  + (" and matches the filter" if options.filter else ""))
-    return Answer(ranked(index, queries, options.k, options, allowed, options.group_by), category, confidence)
+    return Answer(ranked(index, queries, options.k, options, where, options.group_by), category, confidence)
 
 
-def ranked(index: Index, queries: np.ndarray, k: int, options: SearchOptions, allowed: np.ndarray | None = None,
+def ranked(index: Catalogue, queries: np.ndarray, k: int, options: SearchOptions, where: Condition | None = None,
            group_by: str | None = None) -> list[SearchHit]:
     """The best ``k`` items (or groups) for all ``queries`` together, each item scored by its best query. Grouped
     searches widen their candidates until they hold ``k`` groups or the whole (allowed) catalogue."""
-    available = len(index.items) if allowed is None else len(allowed)
+    available = index.count(where)
     want = k if group_by is None else min(available, max(k * CANDIDATES_PER_GROUP, 50))
     while True:
-        hits = _best_per_item(index.search_vectors(queries, want, allowed, options.rerank))
+        hits = _best_per_item(index.search_vectors(queries, want, where, options.rerank))
         if group_by is not None:
-            hits = group(hits, index, group_by)
+            hits = group(hits, group_by)
         if len(hits) >= k or want >= available:
             return hits[:k]
         want = min(available, want * CANDIDATES_PER_GROUP)
@@ -128,35 +124,35 @@ def _best_per_item(rows: Sequence[list[SearchHit]]) -> list[SearchHit]:
     return sorted(best.values(), key=lambda h: -h.score)
 
 
-def group(hits: list[SearchHit], index: Index, column: str) -> list[SearchHit]:
+def group(hits: list[SearchHit], column: str) -> list[SearchHit]:
     """One hit per value of ``column`` (a product's best picture), with ``pictures``: how many of its pictures
     are among ``hits``."""
     first: dict[str, SearchHit] = {}
     counts: dict[str, int] = {}
     for hit in hits:
-        value = index.value(index.by_id[hit.id], column)
+        value = hit_value(hit, column)
         counts[value] = counts.get(value, 0) + 1
         first.setdefault(value, hit)
     return [replace(hit, group=value, pictures=counts[value]) for value, hit in first.items()]
 
 
-def vote(hits: list[SearchHit], index: Index, column: str) -> tuple[str, float]:
+def vote(hits: list[SearchHit], column: str) -> tuple[str, float]:
     """The ``column`` value of the nearest items, weighted by similarity, and its share of the vote."""
     weights: dict[str, float] = {}
     for hit in hits:
-        value = index.value(index.by_id[hit.id], column)
+        value = hit_value(hit, column)
         weights[value] = weights.get(value, 0.0) + max(hit.score, 0.0) + 1e-6
     winner = max(weights, key=weights.__getitem__)
     return winner, weights[winner] / sum(weights.values())
 
 
-def _expanded(index: Index, queries: np.ndarray, options: SearchOptions) -> np.ndarray:
+def _expanded(index: Catalogue, queries: np.ndarray, options: SearchOptions) -> np.ndarray:
     """alpha-QE (as ``lookalike.retrieval.expansion``): each query plus its nearest catalogue vectors, weighted by
     similarity**alpha."""
     out = []
     for query in queries:
         hits = index.search_vectors(query[None], options.qe, rerank=options.rerank)[0]
-        neighbours = index.vectors_at(np.searchsorted(index.ids, [h.id for h in hits]))
+        neighbours = index.vectors_of([h.id for h in hits])
         out.append(expand(torch.from_numpy(query[None]), torch.from_numpy(neighbours[None]),
                           torch.tensor([[h.score for h in hits]]), options.qe_alpha)[0].numpy())
     return np.stack(out)

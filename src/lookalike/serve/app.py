@@ -21,7 +21,8 @@ from lookalike.data.feedback import PHOTO_SIDE, VERDICTS, FeedbackLog
 from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
-from lookalike.inference.catalog import Index
+from lookalike.inference.backends import open_catalogue
+from lookalike.inference.filters import restriction
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload
 from lookalike.inference.query import Answer, SearchOptions, search_catalogue
 
@@ -91,8 +92,9 @@ class UploadGuard:
 
 def create_app(index_path: str | Path, embedder_path: str | Path | None = None, max_upload_mb: float = 10.0,
                max_k: int = 100, slots: int = 4, allowed_hosts: list[str] | None = None,
-               feedback: str | Path | None = None, qe: int = 0):
-    """The FastAPI application over one ``.lkidx`` index (and the embedder it was built with). ``slots``:
+               feedback: str | Path | None = None, qe: int = 0, backend: str = "faiss", collection: str | None = None):
+    """The FastAPI application over one catalogue (a ``.lkidx`` file, or with ``backend="milvus"`` a Milvus
+    collection at the URI ``index_path``) and the embedder it was built with. ``slots``:
     searches with an upload at once; ``allowed_hosts``: the Host header names answered (None: any);
     ``feedback``: the folder marks on results are appended to (None: the page takes no marks); ``qe``: alpha
     query expansion with that many nearest items for requests that do not say (0: off)."""
@@ -104,34 +106,34 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         raise LookalikeError("lookalike serve needs the serve extra: pip install 'lookalike[serve]'") from e
     from PIL import Image
 
-    index = Index.load(index_path)
+    index = open_catalogue(index_path, backend, collection)
     payload = index.check_embedder(embedder_path or index.meta["embedder"])
     embedder = embedder_from_payload(payload).eval()
     threshold = calibrated_threshold(payload)
     decode_side = eval_resize(embedder.preprocessing)
     marks = None if feedback is None else FeedbackLog(feedback)
     limit = int(max_upload_mb * 2**20)
-    app = FastAPI(title="lookalike visual search", description=f"Search {len(index.items)} catalogue items "
+    app = FastAPI(title="lookalike visual search", description=f"Search {index.count()} catalogue items "
                   "with a photo. Items are addressed by id.", version="1")
     app.add_middleware(UploadGuard, limit=limit + FORM_ROOM, slots=slots,
                        too_large=f"Upload larger than {max_upload_mb:g} MB")
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
-    def item_json(item: dict[str, Any]) -> dict[str, Any]:
-        return {"id": item["id"], "label": item["label"], "name": Path(item["path"]).name,
-                "image": f"/api/items/{item['id']}/image"}
+    def item_json(item_id: int, label: str, path: str) -> dict[str, Any]:
+        return {"id": item_id, "label": label, "name": Path(path).name, "image": f"/api/items/{item_id}/image"}
 
     def answer(found: Answer) -> dict[str, Any]:
         return {"threshold": threshold, "category": found.category, "category_confidence": found.category_confidence,
-                "results": [{**item_json(index.by_id[h.id]), "score": h.score, "group": h.group,
+                "results": [{**item_json(h.id, h.label, h.path), "score": h.score, "group": h.group,
                              "pictures": h.pictures, "match": None if threshold is None else h.score >= threshold}
                             for h in found.hits]}
 
     def catalogue_item(item_id: int) -> dict[str, Any]:
-        if item_id not in index.by_id:
+        item = index.item(item_id)
+        if item is None:
             raise HTTPException(404, f"No catalogue item has the id {item_id}")
-        return index.by_id[item_id]
+        return item
 
     def check_k(k: int) -> int:
         if not 1 <= k <= max_k:
@@ -142,7 +144,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         try:
             return answer(search_catalogue(index, vectors, options)[0])
         except LookalikeError as e:  # an empty catalogue, an unknown column or category
-            raise HTTPException(409 if not index.items else 422, str(e)) from e
+            raise HTTPException(409 if not index.count() else 422, str(e)) from e
 
     def options(k: int, fuse: str = "max", group_by: str | None = None, category: str | None = None,
                 category_by: str = "label", where: str | None = None, expand: int | None = None) -> SearchOptions:
@@ -152,15 +154,14 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         try:
             chosen = SearchOptions(k=check_k(k), fuse=fuse, group_by=group_by or None, category=category or None,
                                    category_by=category_by, filter=where or None, qe=expand).check()
-            if chosen.filter:
-                index.matching(chosen.filter)  # a bad expression is refused before any upload is decoded
+            restriction(chosen.filter, index.columns())  # a bad expression is refused before any upload is decoded
             return chosen
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from e
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return PAGE.read_text().replace("{{COUNT}}", str(len(index.items))).replace(
+        return PAGE.read_text().replace("{{COUNT}}", str(index.count())).replace(
             "{{FEEDBACK}}", "true" if marks else "false").replace(
             "{{K_OPTIONS}}", "".join(f'<option{" selected" if k == 10 else ""}>{k}</option>' for k in K_CHOICES))
 
@@ -244,7 +245,8 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
 
     @app.get("/api/items/{item_id}", summary="One catalogue item")
     def get_item(item_id: int) -> dict[str, Any]:
-        return item_json(catalogue_item(item_id))
+        item = catalogue_item(item_id)
+        return item_json(item["id"], item["label"], item["path"])
 
     @app.get("/api/items/{item_id}/similar", summary="The items most similar to a catalogue item (more like this)")
     def similar(item_id: int, k: int = 10, group_by: str = "", filter: str = "") -> dict[str, Any]:
@@ -261,7 +263,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
 
     @lru_cache(maxsize=4096)
     def thumbnail(item_id: int) -> bytes:
-        picture = Image.fromarray(load_rgb(index.by_id[item_id]["path"], min_side=THUMBNAIL))
+        picture = Image.fromarray(load_rgb(catalogue_item(item_id)["path"], min_side=THUMBNAIL))
         picture.thumbnail((THUMBNAIL, THUMBNAIL))
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=85)

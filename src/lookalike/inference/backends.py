@@ -1,0 +1,67 @@
+"""Where a catalogue lives: ``faiss`` (a ``.lkidx`` file, the default) or ``milvus`` (a collection in a Milvus Lite
+file or on a Milvus server). The commands and the page open, build and change catalogues through these three."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from lookalike.errors import LookalikeError
+from lookalike.inference.catalog import PARTIAL_MARKER, Index
+from lookalike.inference.milvus import DEFAULT_COLLECTION, MilvusCatalog, edit, is_remote
+from lookalike.inference.sharded import Processes
+from lookalike.inference.store import Catalogue
+
+BACKENDS = ("faiss", "milvus")
+
+
+def _check(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise LookalikeError(f"--backend {backend}: use one of {', '.join(BACKENDS)}")
+
+
+def open_catalogue(location: str | Path, backend: str = "faiss", collection: str | None = None) -> Catalogue:
+    """The catalogue at ``location``: a ``.lkidx`` file, or for ``milvus`` a Lite file / server URI."""
+    _check(backend)
+    if backend == "faiss":
+        return Index.load(location)
+    return MilvusCatalog.open(str(location), collection or DEFAULT_COLLECTION)
+
+
+@contextmanager
+def editing(location: str | Path, backend: str = "faiss", collection: str | None = None) -> Iterator[Any]:
+    """Open a catalogue to change it, taking turns with other writers (the file's lock; the database's own)."""
+    _check(backend)
+    if backend == "faiss":
+        with Index.edit(location) as index:
+            yield index
+    else:
+        with edit(str(location), collection or DEFAULT_COLLECTION) as catalogue:
+            yield catalogue
+
+
+def build_catalogue(out: str | Path, embedder: str | Path, images: str | Path, backend: str = "faiss",
+                    collection: str | None = None, factory: str = "Flat", batch_size: int = 64,
+                    num_workers: int | None = None, search_params: str | None = None, devices: int = 1,
+                    num_nodes: int = 1, accelerator: str = "auto", rerank: int | None = None,
+                    dba_k: int = 0) -> Catalogue | None:
+    """Embed the catalogue images and write them to ``out`` (resumable after an interruption; under DDP only
+    rank 0 writes and gets the catalogue)."""
+    _check(backend)
+    if backend == "faiss":
+        return Index.build_file(out, embedder, images, factory, batch_size, num_workers, search_params=search_params,
+                                devices=devices, num_nodes=num_nodes, accelerator=accelerator, rerank=rerank,
+                                dba_k=dba_k)
+    if rerank or dba_k:
+        raise LookalikeError("--rerank and --dba are the FAISS backend's (--backend faiss)")
+    collection = collection or DEFAULT_COLLECTION
+    beside = Path.cwd() / collection if is_remote(str(out)) else Path(out).expanduser().resolve()
+    partial = beside.with_name(f"{beside.name}.{collection}.partial")
+    processes = Processes(devices, partial.with_name(partial.name[:-len("partial")] + "shards"), num_nodes, accelerator)
+    catalogue = MilvusCatalog.build(str(out), embedder, images, collection, factory, batch_size, num_workers,
+                                    search_params, processes, checkpoint=partial)
+    if catalogue is not None and (partial / PARTIAL_MARKER).is_file():
+        shutil.rmtree(partial, ignore_errors=True)
+    return catalogue

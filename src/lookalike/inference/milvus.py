@@ -1,0 +1,377 @@
+"""A catalogue in a Milvus collection: the vector-database backend (``--backend milvus``).
+
+One client for every size: a local file (``catalog.db``: Milvus Lite, the embedded engine, for tests and small
+catalogues; one process at a time) or a server or cluster (``http://host:19530``). The collection holds per item
+its id, embedding, path and label, and the manifest's extra columns as dynamic fields (each as text, plus typed
+copies for numeric and true/false filters: :func:`lookalike.inference.filters.milvus_fields`); the collection's
+``lookalike.meta`` property holds what a ``.lkidx`` file's meta.json holds (the embedder's fingerprint, the index
+type and its search parameters, the calibrated threshold comes with the embedder file). FAISS index types map to
+Milvus's own: ``Flat`` -> FLAT, ``HNSW32`` -> HNSW (M 32), ``IVF1024,Flat`` -> IVF_FLAT, ``IVF1024,PQ32`` ->
+IVF_PQ, ``IVF1024,SQ8`` -> IVF_SQ8; inner product on normalised embeddings, as the file. An item's id is a hash of
+its image path (53 bits: exact in JSON and JavaScript), so re-inserting after an interruption and two writers
+adding at once never duplicate an item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lookalike.data.listing import labelled_images
+from lookalike.errors import LookalikeError
+from lookalike.files import locked
+from lookalike.inference.catalog import embed_catalogue
+from lookalike.inference.embedder_file import embedder_hash, read_embedder_file
+from lookalike.inference.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
+from lookalike.inference.sharded import Processes
+from lookalike.inference.store import Catalogue, SearchHit
+from lookalike.retrieval.knn import default_search_params
+
+FORMAT = "lookalike-milvus/1"
+META = "lookalike.meta"
+DEFAULT_COLLECTION = "lookalike"
+INSERT_BATCH = 1000  # rows per insert call
+MAX_TOP_K = 16384  # Milvus's limit on results per query
+MAX_PATH, MAX_LABEL = 4096, 1024
+RESERVED = {"id", "vector", "path", "label"}
+
+
+def item_id(path: str) -> int:
+    """An item's id: 53 bits of the SHA-256 of its image path."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") >> 11
+
+
+def index_spec(factory: str) -> tuple[str, dict[str, int]]:
+    """Milvus's index type and build parameters for a FAISS factory string."""
+    if factory == "Flat":
+        return "FLAT", {}
+    if found := re.fullmatch(r"HNSW(\d+)", factory):
+        return "HNSW", {"M": int(found.group(1)), "efConstruction": 200}
+    if found := re.fullmatch(r"IVF(\d+),(Flat|SQ8|PQ(\d+))", factory):
+        cells = {"nlist": int(found.group(1))}
+        if found.group(2) == "Flat":
+            return "IVF_FLAT", cells
+        if found.group(2) == "SQ8":
+            return "IVF_SQ8", cells
+        return "IVF_PQ", {**cells, "m": int(found.group(3)), "nbits": 8}
+    raise LookalikeError(f"--factory {factory}: the milvus backend builds Flat, HNSW<M>, IVF<n>,Flat, IVF<n>,SQ8 or "
+                         f"IVF<n>,PQ<m> (binary codes and other FAISS types: --backend faiss)")
+
+
+def search_spec(params: str) -> dict[str, int]:
+    """FAISS-style search parameters (``efSearch=256``, ``nprobe=64``) as Milvus's (``ef``, ``nprobe``)."""
+    names = {"efSearch": "ef", "nprobe": "nprobe"}
+    spec = {}
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        name, _, value = part.partition("=")
+        if name not in names or not value.isdigit():
+            raise LookalikeError(f"Search parameter {part!r}: the milvus backend takes efSearch=N and nprobe=N")
+        spec[names[name]] = int(value)
+    return spec
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names a Milvus server (else a Milvus Lite file)."""
+    return uri.startswith(("http://", "https://", "tcp://"))
+
+
+def connect(uri: str, token: str | None = None) -> Any:
+    """A Milvus client for a local file (Milvus Lite) or a server URI (``token``: default ``$MILVUS_TOKEN``);
+    one message when it cannot be had."""
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as e:
+        raise LookalikeError("The milvus backend needs pymilvus (and milvus-lite for local files): "
+                             "pip install 'lookalike[milvus]'") from e
+    remote = is_remote(uri)
+    if not remote:
+        Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        token = token or os.environ.get("MILVUS_TOKEN")
+        return MilvusClient(uri if remote else str(Path(uri).expanduser().resolve()), **({"token": token} if token else {}))
+    except Exception as e:  # pymilvus raises its own exception types, some from the engine below it
+        hint = ("a Milvus Lite file serves one process at a time: stop the other one (a `lookalike serve`?), or "
+                "run a Milvus server and pass its URI") if not remote else "is the server running and reachable?"
+        raise LookalikeError(f"Cannot open Milvus at {uri!r}: {e}. {hint}") from e
+
+
+class MilvusCatalog(Catalogue):
+    """Catalogue items in one Milvus collection (see the module's text)."""
+
+    def __init__(self, client: Any, collection: str, meta: dict[str, Any], uri: str):
+        self.client, self.collection, self.meta, self.uri = client, collection, meta, uri
+        client.load_collection(collection)  # a reopened collection starts released
+        self._params = search_spec(meta.get("search_params", ""))
+
+    @classmethod
+    def open(cls, uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None) -> MilvusCatalog:
+        """The catalogue in ``collection`` at ``uri``; refused unless lookalike built it and finished building."""
+        client = connect(uri, token)
+        try:
+            meta = _finished_meta(client, uri, collection)
+        except LookalikeError:
+            client.close()  # a Lite file stays free for the process that fixes it
+            raise
+        return cls(client, collection, meta, uri)
+
+    @classmethod
+    def build(cls, uri: str, embedder_path: str | Path, images: str | Path, collection: str = DEFAULT_COLLECTION,
+              factory: str = "Flat", batch_size: int = 64, num_workers: int | None = None,
+              search_params: str | None = None, processes: Processes | None = None, token: str | None = None,
+              checkpoint: Path | None = None) -> MilvusCatalog | None:
+        """Embed the catalogue images and insert them into a new collection; the same call after an interruption
+        continues (embeddings saved in ``checkpoint``, rows already inserted skipped). Under DDP (``processes``)
+        only rank 0 inserts and gets the catalogue; the others None."""
+        payload = read_embedder_file(embedder_path)
+        listed = labelled_images(images)
+        index_spec(factory)
+        search_spec(default_search_params(factory) if search_params is None else search_params)
+        _check_columns(listed)
+        key = hashlib.sha256(json.dumps([embedder_hash(payload), [it["path"] for it in listed]]).encode()).hexdigest()
+        with _writing(uri):
+            client = connect(uri, token)  # refused now, before the embedding work
+            existing = _meta(client, collection) if client.has_collection(collection) else None
+            if client.has_collection(collection) and (existing is None or existing.get("key") != key
+                                                      or existing.get("state") != "building"):
+                raise LookalikeError(f"Collection {collection!r} already exists at {uri!r}: add to it with "
+                                     f"`lookalike index add`, or build into another --collection")
+            client.close()
+        embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, processes=processes)
+        if embedded is None:
+            return None
+        items, vectors = embedded
+        return cls.create(uri, collection, items, vectors, embedder_hash(payload), str(Path(embedder_path).resolve()),
+                          factory, search_params, token, key)
+
+    @classmethod
+    def create(cls, uri: str, collection: str, items: list[dict[str, Any]], vectors: np.ndarray, embedder: str,
+               embedder_path: str, factory: str = "Flat", search_params: str | None = None, token: str | None = None,
+               key: str = "") -> MilvusCatalog:
+        """A collection of ``items`` (path, label, fields) and their embeddings made by the embedder of
+        fingerprint ``embedder``; continues a collection left ``building`` with the same ``key``."""
+        kind, build_params = index_spec(factory)
+        search_params = default_search_params(factory) if search_params is None else search_params
+        meta = {"format": FORMAT, "embedder_hash": embedder, "dim": int(vectors.shape[1]), "factory": factory,
+                "search_params": search_params, "embedder": embedder_path, "rerank": 0,
+                "columns": sorted({"label", *(c for it in items for c in it.get("fields") or {})}),
+                "key": key, "state": "building", "index": {"type": kind, "params": build_params}}
+        with _writing(uri):
+            client = connect(uri, token)
+            if not client.has_collection(collection):
+                _create(client, collection, meta)
+            catalogue = cls(client, collection, meta, uri)
+            catalogue.insert(items, vectors, skip_present=True)
+            meta["state"] = "ready"
+            catalogue.save_meta()
+        return catalogue
+
+    def save_meta(self) -> None:
+        """Write ``meta`` to the collection's property."""
+        self.client.alter_collection_properties(self.collection, properties={META: json.dumps(self.meta)})
+
+    def insert(self, items: list[dict[str, Any]], vectors: np.ndarray, skip_present: bool = False) -> int:
+        """Insert items (path, label, fields) with their embeddings in batches, with progress; ``skip_present``:
+        leave out the ids already stored (a build continued). Returns how many were inserted."""
+        _check_columns(items)
+        inserted = 0
+        with tqdm(total=len(items), desc="inserting into milvus", unit="item", disable=len(items) < INSERT_BATCH) as bar:
+            for start in range(0, len(items), INSERT_BATCH):
+                chunk, chunk_vectors = items[start:start + INSERT_BATCH], vectors[start:start + INSERT_BATCH]
+                rows = [{"id": item_id(it["path"]), "vector": v.tolist(), "path": it["path"], "label": it["label"],
+                         **milvus_fields({"label": it["label"], **(it.get("fields") or {})})}
+                        for it, v in zip(chunk, chunk_vectors)]
+                stored = self._stored_paths([r["id"] for r in rows])
+                clash = [r["path"] for r in rows if r["id"] in stored and stored[r["id"]] != r["path"]]
+                if clash:
+                    raise LookalikeError(f"Two image paths share an item id (hash collision): {clash[0]!r} and "
+                                         f"{stored[item_id(clash[0])]!r}; rename one of the files")
+                rows = [r for r in rows if not (skip_present and r["id"] in stored)]
+                if rows:
+                    self.client.upsert(self.collection, rows)
+                inserted += len(rows)
+                bar.update(len(chunk))
+        columns = set(self.meta["columns"]) | {c for it in items for c in it.get("fields") or {}}
+        if columns != set(self.meta["columns"]):
+            self.meta["columns"] = sorted(columns)
+            self.save_meta()
+        return inserted
+
+    def add_images(self, payload: dict[str, Any], images: str | Path, batch_size: int = 64,
+                   num_workers: int | None = None) -> list[dict[str, Any]]:
+        """Embed and add the images not yet in the catalogue (by path); returns the new items."""
+        listed = labelled_images(images)
+        known = set(self._stored_paths([item_id(it["path"]) for it in listed]).values())
+        new = [it for it in listed if it["path"] not in known]
+        if not new:
+            return []
+        new, vectors = embed_catalogue(payload, new, batch_size, num_workers)
+        self.insert(new, vectors)
+        return [{**it, "id": item_id(it["path"])} for it in new]
+
+    def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Remove items by id; returns the removed items."""
+        found = {it["id"]: it for it in self._get(list(ids), ["path", "label", "$meta"])}
+        unknown = sorted(set(ids) - found.keys())
+        if unknown:
+            raise LookalikeError(f"No catalogue item has the id(s) {unknown[:10]}")
+        for start in range(0, len(ids), INSERT_BATCH):
+            self.client.delete(self.collection, ids=list(ids[start:start + INSERT_BATCH]))
+        return [found[i] for i in ids]
+
+    def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
+        """The ids of the items named by id, by image path, or (``missing``) whose image file is gone."""
+        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
+        stored = self._stored_paths([item_id(p) for p in resolved])
+        unknown = [p for p in resolved if stored.get(item_id(p)) != p]
+        if unknown:
+            raise LookalikeError(f"Not in the index: {unknown[:10]}")
+        chosen = set(ids) | {item_id(p) for p in resolved}
+        if missing:
+            for rows in self._scan(["path"]):
+                chosen |= {r["id"] for r in rows if not Path(r["path"]).is_file()}
+        return sorted(chosen)
+
+    def count(self, where: Condition | None = None) -> int:
+        found = self.client.query(self.collection, filter="" if where is None else milvus_expression(where),
+                                  output_fields=["count(*)"])
+        return int(found[0]["count(*)"])
+
+    def columns(self) -> set[str]:
+        return set(self.meta["columns"])
+
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        found = self._get([item_id], ["path", "label", "$meta"])
+        return found[0] if found else None
+
+    def set_search_params(self, params: str) -> None:
+        """Search with other parameters (``efSearch=512``, ``nprobe=64``) from the next search on."""
+        self._params = search_spec(params)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, where: Condition | None = None,
+                       rerank: int | None = None) -> list[list[SearchHit]]:
+        """Top-``k`` items per query vector by inner product, only among those passing ``where`` (given to Milvus
+        as its own filter expression). Re-scoring is the FAISS file's (``rerank`` must be 0 or None)."""
+        self.check_query(k)
+        if vectors.shape[1] != self.meta["dim"]:
+            raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
+        if rerank:
+            raise LookalikeError("Re-scoring with exact vectors is the FAISS backend's: rerank=0 with --backend milvus")
+        found = self.client.search(
+            self.collection, data=np.asarray(vectors, np.float32).tolist(), limit=min(k, MAX_TOP_K),
+            filter="" if where is None else milvus_expression(where), output_fields=["path", "label", "$meta"],
+            search_params={"metric_type": "IP", "params": self._params})
+        return [[SearchHit(int(hit["id"]), hit["entity"]["path"], hit["entity"]["label"], float(hit["distance"]),
+                           _fields(hit["entity"])) for hit in row] for row in found]
+
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        by_id = {r["id"]: r["vector"] for r in self._get(list(ids), ["vector"])}
+        return np.array([by_id[i] for i in ids], dtype=np.float32).reshape(len(ids), self.meta["dim"])
+
+    def batches(self, size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for rows in self._scan(["vector"], size):
+            yield (np.array([r["id"] for r in rows], dtype=np.int64),
+                   np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.meta["dim"]))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _get(self, ids: list[int], fields: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for start in range(0, len(ids), INSERT_BATCH):
+            for row in self.client.get(self.collection, ids=ids[start:start + INSERT_BATCH], output_fields=fields):
+                item = {"id": int(row["id"]), **{f: row[f] for f in ("path", "label", "vector") if f in row}}
+                if "$meta" in fields and (extra := _fields(row)):
+                    item["fields"] = extra
+                out.append(item)
+        return out
+
+    def _stored_paths(self, ids: list[int]) -> dict[int, str]:
+        return {r["id"]: r["path"] for r in self._get(ids, ["path"])}
+
+    def _scan(self, fields: list[str], size: int = 4096) -> Iterator[list[dict[str, Any]]]:
+        iterator = self.client.query_iterator(self.collection, batch_size=size, filter="", output_fields=fields)
+        try:
+            while rows := iterator.next():
+                yield rows
+        finally:
+            iterator.close()
+
+
+def _finished_meta(client: Any, uri: str, collection: str) -> dict[str, Any]:
+    """The meta of a collection lookalike built and finished building; else one message saying what to do."""
+    if not client.has_collection(collection):
+        raise LookalikeError(f"No collection {collection!r} at {uri!r} (make one with `lookalike index build "
+                             f"--backend milvus --out {uri}`)")
+    meta = _meta(client, collection)
+    if meta is None:
+        raise LookalikeError(f"Collection {collection!r} at {uri!r} was not made by lookalike (no {META} "
+                             f"property of format {FORMAT}): choose another --collection")
+    if meta.get("state") != "ready":
+        raise LookalikeError(f"The build of collection {collection!r} at {uri!r} did not finish: run the same "
+                             f"`lookalike index build` again to continue it")
+    return meta
+
+
+def _fields(entity: dict[str, Any]) -> dict[str, str] | None:
+    """An item's manifest columns from a stored row (without the typed copies)."""
+    fields = {k: v for k, v in entity.items() if k not in RESERVED and not k.endswith((NUMBER, TRUTH))}
+    return fields or None
+
+
+def _check_columns(items: list[dict[str, Any]]) -> None:
+    for column in {c for it in items for c in it.get("fields") or {}}:
+        if column in RESERVED or column.endswith((NUMBER, TRUTH)) or column.startswith("$"):
+            raise LookalikeError(f"Manifest column {column!r}: the milvus backend keeps id, vector, path and label "
+                                 f"for itself and names typed copies *{NUMBER} / *{TRUTH}: rename the column")
+    long = [it["path"] for it in items if len(it["path"]) > MAX_PATH or len(it["label"]) > MAX_LABEL]
+    if long:
+        raise LookalikeError(f"Path or label too long for the milvus backend ({MAX_PATH} / {MAX_LABEL} characters): "
+                             f"{long[0][:200]!r}")
+
+
+def _meta(client: Any, collection: str) -> dict[str, Any] | None:
+    properties = client.describe_collection(collection).get("properties") or {}
+    try:
+        meta = json.loads(properties.get(META, "null"))
+    except json.JSONDecodeError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def _create(client: Any, collection: str, meta: dict[str, Any]) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta["dim"])
+    schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
+    schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL)
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type=meta["index"]["type"], metric_type="IP", params=meta["index"]["params"])
+    client.create_collection(collection, schema=schema, index_params=params, consistency_level="Strong")
+    client.alter_collection_properties(collection, properties={META: json.dumps(meta)})
+
+
+def _writing(uri: str):
+    """Writers of one Milvus Lite file take turns (its lock file); a server keeps its own guarantees."""
+    return nullcontext() if is_remote(uri) else locked(Path(uri).expanduser().resolve())
+
+
+@contextmanager
+def edit(uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None) -> Iterator[MilvusCatalog]:
+    """``with edit(uri) as catalogue: ...``: open the collection to change it, taking turns with other writers
+    of the same local file, and close it after."""
+    with _writing(uri):
+        catalogue = MilvusCatalog.open(uri, collection, token)
+        try:
+            yield catalogue
+        finally:
+            catalogue.close()

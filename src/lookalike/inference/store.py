@@ -1,0 +1,122 @@
+"""What every catalogue backend offers the search, the page and the commands: results, the embedder check, counts
+and columns, vectors by id, and near-duplicate groups.
+
+Two backends derive from :class:`Catalogue`: the ``.lkidx`` file with its FAISS index
+(:mod:`lookalike.inference.catalog`, the default) and a Milvus collection (:mod:`lookalike.inference.milvus`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+from lookalike.inference.embedder_file import embedder_hash, read_embedder_file
+from lookalike.inference.filters import Condition
+
+
+@dataclass
+class SearchHit:
+    """One result: catalogue item and cosine similarity."""
+
+    id: int
+    path: str
+    label: str
+    score: float
+    fields: dict[str, str] | None = None
+    group: str | None = None  # grouped searches: the value of the grouping column
+    pictures: int = 1  # grouped searches: this group's pictures among the candidates
+
+
+def hit_value(hit: SearchHit, column: str) -> str:
+    """A result's ``label`` or manifest field ``column`` (empty when the item has none)."""
+    return hit.label if column == "label" else (hit.fields or {}).get(column, "")
+
+
+class Catalogue(ABC):
+    """A searchable catalogue: items (id, path, label, manifest fields) with their embeddings and ``meta`` (the
+    embedder's fingerprint, the index type and search parameters, ...)."""
+
+    meta: dict[str, Any]
+
+    @abstractmethod
+    def count(self, where: Condition | None = None) -> int:
+        """How many items there are (``where``: that pass the condition)."""
+
+    @abstractmethod
+    def columns(self) -> set[str]:
+        """``label`` and every manifest column an item has."""
+
+    @abstractmethod
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """One item (id, path, label, fields), or None."""
+
+    @abstractmethod
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, where: Condition | None = None,
+                       rerank: int | None = None) -> list[list[SearchHit]]:
+        """Top-``k`` items for each query vector, only among those passing ``where``."""
+
+    @abstractmethod
+    def set_search_params(self, params: str) -> None:
+        """Search with other parameters (FAISS syntax: ``efSearch=512``, ``nprobe=64``) from the next search on."""
+
+    @abstractmethod
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored embeddings of the items ``ids``, in that order."""
+
+    @abstractmethod
+    def batches(self, size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every item as (ids, embeddings), ``size`` at a time."""
+
+    def check_embedder(self, embedder_path: str | Path) -> dict[str, Any]:
+        """Refuse an embedder other than the one the catalogue was built with; returns the file's contents."""
+        payload = read_embedder_file(embedder_path)
+        found = embedder_hash(payload)
+        if found != self.meta["embedder_hash"]:
+            raise LookalikeError(f"This index was built with embedder {self.meta['embedder_hash']}, but "
+                                 f"'{embedder_path}' is {found}: rebuild the index with it, or search with the "
+                                 f"embedder the index was built with")
+        return payload
+
+    def check_query(self, k: int) -> None:
+        """Refuse a search that cannot answer (``k`` below 1, an empty catalogue) before any embedding work."""
+        if k < 1:
+            raise LookalikeError(f"k={k}: ask for at least one result (-k 1 or more)")
+        if not self.count():
+            raise LookalikeError("The catalogue index is empty: add images with `lookalike index add`")
+
+    def check_columns(self, *columns: str | None) -> None:
+        """Refuse a column no item has."""
+        known = self.columns()
+        for column in columns:
+            if column is not None and column not in known:
+                raise LookalikeError(f"Catalogue items have no column {column!r}; they have: {', '.join(sorted(known))}")
+
+    def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
+        """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest), largest first."""
+        total = self.count()
+        if not total:
+            return []
+        parent: dict[int, int] = {}
+
+        def root(i: int) -> int:
+            parent.setdefault(i, i)
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for ids, vectors in self.batches():
+            for item, found in zip(ids, self.search_vectors(vectors, min(k + 1, total))):
+                root(int(item))
+                for hit in found:
+                    if hit.id != item and hit.score >= threshold:
+                        parent[root(hit.id)] = root(int(item))
+        groups: dict[int, list[int]] = {}
+        for i in sorted(parent):
+            groups.setdefault(root(i), []).append(i)
+        return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
