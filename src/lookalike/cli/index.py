@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
         params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
         params += f", re-scoring {index.meta['rerank']} candidates" if index.meta["rerank"] else ""
         print(f"indexed {index.count()} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
-              f"into {args.out}" + (f" (collection {args.collection})" if args.backend == "milvus" else ""))
+              f"into {args.out}" + (f", collection {args.collection}" if args.backend == "milvus" else ""))
         return
     with editing(args.index, args.backend, args.collection) as index:  # another writer of the same file waits until this one has saved
         if args.action == "add":

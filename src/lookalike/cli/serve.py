@@ -23,7 +23,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
     parser.add_argument("--slots", type=int, default=4, help="searches with an upload at once (more wait: 503)")
     parser.add_argument("--feedback", help="folder the page's 'same' / 'not the same' marks go to (default: "
-                        "catalog.feedback/ beside catalog.lkidx or catalog.db, <collection>.feedback/ here for a server; train with data.feedback=FOLDER/feedback.csv)")
+                        "catalog.feedback/ beside catalog.lkidx or catalog.db, <collection>.feedback/ here for a "
+                        "server; train with data.feedback=FOLDER/feedback.csv)")
     parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
     parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items for "
                         "requests that do not say (0: off; database-side augmentation is an index build option)")

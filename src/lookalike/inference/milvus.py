@@ -96,7 +96,8 @@ def connect(uri: str, token: str | None = None) -> Any:
         Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     try:
         token = token or os.environ.get("MILVUS_TOKEN")
-        return MilvusClient(uri if remote else str(Path(uri).expanduser().resolve()), **({"token": token} if token else {}))
+        where = uri if remote else str(Path(uri).expanduser().resolve())
+        return MilvusClient(where, **({"token": token} if token else {}))
     except Exception as e:  # pymilvus raises its own exception types, some from the engine below it
         hint = ("a Milvus Lite file serves one process at a time: stop the other one (a `lookalike serve`?), or "
                 "run a Milvus server and pass its URI") if not remote else "is the server running and reachable?"
@@ -182,7 +183,8 @@ class MilvusCatalog(Catalogue):
         leave out the ids already stored (a build continued). Returns how many were inserted."""
         _check_columns(items)
         inserted = 0
-        with tqdm(total=len(items), desc="inserting into milvus", unit="item", disable=len(items) < INSERT_BATCH) as bar:
+        with tqdm(total=len(items), desc="inserting into milvus", unit="item",
+                  disable=len(items) < INSERT_BATCH) as bar:
             for start in range(0, len(items), INSERT_BATCH):
                 chunk, chunk_vectors = items[start:start + INSERT_BATCH], vectors[start:start + INSERT_BATCH]
                 rows = [{"id": item_id(it["path"]), "vector": v.tolist(), "path": it["path"], "label": it["label"],

@@ -3,9 +3,10 @@
 In order: several photos of one item are fused into one query (``mean`` of their embeddings, or ``max``: each
 item scored by its best photo); alpha query expansion optionally adds the query's nearest catalogue vectors;
 the search is restricted to the items a metadata filter keeps (``brand == "acme" and price < 100``), and to the
-category, decided (``auto``: a similarity-weighted vote of the nearest items' category) or given; the index searches (re-scoring its candidates with exact vectors where it keeps
-them); results are grouped to one per product (``group_by``: ``label`` or a manifest column) with how many of
-its pictures were among the candidates.
+category, decided (``auto``: a similarity-weighted vote of the nearest items' category) or given, as one more
+condition of the filter; the catalogue searches (the FAISS file re-scoring its candidates with exact vectors
+where it keeps them, Milvus filtering with its own expressions); results are grouped to one per product
+(``group_by``: ``label`` or a manifest column) with how many of its pictures were among the candidates.
 """
 
 from __future__ import annotations

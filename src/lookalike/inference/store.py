@@ -94,7 +94,8 @@ class Catalogue(ABC):
         known = self.columns()
         for column in columns:
             if column is not None and column not in known:
-                raise LookalikeError(f"Catalogue items have no column {column!r}; they have: {', '.join(sorted(known))}")
+                raise LookalikeError(f"Catalogue items have no column {column!r}; they have: "
+                                     f"{', '.join(sorted(known))}")
 
     def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
         """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest), largest first."""
