@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,13 +141,21 @@ def test_the_commands_build_search_add_remove_and_find_duplicates_in_a_collectio
            [[r["path"] for r in q["results"]] for q in milvus_json]
     assert np.allclose([r["score"] for q in faiss_json for r in q["results"]],
                        [r["score"] for q in milvus_json for r in q["results"]], atol=1e-5)
-    assert "added 5 item(s); the index now holds 10" in run("index", "add", "--index", str(db), "--images",
-                                                             str(tmp_path / "shop"), "--workers", "0", *milvus)
+    for picture in shop:  # a second folder of the same products, added at the same time by another writer
+        (tmp_path / "more" / picture.parent.name).mkdir(parents=True)
+        shutil.copy(picture, tmp_path / "more" / picture.parent.name / "back.jpg")
+    writers = [subprocess.Popen([sys.executable, "-m", "lookalike.cli", "index", "add", "--index", str(db), "--images",
+                                 str(tmp_path / folder), "--workers", "0", *milvus], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for folder in ("shop", "more")]
+    outputs = [w.communicate(timeout=300) for w in writers]
+    assert all(w.returncode == 0 for w in writers), [e[-2000:] for _, e in outputs]
+    assert sorted(o.split(";")[0] for o, _ in outputs) == ["added 5 item(s)"] * 2
+    assert "holds 15" in "".join(o for o, _ in outputs)  # the writer that went second saw the first's items
     assert "added 0 item(s)" in run("index", "add", "--index", str(db), "--images", str(tmp_path / "shop"),
                                     "--workers", "0", *milvus)
     assert "5 groups of near-duplicates" in run("duplicates", "--index", str(db), "--threshold", "0.9999", *milvus)
     shop[0].unlink()
-    assert "removed 1 item(s); the index now holds 9" in run("index", "remove", "--index", str(db), "--missing",
+    assert "removed 1 item(s); the index now holds 14" in run("index", "remove", "--index", str(db), "--missing",
                                                              *milvus)
     other = run("search", photos[0], "--index", str(db), "--embedder", str(tmp_path / "c.lkidx"), *milvus, ok=False)
     assert "Traceback" not in other
