@@ -14,6 +14,7 @@ import lookalike.inference.catalog as catalog
 from lookalike.inference.catalog import Index
 from lookalike.errors import LookalikeError
 from lookalike.inference.embedder_file import load_embedder
+from lookalike.inference.milvus import MilvusCatalog, item_id
 from lookalike.retrieval.knn import FaissIndex, default_search_params
 
 
@@ -165,19 +166,30 @@ def test_index_add_and_remove_commands(trained: dict, catalogue, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, catalogue, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, catalogue, tmp_path: Path,
+                                                                 backend: str) -> None:
     """index build --devices 2 (Lightning's predict loop, 2 CPU processes, gloo): the same items in the same
-    order, the same vectors (to float tolerance), an unreadable file skipped once, nothing left but the index."""
+    order, the same vectors (to float tolerance), an unreadable file skipped once, nothing left but the index;
+    into either backend (rank 0 inserts into the Milvus collection)."""
     shop = _shop(catalogue[0], tmp_path / "shop")
     (shop[0].parent / "broken.jpg").write_bytes(b"not an image")
     one = Index.build(trained["embedder"], tmp_path / "shop", num_workers=0)
+    out = tmp_path / ("two.lkidx" if backend == "faiss" else "two.db")
     done = subprocess.run([sys.executable, "-m", "lookalike.cli", "index", "build", "--embedder", trained["embedder"],
-                           "--images", str(tmp_path / "shop"), "--out", str(tmp_path / "two.lkidx"), "--devices", "2",
-                           "--accelerator", "cpu", "--workers", "0"], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+                           "--images", str(tmp_path / "shop"), "--out", str(out), "--devices", "2",
+                           "--accelerator", "cpu", "--workers", "0", "--backend", backend], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("indexed 5 images") == 1 and done.stdout.count("skipped 1 unreadable") == 1
-    two = Index.load(tmp_path / "two.lkidx")
-    assert two.items == one.items
-    np.testing.assert_allclose(two.vectors(), one.vectors(), atol=1e-5)
-    assert not (tmp_path / "two.lkidx.shards").exists() and not (tmp_path / "two.lkidx.partial").exists()
+    if backend == "faiss":
+        two = Index.load(out)
+        assert two.items == one.items
+        np.testing.assert_allclose(two.vectors(), one.vectors(), atol=1e-5)
+    else:
+        two = MilvusCatalog.open(str(out))
+        ids = [item_id(it["path"]) for it in one.items]
+        assert [(it["path"], it["label"]) for it in map(two.item, ids)] == [(it["path"], it["label"]) for it in one.items]
+        np.testing.assert_allclose(two.vectors_of(ids), one.vectors(), atol=1e-5)
+        two.close()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".shards", ".partial"))]

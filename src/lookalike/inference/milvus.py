@@ -137,14 +137,11 @@ class MilvusCatalog(Catalogue):
         search_spec(default_search_params(factory) if search_params is None else search_params)
         _check_columns(listed)
         key = hashlib.sha256(json.dumps([embedder_hash(payload), [it["path"] for it in listed]]).encode()).hexdigest()
-        with _writing(uri):
-            client = connect(uri, token)  # refused now, before the embedding work
-            existing = _meta(client, collection) if client.has_collection(collection) else None
-            if client.has_collection(collection) and (existing is None or existing.get("key") != key
-                                                      or existing.get("state") != "building"):
-                raise LookalikeError(f"Collection {collection!r} already exists at {uri!r}: add to it with "
-                                     f"`lookalike index add`, or build into another --collection")
-            client.close()
+        if processes is None or processes.count <= 1:  # DDP's other ranks cannot open a Lite file rank 0 holds
+            with _writing(uri):
+                client = connect(uri, token)  # refused now, before the embedding work
+                _check_new(client, uri, collection, key)
+                client.close()
         embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, processes=processes)
         if embedded is None:
             return None
@@ -166,7 +163,7 @@ class MilvusCatalog(Catalogue):
                 "key": key, "state": "building", "index": {"type": kind, "params": build_params}}
         with _writing(uri):
             client = connect(uri, token)
-            if not client.has_collection(collection):
+            if not _check_new(client, uri, collection, key):
                 _create(client, collection, meta)
             catalogue = cls(client, collection, meta, uri)
             catalogue.insert(items, vectors, skip_present=True)
@@ -305,6 +302,18 @@ class MilvusCatalog(Catalogue):
                 yield rows
         finally:
             iterator.close()
+
+
+def _check_new(client: Any, uri: str, collection: str, key: str) -> bool:
+    """Whether a build with ``key`` continues a collection it left unfinished (False: there is none yet); refused
+    when another collection of that name exists."""
+    if not client.has_collection(collection):
+        return False
+    existing = _meta(client, collection)
+    if existing is None or existing.get("key") != key or existing.get("state") != "building":
+        raise LookalikeError(f"Collection {collection!r} already exists at {uri!r}: add to it with "
+                             f"`lookalike index add`, or build into another --collection")
+    return True
 
 
 def _finished_meta(client: Any, uri: str, collection: str) -> dict[str, Any]:
