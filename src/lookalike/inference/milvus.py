@@ -5,7 +5,7 @@ catalogues; one process at a time) or a server or cluster (``http://host:19530``
 its id, embedding, path and label, and the manifest's extra columns as dynamic fields (each as text, plus typed
 copies for numeric and true/false filters: :func:`lookalike.inference.filters.milvus_fields`); the collection's
 ``lookalike.meta`` property holds what a ``.lkidx`` file's meta.json holds (the embedder's fingerprint, the index
-type and its search parameters, the calibrated threshold comes with the embedder file). FAISS index types map to
+type and its search parameters, and the calibrated threshold of the embedder file it was built with). FAISS index types map to
 Milvus's own: ``Flat`` -> FLAT, ``HNSW32`` -> HNSW (M 32), ``IVF1024,Flat`` -> IVF_FLAT, ``IVF1024,PQ32`` ->
 IVF_PQ, ``IVF1024,SQ8`` -> IVF_SQ8; inner product on normalised embeddings, as the file. An item's id is a hash of
 its image path (53 bits: exact in JSON and JavaScript), so re-inserting after an interruption and two writers
@@ -29,7 +29,7 @@ from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import locked
 from lookalike.inference.catalog import embed_catalogue
-from lookalike.inference.embedder_file import embedder_hash, read_embedder_file
+from lookalike.inference.embedder_file import calibrated_threshold, embedder_hash, read_embedder_file
 from lookalike.inference.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
 from lookalike.inference.sharded import Processes
 from lookalike.inference.store import Catalogue, SearchHit
@@ -147,18 +147,19 @@ class MilvusCatalog(Catalogue):
             return None
         items, vectors = embedded
         return cls.create(uri, collection, items, vectors, embedder_hash(payload), str(Path(embedder_path).resolve()),
-                          factory, search_params, token, key)
+                          factory, search_params, token, key, calibrated_threshold(payload))
 
     @classmethod
     def create(cls, uri: str, collection: str, items: list[dict[str, Any]], vectors: np.ndarray, embedder: str,
                embedder_path: str, factory: str = "Flat", search_params: str | None = None, token: str | None = None,
-               key: str = "") -> MilvusCatalog:
+               key: str = "", threshold: float | None = None) -> MilvusCatalog:
         """A collection of ``items`` (path, label, fields) and their embeddings made by the embedder of
-        fingerprint ``embedder``; continues a collection left ``building`` with the same ``key``."""
+        fingerprint ``embedder`` (``threshold``: its calibrated match threshold, kept for other readers of the
+        collection); continues a collection left ``building`` with the same ``key``."""
         kind, build_params = index_spec(factory)
         search_params = default_search_params(factory) if search_params is None else search_params
         meta = {"format": FORMAT, "embedder_hash": embedder, "dim": int(vectors.shape[1]), "factory": factory,
-                "search_params": search_params, "embedder": embedder_path, "rerank": 0,
+                "search_params": search_params, "embedder": embedder_path, "rerank": 0, "threshold": threshold,
                 "columns": sorted({"label", *(c for it in items for c in it.get("fields") or {})}),
                 "key": key, "state": "building", "index": {"type": kind, "params": build_params}}
         with _writing(uri):
