@@ -5,8 +5,8 @@ catalogues; one process at a time) or a server or cluster (``http://host:19530``
 its id, embedding, path and label, and the manifest's extra columns as dynamic fields (each as text, plus typed
 copies for numeric and true/false filters: :func:`lookalike.inference.filters.milvus_fields`); the collection's
 ``lookalike.meta`` property holds what a ``.lkidx`` file's meta.json holds (the embedder's fingerprint, the index
-type and its search parameters, and the calibrated threshold of the embedder file it was built with). FAISS index types map to
-Milvus's own: ``Flat`` -> FLAT, ``HNSW32`` -> HNSW (M 32), ``IVF1024,Flat`` -> IVF_FLAT, ``IVF1024,PQ32`` ->
+type and its search parameters) and the calibrated threshold of the embedder file it was built with. FAISS index
+types map to Milvus's own: ``Flat`` -> FLAT, ``HNSW32`` -> HNSW (M 32), ``IVF1024,Flat`` -> IVF_FLAT, ``IVF1024,PQ32`` ->
 IVF_PQ, ``IVF1024,SQ8`` -> IVF_SQ8; inner product on normalised embeddings, as the file. An item's id is a hash of
 its image path (53 bits: exact in JSON and JavaScript), so re-inserting after an interruption and two writers
 adding at once never duplicate an item.
