@@ -11,6 +11,7 @@ from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.errors import LookalikeError
 from lookalike.cli.index import add_backend_options
 from lookalike.inference.backends import open_catalogue
+from lookalike.inference.boxes import BoxFinder, box_file_for
 from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload, match_threshold
 from lookalike.inference.query import FUSIONS, SearchOptions, search_catalogue
@@ -53,18 +54,25 @@ def main(argv: list[str]) -> None:
     add_search_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", help="also write a picture of the queries and their results")
-    parser.add_argument("--crop", default="none", help="search with this part of every photo: x,y,width,height in "
-                        "pixels (none: the whole photo)")
+    parser.add_argument("--crop", default="none", help="search with this part of every photo: auto (the box model "
+                        "finds the product; the whole photo where it is not sure), x,y,width,height in pixels, or "
+                        "none (the whole photo)")
+    parser.add_argument("--boxes", help="box model for --crop auto (default: box.pt beside the embedder file; "
+                        "python train.py experiment=box makes one)")
     args = parser.parse_args(argv)
     options = options_from(args)
-    box = None if args.crop == "none" else parse_box(args.crop, "--crop")
+    box = None if args.crop in ("none", "auto") else parse_box(args.crop, "--crop")
     index = open_catalogue(args.index, args.backend, args.collection)
     index.check_query(args.k)
     if args.search_params is not None:
         index.set_search_params(args.search_params)
-    payload = index.check_embedder(args.embedder or index.meta["embedder"])
+    embedder_path = args.embedder or index.meta["embedder"]
+    payload = index.check_embedder(embedder_path)
     threshold = calibrated_threshold(payload)
-    photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]
+    if args.crop == "auto":
+        photos = BoxFinder.load(args.boxes or box_file_for(embedder_path)).crop([load_rgb(p) for p in args.photos])
+    else:
+        photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]
     vectors = embedder_from_payload(payload).embed(photos).numpy()
     answers = search_catalogue(index, vectors, options)
     queries = [" + ".join(args.photos)] if options.fuse else args.photos

@@ -1,0 +1,104 @@
+"""The box model: composites with known boxes, training with `experiment=box`, the box file, and --crop auto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lookalike.cli.search import main as search_main
+from lookalike.data.composites import Composites, _paste
+from lookalike.errors import LookalikeError
+from lookalike.inference.boxes import BoxFinder
+from lookalike.models.box import box_losses
+from lookalike.train import run
+from tests.helpers import compose_config, tiny_overrides, write_image
+
+
+def test_a_pasted_picture_is_exactly_its_box() -> None:
+    rng = np.random.default_rng(0)
+    canvas = np.zeros((64, 64, 3), np.uint8)
+    picture = np.full((30, 60, 3), (255, 0, 0), np.uint8)  # 2:1
+    out, box = _paste(canvas, picture, rng, (0.4, 0.9))
+    x0, y0, x1, y1 = np.round(box * 64).astype(int)
+    red = out[..., 0] > 0
+    assert red[y0:y1, x0:x1].all() and red.sum() == (x1 - x0) * (y1 - y0)
+    assert abs((x1 - x0) / (y1 - y0) - 2) < 0.2
+
+
+def test_composites_are_repeatable_and_use_the_data_sets_boxes(tmp_path: Path) -> None:
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
+    for i, p in enumerate(paths):
+        write_image(Path(p), (60 * i, 120, 200), size=48)
+    boxes = np.array([[4, 6, 20, 30], [np.nan] * 4, [0, 0, 48, 48]], np.float32)
+    data = Composites(paths, 32, 40, seed=3, boxes=boxes)
+    first = [data[i] for i in range(40)]
+    again = data[7]
+    assert torch.equal(first[7]["image"], again["image"]) and torch.equal(first[7]["box"], again["box"])
+    data.set_epoch(1)
+    assert not torch.equal(data[7]["image"], again["image"])
+    for sample in first:
+        assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.uint8
+        x0, y0, x1, y1 = sample["box"].tolist()
+        assert sample["found"] == 0 or (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1)
+    assert {float(s["found"]) for s in first} == {0.0, 1.0}
+    own = np.array([4, 6, 24, 36]) / 48  # picture 0 as itself: its box 4,6,20,30 of 48 px
+    assert any(np.allclose(s["box"].numpy(), own, atol=1e-3) for s in first)
+
+
+def test_the_losses_reward_the_right_box() -> None:
+    target = torch.tensor([[0.2, 0.2, 0.6, 0.8]])
+    right = box_losses(target.clone(), torch.tensor([5.0]), target, torch.tensor([1.0]))["loss"]
+    wrong = box_losses(torch.tensor([[0.6, 0.0, 1.0, 0.3]]), torch.tensor([5.0]), target, torch.tensor([1.0]))["loss"]
+    assert right < 0.05 < wrong
+
+
+@pytest.fixture(scope="module")
+def box_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("box")
+    return run(compose_config(tiny_overrides(base / "cache", base / "run") + [
+        "experiment=box", "logger=none", "box.backbone=test_efficientnet", "box.pretrained=false",
+        "box.image_size=32", "box.samples_per_epoch=32", "box.eval_samples=16", "box.min_confidence=0.0"]))
+
+
+def test_train_py_experiment_box_writes_a_box_file_that_finds_and_crops(box_run: dict, tmp_path: Path) -> None:
+    assert set(box_run["test"]["box model"]) >= {"iou", "iou>=0.5", "confidence_accuracy", "ms_per_photo"}
+    assert 0 <= box_run["test"]["box model"]["iou"] <= 1
+    saved = json.loads((Path(box_run["box_file"]).parent / "metrics.json").read_text())
+    assert saved["test"] == box_run["test"]
+    finder = BoxFinder.load(box_run["box_file"])
+    photo = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    [((x, y, w, h), confidence)] = finder.find([photo])
+    assert 0 <= x <= 120 and 0 <= y <= 90 and w >= 0 and h >= 0 and 0 <= confidence <= 1
+    [cropped] = finder.crop([photo])
+    assert cropped.ndim == 3 and cropped.shape[0] <= 90 and cropped.shape[1] <= 120
+    [whole] = BoxFinder.load(box_run["box_file"], min_confidence=1.01).crop([photo])
+    assert whole.shape == photo.shape  # not sure enough: the whole photo
+
+
+def test_bad_box_files_get_one_message(tmp_path: Path) -> None:
+    with pytest.raises(LookalikeError, match="experiment=box"):
+        BoxFinder.load(tmp_path / "box.pt")
+    (tmp_path / "other.pt").write_bytes(b"not a torch file")
+    with pytest.raises(LookalikeError, match="not a readable box file"):
+        BoxFinder.load(tmp_path / "other.pt")
+    torch.save({"format": "something else"}, tmp_path / "foreign.pt")
+    with pytest.raises(LookalikeError, match="not a lookalike box file"):
+        BoxFinder.load(tmp_path / "foreign.pt")
+
+
+def test_search_crop_auto_uses_the_box_model(box_run: dict, trained: dict, catalogue, tmp_path: Path,
+                                              capsys) -> None:
+    from lookalike.inference.catalog import Index
+
+    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    photo = catalogue[1][0]
+    search_main([photo, "--index", str(tmp_path / "c.lkidx"), "--crop", "auto", "--boxes", box_run["box_file"],
+                 "-k", "2", "--json"])
+    [answer] = json.loads(capsys.readouterr().out)
+    assert len(answer["results"]) == 2
+    with pytest.raises(LookalikeError, match="No box model"):
+        search_main([photo, "--index", str(tmp_path / "c.lkidx"), "--crop", "auto"])  # none beside embedder.pt
