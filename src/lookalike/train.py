@@ -172,7 +172,8 @@ def run_box(cfg: DictConfig) -> dict[str, Any]:
     box = cfg.box
 
     def loader(table: Any, length: int, seed: int, shuffle: bool = False) -> DataLoader:
-        data = Composites(table.paths, box.image_size, length, seed, table.boxes, box.empty_share)
+        pictures = table.subset(table.is_gallery)  # the catalogue pictures (photos are queries, not objects)
+        data = Composites(pictures.paths, box.image_size, length, seed, pictures.boxes, box.empty_share)
         return DataLoader(data, batch_size=cfg.data.batch_size, shuffle=shuffle, num_workers=cfg.data.num_workers)
 
     module = LitBoxNet(config)
