@@ -102,3 +102,77 @@ def test_search_crop_auto_uses_the_box_model(box_run: dict, trained: dict, catal
     assert len(answer["results"]) == 2
     with pytest.raises(LookalikeError, match="No box model"):
         search_main([photo, "--index", str(tmp_path / "c.lkidx"), "--crop", "auto"])  # none beside embedder.pt
+
+
+@pytest.fixture
+def boxed_app(box_run: dict, trained: dict, catalogue, tmp_path: Path):
+    pytest.importorskip("fastapi")
+    from lookalike.inference.catalog import Index
+    from lookalike.serve.app import create_app
+
+    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    return create_app(tmp_path / "c.lkidx", boxes=box_run["box_file"]), tmp_path / "c.lkidx", catalogue[1]
+
+
+def test_the_api_finds_the_box_and_searches_with_crop_auto(boxed_app, box_run: dict, trained: dict) -> None:
+    from fastapi.testclient import TestClient
+
+    from lookalike.data.images import load_rgb
+    from lookalike.inference.catalog import Index
+    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.serve.app import create_app
+
+    app, index_path, photos = boxed_app
+    client = TestClient(app)
+    files = {"image": ("p.jpg", Path(photos[0]).read_bytes(), "image/jpeg")}
+    found = client.post("/api/box", files=files).json()
+    finder = BoxFinder.load(box_run["box_file"])
+    [(box, confidence)] = finder.find([load_rgb(photos[0])])
+    assert found["box"] == [round(v) for v in box] and found["confidence"] == pytest.approx(confidence, abs=1e-5)
+    answer = client.post("/api/search", files=files, data={"k": "3", "crop": "auto"})
+    assert answer.status_code == 200, answer.text
+    expected = Index.load(index_path).search(load_embedder(trained["embedder"]), finder.crop([load_rgb(photos[0])]), 3)
+    assert [r["id"] for r in answer.json()["results"]] == [h.id for h in expected[0]]
+    plain = TestClient(create_app(index_path))  # no box model beside the embedder: crop=auto is refused
+    assert plain.post("/api/search", files=files, data={"crop": "auto"}).status_code == 422
+    assert plain.post("/api/box", files=files).status_code == 404
+    assert "const BOXES = false" in plain.get("/").text and "const BOXES = true" in client.get("/").text
+
+
+@pytest.mark.slow
+def test_the_page_draws_the_box_found_and_searches_with_it(boxed_app) -> None:
+    import threading
+    import time
+
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_serve import _browser, _free_port
+
+    app, _, photos = boxed_app
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    browser = _browser()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.1)
+        browser.get(f"http://127.0.0.1:{port}/")
+        browser.find_element(By.ID, "file").send_keys(str(Path(photos[0]).resolve()))
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: "(cropped)" in b.find_element(By.ID, "status").text)
+        from fastapi.testclient import TestClient
+
+        found = TestClient(app).post("/api/box", files={"image": ("p.jpg", Path(photos[0]).read_bytes())}).json()
+        assert browser.find_element(By.ID, "query").get_attribute("data-crop") == ",".join(map(str, found["box"]))
+        assert browser.find_element(By.ID, "sel").is_displayed()
+        browser.find_element(By.ID, "clearcrop").click()  # the whole photo instead
+        wait.until(lambda b: "(cropped)" not in b.find_element(By.ID, "status").text
+                   and b.find_elements(By.CSS_SELECTOR, "#results .result"))
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -22,6 +22,7 @@ from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
 from lookalike.inference.backends import open_catalogue
+from lookalike.inference.boxes import BoxFinder, box_file_for
 from lookalike.inference.filters import restriction
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload
 from lookalike.inference.query import Answer, SearchOptions, search_catalogue
@@ -32,6 +33,7 @@ K_CHOICES = (5, 10, 20, 50)
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]  # the Host header a loopback-bound page accepts
 FORM_ROOM = 64 * 1024  # bytes of multipart form around the uploaded files
 MAX_PHOTOS = 8  # photos of one item searched together
+AUTO = "auto"  # the crop field's value for the box model's box
 log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
@@ -92,12 +94,14 @@ class UploadGuard:
 
 def create_app(index_path: str | Path, embedder_path: str | Path | None = None, max_upload_mb: float = 10.0,
                max_k: int = 100, slots: int = 4, allowed_hosts: list[str] | None = None,
-               feedback: str | Path | None = None, qe: int = 0, backend: str = "faiss", collection: str | None = None):
+               feedback: str | Path | None = None, qe: int = 0, backend: str = "faiss", collection: str | None = None,
+               boxes: str | Path | None = None):
     """The FastAPI application over one catalogue (a ``.lkidx`` file, or with ``backend="milvus"`` a Milvus
     collection at the URI ``index_path``) and the embedder it was built with. ``slots``:
     searches with an upload at once; ``allowed_hosts``: the Host header names answered (None: any);
     ``feedback``: the folder marks on results are appended to (None: the page takes no marks); ``qe``: alpha
-    query expansion with that many nearest items for requests that do not say (0: off)."""
+    query expansion with that many nearest items for requests that do not say (0: off); ``boxes``: the box model
+    for ``crop=auto`` and the page's detected box (default: ``box.pt`` beside the embedder file, if there is one)."""
     try:
         from fastapi import FastAPI, File, Form, HTTPException, UploadFile
         from fastapi.responses import HTMLResponse, Response
@@ -109,6 +113,8 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     index = open_catalogue(index_path, backend, collection)
     payload = index.check_embedder(embedder_path or index.meta["embedder"])
     embedder = embedder_from_payload(payload).eval()
+    default_boxes = box_file_for(embedder_path or index.meta["embedder"])
+    finder = BoxFinder.load(boxes) if boxes else BoxFinder.load(default_boxes) if default_boxes.is_file() else None
     threshold = calibrated_threshold(payload)
     decode_side = eval_resize(embedder.preprocessing)
     marks = None if feedback is None else FeedbackLog(feedback)
@@ -162,10 +168,10 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return PAGE.read_text().replace("{{COUNT}}", str(index.count())).replace(
-            "{{FEEDBACK}}", "true" if marks else "false").replace(
+            "{{FEEDBACK}}", "true" if marks else "false").replace("{{BOXES}}", "true" if finder else "false").replace(
             "{{K_OPTIONS}}", "".join(f'<option{" selected" if k == 10 else ""}>{k}</option>' for k in K_CHOICES))
 
-    def decoded(image: UploadFile, budget: int, side: int = decode_side, box: Any = None) -> tuple[Any, int]:
+    def decoded(image: UploadFile, budget: int, side: int | None = decode_side, box: Any = None) -> tuple[Any, int]:
         data = image.file.read(budget + 1)
         if len(data) > budget:
             raise HTTPException(413, f"Upload larger than {max_upload_mb:g} MB")
@@ -178,7 +184,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
             raise HTTPException(415, "Not an image this server can prepare for search") from e
         if box is not None:
             try:
-                array = cut(array, box)
+                array = finder.crop([array])[0] if box == AUTO else cut(array, box)
             except LookalikeError as e:
                 raise HTTPException(422, str(e)) from e
         return array, len(data)
@@ -197,7 +203,8 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
                filter: str = Form("", description='only items whose metadata match, e.g. brand == "acme" and '
                                   "price < 100 (label and manifest columns; == != < <= > >= in, and / or / not)"),
                crop: list[str] = Form([], description="per photo, in order: x,y,width,height in its pixels to "
-                                      "search with that part of it (empty: the whole photo)"),
+                                      "search with that part of it, auto (the box model's box; the whole photo "
+                                      "where it is not sure), or empty (the whole photo)"),
                qe: int | None = Form(None, description="alpha query expansion with this many nearest items "
                                      "(0: off; default: the server's --qe)")) -> dict[str, Any]:
         chosen = options(k, fuse, group_by, category, category_by, filter, qe)
@@ -211,10 +218,23 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     def crops(texts: list[str], count: int) -> list[Any]:
         if len(texts) > count:
             raise HTTPException(422, f"{len(texts)} crops for {count} photo(s)")
+        if AUTO in texts and finder is None:
+            raise HTTPException(422, "crop=auto needs a box model: start the server with --boxes FILE (python "
+                                "train.py experiment=box makes one)")
         try:
-            return [parse_box(t) if t.strip() else None for t in texts] + [None] * (count - len(texts))
+            return [AUTO if t.strip() == AUTO else parse_box(t) if t.strip() else None for t in texts] + \
+                [None] * (count - len(texts))
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from e
+
+    @app.post("/api/box", summary="Where the product is in a photo (the box model), to crop the search to it")
+    def find_box(image: UploadFile = File(..., description="one photo")) -> dict[str, Any]:
+        if finder is None:
+            raise HTTPException(404, "This server has no box model (lookalike serve --boxes FILE)")
+        array, _ = decoded(image, limit, side=None)
+        [((x, y, w, h), confidence)] = finder.find([array])
+        return {"box": [round(x), round(y), round(w), round(h)], "confidence": confidence,
+                "found": confidence >= finder.min_confidence and w >= 2 and h >= 2}
 
     def photos(uploads: list[UploadFile], side: int = decode_side, boxes: list[Any] | None = None) -> list[Any]:
         if len(uploads) > MAX_PHOTOS:
