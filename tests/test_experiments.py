@@ -49,12 +49,20 @@ def _tiny(choice: str, tmp_path: Path, request: pytest.FixtureRequest) -> DictCo
             cfg.data.source.pseudo_labels = str(tmp_path / "clusters.csv")
         if "num_train_products" in cfg.data.source:
             cfg.data.source.update(TINY_DATA)
+        if "box" in cfg:  # the box model's own backbone, as TINY_MODEL makes the embedder's
+            cfg.box.update({"backbone": "test_efficientnet", "pretrained": False, "image_size": 32,
+                            "samples_per_epoch": 8, "eval_samples": 8})
     return cfg
 
 
 def _check_report(cfg: DictConfig, report: dict) -> None:
-    """The run tested its own test split: every valid query of it, with coherent retrieval metrics."""
+    """The run tested its own test split: every valid query of it, with coherent retrieval metrics (a box
+    model: its IoU on composites of the test split, and its box file)."""
     test = build_datamodule(cfg).test_table
+    if "box" in cfg:
+        assert report["test_set"] == f"composites of {test.describe()}" and Path(report["box_file"]).is_file()
+        assert 0 <= report["test"]["box model"]["iou"] <= 1 and report["test"]["box model"]["photos"] == 8
+        return
     after = next(row for name, row in report["test"].items() if name.startswith("after training"))
     assert report["test_set"] == test.describe()
     assert after["queries"] + after["queries_without_relevant"] == test.is_query.sum() and after["queries"] > 0
