@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager, nullcontext
@@ -85,7 +86,9 @@ def is_remote(uri: str) -> bool:
 
 def connect(uri: str, token: str | None = None) -> Any:
     """A Milvus client for a local file (Milvus Lite) or a server URI (``token``: default ``$MILVUS_TOKEN``);
-    one message when it cannot be had."""
+    one message when it cannot be had. The client's and gRPC's informational chatter is kept off the terminal."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when gRPC first loads
+    logging.getLogger("pymilvus").setLevel(logging.ERROR)
     try:
         from pymilvus import MilvusClient
     except ImportError as e:
