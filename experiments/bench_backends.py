@@ -145,12 +145,12 @@ def run_child(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(n: int, dim: int, work: Path, runs: Path) -> None:
+def measure(n: int, dim: int, work: Path, runs: Path, backends: list[str]) -> None:
     done = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
     vectors_path, queries_path = make_vectors(n, dim, work)
     truth = None
     for factory in factories(n):
-        for backend in ("faiss", "milvus"):
+        for backend in backends:
             if any(r["n"] == n and r["dim"] == dim and r["factory"] == factory and r["backend"] == backend
                    for r in done):
                 continue
@@ -208,15 +208,16 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[128])
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lookalike-bench-backends"))
     p.add_argument("--runs", default="experiments/results/bench_backends_runs.jsonl")
+    p.add_argument("--backends", nargs="+", choices=["faiss", "milvus"], default=["faiss", "milvus"])
     p.add_argument("--out")
     args = p.parse_args()
     work, runs = Path(args.work), Path(args.runs)
     work.mkdir(parents=True, exist_ok=True)
     for n in args.sizes:
         for dim in args.dims:
-            measure(n, dim, work, runs)
+            measure(n, dim, work, runs, args.backends)
     rows = [json.loads(line) for line in runs.read_text().splitlines()]
-    rows = [r for r in rows if r["n"] in args.sizes and r["dim"] in args.dims]
+    rows = [r for r in rows if r["n"] in args.sizes and r["dim"] in args.dims and r["backend"] in args.backends]
     text = section(sorted(rows, key=lambda r: (r["n"], r["dim"], r["factory"] != "Flat", r["backend"])))
     print(text)
     if args.out:

@@ -56,3 +56,15 @@ def test_search_with_a_filter_ranks_only_the_items_it_keeps() -> None:
         search_catalogue(index, query, SearchOptions(filter='label == "nothing"'))
     with pytest.raises(LookalikeError, match="column"):
         search_catalogue(index, query, SearchOptions(filter='brand == "x"'))
+
+
+@pytest.mark.parametrize("factory, rerank", [("HNSW16", 0), ("IVF4,Flat", 20)])
+def test_a_small_filtered_set_is_searched_exactly_by_approximate_indexes(factory: str, rerank: int) -> None:
+    flat, centres = vector_catalogue(products=60)
+    approximate, _ = vector_catalogue(factory, products=60, rerank=rerank)  # IVF: the exact vectors kept
+    approximate.set_search_params("efSearch=8" if "HNSW" in factory else "nprobe=1")  # cheap: misses the set
+    where = parse_filter('label in ["p3", "p17", "p40"]', flat.columns()).condition
+    queries = centres[[3, 17, 40, 5]]
+    for a, b in zip(flat.search_vectors(queries, 5, where), approximate.search_vectors(queries, 5, where)):
+        assert [h.id for h in a] == [h.id for h in b]
+        assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
