@@ -193,3 +193,34 @@ def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, 
         np.testing.assert_allclose(two.vectors_of(ids), one.vectors(), atol=1e-5)
         two.close()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".shards", ".partial"))]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_reembed_makes_the_same_catalogue_with_another_embedder(trained: dict, catalogue, tmp_path: Path,
+                                                                backend: str) -> None:
+    """index reembed: every item of an index (its path, label and columns) in a new index by another embedder;
+    with the same embedder, the same vectors as a fresh build."""
+    from lookalike.inference.backends import build_catalogue, reembed
+
+    manifest = tmp_path / "shop.csv"
+    rows = catalogue[0].read_text().splitlines()
+    manifest.write_text("\n".join([rows[0] + ",brand"] + [f"{r},b{i % 2}" for i, r in enumerate(rows[1:])]) + "\n")
+    suffix = ".lkidx" if backend == "faiss" else ".db"
+    build_catalogue(tmp_path / f"old{suffix}", trained["embedder"], manifest, backend, num_workers=0)
+    new = reembed(tmp_path / f"old{suffix}", trained["embedder"], tmp_path / f"new{suffix}", backend,
+                  num_workers=0, factory="HNSW32")
+    fresh = Index.build(trained["embedder"], manifest, num_workers=0)
+    assert [(it["path"], it["label"], it["fields"]) for it in new.listing()] == \
+        [(it["path"], it["label"], it["fields"]) for it in sorted(fresh.items, key=lambda it: _id(it, backend))]
+    assert new.meta["factory"] == "HNSW32" and not (tmp_path / f"new{suffix}.items.csv").exists()
+    ids = [it["id"] for it in new.listing()]
+    order = [it["path"] for it in new.listing()]
+    np.testing.assert_allclose(new.vectors_of(ids), fresh.vectors_of([_row(fresh, p) for p in order]), atol=1e-5)
+
+
+def _id(item: dict, backend: str) -> int:
+    return item["id"] if backend == "faiss" else item_id(item["path"])
+
+
+def _row(index: Index, path: str) -> int:
+    return next(it["id"] for it in index.items if it["path"] == path)

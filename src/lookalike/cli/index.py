@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lookalike.inference.backends import BACKENDS, build_catalogue, editing
+from lookalike.inference.backends import BACKENDS, build_catalogue, editing, reembed
 from lookalike.inference.milvus import DEFAULT_COLLECTION
 
 
@@ -17,8 +17,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--images", required=True, help="folder of images (sub-folder = label) or manifest .csv")
     build.add_argument("--out", required=True, help="index file to write (.lkidx); --backend milvus: a Milvus Lite "
                        "file (catalog.db) or a server URI (http://host:19530)")
-    build.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
+    reembed = sub.add_parser("reembed", help="embed every item of an index anew with another embedder, into a new "
+                             "index (same items, labels and columns; an interrupted run resumes)")
+    reembed.add_argument("--index", required=True, help="the index whose items to embed anew")
+    reembed.add_argument("--embedder", required=True, help="the new embedder file")
+    reembed.add_argument("--out", required=True, help="the new index (.lkidx), or the Milvus file / URI")
+    reembed.add_argument("--out-collection", help="--backend milvus: the new collection (default: --collection; "
+                         "another name when --out is the same file or server)")
+    for p in (build, reembed):
+        p.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
                        "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
     build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
                        "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
     build.add_argument("--rerank", type=int, help="keep the exact vectors in the file and re-score this many "
@@ -36,13 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--ids", type=int, nargs="+", default=[])
     remove.add_argument("--paths", nargs="+", default=[])
     remove.add_argument("--missing", action="store_true", help="remove items whose image file no longer exists")
-    for p in (build, add):
-        p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    add.add_argument("--batch-size", type=int, default=64)
+    add.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
     for p in (add, remove):
         p.add_argument("--index", required=True, help="index file to update (rewritten atomically), or the Milvus "
                        "file / URI")
-    add_backend_options(build, add, remove)
+    add_backend_options(build, reembed, add, remove)
     add.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
     return parser
 
@@ -67,6 +76,11 @@ def main(argv: list[str]) -> None:
         params += f", re-scoring {index.meta['rerank']} candidates" if index.meta["rerank"] else ""
         print(f"indexed {index.count()} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
               f"into {args.out}" + (f", collection {args.collection}" if args.backend == "milvus" else ""))
+        return
+    if args.action == "reembed":
+        index = reembed(args.index, args.embedder, args.out, args.backend, args.collection, args.out_collection,
+                        factory=args.factory, batch_size=args.batch_size, num_workers=args.workers)
+        print(f"embedded {index.count()} items anew into {args.out}")
         return
     with editing(args.index, args.backend, args.collection) as index:  # another writer of the same file waits until this one has saved
         if args.action == "add":

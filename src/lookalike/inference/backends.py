@@ -3,12 +3,14 @@ file or on a Milvus server). The commands and the page open, build and change ca
 
 from __future__ import annotations
 
+import csv
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from lookalike.errors import LookalikeError
+from lookalike.files import atomic_write
 from lookalike.inference.catalog import PARTIAL_MARKER, Index
 from lookalike.inference.milvus import DEFAULT_COLLECTION, MilvusCatalog, edit, is_remote
 from lookalike.inference.sharded import Processes
@@ -40,6 +42,32 @@ def editing(location: str | Path, backend: str = "faiss", collection: str | None
     else:
         with edit(str(location), collection or DEFAULT_COLLECTION) as catalogue:
             yield catalogue
+
+
+def reembed(location: str | Path, embedder: str | Path, out: str | Path, backend: str = "faiss",
+            collection: str | None = None, out_collection: str | None = None, **options: Any) -> Catalogue | None:
+    """The catalogue at ``location`` embedded anew with another embedder into ``out`` (same items, labels and
+    columns; ``options``: :func:`build_catalogue`'s). Its items are listed in ``<out>.items.csv`` first, so the
+    same call after an interruption continues the build; the list goes once the new catalogue is written."""
+    source = open_catalogue(location, backend, collection)
+    items = list(source.listing())
+    if isinstance(source, MilvusCatalog):
+        source.close()  # a Milvus Lite file is one client's at a time
+    columns = sorted({c for it in items for c in it.get("fields") or {}})
+    listing = Path(f"{out}.items.csv" if not is_remote(str(out)) else f"{out_collection or collection}.items.csv")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            rows = csv.writer(f)
+            rows.writerow(["path", "label", *columns])
+            rows.writerows([it["path"], it["label"], *((it.get("fields") or {}).get(c, "") for c in columns)]
+                           for it in items)
+
+    atomic_write(listing, write)
+    built = build_catalogue(out, embedder, listing, backend, out_collection or collection, **options)
+    if built is not None:
+        listing.unlink(missing_ok=True)
+    return built
 
 
 def build_catalogue(out: str | Path, embedder: str | Path, images: str | Path, backend: str = "faiss",

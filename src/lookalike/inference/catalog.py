@@ -399,6 +399,10 @@ class Index(Catalogue):
         """One item by id, or None."""
         return self.by_id.get(item_id)
 
+    def listing(self) -> Iterator[dict[str, Any]]:
+        """Every item, in id order."""
+        return iter(self.items)
+
     def columns(self) -> set[str]:
         """``label`` and every manifest column an item has (found once per change of the items)."""
         if self._columns is None:

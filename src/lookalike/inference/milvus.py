@@ -254,6 +254,12 @@ class MilvusCatalog(Catalogue):
         found = self._get([item_id], ["path", "label", "$meta"])
         return found[0] if found else None
 
+    def listing(self) -> Iterator[dict[str, Any]]:
+        rows = [r for batch in self._scan(["path", "label", "$meta"]) for r in batch]
+        for row in sorted(rows, key=lambda r: r["id"]):
+            yield {"id": int(row["id"]), "path": row["path"], "label": row["label"],
+                   **({"fields": extra} if (extra := _fields(row)) else {})}
+
     def set_search_params(self, params: str) -> None:
         """Search with other parameters (``efSearch=512``, ``nprobe=64``) from the next search on."""
         self._params = search_spec(params)

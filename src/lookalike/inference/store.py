@@ -56,6 +56,10 @@ class Catalogue(ABC):
         """One item (id, path, label, fields), or None."""
 
     @abstractmethod
+    def listing(self) -> Iterator[dict[str, Any]]:
+        """Every item's path, label and manifest fields, in id order (what re-embedding needs)."""
+
+    @abstractmethod
     def search_vectors(self, vectors: np.ndarray, k: int = 10, where: Condition | None = None,
                        rerank: int | None = None) -> list[list[SearchHit]]:
         """Top-``k`` items for each query vector, only among those passing ``where``."""
