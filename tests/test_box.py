@@ -141,26 +141,14 @@ def test_the_api_finds_the_box_and_searches_with_crop_auto(boxed_app, box_run: d
 
 @pytest.mark.slow
 def test_the_page_draws_the_box_found_and_searches_with_it(boxed_app) -> None:
-    import threading
-    import time
-
-    import uvicorn
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.test_serve import _browser, _free_port
+    from tests.test_serve import page_in_browser
 
     app, _, photos = boxed_app
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    browser = _browser()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.1)
-        browser.get(f"http://127.0.0.1:{port}/")
+    with page_in_browser(app) as (browser, address):
+        browser.get(address)
         browser.find_element(By.ID, "file").send_keys(str(Path(photos[0]).resolve()))
         wait = WebDriverWait(browser, 60)
         wait.until(lambda b: "(cropped)" in b.find_element(By.ID, "status").text)
@@ -172,7 +160,3 @@ def test_the_page_draws_the_box_found_and_searches_with_it(boxed_app) -> None:
         browser.find_element(By.ID, "clearcrop").click()  # the whole photo instead
         wait.until(lambda b: "(cropped)" not in b.find_element(By.ID, "status").text
                    and b.find_elements(By.CSS_SELECTOR, "#results .result"))
-    finally:
-        browser.quit()
-        server.should_exit = True
-        thread.join(timeout=10)

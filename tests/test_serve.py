@@ -9,7 +9,9 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -167,18 +169,13 @@ def _browser():
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
-@pytest.mark.slow
-def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
+@contextmanager
+def page_in_browser(app) -> Iterator[tuple[Any, str]]:
+    """``app`` served by uvicorn on a free loopback port, and a headless browser: (browser, the page's address);
+    both stopped after."""
     import uvicorn
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    from lookalike.serve.app import create_app
-
-    path, photos = served
-    expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]
     port = _free_port()
-    app = create_app(path, feedback=tmp_path / "c.feedback")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -187,7 +184,24 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
         deadline = time.time() + 30
         while not server.started and time.time() < deadline:
             time.sleep(0.1)
-        browser.get(f"http://127.0.0.1:{port}/")
+        yield browser, f"http://127.0.0.1:{port}/"
+    finally:
+        browser.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lookalike.serve.app import create_app
+
+    path, photos = served
+    expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]
+    with page_in_browser(create_app(path, feedback=tmp_path / "c.feedback")) as (browser, address):
+        browser.get(address)
         browser.find_element(By.ID, "file").send_keys(str(Path(photos[0]).resolve()))
         wait = WebDriverWait(browser, 60)
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .result")) == len(expected))
@@ -224,7 +238,3 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
         clicked = cards[1].get_attribute("data-id")  # read before the click: the click replaces the cards
         cards[1].click()  # more like this: the clicked item becomes the query and comes first
         wait.until(lambda b: b.execute_script(first) == clicked)  # one atomic read, no stale elements
-    finally:
-        browser.quit()
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -18,6 +18,7 @@ import torch
 from lookalike.data.images import cut
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
+from lookalike.inference.embedder_file import read_payload
 from lookalike.models.box import BoxNet
 
 FORMAT = "lookalike-box/1"
@@ -48,20 +49,12 @@ class BoxFinder:
     @classmethod
     def load(cls, path: str | Path, min_confidence: float | None = None) -> BoxFinder:
         """The box model of a box file, or one clear message for a missing, corrupt or foreign file."""
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise LookalikeError(f"No box model at '{path}': train one with `python train.py experiment=box` "
-                                 f"(it writes box.pt), or pass --boxes FILE, or search with --crop none")
+        payload = read_payload(path, FORMAT, "box file", "No box model at '{path}': train one with `python train.py "
+                               "experiment=box` (it writes box.pt), or pass --boxes FILE, or search with --crop none")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # zip, pickle and torch errors for corrupt or foreign files
-            raise LookalikeError(f"'{path}' is not a readable box file ({e})") from e
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise LookalikeError(f"'{path}' is not a lookalike box file (expected format {FORMAT})")
-        net = BoxNet(payload["model"]["backbone"], payload["model"]["image_size"], pretrained=False)
-        try:
+            net = BoxNet(payload["model"]["backbone"], payload["model"]["image_size"], pretrained=False)
             net.load_state_dict(payload["state_dict"])
-        except (RuntimeError, KeyError) as e:
+        except (RuntimeError, KeyError, TypeError, LookalikeError) as e:
             raise LookalikeError(f"'{path}' is a damaged box file ({e})") from e
         return cls(net, payload["min_confidence"] if min_confidence is None else min_confidence)
 

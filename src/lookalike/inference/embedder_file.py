@@ -46,18 +46,24 @@ def pretrained_embedder(name: str, pool: str = "avg", image_size: int | None = N
     return Embedder(backbone, {"embedding_size": None}, image_size).eval()
 
 
-def read_embedder_file(path: str | Path) -> dict[str, Any]:
-    """The raw contents of an embedder file, or one clear error for a missing, corrupt or foreign file."""
+def read_payload(path: str | Path, fmt: str, kind: str, missing: str) -> dict[str, Any]:
+    """The plain-data contents (``weights_only``: never code) of a lookalike file of format ``fmt``, or one clear
+    error: ``missing`` for no file, else that it is not a readable / not a lookalike ``kind``."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise LookalikeError(f"No embedder file at '{path}'")
+        raise LookalikeError(missing.replace("{path}", str(path)))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and torch errors for corrupt or foreign files
-        raise LookalikeError(f"'{path}' is not a readable embedder file ({e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise LookalikeError(f"'{path}' is not a lookalike embedder file (expected format {FORMAT})")
+        raise LookalikeError(f"'{path}' is not a readable {kind} ({e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise LookalikeError(f"'{path}' is not a lookalike {kind} (expected format {fmt})")
     return payload
+
+
+def read_embedder_file(path: str | Path) -> dict[str, Any]:
+    """The raw contents of an embedder file, or one clear error for a missing, corrupt or foreign file."""
+    return read_payload(path, FORMAT, "embedder file", "No embedder file at '{path}'")
 
 
 def embedder_from_payload(payload: dict[str, Any]) -> Embedder:
