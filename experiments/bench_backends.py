@@ -145,7 +145,7 @@ def run_child(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(n: int, dim: int, work: Path, runs: Path, backends: list[str], queries: int) -> None:
+def measure(n: int, dim: int, work: Path, runs: Path, backends: list[str], count: int) -> None:
     done = [json.loads(line) for line in runs.read_text().splitlines()] if runs.exists() else []
     vectors_path, queries_path = make_vectors(n, dim, work)
     truth = None
@@ -161,9 +161,9 @@ def measure(n: int, dim: int, work: Path, runs: Path, backends: list[str], queri
                          for name, text in FILTERS.items()}
             target = work / (f"c{n}_{dim}.lkidx" if backend == "faiss" else f"c{n}_{dim}.db")
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-            row = {"n": n, "dim": dim, "factory": factory, "backend": backend, "queries": queries,
+            row = {"n": n, "dim": dim, "factory": factory, "backend": backend, "queries": count,
                    **run_child("build", backend, factory, str(vectors_path), str(target))}
-            searched = run_child("search", backend, str(target), str(queries_path), str(queries))
+            searched = run_child("search", backend, str(target), str(queries_path), str(count))
             row["memory_mb"], row["peak_rss_mb"] = searched["memory_mb"], searched["peak_rss_mb"]
             for name in FILTERS:
                 found = searched[name].pop("found")
