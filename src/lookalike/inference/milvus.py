@@ -122,7 +122,7 @@ class MilvusCatalog(Catalogue):
         try:
             meta = _finished_meta(client, uri, collection)
         except LookalikeError:
-            client.close()  # a Lite file stays free for the process that fixes it
+            client.close()
             raise
         return cls(client, collection, meta, uri)
 
