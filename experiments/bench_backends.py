@@ -212,11 +212,12 @@ def main() -> None:
     p.add_argument("--runs", default="experiments/results/bench_backends_runs.jsonl")
     p.add_argument("--queries", type=int, default=QUERIES, help=f"queries timed per filter (at most {QUERIES})")
     p.add_argument("--backends", nargs="+", choices=["faiss", "milvus"], default=["faiss", "milvus"])
+    p.add_argument("--report-only", action="store_true", help="write the table of the runs file, measuring nothing")
     p.add_argument("--out")
     args = p.parse_args()
     work, runs = Path(args.work), Path(args.runs)
     work.mkdir(parents=True, exist_ok=True)
-    for n in args.sizes:
+    for n in args.sizes if not args.report_only else []:
         for dim in args.dims:
             measure(n, dim, work, runs, args.backends, min(args.queries, QUERIES))
     rows = [json.loads(line) for line in runs.read_text().splitlines()]
