@@ -252,10 +252,9 @@ class FaissIndex:
         index, params = self.index, None
         if allowed is not None:
             faiss = faiss_module()
-            ivf = faiss.try_extract_index_ivf(self.cpu_index) if not self.binary else None
-            kind = faiss.SearchParametersIVF if ivf is not None or "IVF" in self.factory else faiss.SearchParameters
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-            params = kind(sel=selector)
+            params = _selecting_params(faiss, self.cpu_index, selector) if not self.binary \
+                else faiss.SearchParameters(sel=selector)
             index = self.cpu_index
         elif self.use_gpu and k > FAISS_GPU_MAX_K:
             warnings.warn(f"FAISS on GPU caps k at {FAISS_GPU_MAX_K}; searching k={k} on the CPU")
@@ -274,6 +273,18 @@ class FaissIndex:
         if self.binary:
             sims = 1 - 2 * sims.astype(np.float32) / self.dim
         return sims, ids
+
+
+def _selecting_params(faiss, index, selector):
+    """Search parameters restricting ``index`` to ``selector``'s ids, with the index's own nprobe / efSearch (a
+    bare SearchParametersIVF / HNSW would search with FAISS's defaults, nprobe 1 and efSearch 16)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+    return faiss.SearchParameters(sel=selector)
 
 
 @contextmanager
