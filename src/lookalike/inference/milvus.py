@@ -89,6 +89,7 @@ def connect(uri: str, token: str | None = None) -> Any:
     one message when it cannot be had. The client's and gRPC's informational chatter is kept off the terminal."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when gRPC first loads
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
+    logging.getLogger("milvus_lite").setLevel(logging.WARNING)  # its server's start and stop
     try:
         from pymilvus import MilvusClient
     except ImportError as e:
