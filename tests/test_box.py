@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import pytest
 import torch
 
 from lookalike.cli.search import main as search_main
+from lookalike.data.images import load_rgb
 from lookalike.data.composites import Composites, _paste
 from lookalike.errors import LookalikeError
 from lookalike.inference.boxes import BoxFinder
 from lookalike.models.box import box_losses
 from lookalike.train import run
-from tests.helpers import compose_config, tiny_overrides, write_image
+from tests.helpers import TINY_DATA, compose_config, tiny_overrides, write_image
 
 
 def test_a_pasted_picture_is_exactly_its_box() -> None:
@@ -102,6 +104,68 @@ def test_search_crop_auto_uses_the_box_model(box_run: dict, trained: dict, catal
     assert len(answer["results"]) == 2
     with pytest.raises(LookalikeError, match="No box model"):
         search_main([photo, "--index", str(tmp_path / "c.lkidx"), "--crop", "auto"])  # none beside embedder.pt
+
+
+def test_index_build_crop_auto_embeds_each_image_cut_to_its_box_and_keeps_cutting(
+        box_run: dict, trained: dict, catalogue, tmp_path: Path) -> None:
+    from lookalike.cli.index import main as index_main
+    from lookalike.inference.backends import reembed
+    from lookalike.inference.catalog import Index
+    from lookalike.inference.embedder_file import load_embedder
+
+    manifest, photos = catalogue[0], catalogue[1]
+    out = tmp_path / "photos.lkidx"
+    (tmp_path / "photos.csv").write_text("path,label\n" + "".join(f"{p},{n}\n" for p, n in zip(photos[:4], catalogue[2])))
+    index_main(["build", "--embedder", trained["embedder"], "--images", str(tmp_path / "photos.csv"), "--out", str(out),
+                "--crop", "auto", "--boxes", box_run["box_file"], "--workers", "0"])
+    index = Index.load(out)
+    assert index.meta["boxes"] == str(Path(box_run["box_file"]).resolve())
+    finder, embedder = BoxFinder.load(box_run["box_file"]), load_embedder(trained["embedder"])
+    cropped = finder.crop([load_rgb(p) for p in photos[:5]])
+    assert any(c.shape != load_rgb(p).shape for c, p in zip(cropped, photos))  # min_confidence 0: boxes cut
+    expected = embedder.embed(cropped).numpy()
+    np.testing.assert_allclose(index.vectors_of([it["id"] for it in index.items]), expected[:4], atol=1e-4)
+
+    (tmp_path / "more.csv").write_text(f"path,label\n{photos[4]},{catalogue[2][4]}\n")
+    index_main(["add", "--index", str(out), "--images", str(tmp_path / "more.csv"), "--workers", "0"])
+    added = Index.load(out)
+    np.testing.assert_allclose(added.vectors_of([added.items[-1]["id"]]), expected[4:], atol=1e-4)  # cut the same way
+    again = reembed(out, trained["embedder"], tmp_path / "again.lkidx", num_workers=0)
+    assert again.meta["boxes"] == index.meta["boxes"]
+    np.testing.assert_allclose(again.vectors_of([it["id"] for it in again.items]), expected, atol=1e-4)
+
+    whole = Index.build(trained["embedder"], tmp_path / "photos.csv", num_workers=0)
+    assert whole.meta["boxes"] is None
+    with pytest.raises(LookalikeError, match="No box model"):
+        index_main(["build", "--embedder", trained["embedder"], "--images", str(manifest), "--out",
+                    str(tmp_path / "x.lkidx"), "--crop", "auto"])  # no box.pt beside embedder.pt
+
+
+def test_evaluate_crop_auto_cuts_the_query_photos(box_run: dict, trained: dict, tmp_path: Path) -> None:
+    from lookalike.evaluate import evaluate
+
+    cache = Path(trained["embedder"]).parents[1] / "cache"
+    data = ["data=synthetic", f"data.root={cache}", "data.source.test_protocol=photo_to_catalogue",
+            *(f"data.source.{k}={v}" for k, v in TINY_DATA.items())]  # photos query the catalogue pictures
+
+    def report(*extra: str) -> dict:
+        return evaluate(compose_config([f"ckpt={trained['embedder']}", f"paths.output_dir={tmp_path / 'eval'}",
+                                        "num_workers=0", "grid.queries=0", "save_embeddings=true", *data, *extra],
+                                       name="eval"))
+
+    whole = report()
+    embeddings = np.load(tmp_path / "eval" / "embeddings.npy")
+    cut = report("crop=auto", f"boxes={box_run['box_file']}")
+    assert whole["crop"] is None and cut["crop"]["queries"] > 0
+    assert cut["crop"]["cropped"] == cut["crop"]["queries"]  # min_confidence 0: every query cut
+    changed = np.abs(np.load(tmp_path / "eval" / "embeddings.npy") - embeddings).max(1) > 1e-4
+    with open(tmp_path / "eval" / "items.csv") as f:
+        queries = np.array([row["is_query"] == "1" for row in csv.DictReader(f)])
+    assert changed[queries].any() and not changed[~queries].any()  # the catalogue pictures stay whole
+    with pytest.raises(LookalikeError, match="crop=sideways"):
+        report("crop=sideways")
+    with pytest.raises(LookalikeError, match="No box model"):
+        report("crop=auto")  # none beside embedder.pt
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lookalike.data.datamodule import datamodule_from_config
 from lookalike.errors import LookalikeError
+from lookalike.inference.boxes import BoxFinder, box_file_for, crop_queries
 from lookalike.inference.embed import embed_loader
 from lookalike.inference.source import load_source
 from lookalike.models.embedder import Embedder
@@ -53,6 +54,16 @@ def _training_config(sources: list[tuple[str, Embedder, dict[str, Any]]]) -> dic
     return next((prov["training_config"] for _, _, prov in sources if prov.get("training_config")), None)
 
 
+def _cropped(cfg: DictConfig, first: str) -> dict[str, Any] | None:
+    """``crop=auto``: the box file to cut the query photos with (``boxes``, else box.pt beside the first source)."""
+    crop = cfg.get("crop") or "none"
+    if crop not in ("none", "auto"):
+        raise LookalikeError(f"crop={crop}: choose auto (the box model's box) or none (whole photos)")
+    if crop == "none":
+        return None
+    return {"boxes": str(cfg.get("boxes") or box_file_for(first))}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Embed the chosen split of ``cfg.data`` (else of the data the first trained source was trained on) with
     each source of ``cfg.ckpt`` (a training checkpoint or an embedder file, or a list of them), search it and
@@ -77,6 +88,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in ("test", "val"):
         raise LookalikeError(f"split={cfg.split!r}: choose test or val")
     table = dm.test_table if cfg.split == "test" else dm.val_table
+    crop = _cropped(cfg, names[0])
+    if crop:
+        table, crop["cropped"] = crop_queries(table, BoxFinder.load(crop["boxes"]))
+        crop["queries"] = int(table.is_query.sum())
 
     device = _device(cfg.device)
     rows = []
@@ -98,13 +113,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 out / f"retrieval_grid{suffix}.png")
 
     report = {**rows[0], "split": cfg.split, "set": table.describe(), "index": OmegaConf.to_container(cfg.knn),
-              "expansion": OmegaConf.to_container(cfg.expansion), "rows": rows}
+              "expansion": OmegaConf.to_container(cfg.expansion), "crop": crop, "rows": rows}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     files = ["metrics.json", *(["embeddings.npy", "labels.npy", "items.csv"] if cfg.save_embeddings else []),
              *(["retrieval_grid.png"] if cfg.grid.queries > 0 else [])]
     if len(sources) > 1:
         files = [files[0], *(f.replace(".", "_N.", 1) for f in files[1:])]
-    print(f"\n{cfg.split} split ({table.describe()}), index {cfg.knn.backend}/{cfg.knn.factory}:\n"
+    cropped = f", {crop['cropped']} of {crop['queries']} queries cut to the box found" if crop else ""
+    print(f"\n{cfg.split} split ({table.describe()}{cropped}), index {cfg.knn.backend}/{cfg.knn.factory}:\n"
           f"{format_rows(rows)}\n\nwritten to {out}: {', '.join(files)}"
           + ("  (N: the embedder's place in ckpt=[...], from 0)" if len(sources) > 1 else ""))
     return report

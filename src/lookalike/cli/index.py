@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from lookalike.inference.backends import BACKENDS, build_catalogue, editing, reembed
+from lookalike.inference.boxes import box_file_for
 from lookalike.inference.milvus import DEFAULT_COLLECTION
 
 
@@ -17,6 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--images", required=True, help="folder of images (sub-folder = label) or manifest .csv")
     build.add_argument("--out", required=True, help="index file to write (.lkidx); --backend milvus: a Milvus Lite "
                        "file (catalog.db) or a server URI (http://host:19530)")
+    build.add_argument("--crop", choices=("none", "auto"), default="none", help="auto: embed each image cut to the "
+                       "product the box model finds in it (for catalogues of photos rather than clean pictures; "
+                       "images added later are cut the same way); none: whole images (default)")
+    build.add_argument("--boxes", help="box model for --crop auto (default: box.pt beside the embedder file; "
+                       "python train.py experiment=box makes one)")
     reembed = sub.add_parser("reembed", help="embed every item of an index anew with another embedder, into a new "
                              "index (same items, labels and columns; an interrupted run resumes)")
     reembed.add_argument("--index", required=True, help="the index whose items to embed anew")
@@ -69,7 +75,8 @@ def main(argv: list[str]) -> None:
     if args.action == "build":
         index = build_catalogue(args.out, args.embedder, args.images, args.backend, args.collection, args.factory,
                                 args.batch_size, args.workers, args.search_params, args.devices, args.num_nodes,
-                                args.accelerator, rerank=args.rerank, dba_k=args.dba)
+                                args.accelerator, rerank=args.rerank, dba_k=args.dba,
+                                boxes=(args.boxes or box_file_for(args.embedder)) if args.crop == "auto" else None)
         if index is None:  # a DDP process other than rank 0: rank 0 writes the index
             return
         params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""

@@ -186,18 +186,22 @@ class ImageDataset(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Image files through an evaluation transform; a file that cannot be read yields a zero image and its error
-    (so that one bad file in a catalogue is skipped, not fatal)."""
+    """Image files (each cut to its box, where ``boxes`` gives one) through an evaluation transform; a file that
+    cannot be read yields a zero image and its error (so that one bad file in a catalogue is skipped, not fatal)."""
 
-    def __init__(self, paths: Sequence[str], transform: Callable[..., dict], size: int, min_side: int):
+    def __init__(self, paths: Sequence[str], transform: Callable[..., dict], size: int, min_side: int,
+                 boxes: Sequence[Sequence[float] | None] | None = None):
         self.paths, self.transform, self.size, self.min_side = list(paths), transform, size, min_side
+        self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)  # None: the whole image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        try:
-            image = load_rgb(self.paths[i], min_side=self.min_side)
+        box = self.boxes[i]
+        try:  # with a box, decoded whole: the box is in the file's own pixels
+            image = load_rgb(self.paths[i], min_side=self.min_side if box is None else None)
+            image = image if box is None else crop_box(image, box)
             return {"image": self.transform(image=image)["image"], "position": i, "error": ""}
         except LookalikeError as e:
             error = str(e)

@@ -46,8 +46,8 @@ def editing(location: str | Path, backend: str = "faiss", collection: str | None
 
 def reembed(location: str | Path, embedder: str | Path, out: str | Path, backend: str = "faiss",
             collection: str | None = None, out_collection: str | None = None, **options: Any) -> Catalogue | None:
-    """The catalogue at ``location`` embedded anew with another embedder into ``out`` (same items, labels and
-    columns; ``options``: :func:`build_catalogue`'s). Its items are listed in ``<out>.items.csv`` first, so the
+    """The catalogue at ``location`` embedded anew with another embedder into ``out`` (same items, labels, columns
+    and crop; ``options``: :func:`build_catalogue`'s). Its items are listed in ``<out>.items.csv`` first, so the
     same call after an interruption continues the build; the list goes once the new catalogue is written."""
     source = open_catalogue(location, backend, collection)
     items = list(source.listing())
@@ -64,7 +64,8 @@ def reembed(location: str | Path, embedder: str | Path, out: str | Path, backend
                            for it in items)
 
     atomic_write(listing, write)
-    built = build_catalogue(out, embedder, listing, backend, out_collection or collection, **options)
+    built = build_catalogue(out, embedder, listing, backend, out_collection or collection,
+                            **{"boxes": source.meta.get("boxes"), **options})
     if built is not None:
         listing.unlink(missing_ok=True)
     return built
@@ -74,14 +75,15 @@ def build_catalogue(out: str | Path, embedder: str | Path, images: str | Path, b
                     collection: str | None = None, factory: str = "Flat", batch_size: int = 64,
                     num_workers: int | None = None, search_params: str | None = None, devices: int = 1,
                     num_nodes: int = 1, accelerator: str = "auto", rerank: int | None = None,
-                    dba_k: int = 0) -> Catalogue | None:
+                    dba_k: int = 0, boxes: str | Path | None = None) -> Catalogue | None:
     """Embed the catalogue images and write them to ``out`` (resumable after an interruption; under DDP only
-    rank 0 writes and gets the catalogue)."""
+    rank 0 writes and gets the catalogue). ``boxes``: a box file; each image is embedded cut to the product it
+    finds (``--crop auto``)."""
     _check(backend)
     if backend == "faiss":
         return Index.build_file(out, embedder, images, factory, batch_size, num_workers, search_params=search_params,
                                 devices=devices, num_nodes=num_nodes, accelerator=accelerator, rerank=rerank,
-                                dba_k=dba_k)
+                                dba_k=dba_k, boxes=boxes)
     if rerank or dba_k:
         raise LookalikeError("--rerank and --dba are the FAISS backend's (--backend faiss)")
     collection = collection or DEFAULT_COLLECTION
@@ -89,7 +91,7 @@ def build_catalogue(out: str | Path, embedder: str | Path, images: str | Path, b
     partial = beside.with_name(f"{beside.name}.{collection}.partial")
     processes = Processes(devices, partial.with_name(partial.name[:-len("partial")] + "shards"), num_nodes, accelerator)
     catalogue = MilvusCatalog.build(str(out), embedder, images, collection, factory, batch_size, num_workers,
-                                    search_params, processes, checkpoint=partial)
+                                    search_params, processes, checkpoint=partial, boxes=boxes)
     if catalogue is not None and (partial / PARTIAL_MARKER).is_file():
         shutil.rmtree(partial, ignore_errors=True)
     return catalogue

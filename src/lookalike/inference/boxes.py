@@ -14,8 +14,10 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from lookalike.data.images import cut
+from lookalike.data.images import crop_box, load_rgb
+from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
 from lookalike.inference.embedder_file import read_payload
@@ -24,6 +26,7 @@ from lookalike.models.box import BoxNet
 FORMAT = "lookalike-box/1"
 BOX_FILE = "box.pt"
 MIN_CONFIDENCE = 0.5
+BATCH = 32  # photos decoded and boxed at a time
 MARGIN = 0.05  # of the box's side, added around it: a tight box loses the object's edges
 
 
@@ -42,8 +45,8 @@ def box_file_for(embedder_path: str | Path) -> Path:
 class BoxFinder:
     """Finds the main object's box in photos and crops them to it (whole photo below ``min_confidence``)."""
 
-    def __init__(self, net: BoxNet, min_confidence: float = MIN_CONFIDENCE):
-        self.net, self.min_confidence = net.eval(), min_confidence
+    def __init__(self, net: BoxNet, min_confidence: float = MIN_CONFIDENCE, path: str | None = None):
+        self.net, self.min_confidence, self.path = net.eval(), min_confidence, path  # path: the box file's
         self.size = net.config["image_size"]
 
     @classmethod
@@ -56,7 +59,8 @@ class BoxFinder:
             net.load_state_dict(payload["state_dict"])
         except (RuntimeError, KeyError, TypeError, LookalikeError) as e:
             raise LookalikeError(f"'{path}' is a damaged box file ({e})") from e
-        return cls(net, payload["min_confidence"] if min_confidence is None else min_confidence)
+        return cls(net, payload["min_confidence"] if min_confidence is None else min_confidence,
+                   str(Path(path).expanduser().resolve()))
 
     @torch.no_grad()
     def find(self, images: Sequence[np.ndarray]) -> list[tuple[tuple[float, float, float, float], float]]:
@@ -73,14 +77,53 @@ class BoxFinder:
             out.append(((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), float(confidence)))
         return out
 
-    def crop(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Each image cut to its object's box (with a margin), or whole where the model is not confident."""
-        out = []
+    def search_boxes(self, images: Sequence[np.ndarray]) -> list[tuple[float, float, float, float] | None]:
+        """Per image, the part of it to search with: its object's box with a margin, clipped to the image, or
+        None (the whole image) where the model is not confident."""
+        out: list[tuple[float, float, float, float] | None] = []
         for image, ((x, y, w, h), confidence) in zip(images, self.find(images)):
             if confidence < self.min_confidence or w < 2 or h < 2:
-                out.append(image)
+                out.append(None)
                 continue
-            mx, my = MARGIN * w, MARGIN * h
-            x0, y0 = max(0.0, x - mx), max(0.0, y - my)
-            out.append(cut(image, (x0, y0, w + 2 * mx, h + 2 * my), "the box found"))
+            height, width = image.shape[:2]
+            x0, y0 = max(0.0, x - MARGIN * w), max(0.0, y - MARGIN * h)
+            x1, y1 = min(float(width), x + (1 + MARGIN) * w), min(float(height), y + (1 + MARGIN) * h)
+            out.append(None if x1 - x0 < 1 or y1 - y0 < 1 else (x0, y0, x1 - x0, y1 - y0))
         return out
+
+    def crop(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each image cut to its object's box (with a margin), or whole where the model is not confident."""
+        return [image if box is None else crop_box(image, box) for image, box in zip(images, self.search_boxes(images))]
+
+    def boxes_of(self, paths: Sequence[str], batch_size: int = BATCH) -> list[tuple[float, float, float, float] | None]:
+        """:meth:`search_boxes` of image files, decoded ``batch_size`` at a time with progress; None also for a
+        file that cannot be read (the embedding step reports it)."""
+        out: list[tuple[float, float, float, float] | None] = []
+        with tqdm(total=len(paths), desc="finding boxes", unit="img", disable=len(paths) < batch_size) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                images = [_readable(path) for path in chunk]
+                found = iter(self.search_boxes([im for im in images if im is not None]))
+                out += [None if im is None else next(found) for im in images]
+                bar.update(len(chunk))
+        return out
+
+
+def crop_queries(table: ImageTable, finder: BoxFinder) -> tuple[ImageTable, int]:
+    """``table`` with each query row cut to the box ``finder`` finds in it (the rows where it finds none keep what
+    they had), as ``--crop auto`` searches photos; and how many queries were cut."""
+    rows = np.flatnonzero(table.is_query)
+    found = finder.boxes_of([table.paths[i] for i in rows])
+    boxes = np.full((len(table), 4), np.nan, np.float32) if table.boxes is None else table.boxes.copy()
+    for row, box in zip(rows, found):
+        if box is not None:
+            boxes[row] = box
+    cropped = sum(box is not None for box in found)
+    return ImageTable(table.paths, table.labels, table.is_query, table.is_gallery, table.class_names, boxes), cropped
+
+
+def _readable(path: str) -> np.ndarray | None:
+    try:
+        return load_rgb(path)
+    except LookalikeError:
+        return None

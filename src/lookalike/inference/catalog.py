@@ -23,7 +23,8 @@ import numpy as np
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, locked
-from lookalike.inference.embed import embed_files
+from lookalike.inference.boxes import BoxFinder
+from lookalike.inference.embed import Box, embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.inference.filters import Condition, matches
 from lookalike.inference.sharded import Processes, embed_sharded
@@ -90,22 +91,29 @@ class BuildCheckpoint:
 def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_size: int = 64,
                     num_workers: int | None = None, checkpoint: Path | None = None,
                     checkpoint_every: int = 4096, embedder: Embedder | None = None,
-                    processes: Processes | None = None) -> tuple[list[dict[str, Any]], np.ndarray] | None:
-    """Embed the items' images with the embedder of ``payload`` (``embedder``: that one, already rebuilt);
-    unreadable ones are left out with one warning each. With ``checkpoint`` (a folder), progress is saved every
-    ``checkpoint_every`` images and an earlier run's is reused. With ``processes`` of more than one, Lightning's
-    DDP predict loop embeds in that many processes (:mod:`lookalike.inference.sharded`; shards in
-    ``processes.folder``), and the processes other than rank 0 get None."""
+                    processes: Processes | None = None, finder: BoxFinder | None = None
+                    ) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+    """Embed the items' images with the embedder of ``payload`` (``embedder``: that one, already rebuilt), each cut
+    to the box ``finder`` finds in it (``--crop auto``; whole where it finds none); unreadable ones are left out
+    with one warning each. With ``checkpoint`` (a folder), progress is saved every ``checkpoint_every`` images and
+    an earlier run's is reused. With ``processes`` of more than one, Lightning's DDP predict loop embeds in that
+    many processes (:mod:`lookalike.inference.sharded`; shards in ``processes.folder``), and the processes other
+    than rank 0 get None."""
     embedder = embedder or embedder_from_payload(payload)
     paths = [it["path"] for it in items]
+    boxes = finder.boxes_of(paths) if finder is not None else None
+    if boxes is not None:
+        print(f"cropped {sum(b is not None for b in boxes)} of {len(paths)} images to the product found in them "
+              "(the others embedded whole)")
     if processes is not None and processes.count > 1:
-        found = embed_sharded(embedder, paths, processes, batch_size, 2 if num_workers is None else num_workers)
+        found = embed_sharded(embedder, paths, processes, batch_size, 2 if num_workers is None else num_workers,
+                              boxes)
         if found is None:
             return None
         positions, vectors, errors = [found[0]], [found[1]], found[2]
     else:
         positions, vectors, errors = _embed_resumable(embedder, payload, paths, batch_size, num_workers, checkpoint,
-                                                      checkpoint_every)
+                                                      checkpoint_every, boxes)
     for error in errors:
         warnings.warn(f"skipped: {error}")
     if errors:
@@ -117,21 +125,21 @@ def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_
 
 
 def _embed_resumable(embedder: Embedder, payload: dict[str, Any], paths: list[str], batch_size: int,
-                     num_workers: int | None, checkpoint: Path | None, checkpoint_every: int
-                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """One process's embedding of ``paths``: (positions, vectors, errors), saved every ``checkpoint_every`` images
-    in ``checkpoint`` and resumed from it."""
+                     num_workers: int | None, checkpoint: Path | None, checkpoint_every: int,
+                     boxes: list[Box | None] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """One process's embedding of ``paths`` (cut to ``boxes``): (positions, vectors, errors), saved every
+    ``checkpoint_every`` images in ``checkpoint`` and resumed from it."""
     store = None
     done, positions, vectors, errors = 0, [], [], []
     if checkpoint is not None:
-        key = hashlib.sha256(json.dumps([embedder_hash(payload), paths]).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([embedder_hash(payload), paths, boxes]).encode()).hexdigest()
         store = BuildCheckpoint(checkpoint, key)
         done, positions, vectors, errors = store.load()
         if done:
             print(f"resuming: {done} of {len(paths)} images were embedded before")
     pending: tuple[list, list, list] = ([], [], [])  # positions, vectors, errors since the last save
     saved = consumed = done
-    for pos, vec, errs in embed_files(embedder, paths, done, batch_size, num_workers):
+    for pos, vec, errs in embed_files(embedder, paths, done, batch_size, num_workers, boxes=boxes):
         pending[0].append(pos)
         pending[1].append(vec)
         pending[2].extend(errs)
@@ -162,15 +170,18 @@ class Index(Catalogue):
     def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat", batch_size: int = 64,
               num_workers: int | None = None, checkpoint: Path | None = None,
               checkpoint_every: int = 4096, search_params: str | None = None, rerank: int | None = None,
-              dba_k: int = 0, dba_alpha: float = 3.0, processes: Processes | None = None) -> Index | None:
+              dba_k: int = 0, dba_alpha: float = 3.0, processes: Processes | None = None,
+              boxes: str | Path | None = None) -> Index | None:
         """Embed every catalogue image with the embedder file and index the embeddings (see
         :func:`embed_catalogue` for ``checkpoint``). ``search_params`` (FAISS syntax, e.g. ``efSearch=256``
         or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`. ``rerank``: how
         many candidates searches re-score with exact vectors kept in the file (default: ``DEFAULT_RERANK`` for
         compressed index types, 0 for the others). ``dba_k`` > 0: database-side augmentation of the catalogue
         vectors with their ``dba_k`` nearest items before indexing. ``processes``: embed in several processes
-        (DDP); then only rank 0 gets the index, the others None."""
+        (DDP); then only rank 0 gets the index, the others None. ``boxes``: a box file; each image is embedded cut
+        to the product it finds (``--crop auto``, for catalogues of photos), as are those added later."""
         payload = read_embedder_file(embedder_path)
+        finder = BoxFinder.load(boxes) if boxes is not None else None
         listed = labelled_images(images)
         search_params = default_search_params(factory) if search_params is None else search_params
         embedder = embedder_from_payload(payload)
@@ -184,7 +195,7 @@ class Index(Catalogue):
         if rerank < 0 or dba_k < 0:
             raise LookalikeError(f"rerank={rerank}, dba_k={dba_k}: use 0 (off) or a positive number of items")
         embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every, embedder,
-                                   processes)
+                                   processes, finder)
         if embedded is None:
             return None
         items, vectors = embedded
@@ -193,7 +204,7 @@ class Index(Catalogue):
         meta = {"format": FORMAT, "embedder_hash": embedder_hash(payload), "dim": int(vectors.shape[1]),
                 "factory": factory, "search_params": search_params, "count": len(items), "next_id": len(items),
                 "embedder": str(Path(embedder_path).resolve()), "rerank": rerank,
-                "dba": {"k": dba_k, "alpha": dba_alpha} if dba_k else None}
+                "dba": {"k": dba_k, "alpha": dba_alpha} if dba_k else None, "boxes": finder and finder.path}
         built = cls(index, [], meta, np.zeros((0, vectors.shape[1]), np.float32) if rerank else None)
         built.add_vectors(items, vectors)
         return built
@@ -254,7 +265,7 @@ class Index(Catalogue):
         new = [it for it in labelled_images(images) if it["path"] not in known]
         if not new:
             return []
-        new, vectors = embed_catalogue(payload, new, batch_size, num_workers)
+        new, vectors = embed_catalogue(payload, new, batch_size, num_workers, finder=self.box_finder())
         for i, item in enumerate(new, self.meta["next_id"]):
             item["id"] = i
         self.add_vectors(new, vectors)

@@ -15,6 +15,8 @@ from lookalike.data.images import ImageFiles
 from lookalike.data.transforms import eval_resize, eval_transform
 from lookalike.models.embedder import Embedder
 
+Box = tuple[float, float, float, float]  # x, y, width, height in the file's pixels
+
 
 def embed_loader(embedder: Embedder, loader: DataLoader, dtype: torch.dtype = torch.float32, pooled: bool = False,
                  progress: bool = True, desc: str = "embedding") -> dict[str, torch.Tensor]:
@@ -34,17 +36,23 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def image_files(embedder: Embedder, paths: Sequence[str], boxes: Sequence[Box | None] | None = None) -> ImageFiles:
+    """The files (each cut to its box where ``boxes`` has one) as the embedder's evaluation transform sees them."""
+    pre = embedder.preprocessing
+    return ImageFiles(paths, eval_transform(pre), pre["input_size"][-1], eval_resize(pre), boxes)
+
+
 def embed_files(
     embedder: Embedder, paths: Sequence[str], start: int = 0, batch_size: int = 64, num_workers: int | None = None,
-    progress: bool = True,
+    progress: bool = True, boxes: Sequence[Box | None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Embed ``paths[start:]`` batch by batch (decoding in ``num_workers`` processes, on the GPU if there
-    is one): yields (positions of the readable files, their float32 embeddings, errors of the others)."""
+    """Embed ``paths[start:]`` (each cut to its box where ``boxes`` has one) batch by batch (decoding in
+    ``num_workers`` processes, on the GPU if there is one): yields (positions of the readable files, their float32
+    embeddings, errors of the others)."""
     device = default_device()
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # NHWC: faster GPU convolutions
     embedder = embedder.to(device, memory_format=fmt).eval()
-    pre = embedder.preprocessing
-    dataset = ImageFiles(paths, eval_transform(pre), pre["input_size"][-1], eval_resize(pre))
+    dataset = image_files(embedder, paths, boxes)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
     loader = DataLoader(Subset(dataset, range(start, len(paths))), batch_size=batch_size, num_workers=workers,
                         pin_memory=device.type == "cuda")

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import locked
+from lookalike.inference.boxes import BoxFinder
 from lookalike.inference.catalog import embed_catalogue
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_hash, read_embedder_file
 from lookalike.inference.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
@@ -131,41 +132,46 @@ class MilvusCatalog(Catalogue):
     def build(cls, uri: str, embedder_path: str | Path, images: str | Path, collection: str = DEFAULT_COLLECTION,
               factory: str = "Flat", batch_size: int = 64, num_workers: int | None = None,
               search_params: str | None = None, processes: Processes | None = None, token: str | None = None,
-              checkpoint: Path | None = None) -> MilvusCatalog | None:
+              checkpoint: Path | None = None, boxes: str | Path | None = None) -> MilvusCatalog | None:
         """Embed the catalogue images and insert them into a new collection; the same call after an interruption
         continues (embeddings saved in ``checkpoint``, rows already inserted skipped). Under DDP (``processes``)
-        only rank 0 inserts and gets the catalogue; the others None."""
+        only rank 0 inserts and gets the catalogue; the others None. ``boxes``: a box file (``--crop auto``: each
+        image embedded cut to the product it finds, as are those added later)."""
         payload = read_embedder_file(embedder_path)
+        finder = BoxFinder.load(boxes) if boxes is not None else None
         listed = labelled_images(images)
         index_spec(factory)
         search_spec(default_search_params(factory) if search_params is None else search_params)
         _check_columns(listed)
-        key = hashlib.sha256(json.dumps([embedder_hash(payload), [it["path"] for it in listed]]).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps([embedder_hash(payload), [it["path"] for it in listed]]
+                                        + ([finder.path] if finder else [])).encode()).hexdigest()
         if processes is None or processes.count <= 1:  # DDP's other ranks cannot open a Lite file rank 0 holds
             with _writing(uri):
                 client = connect(uri, token)  # refused now, before the embedding work
                 _check_new(client, uri, collection, key)
                 client.close()
-        embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, processes=processes)
+        embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, processes=processes,
+                                   finder=finder)
         if embedded is None:
             return None
         items, vectors = embedded
         return cls.create(uri, collection, items, vectors, embedder_hash(payload), str(Path(embedder_path).resolve()),
-                          factory, search_params, token, key, calibrated_threshold(payload))
+                          factory, search_params, token, key, calibrated_threshold(payload), finder and finder.path)
 
     @classmethod
     def create(cls, uri: str, collection: str, items: list[dict[str, Any]], vectors: np.ndarray, embedder: str,
                embedder_path: str, factory: str = "Flat", search_params: str | None = None, token: str | None = None,
-               key: str = "", threshold: float | None = None) -> MilvusCatalog:
+               key: str = "", threshold: float | None = None, boxes: str | None = None) -> MilvusCatalog:
         """A collection of ``items`` (path, label, fields) and their embeddings made by the embedder of
         fingerprint ``embedder`` (``threshold``: its calibrated match threshold, kept for other readers of the
-        collection); continues a collection left ``building`` with the same ``key``."""
+        collection; ``boxes``: the box file the images were cropped with); continues a collection left
+        ``building`` with the same ``key``."""
         kind, build_params = index_spec(factory)
         search_params = default_search_params(factory) if search_params is None else search_params
         meta = {"format": FORMAT, "embedder_hash": embedder, "dim": int(vectors.shape[1]), "factory": factory,
                 "search_params": search_params, "embedder": embedder_path, "rerank": 0, "threshold": threshold,
                 "columns": sorted({"label", *(c for it in items for c in it.get("fields") or {})}),
-                "key": key, "state": "building", "index": {"type": kind, "params": build_params}}
+                "key": key, "state": "building", "index": {"type": kind, "params": build_params}, "boxes": boxes}
         with _writing(uri):
             client = connect(uri, token)
             if not _check_new(client, uri, collection, key):
@@ -216,7 +222,7 @@ class MilvusCatalog(Catalogue):
         new = [it for it in listed if it["path"] not in known]
         if not new:
             return []
-        new, vectors = embed_catalogue(payload, new, batch_size, num_workers)
+        new, vectors = embed_catalogue(payload, new, batch_size, num_workers, finder=self.box_finder())
         self.insert(new, vectors)
         return [{**it, "id": item_id(it["path"])} for it in new]
 

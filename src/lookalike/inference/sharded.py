@@ -21,9 +21,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from lookalike.data.images import ImageFiles
-from lookalike.data.transforms import eval_resize, eval_transform
 from lookalike.errors import LookalikeError
+from lookalike.inference.embed import Box, image_files
 from lookalike.models.embedder import Embedder
 
 
@@ -82,12 +81,11 @@ class _ShardWriter(BasePredictionWriter):
 
 
 def embed_sharded(embedder: Embedder, paths: Sequence[str], processes: Processes, batch_size: int = 64,
-                  num_workers: int = 2) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """Embed ``paths`` in ``processes``; on rank 0, (positions of the readable files in order, their vectors,
-    errors of the others), the shards then removed; None on the other ranks."""
-    pre = embedder.preprocessing
-    dataset = ImageFiles(paths, eval_transform(pre), pre["input_size"][-1], eval_resize(pre))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+                  num_workers: int = 2, boxes: Sequence[Box | None] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Embed ``paths`` (cut to ``boxes`` where given) in ``processes``; on rank 0, (positions of the readable files
+    in order, their vectors, errors of the others), the shards then removed; None on the other ranks."""
+    loader = DataLoader(image_files(embedder, paths, boxes), batch_size=batch_size, num_workers=num_workers)
     folder = processes.folder
     trainer = L.Trainer(accelerator=processes.accelerator, devices=processes.devices, num_nodes=processes.num_nodes,
                         strategy="ddp", callbacks=[_ShardWriter(folder)], logger=False, enable_checkpointing=False,

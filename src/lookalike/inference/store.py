@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lookalike.errors import LookalikeError
+from lookalike.inference.boxes import BoxFinder
 from lookalike.inference.embedder_file import embedder_hash, read_embedder_file
 from lookalike.inference.filters import Condition
 
@@ -42,6 +43,17 @@ class Catalogue(ABC):
     embedder's fingerprint, the index type and search parameters, ...)."""
 
     meta: dict[str, Any]
+
+    def box_finder(self) -> BoxFinder | None:
+        """The box model the catalogue's images were cropped with (``index build --crop auto``), for the images
+        added to it; None for a catalogue of whole images."""
+        path = self.meta.get("boxes")
+        if not path:
+            return None
+        if not Path(path).is_file():
+            raise LookalikeError(f"This catalogue's images were cropped by the box model '{path}', which is gone: "
+                                 "put it back, or build the catalogue anew (index build, with or without --crop auto)")
+        return BoxFinder.load(path)
 
     @abstractmethod
     def count(self, where: Condition | None = None) -> int:
