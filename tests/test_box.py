@@ -134,6 +134,7 @@ def test_index_build_crop_auto_embeds_each_image_cut_to_its_box_and_keeps_cuttin
     assert again.meta["boxes"] == index.meta["boxes"]
     np.testing.assert_allclose(again.vectors_of([it["id"] for it in again.items]), expected, atol=1e-4)
 
+    search_main([photos[0], "--index", str(out), "--crop", "auto", "-k", "1", "--json"])  # the catalogue's box file
     whole = Index.build(trained["embedder"], tmp_path / "photos.csv", num_workers=0)
     assert whole.meta["boxes"] is None
     with pytest.raises(LookalikeError, match="No box model"):

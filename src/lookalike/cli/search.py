@@ -57,8 +57,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--crop", default="none", help="search with this part of every photo: auto (the box model "
                         "finds the product; the whole photo where it is not sure), x,y,width,height in pixels, or "
                         "none (the whole photo)")
-    parser.add_argument("--boxes", help="box model for --crop auto (default: box.pt beside the embedder file; "
-                        "python train.py experiment=box makes one)")
+    parser.add_argument("--boxes", help="box model for --crop auto (default: the one the catalogue was cropped "
+                        "with, else box.pt beside the embedder file; python train.py experiment=box makes one)")
     args = parser.parse_args(argv)
     options = options_from(args)
     box = None if args.crop in ("none", "auto") else parse_box(args.crop, "--crop")
@@ -70,7 +70,8 @@ def main(argv: list[str]) -> None:
     payload = index.check_embedder(embedder_path)
     threshold = calibrated_threshold(payload)
     if args.crop == "auto":
-        photos = BoxFinder.load(args.boxes or box_file_for(embedder_path)).crop([load_rgb(p) for p in args.photos])
+        finder = BoxFinder.load(args.boxes or box_file_for(embedder_path, index.meta.get("boxes")))
+        photos = finder.crop([load_rgb(p) for p in args.photos])
     else:
         photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]
     vectors = embedder_from_payload(payload).embed(photos).numpy()

@@ -28,8 +28,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
     parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items for "
                         "requests that do not say (0: off; database-side augmentation is an index build option)")
-    parser.add_argument("--boxes", help="box model for crop=auto and the page's detected box (default: box.pt beside "
-                        "the embedder file, if there is one; python train.py experiment=box makes one)")
+    parser.add_argument("--boxes", help="box model for crop=auto and the page's detected box (default: the one the "
+                        "catalogue was cropped with, else box.pt beside the embedder file, if there is one; python "
+                        "train.py experiment=box makes one)")
     args = parser.parse_args(argv)
     if args.slots < 1 or args.max_upload_mb <= 0:
         raise LookalikeError("--slots must be at least 1 and --max-upload-mb above 0")

@@ -37,9 +37,10 @@ def save_box_file(net: BoxNet, path: str | Path, min_confidence: float = MIN_CON
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def box_file_for(embedder_path: str | Path) -> Path:
-    """Where ``--crop auto`` looks for the box model by default: ``box.pt`` beside the embedder file."""
-    return Path(embedder_path).expanduser().parent / BOX_FILE
+def box_file_for(embedder_path: str | Path, catalogue_boxes: str | None = None) -> Path:
+    """Where ``--crop auto`` looks for the box model by default: the one the catalogue's images were cropped with
+    (``catalogue_boxes``, from ``index build --crop auto``), else ``box.pt`` beside the embedder file."""
+    return Path(catalogue_boxes) if catalogue_boxes else Path(embedder_path).expanduser().parent / BOX_FILE
 
 
 class BoxFinder:
