@@ -104,10 +104,12 @@ def test_search_crop_auto_uses_the_box_model(box_run: dict, trained: dict, catal
     assert len(answer["results"]) == 2
     with pytest.raises(LookalikeError, match="No box model"):
         search_main([photo, "--index", str(tmp_path / "c.lkidx"), "--crop", "auto"])  # none beside embedder.pt
+    search_main([photo, "--index", str(tmp_path / "c.lkidx"), "--json"])  # by default: whole, without a box model
+    assert json.loads(capsys.readouterr().out)[0]["results"]
 
 
 def test_index_build_crop_auto_embeds_each_image_cut_to_its_box_and_keeps_cutting(
-        box_run: dict, trained: dict, catalogue, tmp_path: Path) -> None:
+        box_run: dict, trained: dict, catalogue, tmp_path: Path, capsys) -> None:
     from lookalike.cli.index import main as index_main
     from lookalike.inference.backends import reembed
     from lookalike.inference.catalog import Index
@@ -134,7 +136,12 @@ def test_index_build_crop_auto_embeds_each_image_cut_to_its_box_and_keeps_cuttin
     assert again.meta["boxes"] == index.meta["boxes"]
     np.testing.assert_allclose(again.vectors_of([it["id"] for it in again.items]), expected, atol=1e-4)
 
-    search_main([photos[0], "--index", str(out), "--crop", "auto", "-k", "1", "--json"])  # the catalogue's box file
+    answers = {}
+    for crop in ([], ["--crop", "auto"], ["--crop", "none"]):  # default: auto, with the catalogue's box file
+        capsys.readouterr()
+        search_main([photos[0], "--index", str(out), "-k", "1", "--json", *crop])
+        answers[" ".join(crop)] = json.loads(capsys.readouterr().out)[0]["results"][0]["score"]
+    assert answers[""] == answers["--crop auto"] != answers["--crop none"]
     whole = Index.build(trained["embedder"], tmp_path / "photos.csv", num_workers=0)
     assert whole.meta["boxes"] is None
     with pytest.raises(LookalikeError, match="No box model"):

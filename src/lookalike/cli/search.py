@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.errors import LookalikeError
@@ -54,14 +55,15 @@ def main(argv: list[str]) -> None:
     add_search_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", help="also write a picture of the queries and their results")
-    parser.add_argument("--crop", default="none", help="search with this part of every photo: auto (the box model "
-                        "finds the product; the whole photo where it is not sure), x,y,width,height in pixels, or "
-                        "none (the whole photo)")
+    parser.add_argument("--crop", help="search with this part of every photo: auto (the box model finds the "
+                        "product; the whole photo where it is not sure), x,y,width,height in pixels, or none (the "
+                        "whole photo). Default: auto when there is a box model (--boxes, the catalogue's, or box.pt "
+                        "beside the embedder file), else none")
     parser.add_argument("--boxes", help="box model for --crop auto (default: the one the catalogue was cropped "
                         "with, else box.pt beside the embedder file; python train.py experiment=box makes one)")
     args = parser.parse_args(argv)
     options = options_from(args)
-    box = None if args.crop in ("none", "auto") else parse_box(args.crop, "--crop")
+    box = None if args.crop in (None, "none", "auto") else parse_box(args.crop, "--crop")
     index = open_catalogue(args.index, args.backend, args.collection)
     index.check_query(args.k)
     if args.search_params is not None:
@@ -69,9 +71,9 @@ def main(argv: list[str]) -> None:
     embedder_path = args.embedder or index.meta["embedder"]
     payload = index.check_embedder(embedder_path)
     threshold = calibrated_threshold(payload)
-    if args.crop == "auto":
-        finder = BoxFinder.load(args.boxes or box_file_for(embedder_path, index.meta.get("boxes")))
-        photos = finder.crop([load_rgb(p) for p in args.photos])
+    boxes = Path(args.boxes or box_file_for(embedder_path, index.meta.get("boxes")))
+    if args.crop == "auto" or (args.crop is None and boxes.is_file()):  # it helped on real and synthetic photos
+        photos = BoxFinder.load(boxes).crop([load_rgb(p) for p in args.photos])
     else:
         photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]
     vectors = embedder_from_payload(payload).embed(photos).numpy()
