@@ -232,3 +232,10 @@ def test_the_page_draws_the_box_found_and_searches_with_it(boxed_app) -> None:
         browser.find_element(By.ID, "clearcrop").click()  # the whole photo instead
         wait.until(lambda b: "(cropped)" not in b.find_element(By.ID, "status").text
                    and b.find_elements(By.CSS_SELECTOR, "#results .result"))
+
+
+def test_lookalike_evaluate_takes_crop_as_a_flag() -> None:
+    from lookalike.cli.evaluate import overrides
+
+    assert overrides(["ckpt=e.pt", "--crop", "auto", "--boxes=b.pt", "--nmi"]) == [
+        "ckpt=e.pt", "crop=auto", "boxes=b.pt", "nmi=true"]
