@@ -75,13 +75,16 @@ def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | Non
         raise LookalikeError(f"Cannot read image '{name or path}': {_reason(e)}") from e
 
 
+Box = tuple[float, float, float, float]  # x, y, width, height in an image's pixels, from its top-left corner
+
+
 def crop_box(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     """The ``(x, y, width, height)`` box of ``image`` (rounded, clipped to the image, at least one pixel)."""
     x, y, w, h = (int(round(v)) for v in box)
     return image[max(0, y):y + max(1, h), max(0, x):x + max(1, w)]
 
 
-def parse_box(text: str, name: str = "crop") -> tuple[float, float, float, float]:
+def parse_box(text: str, name: str = "crop") -> Box:
     """``"x,y,width,height"`` (pixels, from the top-left corner) as numbers, or one clear message."""
     parts = [p.strip() for p in str(text).split(",")]
     try:
@@ -190,7 +193,7 @@ class ImageFiles(Dataset):
     cannot be read yields a zero image and its error (so that one bad file in a catalogue is skipped, not fatal)."""
 
     def __init__(self, paths: Sequence[str], transform: Callable[..., dict], size: int, min_side: int,
-                 boxes: Sequence[Sequence[float] | None] | None = None):
+                 boxes: Sequence[Box | None] | None = None):
         self.paths, self.transform, self.size, self.min_side = list(paths), transform, size, min_side
         self.boxes = list(boxes) if boxes is not None else [None] * len(self.paths)  # None: the whole image
 

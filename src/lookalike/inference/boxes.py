@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lookalike.data.images import crop_box, load_rgb
+from lookalike.data.images import Box, crop_box, load_rgb
 from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
@@ -64,7 +64,7 @@ class BoxFinder:
                    str(Path(path).expanduser().resolve()))
 
     @torch.no_grad()
-    def find(self, images: Sequence[np.ndarray]) -> list[tuple[tuple[float, float, float, float], float]]:
+    def find(self, images: Sequence[np.ndarray]) -> list[tuple[Box, float]]:
         """Per HxWx3 uint8 image: its object's box (x, y, width, height in its pixels) and the confidence."""
         if not images:
             return []
@@ -78,10 +78,10 @@ class BoxFinder:
             out.append(((float(x0), float(y0), float(x1 - x0), float(y1 - y0)), float(confidence)))
         return out
 
-    def search_boxes(self, images: Sequence[np.ndarray]) -> list[tuple[float, float, float, float] | None]:
+    def search_boxes(self, images: Sequence[np.ndarray]) -> list[Box | None]:
         """Per image, the part of it to search with: its object's box with a margin, clipped to the image, or
         None (the whole image) where the model is not confident."""
-        out: list[tuple[float, float, float, float] | None] = []
+        out: list[Box | None] = []
         for image, ((x, y, w, h), confidence) in zip(images, self.find(images)):
             if confidence < self.min_confidence or w < 2 or h < 2:
                 out.append(None)
@@ -96,10 +96,10 @@ class BoxFinder:
         """Each image cut to its object's box (with a margin), or whole where the model is not confident."""
         return [image if box is None else crop_box(image, box) for image, box in zip(images, self.search_boxes(images))]
 
-    def boxes_of(self, paths: Sequence[str], batch_size: int = BATCH) -> list[tuple[float, float, float, float] | None]:
+    def boxes_of(self, paths: Sequence[str], batch_size: int = BATCH) -> list[Box | None]:
         """:meth:`search_boxes` of image files, decoded ``batch_size`` at a time with progress; None also for a
         file that cannot be read (the embedding step reports it)."""
-        out: list[tuple[float, float, float, float] | None] = []
+        out: list[Box | None] = []
         with tqdm(total=len(paths), desc="finding boxes", unit="img", disable=len(paths) < batch_size) as bar:
             for start in range(0, len(paths), batch_size):
                 chunk = paths[start:start + batch_size]

@@ -20,11 +20,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lookalike.data.images import Box
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, locked
 from lookalike.inference.boxes import BoxFinder
-from lookalike.inference.embed import Box, embed_files
+from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.inference.filters import Condition, matches
 from lookalike.inference.sharded import Processes, embed_sharded

@@ -11,11 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from lookalike.data.images import ImageFiles
+from lookalike.data.images import Box, ImageFiles
 from lookalike.data.transforms import eval_resize, eval_transform
 from lookalike.models.embedder import Embedder
-
-Box = tuple[float, float, float, float]  # x, y, width, height in the file's pixels
 
 
 def embed_loader(embedder: Embedder, loader: DataLoader, dtype: torch.dtype = torch.float32, pooled: bool = False,

@@ -21,8 +21,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
+from lookalike.data.images import Box
 from lookalike.errors import LookalikeError
-from lookalike.inference.embed import Box, image_files
+from lookalike.inference.embed import image_files
 from lookalike.models.embedder import Embedder
 
 
