@@ -63,7 +63,8 @@ def train(name: str, overrides: list[str], seed: int, work: Path) -> dict:
     chosen = result["test"].get(selection["name"], result["test"][FINE_TUNED])
     return {"data": name, "seed": seed, "command": " ".join(["train.py", *overrides, f"seed={seed}"]),
             "pretrained": result["test"][PRETRAINED], "fine_tuned": result["test"][FINE_TUNED], "exported": chosen,
-            "alpha": selection["alpha"], "test_set": result["test_set"], "minutes": (time.time() - started) / 60}
+            "alpha": selection["alpha"], "best_alpha": selection.get("best_alpha", selection["alpha"]),
+            "validation": result.get("selection", {}).get("validation"), "test_set": result["test_set"], "minutes": (time.time() - started) / 60}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

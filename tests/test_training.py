@@ -19,6 +19,7 @@ from lookalike.models.lit_embedder import LitEmbedder
 from lookalike.profiling import HostReads
 from lookalike.retrieval import retrieval_metrics
 from lookalike.errors import LookalikeError
+from lookalike.models.wise import choose_alpha
 from lookalike.train import build_datamodule, choose_weights, run
 from tests.helpers import TINY_MODEL, compose_config, module_and_data, tiny_overrides
 
@@ -136,7 +137,8 @@ def test_the_exported_weights_are_the_best_interpolation_on_validation(tiny_cfg,
     selection = report["selection"]
     scores = {float(a): m["map@r"] for a, m in selection["validation"].items()}
     assert sorted(scores) == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert scores[selection["alpha"]] == max(scores.values())
+    assert scores[selection["best_alpha"]] == max(scores.values())
+    assert selection["alpha"] >= selection["best_alpha"]  # a larger alpha only within one standard error
     assert scores[1.0] == pytest.approx(report["best_val"], abs=1e-4)
     printed = capsys.readouterr().out
     assert "Validation classes" in printed and selection["verdict"] in printed
@@ -149,11 +151,27 @@ def test_a_fine_tuning_that_hurts_exports_the_start(tiny_cfg) -> None:
     with torch.no_grad():  # a "fine-tuning" that wrecked the weights
         for p in module.embedder.parameters():
             p.add_(torch.randn_like(p) * 50 * (p.abs().mean() + 1))
-    selection = choose_weights(module, dm, tiny_cfg, start, torch.device("cpu"))
+    plain_best = OmegaConf.merge(tiny_cfg, {"select": {"within_se": 0}})  # 2 tiny classes cannot tell apart
+    selection = choose_weights(module, dm, plain_best, start, torch.device("cpu"))
     assert selection["alpha"] == 0 and "did not beat" in selection["verdict"]
     assert all(torch.equal(v, start[k]) for k, v in module.embedder.state_dict().items())
     with pytest.raises(LookalikeError, match="not a retrieval metric"):
         choose_weights(module, dm, OmegaConf.merge(tiny_cfg, {"optimized_metric": "val/loss"}), start, "cpu")
+
+
+def test_a_larger_alpha_within_one_standard_error_over_classes_is_exported() -> None:
+    """The one-standard-error rule over validation classes: a lead the classes disagree on does not turn the
+    export away from the fine-tuned end; a lead every class shows does; within_se 0 is the plain best."""
+    classes = torch.tensor([0, 0, 1, 1])
+    disagree = {0.0: torch.tensor([0.9, 0.9, 0.7, 0.7]), 0.5: torch.tensor([0.88, 0.88, 0.71, 0.71]),
+                1.0: torch.tensor([0.8, 0.8, 0.78, 0.78])}
+    assert choose_alpha(disagree, classes) == (1.0, 0.0)
+    assert choose_alpha(disagree, classes, within_se=0) == (0.0, 0.0)
+    agree = {0.0: torch.tensor([0.9, 0.8, 0.7, 0.6]), 1.0: torch.tensor([0.85, 0.76, 0.66, 0.55])}
+    assert choose_alpha(agree, classes) == (0.0, 0.0)
+    assert choose_alpha(agree, torch.zeros(4)) == (0.0, 0.0)  # one class: the best alone
+    assert choose_alpha({0.0: torch.tensor([0.5, 0.6, 0.5, 0.6]), 1.0: torch.tensor([0.7, 0.9, 0.7, 0.9])},
+                        classes) == (1.0, 1.0)
 
 
 class _TinyNet(L.LightningModule):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from hydra.core.hydra_config import HydraConfig
@@ -26,9 +27,9 @@ from lookalike.inference.embed import embed_loader
 from lookalike.inference.embedder_file import save_embedder
 from lookalike.models.box import LitBoxNet, evaluate_boxes
 from lookalike.models.lit_embedder import LitEmbedder, read_checkpoint
-from lookalike.models.wise import interpolated
+from lookalike.models.wise import choose_alpha, interpolated
 from lookalike.provenance import provenance
-from lookalike.retrieval import retrieval_metrics
+from lookalike.retrieval.metrics import metrics_from_neighbors, per_query_metrics, retrieval_metrics, search
 from lookalike.retrieval.grid import retrieval_grid
 
 log = logging.getLogger(__name__)
@@ -199,10 +200,12 @@ def run_box(cfg: DictConfig) -> dict[str, Any]:
 
 def choose_weights(module: LitEmbedder, datamodule: RetrievalDataModule, cfg: DictConfig,
                    start: dict[str, Any], device: Any) -> dict[str, Any] | None:
-    """Leave in ``module`` the best, on the validation classes' ``optimized_metric``, of the interpolations
-    between the weights training started from (``start``) and the fine-tuned ones at ``select.alphas``
-    (WiSE-FT); returns the choice and every alpha's validation metrics (None with no alpha but 1)."""
-    alphas = sorted({float(a) for a in (cfg.get("select") or {}).get("alphas") or [1.0]})
+    """Leave in ``module`` the interpolation between the weights training started from (``start``) and the
+    fine-tuned ones at ``select.alphas`` (WiSE-FT) that is best on the validation classes' ``optimized_metric``,
+    or a larger alpha within ``select.within_se`` standard errors of it (:func:`choose_alpha`); returns the
+    choice and every alpha's validation metrics (None with no alpha but 1)."""
+    select = cfg.get("select") or {}
+    alphas = sorted({float(a) for a in select.get("alphas") or [1.0]})
     if alphas == [1.0]:
         return None
     if not all(0 <= a <= 1 for a in alphas):
@@ -211,16 +214,21 @@ def choose_weights(module: LitEmbedder, datamodule: RetrievalDataModule, cfg: Di
     end = {k: v.detach().clone() for k, v in module.embedder.state_dict().items()}
     loader = datamodule.eval_dataloader(datamodule.val_table, distributed=False)
     scores: dict[float, dict[str, float]] = {}
+    per_query: dict[float, torch.Tensor] = {}
     for alpha in alphas:  # every process computes the same choice, so under DDP all export the same weights
         module.embedder.load_state_dict(interpolated(start, end, alpha))
         data = embed_loader(module.embedder.to(device), loader, desc=f"validation, alpha {alpha:g}")
-        scores[alpha] = retrieval_metrics(data["embeddings"], data["label"], data["is_query"], data["is_gallery"],
-                                          cfg.eval.ks, **cfg.knn)
+        nb = search(data["embeddings"], data["label"], data["is_query"], data["is_gallery"], max(cfg.eval.ks),
+                    **cfg.knn)
+        scores[alpha] = metrics_from_neighbors(nb, cfg.eval.ks)
         if metric not in scores[alpha]:
             raise LookalikeError(f"optimized_metric={cfg.optimized_metric} is not a retrieval metric of the "
                                  f"validation classes ({', '.join('val/' + k for k in scores[alpha])}): choose one "
                                  "of those, or set select.alphas=[1.0] to export the fine-tuned weights as they are")
-    chosen = max(alphas, key=lambda a: (scores[a][metric], a))
+        per_query[alpha] = per_query_metrics(nb, cfg.eval.ks)[metric]
+    classes = torch.as_tensor(data["label"])[nb.queries.cpu()]
+    within_se = float(select.get("within_se", 0.0))
+    chosen, best = choose_alpha(per_query, classes, within_se)
     module.embedder.load_state_dict(interpolated(start, end, chosen))
     module.train()
     if chosen == 0:
@@ -231,7 +239,12 @@ def choose_weights(module: LitEmbedder, datamodule: RetrievalDataModule, cfg: Di
     else:
         name = f"chosen: WiSE-FT alpha {chosen:g}" if chosen != 1 else "chosen: fine-tuned (alpha 1)"
         verdict = f"Exported: alpha {chosen:g} ({metric} {scores[chosen][metric]:.4f} on the validation classes)."
-    return {"metric": metric, "alpha": chosen, "name": name, "verdict": verdict,
+        if chosen != best:
+            verdict += (f" Alpha {best:g} scored higher ({scores[best][metric]:.4f}), by less than {within_se:g} "
+                        f"standard error(s) of the difference over the {len(torch.unique(classes))} validation "
+                        "classes: "
+                        "too little to tell from chance (select.within_se=0 takes the highest score).")
+    return {"metric": metric, "alpha": chosen, "best_alpha": best, "name": name, "verdict": verdict,
             "validation": {f"{a:g}": m for a, m in scores.items()}}
 
 

@@ -104,26 +104,30 @@ def product_ranks(nb: Neighbors) -> torch.Tensor:
     return torch.where(found, distinct.gather(1, nb.hits.long().argmax(1, keepdim=True)).squeeze(1), 0)
 
 
-def metrics_from_neighbors(nb: Neighbors, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """recall@k, precision@1, R-precision and MAP@R averaged over the valid queries."""
-    out = {"queries": float(len(nb.queries)), "queries_without_relevant": float(nb.skipped)}
-    if len(nb.queries) == 0:
-        return out
+def per_query_metrics(nb: Neighbors, ks: Sequence[int] = DEFAULT_KS) -> dict[str, torch.Tensor]:
+    """Each valid query's recall@k (and product-level recall@k), precision@1, R-precision and AP@R, as float64
+    tensors of one value per row of ``nb.queries``."""
     hits = nb.hits.double()
     ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float64)
     r = nb.relevant.double()
     within_r = ranks[None, :] <= r[:, None]
     precision_at_i = hits.cumsum(1) / ranks[None, :]
-    for k in ks:
-        out[f"recall@{k}"] = hits[:, :k].amax(1).mean().item()
+    out = {f"recall@{k}": hits[:, :k].amax(1) for k in ks}
     if nb.shared_labels and nb.labels is not None:
         ranks_p = product_ranks(nb)
-        for k in ks:
-            out[f"product_recall@{k}"] = ((ranks_p >= 1) & (ranks_p <= k)).double().mean().item()
-    out["precision@1"] = hits[:, 0].mean().item()
-    out["r_precision"] = ((hits * within_r).sum(1) / r).mean().item()
-    out["map@r"] = ((precision_at_i * hits * within_r).sum(1) / r).mean().item()
+        out |= {f"product_recall@{k}": ((ranks_p >= 1) & (ranks_p <= k)).double() for k in ks}
+    out["precision@1"] = hits[:, 0]
+    out["r_precision"] = (hits * within_r).sum(1) / r
+    out["map@r"] = (precision_at_i * hits * within_r).sum(1) / r
     return out
+
+
+def metrics_from_neighbors(nb: Neighbors, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """recall@k, precision@1, R-precision and MAP@R averaged over the valid queries."""
+    out = {"queries": float(len(nb.queries)), "queries_without_relevant": float(nb.skipped)}
+    if len(nb.queries) == 0:
+        return out
+    return out | {name: values.mean().item() for name, values in per_query_metrics(nb, ks).items()}
 
 
 def retrieval_metrics(
