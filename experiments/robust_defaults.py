@@ -166,7 +166,8 @@ def main() -> None:
     mine = [r for r in runs if r["seed"] in args.seeds]
     lines = section([r for r in mine if recipe_of(r) == "defaults"], args.seeds)
     if args.recipes != ["defaults"]:
-        lines += comparison([r for r in mine if recipe_of(r) in args.recipes])
+        lines += comparison([r for r in mine if recipe_of(r) in args.recipes
+                             and (not args.only or r["data"] in args.only)])
     report(lines, args.out)
 
 if __name__ == "__main__":
