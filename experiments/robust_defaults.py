@@ -10,6 +10,9 @@ validation classes; the DVD covers and the synthetic set were not looked at when
         --omniglot ../shared/datasets/omniglot_small --dvd ../shared/datasets/dvd_covers --seeds 0 1 2 \
         --out experiments/results/recipes.md
 
+`--recipes lp_ft backbone_lr_1e-5 multi_similarity` (beside `defaults`) runs the alternatives of issue 23 as
+patches over the defaults and adds a table of their validation scores beside their test ones.
+
 Every finished run is appended to `--runs` (a JSON-lines file): an interrupted study continues where it stopped.
 """
 
