@@ -70,7 +70,8 @@ def train(name: str, overrides: list[str], seed: int, work: Path, recipe: str = 
     result = json.loads((folder / "metrics.json").read_text())
     selection = result.get("selection") or {"alpha": 1.0, "name": FINE_TUNED}
     chosen = result["test"].get(selection["name"], result["test"][FINE_TUNED])
-    return {"data": name, "recipe": recipe, "seed": seed, "command": " ".join(["train.py", *overrides, f"seed={seed}"]),
+    return {"data": name, "recipe": recipe, "seed": seed,
+            "command": " ".join(["train.py", *overrides, f"seed={seed}"]),
             "pretrained": result["test"][PRETRAINED], "fine_tuned": result["test"][FINE_TUNED], "exported": chosen,
             "alpha": selection["alpha"], "best_alpha": selection.get("best_alpha", selection["alpha"]),
             "validation": selection.get("validation"), "test_set": result["test_set"],
@@ -94,7 +95,8 @@ def recipe_of(run: dict) -> str:
 def comparison(runs: list[dict]) -> list[str]:
     """Each recipe's exported model per data set: its validation MAP@R (what a choice may look at) beside
     its test recall@1 / MAP@R (reported only), means over the seeds run."""
-    lines = ["\n| data set | recipe | seeds | validation MAP@R | test r@1 / MAP@R | alpha |", "|---|---|---:|---:|---|---|"]
+    lines = ["\n| data set | recipe | seeds | validation MAP@R | test r@1 / MAP@R | alpha |",
+             "|---|---|---:|---:|---|---|"]
     for name in dict.fromkeys(r["data"] for r in runs):
         for recipe in dict.fromkeys(recipe_of(r) for r in runs):
             mine = [r for r in runs if r["data"] == name and recipe_of(r) == recipe]
@@ -172,6 +174,7 @@ def main() -> None:
         lines += comparison([r for r in mine if recipe_of(r) in args.recipes
                              and (not args.only or r["data"] in args.only)])
     report(lines, args.out)
+
 
 if __name__ == "__main__":
     main()
