@@ -168,11 +168,10 @@ def main() -> None:
                 r = runs[-1]
                 print(f"{name} {recipe} seed {seed}: pretrained {r['pretrained']['recall@1']:.3f}, exported (alpha "
                       f"{r['alpha']:g}) {r['exported']['recall@1']:.3f} recall@1 ({r['minutes']:.1f} min)", flush=True)
-    mine = [r for r in runs if r["seed"] in args.seeds]
+    mine = [r for r in runs if r["seed"] in args.seeds and (not args.only or r["data"] in args.only)]
     lines = section([r for r in mine if recipe_of(r) == "defaults"], args.seeds)
     if args.recipes != ["defaults"]:
-        lines += comparison([r for r in mine if recipe_of(r) in args.recipes
-                             and (not args.only or r["data"] in args.only)])
+        lines += comparison([r for r in mine if recipe_of(r) in args.recipes])
     report(lines, args.out)
 
 
