@@ -54,3 +54,22 @@ def test_export_takes_the_old_and_the_new_spelling(trained: dict, tmp_path: Path
     assert (tmp_path / "a.pt").is_file() and (tmp_path / "b.pt").is_file()
     missing = subprocess.run([*cli, trained["best_checkpoint"]], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "needs one source and --out FILE" in missing.stderr
+
+
+def test_configs_read_from_files_may_name_only_the_targets_of_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lookalike.config import known_targets, trusted_config
+
+    assert {"pytorch_metric_learning.losses.TripletMarginLoss", "lookalike.data.synthetic.synthetic_products"} \
+        <= known_targets()
+    own = {"loss": {"_target_": "pytorch_metric_learning.losses.TripletMarginLoss", "margin": 0.2}}
+    assert trusted_config(own, "f.ckpt") == own
+    nested = {"loss": {"_target_": "pytorch_metric_learning.losses.TripletMarginLoss",
+                       "distance": {"_target_": "shutil.rmtree", "_args_": ["/"]}}}
+    with pytest.raises(LookalikeError, match=r"'f.ckpt' names code to run \('shutil.rmtree'\)"):
+        trusted_config(nested, "f.ckpt")
+    hidden = {"loss": "${oc.create:'{_target_: shutil.rmtree}'}"}  # an interpolation that makes a target
+    with pytest.raises(LookalikeError, match="shutil.rmtree"):
+        trusted_config(hidden, "f.ckpt")
+    monkeypatch.setenv("LOOKALIKE_TRUSTED_TARGETS", "my_pkg.MyLoss, other.Thing")
+    mine = {"loss": {"_target_": "my_pkg.MyLoss"}}
+    assert trusted_config(mine, "f.ckpt") == mine

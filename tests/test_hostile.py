@@ -102,6 +102,68 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path: Path, 
     assert not marker.exists()
 
 
+# Callables that Hydra's own blocklist lets through and that run commands or write files, as a file would name them.
+def _hostile_targets(marker: Path) -> dict[str, dict]:
+    return {
+        "spawn": {"_target_": "setuptools._distutils.spawn.spawn", "_args_": [["/bin/sh", "-c", f"touch {marker}"]]},
+        "uuid": {"_target_": "uuid._get_command_stdout", "_args_": ["touch", str(marker)]},
+        "write_text": {"_target_": "pathlib.Path.write_text",
+                       "_args_": [{"_target_": "pathlib.Path", "_args_": [str(marker)]}, "x"]},
+        "copyfile": {"_target_": "shutil.copyfile", "_args_": [__file__, str(marker)]},
+    }
+
+
+def _reloaded(path: Path, out: Path, edit) -> Path:
+    """A copy of the lookalike file ``path`` at ``out``, read as plain data, changed by ``edit`` and saved."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    edit(payload)
+    torch.save(payload, out)
+    return out
+
+
+@pytest.mark.parametrize("name", ["spawn", "uuid", "write_text", "copyfile"])
+def test_no_file_gets_code_run_through_the_configs_it_carries(name: str, trained: dict, catalogue, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture, data_cache: Path) -> None:
+    """A checkpoint, an embedder file or a box file that passes ``weights_only`` but names a callable in its
+    training config is refused on every path that reads it, before anything is built."""
+    from lookalike.inference.boxes import save_box_file
+    from lookalike.models.box import BoxNet
+    from lookalike.train import run
+    from tests.helpers import compose_config, tiny_overrides
+
+    marker = tmp_path / "PWNED"
+    target = _hostile_targets(marker)[name]
+    ckpt = _reloaded(Path(trained["best_checkpoint"]), tmp_path / "it.ckpt",
+                     lambda p: p["hyper_parameters"]["config"].update(loss=target))
+    embedder = _reloaded(Path(trained["embedder"]), tmp_path / "embedder.pt",
+                         lambda p: p["provenance"]["training_config"]["data"].update(source=target))
+    config = {"box": {"backbone": "test_efficientnet"}, "miner": target}
+    boxes = save_box_file(BoxNet("test_efficientnet", 32, pretrained=False), tmp_path / "box.pt",
+                          training_config=config)
+    refused = "names code to run"
+
+    with pytest.raises(LookalikeError, match=refused):
+        load_checkpoint(ckpt)
+    assert refused in _fails(["export", str(ckpt), "--out", str(tmp_path / "x.pt")], capsys)
+    for source in (ckpt, embedder):
+        assert refused in _fails(["evaluate", f"ckpt={source}", f"hydra.run.dir={tmp_path / 'e'}"], capsys)
+    assert refused in _fails(["pretrained", "--model", "test_efficientnet", "--checkpoint", str(ckpt),
+                              "--out", str(tmp_path / "p.pt")], capsys)
+    with pytest.raises(LookalikeError, match=refused):  # resume: refused before Lightning reads the file
+        run(compose_config(tiny_overrides(data_cache, tmp_path / "r") + ["logger=none", f"ckpt_path={ckpt}"]))
+    index = tmp_path / "c.lkidx"
+    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(index)
+    photo = _png(tmp_path / "photo.png", 40, 40)
+    assert refused in _fails(["search", "--index", str(index), str(photo), "--crop", "auto", "--boxes", str(boxes)],
+                             capsys)
+    pytest.importorskip("fastapi")
+    from lookalike.serve.app import create_app
+
+    with pytest.raises(LookalikeError, match=refused):
+        create_app(index, boxes=str(boxes))
+    assert not marker.exists()
+
+
 # -- 3. the page: body limit while reading, slots, hosts, no leaks -----------------------------------------------
 @pytest.fixture
 def app(trained: dict, catalogue, tmp_path: Path):

@@ -3,12 +3,15 @@ them, the command-line entry, and building objects from them with one-line error
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import hydra
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import InstantiationException
@@ -102,3 +105,51 @@ def build(cfg: Any, what: str, **kwargs: Any) -> Any:
         if isinstance(e.__cause__, LookalikeError):  # the target's own clear message, without Hydra's wrapping
             raise e.__cause__ from None
         raise LookalikeError(f"Cannot build {what} from its config: {e}") from e
+
+
+# Extra ``_target_``s a user trusts in files (their own loss or data source, comma-separated): the environment, not
+# a file, says so.
+TRUSTED_TARGETS_ENV = "LOOKALIKE_TRUSTED_TARGETS"
+
+
+def _targets_in(node: Any) -> Iterator[Any]:
+    """Every ``_target_`` value in a (nested) plain-data config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                yield value
+            else:
+                yield from _targets_in(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _targets_in(value)
+
+
+@functools.cache
+def known_targets() -> frozenset[str]:
+    """The ``_target_``s that lookalike's own config groups name (the allow-list for configs read from files)."""
+    found: set[str] = set()
+    for path in config_dir().rglob("*.yaml"):
+        found.update(t for t in _targets_in(yaml.safe_load(path.read_text())) if isinstance(t, str))
+    return frozenset(found)
+
+
+def trusted_config(config: Any, source: str | Path) -> dict[str, Any]:
+    """A training config read from a file (a checkpoint's, an embedder or box file's), resolved to plain data, once
+    every ``_target_`` in it is one that lookalike's configs name (or ``$LOOKALIKE_TRUSTED_TARGETS`` lists): a file
+    is data, never code, so a config naming any other callable is refused with one message, before anything is
+    built from it."""
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    except Exception as e:  # noqa: BLE001 - OmegaConf's errors for malformed configs and interpolations
+        raise LookalikeError(f"'{source}' holds a training config lookalike cannot read ({e})") from e
+    if not isinstance(resolved, dict):
+        raise LookalikeError(f"'{source}' holds a training config lookalike cannot read (not a mapping)")
+    allowed = known_targets() | {t.strip() for t in os.environ.get(TRUSTED_TARGETS_ENV, "").split(",") if t.strip()}
+    for target in _targets_in(resolved):
+        if target not in allowed:
+            raise LookalikeError(
+                f"'{source}' names code to run ({str(target)[:200]!r}) that lookalike's configs do not name, so it "
+                f"was not loaded: a file is data, never code. If you wrote that class yourself and trust the file, "
+                f"list it in ${TRUSTED_TARGETS_ENV}")
+    return resolved

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from lookalike.config import trusted_config
 from lookalike.errors import LookalikeError
 from lookalike.net import connection_error
 
@@ -97,9 +98,13 @@ def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise LookalikeError(f"model.backbone.checkpoint: no file at '{path}'")
     try:
-        state = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for foreign or corrupt files
         raise LookalikeError(f"model.backbone.checkpoint: '{path}' is not a readable PyTorch state dict ({e})") from e
+    hp = state.get("hyper_parameters") if isinstance(state, dict) else None
+    if isinstance(hp, dict) and isinstance(hp.get("config"), dict):  # a training checkpoint: refused as everywhere when its config names code
+        trusted_config(hp["config"], path)
+    state = _unwrap(state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
-from lookalike.config import build
+from lookalike.config import build, trusted_config
 from lookalike.errors import LookalikeError
 from lookalike.models.dense_triplet import DenseSemiHardTripletLoss
 from lookalike.models.embedder import Embedder
@@ -237,18 +237,23 @@ class LitEmbedder(L.LightningModule):
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The contents of a training checkpoint, read as plain data (tensors, numbers, text, containers): torch's
-    ``weights_only`` loader, which never runs code from the file. A file that needs more is refused."""
+    ``weights_only`` loader, which never runs code from the file. A file that needs more is refused, and so is one
+    whose training config names a callable lookalike's configs do not (:func:`~lookalike.config.trusted_config`)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LookalikeError(f"No checkpoint at '{path}' (train.py writes runs/<task>/<time>/checkpoints/best.ckpt)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused an object: loading it would run code
         raise LookalikeError(f"'{path}' holds Python objects beyond plain data, which lookalike does not load "
                              "(loading them could run code from the file); lookalike's own checkpoints never do. "
                              "If you trust the file, re-save its state_dict and hyper_parameters as plain data") from e
     except Exception as e:  # zip and torch errors for foreign or corrupt files
         raise LookalikeError(f"'{path}' is not a readable PyTorch checkpoint ({e})") from e
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if isinstance(hp, dict) and "config" in hp:  # only what lookalike's configs name is ever built from it
+        hp["config"] = trusted_config(hp["config"], path)
+    return ckpt
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LitEmbedder:
