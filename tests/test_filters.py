@@ -82,3 +82,54 @@ def test_a_filtered_search_keeps_the_index_search_parameters(factory: str, param
     index = FaissIndex(32, factory, search_params=params, ids=True)
     index.add(vectors, np.arange(len(vectors)))
     assert np.array_equal(index.search(queries, 10)[1], index.search(queries, 10, allowed=np.arange(len(vectors)))[1])
+
+
+def _flat_catalogue(values: list[dict[str, str]]):
+    """A FAISS file catalogue of one item per row of ``values`` (its column -> text), random vectors."""
+    from lookalike.inference.catalog import FORMAT, Index
+    from lookalike.retrieval.knn import default_search_params
+
+    vectors = np.random.default_rng(0).normal(size=(len(values), 8)).astype(np.float32)
+    meta = {"format": FORMAT, "embedder_hash": "x", "dim": 8, "factory": "Flat", "search_params": "", "count": 0,
+            "next_id": 0, "embedder": "none", "rerank": 0, "dba": None}
+    index = Index(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
+    index.add_vectors([{"id": i, "path": f"/{i}.jpg", "label": f"p{i}", "fields": row} for i, row in enumerate(values)],
+                      vectors)
+    return index
+
+
+BRANDS = ["true", "1", "false", "0", "acme", "1.0", "Yes", " no ", "2"]
+# Each filter and the brands it keeps: true / false read only their own texts; numbers compare as numbers.
+READINGS = {"brand == true": {"true", "1", "Yes"}, "brand == false": {"false", "0", " no "},
+            "brand != true": {"false", "0", " no "}, "brand != false": {"true", "1", "Yes"},
+            "brand == 1": {"1", "1.0"}, "brand == 1.0": {"1", "1.0"}, "brand == 0": {"0"}, "brand == 0.0": {"0"},
+            "brand in [true]": {"true", "1", "Yes"}, "brand in [1]": {"1", "1.0"}, "brand in [false]": {"false", "0", " no "},
+            "brand in [0]": {"0"}, 'brand == "1"': {"1"}, "brand not in [true]": set(BRANDS) - {"true", "1", "Yes"}}
+
+
+def test_equal_comparing_literals_never_share_an_answer() -> None:
+    """``True == 1 == 1.0`` in Python: a cache keyed by value alone answered ``brand == 1`` with the answer of
+    ``brand == true``. Every filter, asked after every other, answers as on a fresh catalogue."""
+    index = _flat_catalogue([{"brand": b} for b in BRANDS])
+    columns = index.columns()
+
+    def kept(text: str) -> set[str]:
+        return {BRANDS[int(i)] for i in index.matching(parse_filter(text, columns).condition)}
+
+    for first in READINGS:
+        for second, expected in READINGS.items():
+            kept(first)
+            assert kept(second) == expected, (first, second)
+    assert parse_filter("brand == true", columns).condition != parse_filter("brand == 1", columns).condition
+    assert parse_filter("brand == false", columns).condition != parse_filter("brand == 0", columns).condition
+
+
+def test_a_long_list_is_answered_over_the_whole_column() -> None:
+    """``price in [198 numbers]`` over 50,000 items (one vectorised pass; experiments/results/serve.md times it),
+    answered the same as the values one by one."""
+    prices = [str(i % 997) for i in range(50_000)]
+    index = _flat_catalogue([{"price": p} for p in prices])
+    wanted = list(range(0, 990, 5))[:198]
+    text = f"price in [{', '.join(map(str, wanted))}]"
+    ids = index.matching(parse_filter(text, index.columns()).condition)
+    assert len(text) <= 1000 and set(ids.tolist()) == {i for i, p in enumerate(prices) if int(p) in set(wanted)}

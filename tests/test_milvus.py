@@ -233,3 +233,29 @@ def test_the_page_searches_a_collection_like_the_file(trained: dict, catalogue, 
         assert client.get(f"/api/items/{first['id']}").json()["name"] == first["name"]
         answers.append([(r["name"], r["label"], round(r["score"], 4)) for r in found.json()["results"]])
     assert answers[0] == answers[1] and catalogue[2][0] not in {label for _, label, _ in answers[0]}
+
+
+def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the_backends(tmp_path: Path) -> None:
+    """Non-ASCII text and column names, NUL, quotes and backslashes reach Milvus in its own escapes (it knows no
+    ``\\u``); true / false read the same texts on both; deep nesting gets one message from the parser both use."""
+    values = ["é", "日本語", "😀", "a\x00b", 'q"t', "back\\slash", "tab\tx", "nl\nx", "true", "1", "false", "0", "acme",
+              "1.0"]
+    items = [{"path": f"/shop/{i}.jpg", "label": f"p{i}", "fields": {"brand": v, "品牌": v}} for i, v in
+             enumerate(values)]
+    vectors = unit(np.random.default_rng(0).normal(size=(len(items), 8))).astype(np.float32)
+    meta = {"format": FORMAT, "embedder_hash": "x", "dim": 8, "factory": "Flat", "search_params": "", "count": 0,
+            "next_id": len(items), "embedder": "none", "rerank": 0, "dba": None}
+    index = Index(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
+    index.add_vectors([{**it, "id": i} for i, it in enumerate(items)], vectors)
+    milvus = MilvusCatalog.create(str(tmp_path / "u.db"), "shop", items, vectors, "x", "none")
+    columns = index.columns()
+    for value in values[:8]:
+        for column in ("brand", "品牌"):
+            where = parse_filter(f"{column} == {json.dumps(value, ensure_ascii=False)}", columns).condition
+            assert index.count(where) == milvus.count(where) == 1, (column, value)
+    for text, expected in [("brand == true", 2), ("brand == false", 2), ("brand != true", 2), ("brand == 1", 2),
+                           ("brand in [true, 0]", 3), ('brand in ["é", "😀"]', 2), ("not (brand == false)", 12)]:
+        where = parse_filter(text, columns).condition
+        assert index.count(where) == milvus.count(where) == expected, text
+    with pytest.raises(LookalikeError, match="nested more than"):
+        parse_filter("not " * 200 + 'brand == "é"', columns)

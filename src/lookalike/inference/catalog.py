@@ -27,7 +27,7 @@ from lookalike.files import atomic_write, locked
 from lookalike.inference.boxes import BoxFinder
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
-from lookalike.inference.filters import Condition, matches
+from lookalike.inference.filters import Columns, Condition, mask
 from lookalike.inference.sharded import Processes, embed_sharded
 from lookalike.inference.store import Catalogue, SearchHit
 from lookalike.models.embedder import Embedder, ImageLike
@@ -304,6 +304,7 @@ class Index(Catalogue):
         self.ids = np.array([it["id"] for it in items], dtype=np.int64)  # ascending: ids only grow
         self.meta["count"] = len(items)
         self._matching: dict[Condition, np.ndarray] = {}  # filter condition -> ids (items changed: answers anew)
+        self._values: Columns | None = None  # the items' column values, read at the first filter
         self._columns: set[str] | None = None
 
     def save(self, path: str | Path) -> Path:
@@ -431,9 +432,9 @@ class Index(Catalogue):
         if where not in self._matching:
             if len(self._matching) >= FILTER_CACHE:
                 self._matching.pop(next(iter(self._matching)))
-            self._matching[where] = np.array(
-                [it["id"] for it in self.items if matches(where, {"label": it["label"], **(it.get("fields") or {})})],
-                dtype=np.int64)
+            if self._values is None:
+                self._values = Columns([{"label": it["label"], **(it.get("fields") or {})} for it in self.items])
+            self._matching[where] = self.ids[mask(where, self._values)]
         return self._matching[where]
 
     def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10) -> list[list[SearchHit]]:

@@ -4,33 +4,49 @@ The language is the common part of vector databases' boolean expressions (Milvus
 ``== != < <= > >=`` (chained too), ``in [...]`` / ``not in [...]``, ``and`` / ``or`` / ``not``, parentheses;
 names are ``label`` or a manifest column, literals strings (either quote), numbers or ``true`` / ``false``.
 Item values are text: a number literal compares the value as a number (an item whose value is not a finite
-number does not match), ``true`` / ``false`` match ``true``, ``1``, ``yes`` (any case) and the others. The
-expression is read with Python's own parser (``ast``) and only these forms are accepted: nothing in it is ever
-run. A parsed expression is a small tree of conditions that the FAISS catalogue evaluates on each item
-(:func:`matches`) and the vector database receives in its own filter language (:func:`milvus_expression`).
+number does not match), ``true`` matches the texts ``true``, ``yes``, ``1`` and ``false`` the texts ``false``,
+``no``, ``0`` (any case, spaces around ignored); any other text is neither and matches neither. The expression is
+read with Python's own parser (``ast``) and only these forms are accepted: nothing in it is ever run; it is at most
+:data:`MAX_FILTER_CHARS` long and nested at most :data:`MAX_DEPTH` deep. A parsed expression is a small tree of
+conditions that the FAISS catalogue evaluates column by column over all items at once (:func:`mask`) and the vector
+database receives in its own filter language (:func:`milvus_expression`). Conditions that are equal mean the
+same: ``true`` is :attr:`Truth.TRUE`, never the number 1.
 """
 
 from __future__ import annotations
 
 import ast
-import json
+import enum
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
 
 from lookalike.errors import LookalikeError
 
 MAX_FILTER_CHARS = 1000
-TRUE = {"true", "1", "yes"}
+MAX_DEPTH = 32  # and / or / not / parentheses nested in one another
+TRUE_TEXTS, FALSE_TEXTS = frozenset({"true", "yes", "1"}), frozenset({"false", "no", "0"})
 OPERATORS: dict[type, str] = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 FLIPPED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}  # 100 > price is price < 100
 TEST: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 NUMBER, TRUTH = "__num", "__bool"  # suffixes of a column's typed copies in the vector database
 
+
+
+class Truth(enum.Enum):
+    """The literals ``true`` / ``false``: a type of their own, so that no condition on them equals one on a
+    number (Python's ``True == 1 == 1.0`` would make a cache of answers mix them up)."""
+
+    FALSE = 0
+    TRUE = 1
+
+
 Values = Mapping[str, str]
-Literal = Union[str, float, bool]
+Literal = Union[str, float, Truth]
 
 
 @dataclass(frozen=True)
@@ -67,15 +83,10 @@ class Not:
 Condition = Union[Compare, OneOf, Both, Not]
 
 
-def _typed(text: str | None, like: Literal) -> Literal | None:
-    """An item's text value as the literal's type (None: it has none, or it is not one)."""
-    if text is None:
-        return None
-    if isinstance(like, bool):
-        return text.strip().lower() in TRUE
-    if isinstance(like, float):
-        return number(text)
-    return text
+def truth(text: str) -> Truth | None:
+    """A text value read as true / false (:data:`TRUE_TEXTS`, :data:`FALSE_TEXTS`), or None: neither."""
+    word = text.strip().lower()
+    return Truth.TRUE if word in TRUE_TEXTS else Truth.FALSE if word in FALSE_TEXTS else None
 
 
 def number(text: str) -> float | None:
@@ -87,31 +98,96 @@ def number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class Columns:
+    """Items' column values as arrays, each read once: the text (None where an item lacks the column), the number
+    (NaN where it is none) and the truth (1 true, 0 false, -1 neither or missing)."""
+
+    def __init__(self, rows: Sequence[Values]):
+        self.rows = rows
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def text(self, column: str) -> np.ndarray:
+        key = (column, "text")
+        if key not in self._arrays:
+            self._arrays[key] = np.array([row.get(column) for row in self.rows], dtype=object)
+        return self._arrays[key]
+
+    def number(self, column: str) -> np.ndarray:
+        key = (column, "number")
+        if key not in self._arrays:
+            found = (number(t) if t is not None else None for t in self.text(column))
+            self._arrays[key] = np.fromiter((math.nan if v is None else v for v in found), np.float64, len(self))
+        return self._arrays[key]
+
+    def truth(self, column: str) -> np.ndarray:
+        key = (column, "truth")
+        if key not in self._arrays:
+            found = (truth(t) if t is not None else None for t in self.text(column))
+            self._arrays[key] = np.fromiter((-1 if v is None else v.value for v in found), np.int8, len(self))
+        return self._arrays[key]
+
+
+def _compare(columns: Columns, column: str, op: str, value: Literal) -> np.ndarray:
+    """``column op value`` over all items; an item without a value of the literal's type fails it."""
+    if isinstance(value, Truth):
+        values = columns.truth(column)
+        return (values >= 0) & TEST[op](values, value.value)
+    if isinstance(value, float):
+        values = columns.number(column)
+        with np.errstate(invalid="ignore"):
+            return ~np.isnan(values) & TEST[op](values, value)
+    values = columns.text(column)
+    present = np.fromiter((v is not None for v in values), bool, len(values))
+    return present & np.asarray(TEST[op](values, value), dtype=bool)
+
+
+def _one_of(columns: Columns, condition: OneOf) -> np.ndarray:
+    found = np.zeros(len(columns), bool)
+    numbers = [v for v in condition.values if isinstance(v, float)]
+    truths = [v.value for v in condition.values if isinstance(v, Truth)]
+    texts = {v for v in condition.values if isinstance(v, str)}
+    if numbers:
+        found |= np.isin(columns.number(condition.column), numbers)
+    if truths:
+        found |= np.isin(columns.truth(condition.column), truths)
+    if texts:
+        found |= np.fromiter((v in texts for v in columns.text(condition.column)), bool, len(columns))
+    return found if condition.inside else ~found
+
+
+def mask(condition: Condition, columns: Columns) -> np.ndarray:
+    """Which items (rows of ``columns``) pass ``condition``, as a boolean array: one vectorised pass per
+    comparison, so a filter costs a few array operations per item, whatever its literals."""
+    if isinstance(condition, Compare):
+        return _compare(columns, condition.column, condition.op, condition.value)
+    if isinstance(condition, OneOf):
+        return _one_of(columns, condition)
+    if isinstance(condition, Both):
+        parts = [mask(p, columns) for p in condition.parts]
+        return np.logical_or.reduce(parts) if condition.any_ else np.logical_and.reduce(parts)
+    return ~mask(condition.part, columns)
+
+
 def matches(condition: Condition, values: Values) -> bool:
     """Whether one item (its column -> text values) passes ``condition``."""
-    if isinstance(condition, Compare):
-        item = _typed(values.get(condition.column), condition.value)
-        return item is not None and TEST[condition.op](item, condition.value)
-    if isinstance(condition, OneOf):
-        found = any(_typed(values.get(condition.column), o) == o for o in condition.values)
-        return found == condition.inside
-    if isinstance(condition, Both):
-        return (any if condition.any_ else all)(matches(p, values) for p in condition.parts)
-    return not matches(condition.part, values)
+    return bool(mask(condition, Columns([values]))[0])
 
 
 def milvus_expression(condition: Condition) -> str:
     """``condition`` in Milvus's filter language, over items stored as :func:`milvus_fields` lays them out (so
     that an item lacking a value fails a comparison as in :func:`matches`, also under ``not``)."""
     if isinstance(condition, Compare):
-        if isinstance(condition.value, bool):
-            ref, literal = _reference(condition.column, TRUTH), "true" if condition.value else "false"
+        if isinstance(condition.value, Truth):
+            ref, literal = _reference(condition.column, TRUTH), "true" if condition.value is Truth.TRUE else "false"
         elif isinstance(condition.value, float):
             ref, literal = _reference(condition.column, NUMBER), repr(condition.value)
         else:
-            ref, literal = _reference(condition.column, ""), json.dumps(condition.value)
+            ref, literal = _reference(condition.column, ""), milvus_string(condition.value)
         test = f"{ref} {condition.op} {literal}"
-        return f"({test})" if condition.column == "label" and not isinstance(condition.value, (bool, float)) \
+        return f"({test})" if condition.column == "label" and not isinstance(condition.value, (Truth, float)) \
             else f"(exists {ref} and {test})"
     if isinstance(condition, OneOf):
         found = " or ".join(milvus_expression(Compare(condition.column, "==", v)) for v in condition.values)
@@ -123,7 +199,16 @@ def milvus_expression(condition: Condition) -> str:
 
 
 def _reference(column: str, suffix: str) -> str:
-    return "label" if column == "label" and not suffix else f"$meta[{json.dumps(column + suffix)}]"
+    return "label" if column == "label" and not suffix else f"$meta[{milvus_string(column + suffix)}]"
+
+
+MILVUS_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def milvus_string(text: str) -> str:
+    """``text`` as a string literal of Milvus's filter grammar: double quotes, backslash escapes for the quote, the
+    backslash, newline, carriage return and tab, every other character as it is (Milvus knows no ``\\u`` escape)."""
+    return '"' + text.translate(MILVUS_ESCAPES) + '"'
 
 
 def milvus_fields(values: Values) -> dict[str, Any]:
@@ -135,7 +220,8 @@ def milvus_fields(values: Values) -> dict[str, Any]:
             stored[column] = text
         if (value := number(text)) is not None:
             stored[column + NUMBER] = value
-        stored[column + TRUTH] = text.strip().lower() in TRUE
+        if (reading := truth(text)) is not None:
+            stored[column + TRUTH] = reading is Truth.TRUE
     return stored
 
 
@@ -143,7 +229,7 @@ def _literal(node: ast.expr) -> Literal:
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float)) and not isinstance(node.value, bool):
         return float(node.value) if isinstance(node.value, (int, float)) else node.value
     if isinstance(node, ast.Name) and node.id in ("true", "false", "True", "False"):
-        return node.id.lower() == "true"
+        return Truth.TRUE if node.id.lower() == "true" else Truth.FALSE
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
             and isinstance(node.operand.value, (int, float)) and not isinstance(node.operand.value, bool):
         return -float(node.operand.value)
@@ -167,11 +253,13 @@ def _comparison(name: str, op: ast.cmpop, node: ast.expr, flipped: bool) -> Cond
     return Compare(name, FLIPPED[symbol] if flipped else symbol, value)
 
 
-def _compile(node: ast.expr, columns: set[str]) -> Condition:
+def _compile(node: ast.expr, columns: set[str], depth: int = 0) -> Condition:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"and / or / not are nested more than {MAX_DEPTH} deep")
     if isinstance(node, ast.BoolOp):
-        return Both(tuple(_compile(v, columns) for v in node.values), isinstance(node.op, ast.Or))
+        return Both(tuple(_compile(v, columns, depth + 1) for v in node.values), isinstance(node.op, ast.Or))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        return Not(_compile(node.operand, columns))
+        return Not(_compile(node.operand, columns, depth + 1))
     if isinstance(node, ast.Compare):
         checks, left = [], node.left
         for op, right in zip(node.ops, node.comparators):
