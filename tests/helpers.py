@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,10 @@ def write_omniglot_part(root: Path, part: str, alphabets: list[str], characters:
             for i in range(drawings):
                 write_image(root / part / alphabet / f"character{c + 1:02d}" / f"{a}{c}_{i:02d}.png",
                             (60 * a, 100 * c, 90), size=12, seed=i)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import struct
+import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from lookalike.files import atomic_write
 from lookalike.inference.catalog import Index
 from lookalike.models.lit_embedder import load_checkpoint
 from lookalike.retrieval.knn import FaissIndex
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,6 +265,103 @@ def test_searches_beyond_the_slots_are_answered_busy() -> None:
     first, second = asyncio.run(both())
     assert first[0]["status"] == 200 and second[0]["status"] == 503
     assert (b"retry-after", b"1") in second[0]["headers"] and guard.busy == 0
+
+
+def test_more_like_this_takes_a_slot_and_cheap_reads_do_not() -> None:
+    from lookalike.serve.app import UploadGuard
+
+    release, reached = asyncio.Event(), []
+
+    async def slow_app(scope, receive, send):
+        reached.append(scope["path"])
+        if scope["path"].endswith("/similar"):
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = UploadGuard(slow_app, limit=1000, slots=1, too_large="too large", searching=("/similar",))
+
+    async def request(method: str, path: str) -> int:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await guard({"type": "http", "method": method, "path": path, "headers": []}, receive, send)
+        return sent[0]["status"]
+
+    async def all_of_them() -> tuple[int, ...]:
+        similar = asyncio.create_task(request("GET", "/api/items/3/similar"))
+        await asyncio.sleep(0.01)
+        answers = (await request("GET", "/api/items/4/similar"), await request("POST", "/api/search"),
+                   await request("GET", "/api/items/3"))
+        release.set()
+        return await similar, *answers
+
+    assert asyncio.run(all_of_them()) == (200, 503, 503, 200) and guard.busy == 0
+
+
+def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw sockets that send a POST's headers and then nothing: they hold every slot only until the body's idle
+    timeout, after which a real upload is searched."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from lookalike.serve import app as served
+
+    monkeypatch.setattr(served, "BODY_IDLE_S", 1.0)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photo, "PNG")
+    url = f"http://127.0.0.1:{port}/api/search"
+    try:
+        stalled = []
+        for _ in range(4):  # the app's 4 slots
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=x\r\nContent-Length: 100000\r\n\r\n")
+            stalled.append(sock)
+        time.sleep(0.3)
+        files = {"image": ("p.png", photo.getvalue(), "image/png")}
+        assert httpx.post(url, files=files, timeout=10).status_code == 503  # every slot held
+        time.sleep(1.5)
+        for sock in stalled:
+            assert b"408" in sock.recv(1000).split(b"\r\n", 1)[0]
+            sock.close()
+        assert httpx.post(url, files=files, timeout=30).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_posts_from_another_sites_page_are_refused(app) -> None:
+    """A browser's cross-site request (its Origin and Sec-Fetch-Site headers) cannot search nor leave marks; the
+    page's own requests and clients that are not browsers can."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app, base_url="http://127.0.0.1")
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photo, "PNG")
+    files = {"image": ("p.png", photo.getvalue(), "image/png")}
+    for headers in ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+                    {"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "null"},
+                    {"Origin": "http://127.0.0.1:9999"}):
+        refused = client.post("/api/search", files=files, headers=headers)
+        assert refused.status_code == 403 and "another site" in refused.text, headers
+        marked = client.post("/api/feedback", files=files, data={"item": 0, "verdict": "same"}, headers=headers)
+        assert marked.status_code == 403, headers
+    for headers in ({}, {"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}):
+        assert client.post("/api/search", files=files, headers=headers).status_code == 200, headers
 
 
 def test_the_page_leaks_no_paths_no_reprs_and_answers_loopback_names_only(app, tmp_path: Path) -> None:

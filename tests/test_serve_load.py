@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from PIL import Image
 
 from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import load_embedder
+from tests.helpers import free_port
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -50,12 +50,6 @@ def _cpu() -> str:
         return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chunked(total: int) -> Iterator[bytes]:
     for _ in range(total // 65_536):
         yield b"0" * 65_536
@@ -70,7 +64,7 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
     index = Index.build(trained["embedder"], manifest, num_workers=0)
     index.save(index_path)
     expected = {p: hits[0].id for p, hits in zip(photos, index.search(load_embedder(trained["embedder"]), photos, 3))}
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--index", str(index_path), "--port",
                                str(port), "--slots", str(SLOTS), "--max-upload-mb", str(UPLOAD_MB)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -2,13 +2,15 @@
 
 The embedder and the index load once at start. Safe by default: it binds to loopback (and then answers only
 requests addressed to a loopback name, against DNS rebinding), refuses uploads over the size limit while they
-arrive (413, chunked ones too), searches at most ``slots`` uploads at once (503 with Retry-After beyond),
+arrive (413, chunked ones too) and drops those that stall (408), runs at most ``slots`` searches at once (uploads
+and "more like this"; 503 with Retry-After beyond), refuses POSTs from other sites' pages (403),
 opens only the image formats users upload (415 for anything else), serves catalogue pictures by item id
 only (never by path, and never names server paths) and never writes to the index: "same product" / "not the
 same" marks on results go to a feedback folder beside it (:mod:`lookalike.data.feedback`), when one is given.
 """
 # no `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time
 
+import asyncio
 import io
 import logging
 from functools import lru_cache
@@ -41,15 +43,36 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-class UploadGuard:
-    """ASGI middleware in front of the app: a request with a body waits for none of it before it has one of
-    ``slots`` places (else 503 with Retry-After), and its body is read into memory only up to ``limit`` bytes
-    (else 413, as soon as it passes the limit, whatever its Content-Length says). So at most ``slots`` bodies of
-    at most ``limit`` bytes are held at once, and an upload over the limit is never read whole nor spooled to
-    disk."""
+BODY_IDLE_S = 5.0  # a request body that sends nothing for this long is dropped (408), freeing its slot
+BODY_TOTAL_S = 30.0  # and one that takes longer than this in all
+CROSS_SITE = {b"cross-site", b"same-site"}  # Sec-Fetch-Site values of a request another site's page made
 
-    def __init__(self, app: Callable, limit: int, slots: int, too_large: str):
+
+def _same_origin(headers: dict[bytes, bytes]) -> bool:
+    """Whether a browser made this request from the page's own origin, or no browser page made it at all (curl,
+    scripts): a state-changing request another site's page sends carries ``Sec-Fetch-Site: cross-site`` or an
+    ``Origin`` naming another host."""
+    if headers.get(b"sec-fetch-site", b"").lower() in CROSS_SITE:
+        return False
+    origin = headers.get(b"origin")
+    if origin is None:
+        return True
+    host = origin.split(b"://", 1)[-1].rstrip(b"/").lower()
+    return origin != b"null" and host == headers.get(b"host", b"").lower()
+
+
+class UploadGuard:
+    """ASGI middleware in front of the app. A request that searches (every POST, and the GETs whose path ends in
+    one of ``searching``) waits for none of its body before it has one of ``slots`` places (else 503 with
+    Retry-After); its body is read into memory only up to ``limit`` bytes (else 413, as soon as it passes the
+    limit, whatever its Content-Length says) and within :data:`BODY_IDLE_S` of silence and :data:`BODY_TOTAL_S`
+    in all (else 408: a stalled upload frees its slot in seconds). A POST another site's page sends is refused
+    (403), so no web page elsewhere can leave marks. So at most ``slots`` searches run and at most ``slots`` bodies
+    of at most ``limit`` bytes are held at once, and an upload over the limit is never read whole nor spooled."""
+
+    def __init__(self, app: Callable, limit: int, slots: int, too_large: str, searching: tuple[str, ...] = ()):
         self.app, self.limit, self.slots, self.too_large, self.busy = app, limit, slots, too_large, 0
+        self.searching = searching
 
     async def _refuse(self, send: Send, status: int, detail: str, headers: list | None = None) -> None:
         body = ('{"detail": "%s"}' % detail).encode()
@@ -58,26 +81,31 @@ class UploadGuard:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        reading = scope["method"] in ("GET", "HEAD", "OPTIONS")
+        if reading and not scope.get("path", "").endswith(self.searching):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if not reading and not _same_origin(headers):
+            return await self._refuse(send, 403, "Refused: a request from another site's page")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send, 413, self.too_large)
         if self.busy >= self.slots:
             return await self._refuse(send, 503, "Busy: try again in a moment", [(b"retry-after", b"1")])
         self.busy += 1
         try:
-            chunks, size, more = [], 0, True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunks.append(message.get("body", b""))
-                size += len(chunks[-1])
-                if size > self.limit:
-                    return await self._refuse(send, 413, self.too_large)
-                more = message.get("more_body", False)
-            body = b"".join(chunks)
+            if reading:
+                return await self.app(scope, receive, send)
+            try:
+                body = await asyncio.wait_for(self._body(receive), BODY_TOTAL_S)
+            except asyncio.TimeoutError:
+                return await self._refuse(send, 408, "The upload stalled: send the whole request at once")
+            except _TooLarge:
+                return await self._refuse(send, 413, self.too_large)
+            if body is None:  # the client went away
+                return
             sent = False
 
             async def replay() -> dict[str, Any]:
@@ -90,6 +118,24 @@ class UploadGuard:
             await self.app(scope, replay, send)
         finally:
             self.busy -= 1
+
+    async def _body(self, receive: Receive) -> bytes | None:
+        """The whole request body, each part within :data:`BODY_IDLE_S`; None if the client disconnected."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                raise _TooLarge
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+class _TooLarge(Exception):
+    """A request body passed the limit while it was read."""
 
 
 def create_app(index_path: str | Path, embedder_path: str | Path | None = None, max_upload_mb: float = 10.0,
@@ -121,7 +167,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="lookalike visual search", description=f"Search {index.count()} catalogue items "
                   "with a photo. Items are addressed by id.", version="1")
-    app.add_middleware(UploadGuard, limit=limit + FORM_ROOM, slots=slots,
+    app.add_middleware(UploadGuard, limit=limit + FORM_ROOM, slots=slots, searching=("/similar",),
                        too_large=f"Upload larger than {max_upload_mb:g} MB")
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
