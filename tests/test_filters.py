@@ -84,7 +84,7 @@ def test_a_filtered_search_keeps_the_index_search_parameters(factory: str, param
     assert np.array_equal(index.search(queries, 10)[1], index.search(queries, 10, allowed=np.arange(len(vectors)))[1])
 
 
-def _flat_catalogue(values: list[dict[str, str]]):
+def flat_catalogue(values: list[dict[str, str]]):
     """A FAISS file catalogue of one item per row of ``values`` (its column -> text), random vectors."""
     from lookalike.inference.catalog import FORMAT, Index
     from lookalike.retrieval.knn import default_search_params
@@ -110,7 +110,7 @@ READINGS = {"brand == true": {"true", "1", "Yes"}, "brand == false": {"false", "
 def test_equal_comparing_literals_never_share_an_answer() -> None:
     """``True == 1 == 1.0`` in Python: a cache keyed by value alone answered ``brand == 1`` with the answer of
     ``brand == true``. Every filter, asked after every other, answers as on a fresh catalogue."""
-    index = _flat_catalogue([{"brand": b} for b in BRANDS])
+    index = flat_catalogue([{"brand": b} for b in BRANDS])
     columns = index.columns()
 
     def kept(text: str) -> set[str]:
@@ -128,7 +128,7 @@ def test_a_long_list_is_answered_over_the_whole_column() -> None:
     """``price in [198 numbers]`` over 50,000 items (one vectorised pass; experiments/results/serve.md times it),
     answered the same as the values one by one."""
     prices = [str(i % 997) for i in range(50_000)]
-    index = _flat_catalogue([{"price": p} for p in prices])
+    index = flat_catalogue([{"price": p} for p in prices])
     wanted = list(range(0, 990, 5))[:198]
     text = f"price in [{', '.join(map(str, wanted))}]"
     ids = index.matching(parse_filter(text, index.columns()).condition)

@@ -28,6 +28,7 @@ from lookalike.inference.catalog import Index
 from lookalike.models.lit_embedder import load_checkpoint
 from lookalike.retrieval.knn import FaissIndex
 from tests.helpers import free_port
+from tests.test_filters import flat_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -467,10 +468,11 @@ def test_bad_index_parameters_are_refused_when_building(trained: dict, catalogue
     assert "IVF1024,Flat index needs at least 1024 images" in err
 
 
-def _damaged(source: Path, out: Path, member: str, data: bytes) -> Path:
-    with zipfile.ZipFile(source) as z, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as w:
+def _damaged(source: Path, out: Path, member: str, data: bytes, compression: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(source) as z, zipfile.ZipFile(out, "w") as w:
         for name in z.namelist():
-            w.writestr(name, data if name == member else z.read(name))
+            w.writestr(name, data if name == member else z.read(name),
+                       compress_type=compression if name == member else zipfile.ZIP_STORED)
     return out
 
 
@@ -482,12 +484,20 @@ def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogu
     cases = {
         "garbage blob": ("index.faiss", b"\x00" * 100, "FAISS index cannot be read"),
         "missing keys": ("meta.json", json.dumps({"format": meta["format"]}).encode(), "meta.json lacks"),
-        "items bomb": ("items.json", b" " * (300 << 20), "would inflate to"),
         "items of another index": ("items.json", b"[]", "does not match meta.json"),
     }
     for name, (member, data, message) in cases.items():
         with pytest.raises(LookalikeError, match=message):
             Index.load(_damaged(good, tmp_path / f"{name}.lkidx", member, data))
+    bomb = _damaged(good, tmp_path / "bomb.lkidx", "items.json", b" " * (300 << 20), zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 1 << 20  # 300 MB of items.json in a file of 300 KB: refused unread
+    with pytest.raises(LookalikeError, match="items.json is compressed"):
+        Index.load(bomb)
+    long_texts = flat_catalogue([{f"列{c}": "長" * 256 for c in range(4)} | {"note": "=x" * 2000}
+                                  for _ in range(600)])
+    long_texts.items[0]["label"] = "ラベル" * 3000  # long labels and CJK columns: what build writes, load reads
+    long_texts.save(tmp_path / "long.lkidx")
+    assert Index.load(tmp_path / "long.lkidx").items == long_texts.items
     # a FAISS index claiming 16 GB of vectors (less than this machine's memory and swap, so the allocation
     # itself would succeed and be filled): refused at once, without taking the memory
     lying = bytearray(blob)

@@ -37,10 +37,9 @@ from lookalike.retrieval.knn import FaissIndex, default_search_params, is_lossy,
 FORMAT = "lookalike-index/2"
 META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "embedder")
 PARTIAL_MARKER = "key.json"  # in the <out>.partial/ folder of a build in progress: lookalike's own folder
-# Largest members of a .lkidx read (uncompressed, as the zip says): meta and, per item, its entry in
-# items.json and its share of the FAISS index; beyond them the file is refused unread.
+# Members of a .lkidx are stored uncompressed (what reading one takes is bounded by the file's size); meta.json is
+# at most this large, items.json at most the file, the FAISS index at most what its count of items can take.
 MAX_META_BYTES = 1 << 20
-MAX_ITEM_JSON_BYTES = 4096
 FILTER_CACHE = 32  # filter expressions whose matching ids an Index keeps
 DEFAULT_RERANK = 200  # candidates a compressed index re-scores with the exact vectors (results/search.md)
 # A filter keeping at most this many items is searched exactly among them (approximate indexes lose most of a
@@ -339,7 +338,7 @@ class Index(Catalogue):
                 if missing or not isinstance(meta["count"], int) or not isinstance(meta["dim"], int):
                     raise LookalikeError(f"'{path}' is a damaged lookalike index (meta.json lacks {missing or 'types'})")
                 count, dim = max(0, meta["count"]), max(1, meta["dim"])
-                items = json.loads(_member(z, "items.json", MAX_META_BYTES + count * MAX_ITEM_JSON_BYTES))
+                items = json.loads(_member(z, "items.json", path.stat().st_size))
                 blob = _member(z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
                 exact = _vectors_member(path, z, count, dim) if "vectors.npy" in z.namelist() else None
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
@@ -478,10 +477,14 @@ class Index(Catalogue):
 
 
 def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
-    """A member of the zip, refused unread when it would inflate to more than ``limit`` bytes."""
+    """A member of the zip, refused unread when it is compressed (lookalike stores every member as it is, so what
+    one takes to read is bounded by the file's own size) or larger than ``limit`` bytes."""
     info = z.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise LookalikeError(f"{name} is compressed, and lookalike stores a catalogue's members as they are (so that "
+                             "reading one never takes more than the file's own size): not read")
     if info.file_size > limit:
-        raise LookalikeError(f"{name} would inflate to {info.file_size:,} bytes, more than an index of its size "
+        raise LookalikeError(f"{name} would be {info.file_size:,} bytes, more than an index of its size "
                              f"holds ({limit:,}): not read")
     return z.read(info)
 
