@@ -547,3 +547,43 @@ def test_catalogue_paths_are_resolved(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "added 0 item(s); the index now holds 1" in capsys.readouterr().out
     lookalike(["index", "remove", "--index", str(index), "--paths", str(tmp_path / "lists" / ".." / "cat/a/x.jpg")])
     assert "removed 1 item(s); the index now holds 0" in capsys.readouterr().out
+
+
+def test_fields_of_files_are_checked_before_use(trained: dict, catalogue, tmp_path: Path) -> None:
+    """Sizes, thresholds and dimensions read from embedder, box, checkpoint and index files: of their type and
+    within bounds, or one message (a box file's image_size=30000 once made a search allocate 21 GB)."""
+    from lookalike.inference.boxes import BoxFinder, save_box_file
+    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.models.box import BoxNet
+
+    def embedder_with(edit) -> Path:
+        return _reloaded(Path(trained["embedder"]), tmp_path / "e.pt", edit)
+
+    for edit, message in [(lambda p: p["model"].update(image_size=60000), "image size is 60000"),
+                          (lambda p: p["model"].update(image_size="224"), "image size is '224'"),
+                          (lambda p: p["model"]["head"].update(embedding_size=-3), "embedding size is -3"),
+                          (lambda p: p.update(calibration={"threshold": "high"}), "calibrated threshold"),
+                          (lambda p: p["model"]["backbone"].update(name=7), "backbone name"),
+                          (lambda p: p.update(state_dict={"x": torch.zeros(1)}), "cannot be rebuilt")]:
+        with pytest.raises(LookalikeError, match=message):
+            load_embedder(embedder_with(edit))
+    net = BoxNet("test_efficientnet", 32, pretrained=False)
+    for size, confidence, message in [(30000, 0.5, "image size is 30000"), (32, "0.5", "min_confidence is '0.5'"),
+                                      (32, 1.5, "min_confidence is 1.5"), (True, 0.5, "image size is True")]:
+        save_box_file(net, tmp_path / "box.pt", 0.5)
+        box = _reloaded(tmp_path / "box.pt", tmp_path / "bad_box.pt",
+                        lambda p: (p["model"].update(image_size=size), p.update(min_confidence=confidence)))
+        with pytest.raises(LookalikeError, match=message):
+            BoxFinder.load(box)
+    ckpt = _reloaded(Path(trained["best_checkpoint"]), tmp_path / "big.ckpt",
+                     lambda p: p["hyper_parameters"]["config"]["model"].update(image_size=60000))
+    with pytest.raises(LookalikeError, match="model.image_size is 60000"):
+        load_checkpoint(ckpt)
+    good = tmp_path / "good.lkidx"
+    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(good)
+    with zipfile.ZipFile(good) as z:
+        meta = json.loads(z.read("meta.json"))
+    for field, value in [("dim", 10**9), ("dim", "16"), ("count", -1), ("rerank", 1.5), ("search_params", [1])]:
+        bad = _damaged(good, tmp_path / f"{field}.lkidx", "meta.json", json.dumps({**meta, field: value}).encode())
+        with pytest.raises(LookalikeError, match=f"its {field} is"):
+            Index.load(bad)

@@ -9,7 +9,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from filelock import FileLock, Timeout
 
@@ -123,3 +123,26 @@ def link_latest(folder: str | Path) -> None:
     except OSError:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+MAX_INPUT_SIDE = 1024  # the largest model input side a lookalike file may ask for (a 64-image batch: 0.8 GB)
+MAX_DIM = 65_536  # the largest embedding size
+
+
+def number_field(value: Any, name: str, source: str | Path, low: float, high: float, integer: bool = False) -> Any:
+    """``value``, the field ``name`` read from the file ``source``, if it is a number (an integer with ``integer``)
+    within [``low``, ``high``]; else one message. Every number read from a file goes through here before use."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise LookalikeError(f"'{source}' is damaged or not lookalike's: its {name} is {repr(value)[:40]}, not "
+                             f"{kind} from {low:g} to {high:g}")
+    return value
+
+
+def text_field(value: Any, name: str, source: str | Path, longest: int = 200) -> str:
+    """``value``, the field ``name`` read from ``source``, if it is text of at most ``longest`` characters."""
+    if not isinstance(value, str) or len(value) > longest:
+        raise LookalikeError(f"'{source}' is damaged or not lookalike's: its {name} is not text of at most "
+                             f"{longest} characters")
+    return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from lookalike.errors import LookalikeError
+from lookalike.files import MAX_INPUT_SIDE
 from lookalike.inference.embedder_file import pretrained_embedder, save_embedder
 from lookalike.models.backbone import POOLS
 from lookalike.provenance import provenance
@@ -21,6 +23,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--checkpoint", help="a local timm or torchvision state dict with the weights")
     parser.add_argument("--out", required=True, help="embedder file to write")
     args = parser.parse_args(argv)
+    if args.image_size is not None and not 8 <= args.image_size <= MAX_INPUT_SIDE:
+        raise LookalikeError(f"--image-size {args.image_size}: choose 8 to {MAX_INPUT_SIDE} pixels")
     embedder = pretrained_embedder(args.model, args.pool, args.image_size, args.checkpoint)
     save_embedder(embedder, args.out, pretrained={"model": args.model, "pool": args.pool,
                                                   "checkpoint": args.checkpoint}, **provenance(0))

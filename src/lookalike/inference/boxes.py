@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from lookalike.data.images import Box, crop_box, load_rgb
 from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write
+from lookalike.files import MAX_INPUT_SIDE, atomic_write, number_field, text_field
 from lookalike.inference.embedder_file import read_payload
 from lookalike.models.box import BoxNet
 
@@ -55,13 +55,16 @@ class BoxFinder:
         """The box model of a box file, or one clear message for a missing, corrupt or foreign file."""
         payload = read_payload(path, FORMAT, "box file", "No box model at '{path}': train one with `python train.py "
                                "experiment=box` (it writes box.pt), or pass --boxes FILE, or search with --crop none")
+        model = payload.get("model") if isinstance(payload.get("model"), dict) else {}
         try:
-            net = BoxNet(payload["model"]["backbone"], payload["model"]["image_size"], pretrained=False)
+            net = BoxNet(text_field(model.get("backbone"), "backbone", path),
+                         number_field(model.get("image_size"), "image size", path, 8, MAX_INPUT_SIDE, integer=True),
+                         pretrained=False)
             net.load_state_dict(payload["state_dict"])
-        except (RuntimeError, KeyError, TypeError, LookalikeError) as e:
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise LookalikeError(f"'{path}' is a damaged box file ({e})") from e
-        return cls(net, payload["min_confidence"] if min_confidence is None else min_confidence,
-                   str(Path(path).expanduser().resolve()))
+        stored = number_field(payload.get("min_confidence"), "min_confidence", path, 0, 1)
+        return cls(net, stored if min_confidence is None else min_confidence, str(Path(path).expanduser().resolve()))
 
     @torch.no_grad()
     def find(self, images: Sequence[np.ndarray]) -> list[tuple[Box, float]]:

@@ -23,13 +23,13 @@ import numpy as np
 from lookalike.data.images import Box
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write, locked
+from lookalike.files import atomic_write, locked, text_field
 from lookalike.inference.boxes import BoxFinder
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.inference.filters import Columns, Condition, mask
 from lookalike.inference.sharded import Processes, embed_sharded
-from lookalike.inference.store import Catalogue, SearchHit
+from lookalike.inference.store import Catalogue, SearchHit, check_meta
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.expansion import database_augmentation
 from lookalike.retrieval.knn import FaissIndex, default_search_params, is_lossy, ivf_cells, rescore
@@ -335,9 +335,10 @@ class Index(Catalogue):
                     raise LookalikeError(f"'{path}' is not a lookalike index of this version (expected format "
                                          f"{FORMAT}, found {found}): build it again with `lookalike index build`")
                 missing = [k for k in META_KEYS if k not in meta]
-                if missing or not isinstance(meta["count"], int) or not isinstance(meta["dim"], int):
-                    raise LookalikeError(f"'{path}' is a damaged lookalike index (meta.json lacks {missing or 'types'})")
-                count, dim = max(0, meta["count"]), max(1, meta["dim"])
+                if missing:
+                    raise LookalikeError(f"'{path}' is a damaged lookalike index (meta.json lacks {missing})")
+                count, dim = check_meta(meta, str(path))["count"], meta["dim"]
+                text_field(meta["factory"], "factory", path)
                 items = json.loads(_member(z, "items.json", path.stat().st_size))
                 blob = _member(z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
                 exact = _vectors_member(path, z, count, dim) if "vectors.npy" in z.namelist() else None

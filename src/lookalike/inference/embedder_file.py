@@ -16,7 +16,7 @@ import torch
 
 from lookalike.config import trusted_config
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write
+from lookalike.files import MAX_DIM, MAX_INPUT_SIDE, atomic_write, number_field, text_field
 from lookalike.models.embedder import Embedder
 
 FORMAT = "lookalike-embedder/1"
@@ -69,16 +69,36 @@ def read_payload(path: str | Path, fmt: str, kind: str, missing: str) -> dict[st
 
 
 def read_embedder_file(path: str | Path) -> dict[str, Any]:
-    """The raw contents of an embedder file, or one clear error for a missing, corrupt or foreign file."""
-    return read_payload(path, FORMAT, "embedder file", "No embedder file at '{path}'")
+    """The raw contents of an embedder file, or one clear error for a missing, corrupt or foreign file, or one
+    whose fields are not of their types and ranges."""
+    payload = read_payload(path, FORMAT, "embedder file", "No embedder file at '{path}'")
+    model = payload.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("backbone"), dict) \
+            or not isinstance(model.get("head"), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise LookalikeError(f"'{path}' is a damaged embedder file (no model description or weights)")
+    text_field(model["backbone"].get("name"), "backbone name", path)
+    if model.get("image_size") is not None:
+        number_field(model["image_size"], "image size", path, 8, MAX_INPUT_SIDE, integer=True)
+    if model["head"].get("embedding_size") is not None:
+        number_field(model["head"]["embedding_size"], "embedding size", path, 1, MAX_DIM, integer=True)
+    calibration = payload.get("calibration")
+    if calibration is not None:
+        if not isinstance(calibration, dict):
+            raise LookalikeError(f"'{path}' is a damaged embedder file (its calibration is not a mapping)")
+        number_field(calibration.get("threshold"), "calibrated threshold", path, -1, 1)
+    return payload
 
 
 def embedder_from_payload(payload: dict[str, Any]) -> Embedder:
     """Rebuild the embedder from the contents of an embedder file (see :func:`read_embedder_file`)."""
     config = payload["model"]
     backbone = {**config["backbone"], "pretrained": False, "checkpoint": None}
-    embedder = Embedder(backbone, config["head"], config.get("image_size"))
-    embedder.load_state_dict(payload["state_dict"])
+    try:
+        embedder = Embedder(backbone, config["head"], config.get("image_size"))
+        embedder.load_state_dict(payload["state_dict"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as e:
+        raise LookalikeError(f"The embedder file's model cannot be rebuilt: it is damaged or of another version "
+                             f"({str(e)[:300]})") from e
     return embedder.eval()
 
 

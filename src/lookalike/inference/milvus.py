@@ -34,7 +34,7 @@ from lookalike.inference.catalog import embed_catalogue
 from lookalike.inference.embedder_file import calibrated_threshold, embedder_hash, read_embedder_file
 from lookalike.inference.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
 from lookalike.inference.sharded import Processes
-from lookalike.inference.store import Catalogue, SearchHit
+from lookalike.inference.store import Catalogue, SearchHit, check_meta
 from lookalike.retrieval.knn import default_search_params
 
 FORMAT = "lookalike-milvus/1"
@@ -345,7 +345,7 @@ def _finished_meta(client: Any, uri: str, collection: str) -> dict[str, Any]:
     if meta.get("state") != "ready":
         raise LookalikeError(f"The build of collection {collection!r} at {uri!r} did not finish: run the same "
                              f"`lookalike index build` again to continue it")
-    return meta
+    return check_meta(meta, f"{uri} ({collection})")
 
 
 def _fields(entity: dict[str, Any]) -> dict[str, str] | None:

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from lookalike.errors import LookalikeError
+from lookalike.files import MAX_DIM, number_field, text_field
 from lookalike.inference.boxes import BoxFinder
 from lookalike.inference.embedder_file import embedder_hash, read_embedder_file
 from lookalike.inference.filters import Condition
@@ -36,6 +37,22 @@ class SearchHit:
 def hit_value(hit: SearchHit, column: str) -> str:
     """A result's ``label`` or manifest field ``column`` (empty when the item has none)."""
     return hit.label if column == "label" else (hit.fields or {}).get(column, "")
+
+
+MAX_ITEMS = 1 << 40
+
+
+def check_meta(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """A catalogue's meta read from a file or a collection, once every field both backends use is of its type and
+    range (one message otherwise)."""
+    number_field(meta.get("dim"), "dim", source, 1, MAX_DIM, integer=True)
+    number_field(meta.get("count", 0), "count", source, 0, MAX_ITEMS, integer=True)
+    number_field(meta.get("next_id", 0), "next_id", source, 0, 1 << 62, integer=True)
+    number_field(meta.get("rerank") or 0, "rerank", source, 0, 1 << 20, integer=True)
+    for name in ("embedder_hash", "embedder", "search_params", "boxes"):
+        if meta.get(name) is not None or name in ("embedder_hash", "embedder"):
+            text_field(meta.get(name), name, source, 4096)
+    return meta
 
 
 class Catalogue(ABC):

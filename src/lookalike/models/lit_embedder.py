@@ -16,6 +16,7 @@ from torch import nn
 
 from lookalike.config import build, trusted_config
 from lookalike.errors import LookalikeError
+from lookalike.files import MAX_INPUT_SIDE, number_field
 from lookalike.models.dense_triplet import DenseSemiHardTripletLoss
 from lookalike.models.embedder import Embedder
 from lookalike.models.nonfinite import NonFiniteSteps
@@ -263,6 +264,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if "config" not in hp or "state_dict" not in ckpt:
         raise LookalikeError(f"'{path}' is not a lookalike training checkpoint (it has no training config)")
     config = copy.deepcopy(hp["config"])
+    if not isinstance(config.get("model"), dict) or not isinstance(config["model"].get("backbone"), dict):
+        raise LookalikeError(f"'{path}' is a damaged lookalike training checkpoint (no model in its config)")
+    if config["model"].get("image_size") is not None:
+        number_field(config["model"]["image_size"], "model.image_size", path, 8, MAX_INPUT_SIDE, integer=True)
     config["model"]["backbone"].update(pretrained=False, checkpoint=None)  # the weights come from the file
     module = LitEmbedder(config, hp["num_train_classes"])
     module.load_state_dict(ckpt["state_dict"])
