@@ -528,7 +528,16 @@ def test_a_build_never_deletes_a_folder_it_did_not_make(trained: dict, catalogue
     (notes / "todo.txt").write_text("mine")
     err = _fails(["index", "build", "--embedder", trained["embedder"], "--images", str(catalogue[0]),
                   "--out", str(tmp_path / "notes"), "--workers", "0"], capsys)
-    assert "is not a lookalike build in progress" in err and (notes / "todo.txt").read_text() == "mine"
+    assert "is not lookalike's build in progress" in err and (notes / "todo.txt").read_text() == "mine"
+    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.inference.sharded import Processes, embed_sharded
+
+    shards = tmp_path / "notes.shards"  # what --devices N embeds into: the same rule
+    shards.mkdir()
+    (shards / "todo.txt").write_text("mine")
+    with pytest.raises(LookalikeError, match="is not lookalike's embedding shards folder"):
+        embed_sharded(load_embedder(trained["embedder"]), [str(catalogue[0])], Processes(2, shards))
+    assert (shards / "todo.txt").read_text() == "mine"
 
 
 # -- 9. one file, one path ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -110,6 +111,21 @@ def locked(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def claim_folder(folder: Path, marker: str, what: str) -> None:
+    """Make ``folder`` lookalike's own working folder, with the file ``marker`` in it that says so; a folder of that
+    name without the marker is someone else's and is refused (``what`` names the folder's use in the message)."""
+    if folder.exists() and not (folder / marker).is_file():
+        raise LookalikeError(f"'{folder}' exists and is not lookalike's {what}: move it away, or choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / marker).touch()
+
+
+def release_folder(folder: Path, marker: str) -> None:
+    """Remove ``folder`` with everything in it, only if it is lookalike's own (it holds ``marker``)."""
+    if (folder / marker).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def link_latest(folder: str | Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import numpy as np
 from lookalike.data.images import Box
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write, locked, text_field
+from lookalike.files import atomic_write, claim_folder, locked, release_folder, text_field
 from lookalike.inference.boxes import BoxFinder
 from lookalike.inference.embed import embed_files
 from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
@@ -54,13 +53,10 @@ class BuildCheckpoint:
     def __init__(self, folder: Path, key: str):
         self.folder, self.key = folder, key
         key_file = folder / PARTIAL_MARKER
-        if folder.exists() and not key_file.is_file():
-            raise LookalikeError(f"'{folder}' exists and is not a lookalike build in progress: move it away, or "
-                                 f"choose another --out (a build keeps its progress in <out>.partial/)")
-        if folder.is_dir() and json.loads(key_file.read_text()) != key:
+        if key_file.is_file() and key_file.read_text() != json.dumps(key):
             warnings.warn(f"Ignoring '{folder}': it is from a build with other images or another embedder")
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+            release_folder(folder, PARTIAL_MARKER)
+        claim_folder(folder, PARTIAL_MARKER, "build in progress (a build keeps its progress in <out>.partial/)")
         atomic_write(key_file, lambda tmp: Path(tmp).write_text(json.dumps(key)))
 
     def load(self) -> tuple[int, list[np.ndarray], list[np.ndarray], list[str]]:
@@ -244,8 +240,7 @@ class Index(Catalogue):
             return None
         with locked(out):
             index.save(out)
-        if (partial / PARTIAL_MARKER).is_file():  # only lookalike's own folder
-            shutil.rmtree(partial, ignore_errors=True)
+        release_folder(partial, PARTIAL_MARKER)  # only lookalike's own folder
         return index
 
     @classmethod

@@ -10,7 +10,6 @@ launcher for a rank other than 0 gets None and writes nothing else.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,8 +22,12 @@ from torch.utils.data import DataLoader
 
 from lookalike.data.images import Box
 from lookalike.errors import LookalikeError
+from lookalike.files import claim_folder, release_folder
 from lookalike.inference.embed import image_files
 from lookalike.models.embedder import Embedder
+
+
+SHARDS_MARKER = "lookalike-shards"  # in <out>.shards/: the folder is lookalike's own, to remove when done
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,9 @@ def embed_sharded(embedder: Embedder, paths: Sequence[str], processes: Processes
                   ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
     """Embed ``paths`` (cut to ``boxes`` where given) in ``processes``; on rank 0, (positions of the readable files
     in order, their vectors, errors of the others), the shards then removed; None on the other ranks."""
-    loader = DataLoader(image_files(embedder, paths, boxes), batch_size=batch_size, num_workers=num_workers)
     folder = processes.folder
+    claim_folder(folder, SHARDS_MARKER, "embedding shards folder (<out>.shards/)")
+    loader = DataLoader(image_files(embedder, paths, boxes), batch_size=batch_size, num_workers=num_workers)
     trainer = L.Trainer(accelerator=processes.accelerator, devices=processes.devices, num_nodes=processes.num_nodes,
                         strategy="ddp", callbacks=[_ShardWriter(folder)], logger=False, enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=True)
@@ -99,6 +103,6 @@ def embed_sharded(embedder: Embedder, paths: Sequence[str], processes: Processes
     positions = np.concatenate([s["positions"] for s in shards])
     vectors = np.concatenate([s["vectors"] for s in shards])
     errors = {int(k): v for s in shards for k, v in json.loads(str(s["errors"])).items()}
-    shutil.rmtree(folder, ignore_errors=True)
+    release_folder(folder, SHARDS_MARKER)
     first = np.unique(positions, return_index=True)[1]  # in file order, each once (the sampler pads with repeats)
     return positions[first], vectors[first], [errors[k] for k in sorted(errors)]
