@@ -259,3 +259,30 @@ def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the
         assert index.count(where) == milvus.count(where) == expected, text
     with pytest.raises(LookalikeError, match="nested more than"):
         parse_filter("not " * 200 + 'brand == "é"', columns)
+
+
+@pytest.mark.parametrize("stop", ["create_collection", "create_index"])
+def test_a_build_stopped_right_after_creating_its_collection_is_finished_by_the_same_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+    """A kill between creating the collection and the rest of its set-up (its metadata, its index) once left a
+    collection no command could use or replace; the same build now recognises it and finishes it."""
+    from pymilvus import MilvusClient
+
+    index, _ = vector_catalogue()
+    items = [{k: v for k, v in it.items() if k != "id"} for it in index.items]
+    real = getattr(MilvusClient, stop)
+
+    def killed(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        raise KeyboardInterrupt  # as far as the collection is concerned, a kill right after the call
+
+    monkeypatch.setattr(MilvusClient, stop, killed)
+    with pytest.raises(KeyboardInterrupt):
+        MilvusCatalog.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="k1")
+    monkeypatch.setattr(MilvusClient, stop, real)
+    with pytest.raises(LookalikeError, match="already exists"):  # another build of that name is still refused
+        MilvusCatalog.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="other")
+    finished = MilvusCatalog.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="k1")
+    assert finished.count() == len(items) and finished.meta["state"] == "ready"
+    finished.close()
+    assert MilvusCatalog.open(str(tmp_path / "k.db"), "shop").count() == len(items)

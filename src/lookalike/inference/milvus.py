@@ -174,7 +174,9 @@ class MilvusCatalog(Catalogue):
                 "key": key, "state": "building", "index": {"type": kind, "params": build_params}, "boxes": boxes}
         with _writing(uri):
             client = connect(uri, token)
-            if not _check_new(client, uri, collection, key):
+            if _check_new(client, uri, collection, key):
+                _ensure_index(client, collection, meta)
+            else:
                 _create(client, collection, meta)
             catalogue = cls(client, collection, meta, uri)
             catalogue.insert(items, vectors, skip_present=True)
@@ -382,10 +384,19 @@ def _create(client: Any, collection: str, meta: dict[str, Any]) -> None:
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta["dim"])
     schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
     schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL)
+    # the meta goes in with the collection, in one call: a build killed at any point leaves a collection that the
+    # same build recognises (state "building", its key) and finishes
+    client.create_collection(collection, schema=schema, consistency_level="Strong", properties={META: json.dumps(meta)})
+    _ensure_index(client, collection, meta)
+
+
+def _ensure_index(client: Any, collection: str, meta: dict[str, Any]) -> None:
+    """The vector index of a collection being built (made now if a killed build left it without one)."""
+    if client.list_indexes(collection):
+        return
     params = client.prepare_index_params()
     params.add_index("vector", index_type=meta["index"]["type"], metric_type="IP", params=meta["index"]["params"])
-    client.create_collection(collection, schema=schema, index_params=params, consistency_level="Strong")
-    client.alter_collection_properties(collection, properties={META: json.dumps(meta)})
+    client.create_index(collection, params)
 
 
 def _writing(uri: str):
