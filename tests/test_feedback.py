@@ -45,6 +45,42 @@ def test_marks_are_appended_with_each_photo_kept_once(tmp_path: Path) -> None:
     assert len(read_feedback(log.file)) == 3
 
 
+def test_a_mark_is_kept_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk in the middle of a mark: nothing of it stays (the file is cut back), the next mark is whole; a
+    row a killed writer left unfinished is cut off before the next mark; formula-like cells are escaped."""
+    import errno
+    import os
+
+    from lookalike.data import feedback
+
+    log = FeedbackLog(tmp_path / "c.feedback")
+    item = {"id": 7, "label": "sofa", "path": "/catalogue/sofa.jpg"}
+    log.record([_photo(0)], item, "same")
+    before = log.file.read_bytes()
+    real_pwrite = os.pwrite
+
+    def half_then_full(fd: int, data: bytes, offset: int) -> int:
+        if len(data) > 20:
+            return real_pwrite(fd, data[:len(data) // 2], offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for trial in range(5):
+        monkeypatch.setattr(feedback.os, "pwrite", half_then_full)
+        with pytest.raises(LookalikeError, match="nothing of this mark was kept"):
+            log.record([_photo(1), _photo(2)], {**item, "label": f"bogus{trial}"}, "different")
+        monkeypatch.setattr(feedback.os, "pwrite", real_pwrite)
+        assert log.file.read_bytes() == before
+    with open(log.file, "a") as f:
+        f.write("2026-01-01T00:00:00,photos/x.jpg,sa")  # a writer killed mid-row
+    formula = {"id": 9, "label": "=cmd|' /C calc'!A0", "path": "@/catalogue/x.jpg"}
+    log.record([_photo(3)], formula, "different")
+    text = log.file.read_bytes().decode()
+    assert text.startswith(before.decode()) and "x.jpg,sa" not in text and "'=cmd|" in text and ",'@/catalogue" in text
+    marks = read_feedback(log.file)
+    assert [(m.verdict, m.label, m.path) for m in marks] == [("same", "sofa", "/catalogue/sofa.jpg"),
+                                                             ("different", formula["label"], formula["path"])]
+
+
 @pytest.mark.parametrize("text, message", [(None, "no feedback file"), ("photo,label\na.jpg,x\n", "lacks columns"),
                                            ("photo,verdict,label,path\na.jpg,maybe,x,b.jpg\n", "unknown verdict")])
 def test_bad_feedback_files_get_one_clear_message(tmp_path: Path, text: str | None, message: str) -> None:

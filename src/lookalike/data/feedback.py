@@ -91,15 +91,48 @@ class FeedbackLog:
             rows = [{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "photo": self._photo(image), "verdict": verdict,
                      "item": str(item["id"]), "label": str(item.get("label") or ""), "path": str(item["path"])}
                     for image in images]
-            new = not self.file.exists() or self.file.stat().st_size == 0
-            with open(self.file, "a", newline="") as f:
-                writer = csv.DictWriter(f, COLUMNS)
-                if new:
-                    writer.writeheader()
-                writer.writerows(rows)
-                f.flush()
-                os.fsync(f.fileno())
+            header, text = io.StringIO(), io.StringIO()
+            csv.DictWriter(header, COLUMNS).writeheader()
+            csv.DictWriter(text, COLUMNS).writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+            _append_whole(self.file, text.getvalue().encode(), header.getvalue().encode())
         return rows
+
+
+# Cells a spreadsheet would read as a formula start with one of these; they are written after a ' (as spreadsheets
+# expect), and so is a cell that starts with ' itself, so that reading takes exactly one ' off.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _cell(value: str) -> str:
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def _uncell(value: str) -> str:
+    return value[1:] if value.startswith("'") else value
+
+
+def _append_whole(path: Path, data: bytes, header: bytes) -> None:
+    """Append ``data`` to ``path`` (``header`` first, to an empty file) whole or not at all: a failed write (a full
+    disk) is cut back to where it started, and a row a killed writer left unfinished is cut off first."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end and os.pread(fd, 1, end - 1) != b"\n":  # half a row: back to the last whole one
+            tail = os.pread(fd, min(end, 1 << 16), max(0, end - (1 << 16)))
+            end = max(0, end - len(tail) + tail.rfind(b"\n") + 1) if b"\n" in tail else 0
+            os.ftruncate(fd, end)
+        data = data if end else header + data
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], end + written)
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, end)
+            raise LookalikeError(f"The feedback file could not be written ({e.strerror or e}): nothing of this mark "
+                                 "was kept; free some disk space") from e
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -127,7 +160,8 @@ def read_feedback(path: str | Path) -> list[Mark]:
     unknown = sorted({r["verdict"] for r in whole} - set(VERDICTS))
     if unknown:
         raise LookalikeError(f"Feedback file '{path}': unknown verdict(s) {unknown}; use same or different")
-    return [Mark(str(path.parent / r["photo"]), r["verdict"], r["label"], r["path"]) for r in whole]
+    return [Mark(str(path.parent / _uncell(r["photo"])), r["verdict"], _uncell(r["label"]), _uncell(r["path"]))
+            for r in whole]
 
 
 @dataclass

@@ -303,7 +303,9 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         try:
             rows = marks.record(photos(image, PHOTO_SIDE), catalogue_item(item), verdict)
         except LookalikeError as e:  # the folder is full, or its lock is held too long
-            raise HTTPException(507, str(e)) from e
+            log.error("feedback not kept in %s: %s", feedback, e)  # the log names the folder; the answer does not
+            raise HTTPException(507, "The server cannot keep this mark now (its feedback folder is full, its disk is "
+                                "full or it is busy): nothing of it was kept; its log says more") from e
         except OSError as e:
             log.error("cannot write feedback to %s: %s", feedback, e)
             raise HTTPException(507, "The server cannot write feedback: see its log") from e
