@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import lookalike.inference.catalog as catalog
 from lookalike.inference.catalog import Index
 from lookalike.errors import LookalikeError
 from lookalike.inference.embedder_file import load_embedder
+from lookalike.inference.filters import parse_filter
 from lookalike.inference.milvus import MilvusCatalog, item_id
 from lookalike.retrieval.knn import FaissIndex, default_search_params
 
@@ -202,17 +205,20 @@ def test_reembed_makes_the_same_catalogue_with_another_embedder(trained: dict, c
     with the same embedder, the same vectors as a fresh build."""
     from lookalike.inference.backends import build_catalogue, reembed
 
-    manifest = tmp_path / "shop.csv"
-    rows = catalogue[0].read_text().splitlines()
-    manifest.write_text("\n".join([rows[0] + ",brand"] + [f"{r},b{i % 2}" for i, r in enumerate(rows[1:])]) + "\n")
+    manifest = tmp_path / "shop.jsonl"  # the last item has no brand: after reembed it still has none
+    rows = [r.rsplit(",", 1) for r in catalogue[0].read_text().splitlines()[1:]]
+    manifest.write_text("".join(json.dumps({"path": p, "label": label, **({"brand": f"b{i % 2}"} if i < len(rows) - 1
+                                                                         else {})}) + "\n"
+                                for i, (p, label) in enumerate(rows)))
     suffix = ".lkidx" if backend == "faiss" else ".db"
     build_catalogue(tmp_path / f"old{suffix}", trained["embedder"], manifest, backend, num_workers=0)
     new = reembed(tmp_path / f"old{suffix}", trained["embedder"], tmp_path / f"new{suffix}", backend,
                   num_workers=0, factory="HNSW32")
     fresh = Index.build(trained["embedder"], manifest, num_workers=0)
-    assert [(it["path"], it["label"], it["fields"]) for it in new.listing()] == \
-        [(it["path"], it["label"], it["fields"]) for it in sorted(fresh.items, key=lambda it: _id(it, backend))]
-    assert new.meta["factory"] == "HNSW32" and not (tmp_path / f"new{suffix}.items.csv").exists()
+    assert [(it["path"], it["label"], it.get("fields")) for it in new.listing()] == \
+        [(it["path"], it["label"], it.get("fields")) for it in sorted(fresh.items, key=lambda it: _id(it, backend))]
+    assert new.meta["factory"] == "HNSW32" and not (tmp_path / f"new{suffix}.items.jsonl").exists()
+    assert new.count(parse_filter('brand != "b0"', new.columns()).condition) == (len(rows) - 1) // 2
     ids = [it["id"] for it in new.listing()]
     order = [it["path"] for it in new.listing()]
     np.testing.assert_allclose(new.vectors_of(ids), fresh.vectors_of([_row(fresh, p) for p in order]), atol=1e-5)

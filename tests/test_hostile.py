@@ -67,6 +67,33 @@ def test_elongated_and_huge_images_are_refused_from_their_header(tmp_path: Path)
         load_rgb(str(eps))
 
 
+def test_concurrent_decodes_take_turns_within_the_pixel_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four threads decoding 1,000 x 1,000 RGBA PNGs under a 1.5-million-pixel budget: one at a time, each whole."""
+    import threading
+
+    from lookalike.data import images
+
+    budget = images.PixelBudget(1_500_000)
+    monkeypatch.setattr(images, "DECODING", budget)
+    seen, real_paste = [], Image.Image.paste
+
+    def paste(self, *args, **kwargs):  # runs while a decode holds its pixels
+        seen.append(budget.used)
+        return real_paste(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "paste", paste)
+    picture = io.BytesIO()
+    Image.new("RGBA", (1000, 1000), (10, 200, 30, 128)).save(picture, "PNG")
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(load_rgb(io.BytesIO(picture.getvalue())))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [1_000_000] * 4 and budget.used == 0
+    assert len(out) == 4 and all(a.shape == (1000, 1000, 3) and tuple(a[0, 0]) == (132, 227, 142) for a in out)
+
+
 def test_index_build_skips_images_that_cannot_be_decoded(trained: dict, catalogue, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     manifest, _, _ = catalogue
@@ -365,6 +392,23 @@ def test_posts_from_another_sites_page_are_refused(app) -> None:
         assert client.post("/api/search", files=files, headers=headers).status_code == 200, headers
 
 
+def test_a_running_page_sees_items_removed_from_its_catalogue(app, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app, base_url="http://127.0.0.1")
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photo, "PNG")
+    files = {"image": ("p.png", photo.getvalue(), "image/png")}
+    first = client.post("/api/search", files=files, data={"k": "5"}).json()["results"][0]["id"]
+    lookalike(["index", "remove", "--index", str(tmp_path / "c.lkidx"), "--ids", str(first)])
+    assert "removed 1 item(s)" in capsys.readouterr().out
+    assert client.get(f"/api/items/{first}").status_code == 404
+    assert client.get(f"/api/items/{first}/image").status_code == 404
+    assert first not in [r["id"] for r in client.post("/api/search", files=files, data={"k": "5"}).json()["results"]]
+    assert client.post("/api/feedback", files=files, data={"item": first, "verdict": "same"}).status_code == 404
+
+
 def test_the_page_leaks_no_paths_no_reprs_and_answers_loopback_names_only(app, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
@@ -596,3 +640,76 @@ def test_fields_of_files_are_checked_before_use(trained: dict, catalogue, tmp_pa
         bad = _damaged(good, tmp_path / f"{field}.lkidx", "meta.json", json.dumps({**meta, field: value}).encode())
         with pytest.raises(LookalikeError, match=f"its {field} is"):
             Index.load(bad)
+
+
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The message of a command argparse refuses (exit status 2, the usage line, no traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        lookalike(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err and err.startswith("usage: "), err
+    return err.strip().splitlines()[-1]
+
+
+def test_loose_ends_get_one_message_and_never_hang(trained: dict, catalogue, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import threading
+    import warnings
+
+    index = tmp_path / "c.lkidx"
+    build = ["index", "build", "--embedder", trained["embedder"], "--images", str(catalogue[0]), "--workers", "0"]
+    assert "argument --batch-size: 0 is out of range" in _usage_error([*build, "--out", str(index), "--batch-size",
+                                                                       "0"], capsys)
+    assert "collection name" in _usage_error([*build, "--out", str(tmp_path / "c.db"), "--backend", "milvus",
+                                              "--collection", "a/b"], capsys)
+    lookalike([*build, "--out", str(index)])
+    capsys.readouterr()
+    serve = ["serve", "--index", str(index)]
+    assert "argument --port: 99999 is out of range" in _usage_error([*serve, "--port", "99999"], capsys)
+    assert "argument --qe: -3 is out of range" in _usage_error([*serve, "--qe", "-3"], capsys)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "full.lkidx"))
+
+    with monkeypatch.context() as patch:  # a full disk while the index is written
+        patch.setattr(zipfile.ZipFile, "writestr", full)
+        assert "the disk is full" in _fails([*build, "--out", str(tmp_path / "full.lkidx")], capsys)
+    assert not (tmp_path / "full.lkidx").exists() and not list(tmp_path.glob(".full.lkidx.*"))
+    (tmp_path / "broken.db").write_bytes(os.urandom(5000))  # a Milvus Lite database that is not one
+    photo = _png(tmp_path / "photo.png", 40, 40)
+    assert "is not a Milvus Lite database" in _fails(["search", "--backend", "milvus", "--index",
+                                                      str(tmp_path / "broken.db"), str(photo)], capsys)
+
+    fifo = tmp_path / "pipe.jpg"  # opening a FIFO for reading waits for a writer: never opened
+    os.mkfifo(fifo)
+    problems = []
+    reader = threading.Thread(target=lambda: problems.append(image_problem(str(fifo))), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and "not a regular file" in problems[0]
+    with pytest.raises(LookalikeError, match="not a regular file"):
+        load_rgb(str(fifo))
+
+    shop = tmp_path / "shop" / "mugs"  # a picture and a link to it: one item, one path
+    shop.mkdir(parents=True)
+    _png(shop / "a.png", 20, 20)
+    (shop / "b.png").symlink_to(shop / "a.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = labelled_images(tmp_path / "shop")
+    assert [it["path"] for it in items] == [str((shop / "a.png").resolve())]
+    assert any("names 1 file(s) twice" in str(w.message) for w in caught)
+
+
+def test_a_page_bound_to_ipv6_loopback_answers_its_own_name(trained: dict, catalogue, tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve.app import LOOPBACK_NAMES, create_app
+
+    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    app = create_app(tmp_path / "c.lkidx", allowed_hosts=LOOPBACK_NAMES)
+    assert TestClient(app, base_url="http://[::1]:8000").get("/api/items/0").status_code == 200
+    assert TestClient(app, base_url="http://[::2]:8000").get("/api/items/0").status_code == 400

@@ -3,6 +3,7 @@ does the work."""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from lookalike.cli import (augment_preview, calibrate, demo_data, download, evaluate, export, index, pretrained,
@@ -74,4 +75,11 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[command](rest)
     except LookalikeError as e:
         print(f"lookalike: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"lookalike: error: the disk is full ({e.filename or e.strerror}): free some space and run the command "
+              "again; the files it was writing were left as they were (lookalike writes them whole or not at all)",
+              file=sys.stderr)
         sys.exit(2)

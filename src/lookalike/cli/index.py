@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from lookalike.inference.backends import BACKENDS, build_catalogue, editing, reembed
+from lookalike.cli.values import NON_NEGATIVE, POSITIVE, collection
 from lookalike.inference.boxes import box_file_for
 from lookalike.inference.milvus import DEFAULT_COLLECTION
 
@@ -28,22 +29,22 @@ def _parser() -> argparse.ArgumentParser:
     reembed.add_argument("--index", required=True, help="the index whose items to embed anew")
     reembed.add_argument("--embedder", required=True, help="the new embedder file")
     reembed.add_argument("--out", required=True, help="the new index (.lkidx), or the Milvus file / URI")
-    reembed.add_argument("--out-collection", help="--backend milvus: the new collection (default: --collection; "
+    reembed.add_argument("--out-collection", type=collection, help="--backend milvus: the new collection (default: --collection; "
                          "another name when --out is the same file or server)")
     for p in (build, reembed):
         p.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
                        "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
-        p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+        p.add_argument("--batch-size", type=POSITIVE, default=64)
+        p.add_argument("--workers", type=NON_NEGATIVE, help="decoding processes (default: up to 4)")
     build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
                        "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
-    build.add_argument("--rerank", type=int, help="keep the exact vectors in the file and re-score this many "
+    build.add_argument("--rerank", type=NON_NEGATIVE, help="keep the exact vectors in the file and re-score this many "
                        "candidates per search (default: 200 for compressed types: PQ, SQ, binary; else 0)")
-    build.add_argument("--dba", type=int, default=0, help="database-side augmentation: replace each catalogue vector "
+    build.add_argument("--dba", type=NON_NEGATIVE, default=0, help="database-side augmentation: replace each catalogue vector "
                        "by its normalised sum with this many nearest items (0: off)")
-    build.add_argument("--devices", type=int, default=1, help="embed in this many processes per machine under DDP "
+    build.add_argument("--devices", type=POSITIVE, default=1, help="embed in this many processes per machine under DDP "
                        "(Lightning's predict loop; GPUs, or CPU processes with --accelerator cpu)")
-    build.add_argument("--num-nodes", type=int, default=1, help="machines taking part (each runs the same command; "
+    build.add_argument("--num-nodes", type=POSITIVE, default=1, help="machines taking part (each runs the same command; "
                        "Lightning's cluster environment, the output folder shared)")
     build.add_argument("--accelerator", default="auto", help="gpu, cpu or auto (Lightning's)")
     add = sub.add_parser("add", help="embed and add images not yet in the index")
@@ -52,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--ids", type=int, nargs="+", default=[])
     remove.add_argument("--paths", nargs="+", default=[])
     remove.add_argument("--missing", action="store_true", help="remove items whose image file no longer exists")
-    add.add_argument("--batch-size", type=int, default=64)
-    add.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    add.add_argument("--batch-size", type=POSITIVE, default=64)
+    add.add_argument("--workers", type=NON_NEGATIVE, help="decoding processes (default: up to 4)")
     for p in (add, remove):
         p.add_argument("--index", required=True, help="index file to update (rewritten atomically), or the Milvus "
                        "file / URI")
@@ -67,7 +68,7 @@ def add_backend_options(*parsers: argparse.ArgumentParser) -> None:
     for p in parsers:
         p.add_argument("--backend", choices=BACKENDS, default="faiss", help="faiss: a .lkidx file (default); "
                        "milvus: a collection in a Milvus Lite file or on a Milvus server (token: $MILVUS_TOKEN)")
-        p.add_argument("--collection", default=DEFAULT_COLLECTION, help="the Milvus collection (--backend milvus)")
+        p.add_argument("--collection", type=collection, default=DEFAULT_COLLECTION, help="the Milvus collection (--backend milvus)")
 
 
 def main(argv: list[str]) -> None:

@@ -11,6 +11,7 @@ import argparse
 
 import numpy as np
 
+from lookalike.cli.values import NON_NEGATIVE, POSITIVE
 from lookalike.data.pseudo_labels import write_pseudo_labels
 from lookalike.data.unlabeled import image_files
 from lookalike.inference.clusters import cluster_images
@@ -24,8 +25,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--images", required=True, help="folder of images (sub-folders allowed, names ignored)")
     p.add_argument("--clusters", type=int, required=True, help="number of clusters (pseudo-classes)")
     p.add_argument("--out", required=True, help="CSV to write (path,label)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
+    p.add_argument("--workers", type=NON_NEGATIVE, help="decoding processes (default: up to 4)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     kept, labels = cluster_images(load_embedder(a.embedder), image_files(a.images), a.clusters, a.seed,

@@ -11,6 +11,7 @@ from pathlib import Path
 from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.errors import LookalikeError
 from lookalike.cli.index import add_backend_options
+from lookalike.cli.values import NON_NEGATIVE, POSITIVE
 from lookalike.inference.backends import open_catalogue
 from lookalike.inference.boxes import BoxFinder, box_file_for
 from lookalike.inference.catalog import Index
@@ -30,9 +31,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category-by", default="label", help="the column holding the category (default: label)")
     parser.add_argument("--filter", help='only items whose metadata match, e.g. \'brand == "acme" and price < 100\' '
                         "(label and manifest columns; == != < <= > >= in, and / or / not)")
-    parser.add_argument("--votes", type=int, default=10, help="nearest items voting for --category auto")
-    parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items")
-    parser.add_argument("--rerank", type=int, help="candidates re-scored with the exact vectors (default: the "
+    parser.add_argument("--votes", type=POSITIVE, default=10, help="nearest items voting for --category auto")
+    parser.add_argument("--qe", type=NON_NEGATIVE, default=0, help="alpha query expansion with this many nearest items")
+    parser.add_argument("--rerank", type=NON_NEGATIVE, help="candidates re-scored with the exact vectors (default: the "
                         "index's: 200 for compressed index types, 0 for the others)")
     parser.add_argument("--search-params", help="FAISS search parameters for this search instead of the index's, "
                         "e.g. efSearch=512 (more recall, slower)")
@@ -129,7 +130,7 @@ def main_confusers(argv: list[str]) -> None:
                                      "pairs to collect feedback on.")
     parser.add_argument("--index", required=True)
     parser.add_argument("--by", default="label", help="the column that should differ (default: label)")
-    parser.add_argument("--top", type=int, default=50)
+    parser.add_argument("--top", type=POSITIVE, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     index = Index.load(args.index)

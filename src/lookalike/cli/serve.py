@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 
 from lookalike.cli.index import add_backend_options
+from lookalike.cli.values import PORT, POSITIVE, integer
 from lookalike.data.feedback import feedback_folder
 from lookalike.errors import LookalikeError
 from lookalike.inference.milvus import is_remote
-from lookalike.serve.app import LOOPBACK_NAMES, create_app
+from lookalike.serve.app import LOOPBACK_NAMES, MAX_K, create_app
 
 
 def main(argv: list[str]) -> None:
@@ -19,21 +20,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only; "
                         "0.0.0.0 exposes the page to the network)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=PORT, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
-    parser.add_argument("--slots", type=int, default=4, help="searches with an upload at once (more wait: 503)")
+    parser.add_argument("--slots", type=POSITIVE, default=4, help="searches with an upload at once (more wait: 503)")
     parser.add_argument("--feedback", help="folder the page's 'same' / 'not the same' marks go to (default: "
                         "catalog.feedback/ beside catalog.lkidx or catalog.db, <collection>.feedback/ here for a "
                         "server; train with data.feedback=FOLDER/feedback.csv)")
     parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
-    parser.add_argument("--qe", type=int, default=0, help="alpha query expansion with this many nearest items for "
+    parser.add_argument("--qe", type=integer(0, MAX_K), default=0, help="alpha query expansion with this many nearest items for "
                         "requests that do not say (0: off; database-side augmentation is an index build option)")
     parser.add_argument("--boxes", help="box model for crop=auto and the page's detected box (default: the one the "
                         "catalogue was cropped with, else box.pt beside the embedder file, if there is one; python "
                         "train.py experiment=box makes one)")
     args = parser.parse_args(argv)
-    if args.slots < 1 or args.max_upload_mb <= 0:
-        raise LookalikeError("--slots must be at least 1 and --max-upload-mb above 0")
+    if args.max_upload_mb <= 0:
+        raise LookalikeError("--max-upload-mb must be above 0")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     beside = Path(f"{args.collection}.lkidx") if args.backend == "milvus" and is_remote(args.index) else args.index
     feedback = None if args.no_feedback else (args.feedback or feedback_folder(beside))
@@ -44,7 +45,8 @@ def main(argv: list[str]) -> None:
         import uvicorn
     except ImportError as e:
         raise LookalikeError("lookalike serve needs the serve extra: pip install 'lookalike[serve]'") from e
-    print(f"searching {args.index} at http://{args.host}:{args.port}/ (API docs: /docs)")
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
+    print(f"searching {args.index} at http://{host}:{args.port}/ (API docs: /docs)")
     if feedback is not None:
         print(f"marks on results go to {feedback}/feedback.csv")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import stat
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Callable, Sequence
+from contextlib import contextmanager
+from typing import IO, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -28,9 +32,49 @@ MAX_PIXELS = int(os.environ.get("LOOKALIKE_MAX_PIXELS", 40_000_000))
 MAX_ASPECT = 32
 
 
+class PixelBudget:
+    """Pixels being decoded at once in this process, across threads (a server's slots): a decode waits until its
+    pixels fit in ``limit``, so concurrent large uploads take turns instead of adding up. One image's pixels are
+    at most :data:`MAX_PIXELS`, so any single decode fits."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def taken(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.limit)
+        with self._free:
+            self._free.wait_for(lambda: self.used + pixels <= self.limit)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self.used -= pixels
+                self._free.notify_all()
+
+
+DECODING = PixelBudget(MAX_PIXELS)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_large_buffers(threshold: int = 1 << 20) -> None:
+    """Have glibc give every buffer of ``threshold`` bytes or more a mapping of its own, returned to the system
+    when freed. By default glibc raises that threshold after large frees, and the buffers of later large decodes
+    then stay in the heap: a server that decoded four large uploads kept 2.8 GB. For long-running processes
+    (``lookalike serve``); nothing where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
+    except (OSError, AttributeError):
+        pass
+
+
 def _open(path: str | IO[bytes], min_side: int | None) -> Image.Image:
     """The image opened (header only, in :data:`IMAGE_FORMATS`), reduced for decoding at no less than ``min_side``
     where the format allows it (JPEG), and checked against the decoding budget."""
+    if isinstance(path, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file (a FIFO, a device or a folder is never opened)")
     im = Image.open(path, formats=IMAGE_FORMATS)
     if min_side and im.format in ("JPEG", "MPO") and min(im.size) >= 2 * min_side:
         scale = min_side / min(im.size)
@@ -60,12 +104,13 @@ def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | Non
     1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while its short side stays >= ``min_side``; several
     times faster for large photos, and a better-filtered reduction than resizing the full image."""
     try:
-        with _open(path, min_side) as im:
+        with _open(path, min_side) as im, DECODING.taken(im.width * im.height):
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)
+                white = Image.new("RGB", im.size, (255, 255, 255))
+                white.paste(im, mask=im.getchannel("A"))  # on white, with a third of alpha_composite's memory
+                im = white
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grayscale: rescale, not clip
                 arr = np.asarray(im, dtype=np.float32)
                 top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0

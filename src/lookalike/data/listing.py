@@ -4,7 +4,9 @@ folder or a manifest."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,21 @@ from lookalike.errors import LookalikeError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl")
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV or parquet table as dicts of text."""
+    """The rows of a CSV, parquet or JSON-lines table as dicts of text (a JSON line lacks the columns it has no
+    value for, where a CSV row has them empty)."""
+    if path.suffix.lower() == ".jsonl":
+        with open(path) as f:
+            try:
+                rows = [json.loads(line) for line in f if line.strip()]
+            except json.JSONDecodeError as e:
+                raise LookalikeError(f"Manifest '{path}' line {e.lineno}: not JSON ({e.msg})") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise LookalikeError(f"Manifest '{path}': each line must be a JSON object")
+        return [{str(k): "" if v is None else str(v) for k, v in r.items()} for r in rows]
     if path.suffix.lower() == ".parquet":
         try:
             import pandas as pd
@@ -37,21 +52,34 @@ MAX_FIELD_CHARS = 256  # longest value of an extra manifest column kept with a c
 def labelled_images(source: str | Path) -> list[dict[str, Any]]:
     """Items (``path``: absolute and resolved, so one file has one path however it is named; ``label``) from a
     folder (recursively; an image's folder is its label, none for images directly in ``source``) or from a
-    CSV/parquet manifest with ``path[,label]`` (paths relative to it); a manifest's other columns (brand,
-    category, ...) come as each item's ``fields``."""
+    CSV/parquet/JSON-lines manifest with ``path[,label]`` (paths relative to it); a manifest's other columns
+    (brand, category, ...) come as each item's ``fields``."""
     source = Path(source).expanduser().resolve()
-    if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
+    if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
         rows = read_rows(source)
         if not rows or "path" not in rows[0]:
             raise LookalikeError(f"Manifest '{source}' needs a path column (and optionally label)")
-        return [{"path": str((source.parent / r["path"]).resolve()), "label": r.get("label", ""),
-                 **({"fields": fields} if (fields := _fields(source, r)) else {})} for r in rows]
+        return _once([{"path": str((source.parent / r["path"]).resolve()), "label": r.get("label", ""),
+                       **({"fields": fields} if (fields := _fields(source, r)) else {})} for r in rows], source)
     if not source.is_dir():
-        raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest .csv/.parquet")
+        raise LookalikeError(f"--images: '{source}' is neither a folder of images nor a manifest "
+                             f".csv/.parquet/.jsonl")
     files = list_image_files(source)
     if not files:
         raise LookalikeError(f"--images: no images under '{source}'")
-    return [{"path": p, "label": Path(p).parent.name if Path(p).parent != source else ""} for p in files]
+    return _once([{"path": str(Path(p).resolve()), "label": Path(p).parent.name if Path(p).parent != source else ""}
+                  for p in files], source)
+
+
+def _once(items: list[dict[str, Any]], source: Path) -> list[dict[str, Any]]:
+    """Each file once (the first of its names: a symbolic link and its target, a path listed twice), with a
+    warning saying how many names were left out."""
+    seen: set[str] = set()
+    kept = [it for it in items if not (it["path"] in seen or seen.add(it["path"]))]
+    if len(kept) < len(items):
+        warnings.warn(f"'{source}' names {len(items) - len(kept)} file(s) twice (links to the same file, or repeated "
+                      "rows): each is kept once, with its first name's label")
+    return kept
 
 
 def _fields(source: Path, row: dict[str, str]) -> dict[str, str]:

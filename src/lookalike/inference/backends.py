@@ -3,14 +3,13 @@ file or on a Milvus server). The commands and the page open, build and change ca
 
 from __future__ import annotations
 
-import csv
-import shutil
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write
+from lookalike.files import atomic_write, release_folder
 from lookalike.inference.catalog import PARTIAL_MARKER, Index
 from lookalike.inference.milvus import DEFAULT_COLLECTION, MilvusCatalog, edit, is_remote
 from lookalike.inference.sharded import Processes
@@ -47,21 +46,18 @@ def editing(location: str | Path, backend: str = "faiss", collection: str | None
 def reembed(location: str | Path, embedder: str | Path, out: str | Path, backend: str = "faiss",
             collection: str | None = None, out_collection: str | None = None, **options: Any) -> Catalogue | None:
     """The catalogue at ``location`` embedded anew with another embedder into ``out`` (same items, labels, columns
-    and crop; ``options``: :func:`build_catalogue`'s). Its items are listed in ``<out>.items.csv`` first, so the
+    and crop; ``options``: :func:`build_catalogue`'s). Its items are listed in ``<out>.items.jsonl`` first, so the
     same call after an interruption continues the build; the list goes once the new catalogue is written."""
     source = open_catalogue(location, backend, collection)
     items = list(source.listing())
     if isinstance(source, MilvusCatalog):
         source.close()  # a Milvus Lite file is one client's at a time
-    columns = sorted({c for it in items for c in it.get("fields") or {}})
-    listing = Path(f"{out}.items.csv" if not is_remote(str(out)) else f"{out_collection or collection}.items.csv")
+    listing = Path(f"{out}.items.jsonl" if not is_remote(str(out)) else f"{out_collection or collection}.items.jsonl")
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            rows = csv.writer(f)
-            rows.writerow(["path", "label", *columns])
-            rows.writerows([it["path"], it["label"], *((it.get("fields") or {}).get(c, "") for c in columns)]
-                           for it in items)
+    def write(tmp: str) -> None:  # JSON lines: an item keeps exactly its own columns (a CSV would give it all)
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps({"path": it["path"], "label": it["label"], **(it.get("fields") or {})}) + "\n"
+                         for it in items)
 
     atomic_write(listing, write)
     built = build_catalogue(out, embedder, listing, backend, out_collection or collection,
@@ -92,6 +88,6 @@ def build_catalogue(out: str | Path, embedder: str | Path, images: str | Path, b
     processes = Processes(devices, partial.with_name(partial.name[:-len("partial")] + "shards"), num_nodes, accelerator)
     catalogue = MilvusCatalog.build(str(out), embedder, images, collection, factory, batch_size, num_workers,
                                     search_params, processes, checkpoint=partial, boxes=boxes)
-    if catalogue is not None and (partial / PARTIAL_MARKER).is_file():
-        shutil.rmtree(partial, ignore_errors=True)
+    if catalogue is not None:
+        release_folder(partial, PARTIAL_MARKER)
     return catalogue

@@ -90,7 +90,8 @@ def connect(uri: str, token: str | None = None) -> Any:
     one message when it cannot be had. The client's and gRPC's informational chatter is kept off the terminal."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when gRPC first loads
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
-    logging.getLogger("milvus_lite").setLevel(logging.WARNING)  # its server's start and stop
+    logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)  # its server's start and stop, and its tracebacks
+    # of databases it cannot open (the one message below says so)
     try:
         from pymilvus import MilvusClient
     except ImportError as e:
@@ -98,14 +99,20 @@ def connect(uri: str, token: str | None = None) -> Any:
                              "pip install 'lookalike[milvus]'") from e
     remote = is_remote(uri)
     if not remote:
-        Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        local = Path(uri).expanduser().resolve()
+        if local.exists() and not local.is_dir():  # Milvus Lite keeps a database as a folder
+            raise LookalikeError(f"'{uri}' is not a Milvus Lite database (a folder made by `lookalike index build "
+                                 f"--backend milvus`): it is damaged or something else; build the catalogue again, "
+                                 f"into another --out")
+        local.parent.mkdir(parents=True, exist_ok=True)
     try:
         token = token or os.environ.get("MILVUS_TOKEN")
         where = uri if remote else str(Path(uri).expanduser().resolve())
         return MilvusClient(where, **({"token": token} if token else {}))
     except Exception as e:  # pymilvus raises its own exception types, some from the engine below it
-        hint = ("a Milvus Lite file serves one process at a time: stop the other one (a `lookalike serve`?), or "
-                "run a Milvus server and pass its URI") if not remote else "is the server running and reachable?"
+        hint = ("a Milvus Lite database serves one process at a time: stop the other one (a `lookalike serve`?), "
+                "or run a Milvus server and pass its URI; or it is damaged: build it again") if not remote \
+            else "is the server running and reachable?"
         raise LookalikeError(f"Cannot open Milvus at {uri!r}: {e}. {hint}") from e
 
 

@@ -13,6 +13,8 @@ same" marks on results go to a feedback folder beside it (:mod:`lookalike.data.f
 import asyncio
 import io
 import logging
+import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -20,7 +22,7 @@ from typing import Any, Awaitable, Callable
 import cv2
 
 from lookalike.data.feedback import PHOTO_SIDE, VERDICTS, FeedbackLog
-from lookalike.data.images import cut, load_rgb, parse_box
+from lookalike.data.images import cut, load_rgb, parse_box, return_large_buffers
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
 from lookalike.inference.backends import open_catalogue
@@ -32,7 +34,8 @@ from lookalike.inference.query import Answer, SearchOptions, search_catalogue
 PAGE = Path(__file__).parent / "web" / "index.html"
 THUMBNAIL = 256  # longest side of the pictures the page shows, in pixels
 K_CHOICES = (5, 10, 20, 50)
-LOOPBACK_NAMES = ["127.0.0.1", "localhost"]  # the Host header a loopback-bound page accepts
+MAX_K = 100  # results (and query-expansion neighbours) one request may ask for
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]  # the Host header a loopback-bound page accepts
 FORM_ROOM = 64 * 1024  # bytes of multipart form around the uploaded files
 MAX_PHOTOS = 8  # photos of one item searched together
 AUTO = "auto"  # the crop field's value for the box model's box
@@ -138,8 +141,45 @@ class _TooLarge(Exception):
     """A request body passed the limit while it was read."""
 
 
+class LiveCatalogue:
+    """The catalogue a page serves, opened again when its ``.lkidx`` file changes: what ``lookalike index add`` /
+    ``remove`` write is what the next request sees (a removed item is no longer found, marked or shown). A
+    database collection is read live by its backend already."""
+
+    def __init__(self, location: str | Path, backend: str, collection: str | None):
+        self.location, self.backend, self.collection = location, backend, collection
+        self._stamp: tuple[int, int, int] | None = None
+        self._stamp = self._file_stamp()
+        self._index = open_catalogue(location, backend, collection)
+        self._lock = threading.Lock()
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if self.backend != "faiss":
+            return None
+        try:
+            found = os.stat(Path(self.location).expanduser())
+        except OSError:  # moved away for a moment: keep serving what was loaded
+            return self._stamp
+        return found.st_ino, found.st_mtime_ns, found.st_size
+
+    @property
+    def index(self) -> Any:
+        stamp = self._file_stamp()
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    fresh = open_catalogue(self.location, self.backend, self.collection)
+                    if fresh.meta["embedder_hash"] != self._index.meta["embedder_hash"]:
+                        log.error("%s was rebuilt with another embedder: still serving the catalogue as it was; "
+                                  "restart the page to serve the new one", self.location)
+                    else:
+                        self._index = fresh
+                    self._stamp = stamp
+        return self._index
+
+
 def create_app(index_path: str | Path, embedder_path: str | Path | None = None, max_upload_mb: float = 10.0,
-               max_k: int = 100, slots: int = 4, allowed_hosts: list[str] | None = None,
+               max_k: int = MAX_K, slots: int = 4, allowed_hosts: list[str] | None = None,
                feedback: str | Path | None = None, qe: int = 0, backend: str = "faiss", collection: str | None = None,
                boxes: str | Path | None = None):
     """The FastAPI application over one catalogue (a ``.lkidx`` file, or with ``backend="milvus"`` a Milvus
@@ -156,7 +196,9 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         raise LookalikeError("lookalike serve needs the serve extra: pip install 'lookalike[serve]'") from e
     from PIL import Image
 
-    index = open_catalogue(index_path, backend, collection)
+    return_large_buffers()  # a large upload's buffers go back to the system once answered
+    live = LiveCatalogue(index_path, backend, collection)
+    index = live.index
     payload = index.check_embedder(embedder_path or index.meta["embedder"])
     embedder = embedder_from_payload(payload).eval()
     default_boxes = box_file_for(embedder_path or index.meta["embedder"], index.meta.get("boxes"))
@@ -182,7 +224,7 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
                             for h in found.hits]}
 
     def catalogue_item(item_id: int) -> dict[str, Any]:
-        item = index.item(item_id)
+        item = live.index.item(item_id)
         if item is None:
             raise HTTPException(404, f"No catalogue item has the id {item_id}")
         return item
@@ -194,9 +236,9 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
 
     def search_vectors(vectors: Any, options: SearchOptions) -> dict[str, Any]:
         try:
-            return answer(search_catalogue(index, vectors, options)[0])
+            return answer(search_catalogue(live.index, vectors, options)[0])
         except LookalikeError as e:  # an empty catalogue, an unknown column or category
-            raise HTTPException(409 if not index.count() else 422, str(e)) from e
+            raise HTTPException(409 if not live.index.count() else 422, str(e)) from e
 
     def options(k: int, fuse: str = "max", group_by: str | None = None, category: str | None = None,
                 category_by: str = "label", where: str | None = None, expand: int | None = None) -> SearchOptions:
@@ -206,14 +248,14 @@ def create_app(index_path: str | Path, embedder_path: str | Path | None = None, 
         try:
             chosen = SearchOptions(k=check_k(k), fuse=fuse, group_by=group_by or None, category=category or None,
                                    category_by=category_by, filter=where or None, qe=expand).check()
-            restriction(chosen.filter, index.columns())  # a bad expression is refused before any upload is decoded
+            restriction(chosen.filter, live.index.columns())  # a bad expression is refused before any upload is decoded
             return chosen
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from e
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return PAGE.read_text().replace("{{COUNT}}", str(index.count())).replace(
+        return PAGE.read_text().replace("{{COUNT}}", str(live.index.count())).replace(
             "{{FEEDBACK}}", "true" if marks else "false").replace("{{BOXES}}", "true" if finder else "false").replace(
             "{{K_OPTIONS}}", "".join(f'<option{" selected" if k == 10 else ""}>{k}</option>' for k in K_CHOICES))
 
