@@ -1,6 +1,8 @@
-"""A bounded load test of `lookalike serve` in a real server process: normal searches mixed with hostile uploads
-(oversized, chunked, elongated, pixel bombs, non-images, EPS) from several threads. No 5xx, every answer right
-for its input, and the server's memory stays bounded.
+"""A bounded load test of `lookalike serve` in a real server process: normal and filtered searches and feedback
+marks mixed with hostile requests (oversized, chunked, elongated, pixel bombs, non-images, EPS, other hosts,
+cross-site marks, uploads that stall after their headers, large PNGs within the budget) from several threads. No
+5xx, every answer right for its input (a filtered search: the unfiltered answer filtered by hand), every mark
+kept whole, slots freed, and the server's memory bounded while it works and back near its start after.
 
 With LOOKALIKE_LOAD_REPORT=FILE it appends its figures to FILE as a Markdown section (experiments/results/serve.md
 quotes such a run)."""
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import json
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lookalike.data.feedback import read_feedback
 from lookalike.inference.catalog import Index
 from lookalike.inference.embedder_file import load_embedder
 from tests.helpers import free_port
@@ -30,7 +35,11 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 THREADS, ROUNDS, SLOTS, UPLOAD_MB = 6, 30, 8, 1.0
-RSS_GROWTH_BOUND_MB = 400  # the upload budget (SLOTS x UPLOAD_MB) plus room for the allocator
+LARGE, STALLED = 4, 4  # large PNGs (6,300 x 6,300 RGBA: 40 million pixels, the decoding budget) and stalled uploads
+# The upload budget (SLOTS x UPLOAD_MB) and one decode of the largest image allowed (its RGBA, alpha and RGB copies:
+# decodes take turns within the pixel budget), plus room for the allocator.
+RSS_GROWTH_BOUND_MB = 1000
+RSS_KEPT_BOUND_MB = 300  # what the server may keep once the load is over
 
 
 def _png(width: int, height: int, noise: bool = False) -> bytes:
@@ -63,7 +72,8 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
     index_path = tmp_path / "c.lkidx"
     index = Index.build(trained["embedder"], manifest, num_workers=0)
     index.save(index_path)
-    expected = {p: hits[0].id for p, hits in zip(photos, index.search(load_embedder(trained["embedder"]), photos, 3))}
+    ranked = dict(zip(photos, index.search(load_embedder(trained["embedder"]), photos, len(index.items))))
+    expected = {p: hits[0].id for p, hits in ranked.items()}
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--index", str(index_path), "--port",
                                str(port), "--slots", str(SLOTS), "--max-upload-mb", str(UPLOAD_MB)],
@@ -83,7 +93,8 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
 
         def search(data: bytes | Iterator[bytes], name: str = "p.jpg", **kw) -> httpx.Response:
             if isinstance(data, bytes):
-                return client.post("/api/search", files={"image": (name, data)}, data={"k": "3"}, **kw)
+                return client.post("/api/search", files={"image": (name, data)}, data={"k": "3", **kw.pop("data", {})},
+                                   **kw)
             return client.post("/api/search", content=data,
                                headers={"content-type": "multipart/form-data; boundary=x"}, **kw)
 
@@ -93,33 +104,77 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
                 return "normal", r.status_code, r.status_code == 200 and r.json()["results"][0]["id"] == expected[photo]
             return go
 
+        def filtered(photo: str, round_: int) -> Callable[[], tuple[str, int, bool]]:
+            """A filtered search, checked against the whole ranking filtered by hand."""
+            hits = ranked[photo]
+            labels = sorted({h.label for h in hits})
+            if round_ % 2:
+                text, keep = f"label != {json.dumps(hits[0].label)}", (lambda h: h.label != hits[0].label)
+            else:
+                chosen = labels[round_ % len(labels)], labels[(round_ + 1) % len(labels)]
+                text, keep = f"label in {json.dumps(list(chosen))}", (lambda h: h.label in chosen)
+
+            def go() -> tuple[str, int, bool]:
+                r = search(Path(photo).read_bytes(), data={"filter": text})
+                want = [h.id for h in hits if keep(h)][:3]
+                return "filtered", r.status_code, r.status_code == 200 and [x["id"] for x in r.json()["results"]] == want
+            return go
+
+        def mark(photo: str) -> Callable[[], tuple[str, int, bool]]:
+            def go() -> tuple[str, int, bool]:
+                r = client.post("/api/feedback", files={"image": ("p.jpg", Path(photo).read_bytes())},
+                                data={"item": str(expected[photo]), "verdict": "same"})
+                return "mark", r.status_code, r.status_code == 200 and r.json()["recorded"] == 1
+            return go
+
+        def stalled() -> int:
+            """An upload that sends its headers and then nothing: dropped (408) once the body's idle time is up."""
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/"
+                             "form-data; boundary=x\r\nContent-Length: 50000\r\n\r\n".encode())
+                status = sock.recv(100).split(b" ", 2)
+                return int(status[1]) if len(status) > 1 else 0
+
         big, thin, bomb = _png(700, 700, noise=True), _png(1, 100_000), _png(13_000, 13_000)  # big: 1.4 MB
+        large = io.BytesIO()
+        Image.new("RGBA", (6300, 6300), (10, 200, 30, 128)).save(large, "PNG")  # 170 KB, 40 million pixels
         eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n"
-        hostile = {  # name: (request, the answer it must get)
-            "oversized": (lambda: search(big, "big.png"), 413),
-            "chunked oversized": (lambda: search(_chunked(4 << 20)), 413),
-            "elongated 1 x 100,000": (lambda: search(thin, "thin.png"), 415),
-            "pixel bomb 13,000 x 13,000": (lambda: search(bomb, "bomb.png"), 415),
-            "not an image": (lambda: search(b"\x00" * 5000, "x.jpg"), 415),
-            "EPS (Ghostscript)": (lambda: search(eps, "x.eps"), 415),
-            "other Host name": (lambda: client.get("/api/items/0", headers={"host": "attacker.example"}), 400),
+        cross_site = {"origin": "http://attacker.example", "sec-fetch-site": "cross-site"}
+        hostile = {  # name: (request, the answer it must get, how many)
+            "oversized": (lambda: search(big, "big.png"), 413, ROUNDS),
+            "chunked oversized": (lambda: search(_chunked(4 << 20)), 413, ROUNDS),
+            "elongated 1 x 100,000": (lambda: search(thin, "thin.png"), 415, ROUNDS),
+            "pixel bomb 13,000 x 13,000": (lambda: search(bomb, "bomb.png"), 415, ROUNDS),
+            "not an image": (lambda: search(b"\x00" * 5000, "x.jpg"), 415, ROUNDS),
+            "EPS (Ghostscript)": (lambda: search(eps, "x.eps"), 415, ROUNDS),
+            "other Host name": (lambda: client.get("/api/items/0", headers={"host": "attacker.example"}), 400, ROUNDS),
+            "cross-site mark": (lambda: client.post("/api/feedback", files={"image": ("p.jpg", b"x")}, data={
+                "item": "0", "verdict": "same"}, headers=cross_site), 403, ROUNDS),
+            "stalled upload": (stalled, 408, STALLED),
+            "large PNG 6,300 x 6,300 RGBA": (lambda: search(large.getvalue(), "large.png"), 200, LARGE),
         }
 
         def attack(name: str) -> tuple[str, int, bool]:
-            send, want = hostile[name]
-            status = send().status_code
+            send, want, _ = hostile[name]
+            answer = send()
+            status = answer if isinstance(answer, int) else answer.status_code
             return name, status, status == want
         for photo in photos[:3]:  # warm-up: the memory baseline is that of a server that has searched
             normal(photo)()
         baseline = _rss_mb(server.pid, "VmRSS:")
-        jobs = [normal(photos[i % len(photos)]) for i in range(ROUNDS * len(hostile))]
-        jobs += [(lambda name=name: attack(name)) for _ in range(ROUNDS) for name in hostile]
+        normal_jobs = [normal(photos[i % len(photos)]) for i in range(ROUNDS * 6)]
+        filtered_jobs = [filtered(photos[i % len(photos)], i) for i in range(ROUNDS * 2)]
+        mark_jobs = [mark(photos[i % len(photos)]) for i in range(ROUNDS)]
+        jobs = normal_jobs + filtered_jobs + mark_jobs
+        jobs += [(lambda name=name: attack(name)) for name, (_, _, count) in hostile.items() for _ in range(count)]
         order = np.random.default_rng(0).permutation(len(jobs))
         started = time.time()
         with ThreadPoolExecutor(THREADS) as pool:
             answers = list(pool.map(lambda i: jobs[i](), order))
         seconds = time.time() - started
         peak = _rss_mb(server.pid, "VmHWM:")
+        after = normal(photos[0])()  # the slots are free again: a search right after the load is answered
+        kept = _rss_mb(server.pid, "VmRSS:")
         assert server.poll() is None, "the server died"
     finally:
         server.terminate()
@@ -127,20 +182,27 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
     wrong = [(name, status) for name, status, ok in answers if not ok]
     errors = sum(status >= 500 for _, status, _ in answers)
     assert "Traceback" not in log and " 500 " not in log, log[-3000:]
-    assert not wrong and errors == 0, f"wrong answers: {wrong}"
+    assert not wrong and errors == 0 and after[2], f"wrong answers: {wrong}"
+    marks = read_feedback(tmp_path / "c.feedback" / "feedback.csv")
+    assert len(marks) == len(mark_jobs) and {m.verdict for m in marks} == {"same"}  # whole marks, none cross-site
     growth = peak - baseline
     assert growth < RSS_GROWTH_BOUND_MB, f"server memory grew by {growth:.0f} MB"
+    assert kept - baseline < RSS_KEPT_BOUND_MB, f"the server kept {kept - baseline:.0f} MB after the load"
     report = os.environ.get("LOOKALIKE_LOAD_REPORT")
     if report:
-        kinds = "; ".join(f"{name} x {ROUNDS}" for name in hostile)
+        kinds = "; ".join(f"{name} x {count}" for name, (_, _, count) in hostile.items())
         with open(report, "a") as f:
-            f.write(f"\n## {date.today()}: mixed normal and hostile load (tests/test_serve_load.py)\n\n"
+            f.write(f"\n## {date.today()}: mixed normal, filtered and hostile load with marks "
+                    f"(tests/test_serve_load.py)\n\n"
                     f"Machine: {_cpu()}, {os.cpu_count()} cores; Python "
                     f"{platform.python_version()}  \nCommand: `LOOKALIKE_LOAD_REPORT=experiments/results/serve.md "
                     f"pytest -m slow tests/test_serve_load.py`  \n"
                     f"Server: `lookalike serve --slots {SLOTS} --max-upload-mb {UPLOAD_MB:g}` on the tests' tiny "
                     f"embedder and a 5-item catalogue; {THREADS} client threads.\n\n"
-                    f"| requests | normal searches | hostile inputs | wrong answers | 5xx | seconds | server RSS "
-                    f"after warm-up (MB) | server peak RSS (MB) | growth (MB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
-                    f"---:|\n| {len(answers)} | {ROUNDS * len(hostile)} | {ROUNDS * len(hostile)} | {len(wrong)} | {errors} | "
-                    f"{seconds:.1f} | {baseline:.0f} | {peak:.0f} | {growth:.0f} |\n\nHostile inputs: {kinds}.\n")
+                    f"| requests | normal searches | filtered searches | marks | hostile | wrong answers | 5xx | "
+                    f"seconds | server RSS after warm-up (MB) | peak RSS (MB) | growth (MB) | RSS after the load (MB) |"
+                    f"\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+                    f"| {len(answers)} | {len(normal_jobs)} | {len(filtered_jobs)} | {len(mark_jobs)} | "
+                    f"{len(answers) - len(normal_jobs) - len(filtered_jobs) - len(mark_jobs)} | {len(wrong)} | {errors} "
+                    f"| {seconds:.1f} | {baseline:.0f} | {peak:.0f} | {growth:.0f} | {kept:.0f} |\n\n"
+                    f"Hostile requests: {kinds}.\n")

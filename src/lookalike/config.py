@@ -134,18 +134,25 @@ def known_targets() -> frozenset[str]:
     return frozenset(found)
 
 
-def trusted_config(config: Any, source: str | Path) -> dict[str, Any]:
+def config_targets(cfg: Any) -> frozenset[str]:
+    """The ``_target_``s a config names (the user's own, for :func:`trusted_config`'s ``also``)."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return frozenset(t for t in _targets_in(plain) if isinstance(t, str))
+
+
+def trusted_config(config: Any, source: str | Path, also: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A training config read from a file (a checkpoint's, an embedder or box file's), resolved to plain data, once
-    every ``_target_`` in it is one that lookalike's configs name (or ``$LOOKALIKE_TRUSTED_TARGETS`` lists): a file
-    is data, never code, so a config naming any other callable is refused with one message, before anything is
-    built from it."""
+    every ``_target_`` in it is one that lookalike's configs name, ``$LOOKALIKE_TRUSTED_TARGETS`` lists, or
+    ``also`` holds (those of the user's own config, for a run reading its own checkpoints): a file is data, never
+    code, so a config naming any other callable is refused with one message, before anything is built from it."""
     try:
         resolved = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     except Exception as e:  # noqa: BLE001 - OmegaConf's errors for malformed configs and interpolations
         raise LookalikeError(f"'{source}' holds a training config lookalike cannot read ({e})") from e
     if not isinstance(resolved, dict):
         raise LookalikeError(f"'{source}' holds a training config lookalike cannot read (not a mapping)")
-    allowed = known_targets() | {t.strip() for t in os.environ.get(TRUSTED_TARGETS_ENV, "").split(",") if t.strip()}
+    allowed = known_targets() | also | {t.strip() for t in os.environ.get(TRUSTED_TARGETS_ENV, "").split(",")
+                                        if t.strip()}
     for target in _targets_in(resolved):
         if target not in allowed:
             raise LookalikeError(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lookalike.config import trusted_config
 from lookalike.data.datamodule import datamodule_from_config
 from lookalike.errors import LookalikeError
 from lookalike.inference.boxes import BoxFinder, box_file_for, crop_queries
@@ -49,9 +50,9 @@ def save_embeddings(folder: Path, data: dict[str, torch.Tensor], paths: list[str
             w.writerow([i, paths[i], int(data["label"][i]), int(data["is_query"][i]), int(data["is_gallery"][i])])
 
 
-def _training_config(sources: list[tuple[str, Embedder, dict[str, Any]]]) -> dict[str, Any] | None:
-    """The training config of the first source that has one (a pretrained embedder file has none)."""
-    return next((prov["training_config"] for _, _, prov in sources if prov.get("training_config")), None)
+def _training_config(sources: list[tuple[str, Embedder, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:
+    """The first source that has a training config, and that config (a pretrained embedder file has none)."""
+    return next(((name, prov["training_config"]) for name, _, prov in sources if prov.get("training_config")), None)
 
 
 def _cropped(cfg: DictConfig, first: str) -> dict[str, Any] | None:
@@ -74,11 +75,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not names:
         raise LookalikeError("ckpt=[]: name a checkpoint or an embedder file (or several)")
     sources = [(name, *load_source(name)) for name in names]
-    trained = _training_config(sources)
+    found = _training_config(sources)
+    trained = None if found is None else found[1]
     if cfg.get("data"):
         data_cfg = cfg.data
-    elif trained is not None:
-        data_cfg = OmegaConf.create(trained).data
+    elif found is not None:  # the data set is built from a file's config: only from what lookalike may build
+        data_cfg = OmegaConf.create(trusted_config(*reversed(found))).data
     else:
         raise LookalikeError("No data to evaluate on: these embedders were not trained by lookalike (they carry no "
                              "training config); give it, e.g. data=image_folder data.root=/path/to/photos")

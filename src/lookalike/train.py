@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from lookalike.config import build
+from lookalike.config import build, config_targets
 from lookalike.data.composites import Composites
 from lookalike.data.datamodule import RetrievalDataModule, datamodule_from_config
 from lookalike.errors import LookalikeError
@@ -125,13 +125,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
     start = {k: v.detach().cpu().clone() for k, v in module.embedder.state_dict().items()}
+    own = config_targets(cfg)  # this run's own classes: its checkpoints may name them
     if ckpt_path is not None:
-        read_checkpoint(ckpt_path)  # refused unless it is plain data; Lightning then loads it the same way
+        read_checkpoint(ckpt_path, trusted=own)  # refused unless it is plain data; Lightning then loads it the same way
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # the checkpoint's weights (averaged ones with callbacks=ema), loaded here and not through
         # trainer.test(ckpt_path=...): Lightning's weight-averaging callback would restore the non-averaged ones
-        module.load_state_dict(read_checkpoint(best)["state_dict"])
+        module.load_state_dict(read_checkpoint(best, trusted=own)["state_dict"])
     rows["after training (best checkpoint)" if best else "after training"] = _test_metrics(
         trainer.test(module, datamodule=datamodule, verbose=False))
     selection = choose_weights(module, datamodule, cfg, start, trainer.strategy.root_device)
@@ -183,7 +184,7 @@ def run_box(cfg: DictConfig) -> dict[str, Any]:
                 loader(datamodule.val_table, box.eval_samples, cfg.seed + 1))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
-        module.load_state_dict(read_checkpoint(best)["state_dict"])
+        module.load_state_dict(read_checkpoint(best, trusted=config_targets(cfg))["state_dict"])
     test = evaluate_boxes(module.net, loader(datamodule.test_table, box.eval_samples, cfg.seed + 2))
     report = {"test": {"box model": test}, "best_checkpoint": best, "optimized_metric": cfg.optimized_metric,
               "best_val": _best_score(trainer), "test_set": f"composites of {datamodule.test_table.describe()}",

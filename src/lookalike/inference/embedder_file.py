@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from lookalike.config import trusted_config
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_DIM, MAX_INPUT_SIDE, atomic_write, number_field, text_field
 from lookalike.models.embedder import Embedder
@@ -49,8 +48,9 @@ def pretrained_embedder(name: str, pool: str = "avg", image_size: int | None = N
 
 def read_payload(path: str | Path, fmt: str, kind: str, missing: str) -> dict[str, Any]:
     """The plain-data contents (``weights_only``: never code) of a lookalike file of format ``fmt``, or one clear
-    error: ``missing`` for no file, else that it is not a readable / not a lookalike ``kind``, or that its training
-    config names code lookalike's configs do not (:func:`~lookalike.config.trusted_config`)."""
+    error: ``missing`` for no file, else that it is not a readable / not a lookalike ``kind``. Its provenance (the
+    training config among it) is data: nothing is built from it here (:func:`~lookalike.config.trusted_config` is
+    for whoever would)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LookalikeError(missing.replace("{path}", str(path)))
@@ -60,11 +60,8 @@ def read_payload(path: str | Path, fmt: str, kind: str, missing: str) -> dict[st
         raise LookalikeError(f"'{path}' is not a readable {kind} ({e})") from e
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise LookalikeError(f"'{path}' is not a lookalike {kind} (expected format {fmt})")
-    provenance = payload.get("provenance")
-    if not isinstance(provenance, dict):
+    if not isinstance(payload.get("provenance"), dict):
         raise LookalikeError(f"'{path}' is a damaged {kind} (its provenance is not a mapping)")
-    if provenance.get("training_config") is not None:  # only what lookalike's configs name is ever built from it
-        provenance["training_config"] = trusted_config(provenance["training_config"], path)
     return payload
 
 

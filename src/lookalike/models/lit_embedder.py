@@ -236,10 +236,12 @@ class LitEmbedder(L.LightningModule):
         self._eval_end("test")
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    trusted: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The contents of a training checkpoint, read as plain data (tensors, numbers, text, containers): torch's
     ``weights_only`` loader, which never runs code from the file. A file that needs more is refused, and so is one
-    whose training config names a callable lookalike's configs do not (:func:`~lookalike.config.trusted_config`)."""
+    whose training config names a callable that neither lookalike's configs nor ``trusted`` (the targets of the
+    run's own config, when a run reads its checkpoints) name (:func:`~lookalike.config.trusted_config`)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LookalikeError(f"No checkpoint at '{path}' (train.py writes runs/<task>/<time>/checkpoints/best.ckpt)")
@@ -253,7 +255,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise LookalikeError(f"'{path}' is not a readable PyTorch checkpoint ({e})") from e
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if isinstance(hp, dict) and "config" in hp:  # only what lookalike's configs name is ever built from it
-        hp["config"] = trusted_config(hp["config"], path)
+        hp["config"] = trusted_config(hp["config"], path, trusted)
     return ckpt
 
 
