@@ -1,4 +1,4 @@
-"""Config spellings: renamed keys still work with a warning, and options one backend ignores are refused."""
+"""Config spellings: one name per key, options one backend ignores refused, and configs read from files."""
 
 from __future__ import annotations
 
@@ -9,29 +9,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from lookalike.config import upgrade_overrides
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.knn import knn
 from tests.helpers import compose_config
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ("index=hnsw", "knn=hnsw"),
-    ("index.backend=torch", "knn.backend=torch"),
-    ("trainer.channels_last=true", "model.channels_last=true"),
-    ("+trainer.compile=true", "+model.compile=true"),
-])
-def test_renamed_keys_are_accepted_with_a_warning(old: str, new: str) -> None:
-    with pytest.warns(FutureWarning, match="is now"):
-        assert upgrade_overrides([old, "data.index=3", "hydra.run.dir=x"]) == [new, "data.index=3", "hydra.run.dir=x"]
+def test_each_key_has_one_name() -> None:
+    """0.1.0 has no users to keep: the spellings before it are plain errors, the keys have their one name."""
+    from hydra.errors import ConfigCompositionException
 
-
-def test_the_old_spelling_composes_the_same_config() -> None:
-    with pytest.warns(FutureWarning):
-        old = compose_config(["index=hnsw", "trainer.compile=true"])
     new = compose_config(["knn=hnsw", "model.compile=true"])
-    assert old == new and new.knn.factory == "HNSW32" and new.model.compile is True
+    assert new.knn.factory == "HNSW32" and new.model.compile is True
     assert "compile" not in new.trainer and "index" not in new
+    for old in (["index=hnsw"], ["trainer.compile=true"]):
+        with pytest.raises(ConfigCompositionException):
+            compose_config(old)
+
+
+def test_loader_workers_never_exceed_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from lookalike.config import workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert workers(64) == cores and workers(1) == 1 and workers(0) == 0
+    assert compose_config(["data=cub200", "data.root=x"]).data.num_workers == min(8, cores)
 
 
 def test_options_of_the_other_backend_are_refused() -> None:
@@ -43,17 +45,13 @@ def test_options_of_the_other_backend_are_refused() -> None:
     assert knn(x, x, 3, backend="faiss", factory="HNSW32", search_params="efSearch=64")[1].shape == (20, 3)
 
 
-def test_export_takes_the_old_and_the_new_spelling(trained: dict, tmp_path: Path) -> None:
+def test_export_takes_a_source_and_out(trained: dict, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "lookalike.cli", "export"]
     new = subprocess.run([*cli, trained["best_checkpoint"], "--out", str(tmp_path / "a.pt")], capture_output=True,
                          text=True, timeout=300)
-    old = subprocess.run([*cli, f"ckpt={trained['best_checkpoint']}", f"out={tmp_path / 'b.pt'}"], capture_output=True,
-                         text=True, timeout=300)
-    assert new.returncode == 0 and old.returncode == 0, new.stderr[-2000:] + old.stderr[-2000:]
-    assert "note" not in new.stderr and "is now `lookalike export X --out Y`" in old.stderr
-    assert (tmp_path / "a.pt").is_file() and (tmp_path / "b.pt").is_file()
+    assert new.returncode == 0 and (tmp_path / "a.pt").is_file(), new.stderr[-2000:]
     missing = subprocess.run([*cli, trained["best_checkpoint"]], capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "needs one source and --out FILE" in missing.stderr
+    assert missing.returncode == 2 and "the following arguments are required: --out" in missing.stderr
 
 
 def test_configs_read_from_files_may_name_only_the_targets_of_conf(monkeypatch: pytest.MonkeyPatch) -> None:

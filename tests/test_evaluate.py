@@ -59,7 +59,7 @@ def test_evaluate_reproduces_the_training_test_metrics_and_writes_files(trained:
 
 
 def test_evaluate_with_an_approximate_index_and_the_validation_split(trained: dict, tmp_path: Path) -> None:
-    report = evaluate(_eval_cfg(trained["best_checkpoint"], tmp_path, "index=hnsw", "split=val", "grid.queries=0"))
+    report = evaluate(_eval_cfg(trained["best_checkpoint"], tmp_path, "knn=hnsw", "split=val", "grid.queries=0"))
     assert report["split"] == "val" and report["metrics"]["queries"] > 0
     assert not (tmp_path / "retrieval_grid.png").exists()
 

@@ -54,6 +54,6 @@ def test_embed_accepts_paths_pil_arrays_and_tensors(trained: dict, tmp_path: Pat
 def test_export_errors(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="No embedder file"):
         export(tmp_path / "missing.pt", tmp_path / "out.pt")
-    done = subprocess.run([sys.executable, "-m", "lookalike.cli", "export", f"ckpt={tmp_path / 'none.ckpt'}",
-                           f"out={tmp_path / 'o.pt'}"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "lookalike.cli", "export", str(tmp_path / "none.ckpt"),
+                           "--out", str(tmp_path / "o.pt")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "No checkpoint" in done.stderr and "Traceback" not in done.stderr

@@ -300,8 +300,8 @@ def test_uint8_batches_are_normalised_by_the_model() -> None:
 
 
 def test_speed_switches_train(image_folder: Path, tmp_path: Path) -> None:
-    """trainer.channels_last and optim.lr.layer_decay: NHWC weights, per-block learning rates, steps run."""
-    module, dm = _module(image_folder, tmp_path, "trainer.channels_last=true", "optim.lr.layer_decay=0.5",
+    """model.channels_last and optim.lr.layer_decay: NHWC weights, per-block learning rates, steps run."""
+    module, dm = _module(image_folder, tmp_path, "model.channels_last=true", "optim.lr.layer_decay=0.5",
                          "optim.max_nonfinite_steps=0")
     trainer = _trainer(max_steps=2, limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
@@ -314,8 +314,8 @@ def test_speed_switches_train(image_folder: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_compiled_training_keeps_checkpoint_names(image_folder: Path, tmp_path: Path) -> None:
-    """trainer.compile: the embedder is compiled in place; its state dict keeps the plain names."""
-    module, dm = _module(image_folder, tmp_path, "trainer.compile=true")
+    """model.compile: the embedder is compiled in place; its state dict keeps the plain names."""
+    module, dm = _module(image_folder, tmp_path, "model.compile=true")
     names = set(module.state_dict())
     _trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=dm)
     assert module.embedder._compiled_call_impl is not None and set(module.state_dict()) == names

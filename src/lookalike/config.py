@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,6 +34,16 @@ def backbone_size(name: str) -> int:
 OmegaConf.register_new_resolver("backbone_size", backbone_size, replace=True)
 
 
+def workers(most: int) -> int:
+    """Loader processes: ``most``, but no more than the cores this process may run on (more only compete for them;
+    PyTorch warns). Configs write it ``${workers:8}``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(int(most), cores))
+
+
+OmegaConf.register_new_resolver("workers", workers, replace=True)
+
+
 def config_dir() -> Path:
     """The folder holding ``train.yaml`` and the config groups."""
     packaged = Path(__file__).resolve().parent / "conf"
@@ -43,37 +52,12 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "conf"
 
 
-# Keys renamed in 0.2 -> their names now. The old spellings still work on the command line and in compose(),
-# with a warning.
-RENAMED = {
-    "index": "knn",  # the evaluation search group (not the catalogue index)
-    "trainer.channels_last": "model.channels_last",  # switches of the LightningModule, not Trainer options
-    "trainer.compile": "model.compile",
-}
-
-
-def upgrade_overrides(overrides: list[str]) -> list[str]:
-    """``overrides`` with renamed keys (:data:`RENAMED`) in today's spelling, a FutureWarning for each old one."""
-    out = []
-    for override in overrides:
-        sign = override[: len(override) - len(override.lstrip("+~"))]
-        key, eq, value = override[len(sign):].partition("=")
-        for old, new in RENAMED.items():
-            if eq and (key == old or key.startswith(old + ".")):
-                renamed = new + key[len(old):]
-                warnings.warn(f"{key}= is now {renamed}=; the old name will be removed", FutureWarning, stacklevel=3)
-                key = renamed
-                break
-        out.append(f"{sign}{key}{eq}{value}")
-    return out
-
-
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
     """The config ``python train.py OVERRIDES`` (or ``lookalike evaluate`` for ``"eval"``) would run, for
     use from Python: ``lookalike.train.run(compose("train", ["paths.output_dir=out"]))``. Keys that
     refer to Hydra's run folder need ``paths.output_dir`` set."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=upgrade_overrides(overrides or []))
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
 
 
 def hydra_main(config_name: str, task: Callable[[DictConfig], Any], argv: list[str] | None = None,
@@ -81,10 +65,8 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any], argv: list[s
     """Run ``task`` on the config Hydra composes from ``config_name`` and the command line (``argv``, default
     ``sys.argv[1:]``; ``prog`` names the program); a LookalikeError ends the program with its message alone
     (exit status 2)."""
-    if argv is None:  # python train.py ...: the program stays, as relaunched DDP processes need it
-        sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
-    else:
-        sys.argv = [prog or sys.argv[0], *upgrade_overrides(argv)]
+    if argv is not None:  # python train.py ...: sys.argv stays, as relaunched DDP processes need it
+        sys.argv = [prog or sys.argv[0], *argv]
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:

@@ -35,7 +35,6 @@ from lookalike.retrieval.grid import retrieval_grid
 log = logging.getLogger(__name__)
 
 # trainer.* keys of configs written before these switches moved to model.* (reruns of old run folders)
-LEGACY_TRAINER_KEYS = ("channels_last", "compile")
 REPORT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 
 
@@ -52,8 +51,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Lightning Trainer with the configured callbacks and loggers."""
     callbacks = [build(c, "a callback (callbacks=...)") for c in (cfg.get("callbacks") or {}).values()]
     loggers = [build(c, "a logger (logger=...)") for c in (cfg.get("logger") or {}).values()]
-    trainer = OmegaConf.create({k: v for k, v in cfg.trainer.items() if k not in LEGACY_TRAINER_KEYS})
-    return build(trainer, "the trainer (trainer=...)", callbacks=callbacks, logger=loggers or False)
+    return build(cfg.trainer, "the trainer (trainer=...)", callbacks=callbacks, logger=loggers or False)
 
 
 def format_report(rows: dict[str, dict[str, float]], title: str) -> str:
@@ -121,7 +119,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rows["backbone pooled features (no training)"] = retrieval_metrics(
             data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks, **cfg.knn)
         module.train()
-    if cfg.eval.before:
+    if cfg.eval.before and cfg.eval.baseline and cfg.model.head.get("embedding_size") is None:
+        if rows:  # no head: the same model as the pooled features, not embedded again
+            rows["before training"] = dict(rows["backbone pooled features (no training)"])
+        rank_zero_info("before training: the backbone's pooled features (no head), the row above")
+    elif cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
     start = {k: v.detach().cpu().clone() for k, v in module.embedder.state_dict().items()}

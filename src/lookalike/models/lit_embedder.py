@@ -58,7 +58,7 @@ class LitEmbedder(L.LightningModule):
         limit = int(cfg.optim.get("max_nonfinite_steps", 20))
         self.nonfinite = NonFiniteSteps(limit) if limit > 0 else None  # 0: no check
         self.ks = tuple(cfg.get("eval", {}).get("ks", DEFAULT_KS))
-        self.knn_cfg = dict(cfg.get("knn") or cfg.get("index") or {"backend": "torch"})  # index: before 0.2
+        self.knn_cfg = dict(cfg.get("knn") or {"backend": "torch"})
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
         self.last_neighbors: dict[str, Neighbors] = {}  # per "val"/"test": the latest search, in table rows
         self.channels_last_setting = model.get("channels_last", "auto")
