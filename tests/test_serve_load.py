@@ -91,12 +91,10 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
             assert time.time() < deadline and server.poll() is None, "the server did not start"
             time.sleep(0.3)
 
-        def search(data: bytes | Iterator[bytes], name: str = "p.jpg", **kw) -> httpx.Response:
-            if isinstance(data, bytes):
-                return client.post("/api/search", files={"image": (name, data)}, data={"k": "3", **kw.pop("data", {})},
-                                   **kw)
-            return client.post("/api/search", content=data,
-                               headers={"content-type": "multipart/form-data; boundary=x"}, **kw)
+        def search(body: bytes | Iterator[bytes], name: str = "p.jpg", form: dict | None = None) -> httpx.Response:
+            if isinstance(body, bytes):
+                return client.post("/api/search", files={"image": (name, body)}, data={"k": "3", **(form or {})})
+            return client.post("/api/search", content=body, headers={"content-type": "multipart/form-data; boundary=x"})
 
         def normal(photo: str) -> Callable[[], tuple[str, int, bool]]:
             def go() -> tuple[str, int, bool]:
@@ -115,7 +113,7 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
                 text, keep = f"label in {json.dumps(list(chosen))}", (lambda h: h.label in chosen)
 
             def go() -> tuple[str, int, bool]:
-                r = search(Path(photo).read_bytes(), data={"filter": text})
+                r = search(Path(photo).read_bytes(), form={"filter": text})
                 want = [h.id for h in hits if keep(h)][:3]
                 return "filtered", r.status_code, r.status_code == 200 and [x["id"] for x in r.json()["results"]] == want
             return go
