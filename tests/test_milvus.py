@@ -286,3 +286,14 @@ def test_a_build_stopped_right_after_creating_its_collection_is_finished_by_the_
     assert finished.count() == len(items) and finished.meta["state"] == "ready"
     finished.close()
     assert MilvusCatalog.open(str(tmp_path / "k.db"), "shop").count() == len(items)
+
+
+def test_confusers_agree_between_the_backends(tmp_path: Path) -> None:
+    index, milvus, _ = _both(tmp_path)
+    paths = {it["path"]: it for it in index.items}
+    for column in ("label", "category"):
+        a = [(round(s, 4), index.item(x)["path"], index.item(y)["path"]) for s, x, y in index.confusers(column, 8)]
+        b = [(round(s, 4), milvus.item(x)["path"], milvus.item(y)["path"]) for s, x, y in milvus.confusers(column, 8)]
+        assert [sorted(p[1:]) for p in a] == [sorted(p[1:]) for p in b] and len(a) == 8, column
+        assert all(paths[p]["label" if column == "label" else "fields"] != paths[q]["label" if column == "label"
+                   else "fields"] for _, p, q in a)

@@ -4,10 +4,9 @@ does the work."""
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 
-from lookalike.cli import (augment_preview, calibrate, demo_data, download, evaluate, export, index, pretrained,
-                           pseudo_labels, runs, search, serve, train)
 from lookalike.errors import LookalikeError
 
 USAGE = """usage: lookalike COMMAND [key=value ...]
@@ -43,22 +42,24 @@ commands:
               lookalike augment-preview augment=photo [data=... data.root=...] [preview.out=grid.png]
 """
 
+# command -> (module of lookalike.cli, its function): a command's module is imported when it runs, and imports the
+# library's heavy parts (torch, timm, ...) only once its arguments are read
 COMMANDS = {
-    "train": train.main,
-    "evaluate": evaluate.main,
-    "pretrained": pretrained.main,
-    "download": download.main,
-    "export": export.main,
-    "index": index.main,
-    "search": search.main,
-    "calibrate": calibrate.main,
-    "serve": serve.main,
-    "duplicates": search.main_duplicates,
-    "confusers": search.main_confusers,
-    "pseudo-labels": pseudo_labels.main,
-    "demo-data": demo_data.main,
-    "runs": runs.main,
-    "augment-preview": augment_preview.main,
+    "train": ("train", "main"),
+    "evaluate": ("evaluate", "main"),
+    "pretrained": ("pretrained", "main"),
+    "download": ("download", "main"),
+    "export": ("export", "main"),
+    "index": ("index", "main"),
+    "search": ("search", "main"),
+    "calibrate": ("calibrate", "main"),
+    "serve": ("serve", "main"),
+    "duplicates": ("search", "main_duplicates"),
+    "confusers": ("search", "main_confusers"),
+    "pseudo-labels": ("pseudo_labels", "main"),
+    "demo-data": ("demo_data", "main"),
+    "runs": ("runs", "main"),
+    "augment-preview": ("augment_preview", "main"),
 }
 
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lookalike: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     try:
-        COMMANDS[command](rest)
+        module, function = COMMANDS[command]
+        getattr(importlib.import_module(f"lookalike.cli.{module}"), function)(rest)
     except LookalikeError as e:
         print(f"lookalike: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lookalike.inference.calibrate import calibrate
+from lookalike.cli.options import POSITIVE
 
 
 def main(argv: list[str]) -> None:
@@ -13,8 +13,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--embedder", required=True, help="embedder file to calibrate (updated in place)")
     parser.add_argument("--images", required=True, help="labelled images: folder with a sub-folder per label, or CSV")
     parser.add_argument("--target-precision", type=float, default=0.95)
-    parser.add_argument("-k", type=int, default=20, help="neighbours per image considered")
+    parser.add_argument("-k", type=POSITIVE, default=20, help="neighbours per image considered")
     args = parser.parse_args(argv)
+    from lookalike.inference.calibrate import calibrate
+
     r = calibrate(args.embedder, args.images, args.target_precision, args.k)
     print(f"match threshold {r['threshold']:.4f} (target precision {r['target_precision']}), stored in {args.embedder}\n"
           f"  classes it was chosen on ({r['fit']['classes']}): precision {r['fit']['precision']:.3f}, "

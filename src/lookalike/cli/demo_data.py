@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from lookalike.data.synthetic import write_demo
 from lookalike.files import cache_dir
 
 
@@ -15,5 +14,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--cache", default=cache_dir(),
                         help="where the synthetic products are generated (default: $LOOKALIKE_CACHE)")
     args = parser.parse_args(argv)
+    from lookalike.data.synthetic import write_demo
+
     catalogue, photos = write_demo(args.out, args.cache)
     print(f"catalogue pictures: {catalogue}\nphotos:             {photos}")

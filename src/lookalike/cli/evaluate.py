@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from omegaconf import DictConfig
+
 from lookalike.config import hydra_main
-from lookalike.evaluate import evaluate
 
 # flags accepted for convenience, as the Hydra overrides they stand for
 FLAGS = {"--save-embeddings": "save_embeddings=true", "--nmi": "nmi=true"}
@@ -21,6 +24,12 @@ def overrides(argv: list[str]) -> list[str]:
         else:
             out.append(FLAGS.get(arg, arg))
     return out
+
+
+def evaluate(cfg: DictConfig) -> Any:
+    from lookalike.evaluate import evaluate as run  # once the command line is read: --help answers at once
+
+    return run(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

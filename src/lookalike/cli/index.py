@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lookalike.inference.backends import BACKENDS, build_catalogue, editing, reembed
-from lookalike.cli.values import NON_NEGATIVE, POSITIVE, collection
-from lookalike.inference.boxes import box_file_for
-from lookalike.inference.milvus import DEFAULT_COLLECTION
+from lookalike.cli.options import NON_NEGATIVE, POSITIVE, add_backend_options, collection
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,16 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_backend_options(*parsers: argparse.ArgumentParser) -> None:
-    """--backend and --collection: where the catalogue lives."""
-    for p in parsers:
-        p.add_argument("--backend", choices=BACKENDS, default="faiss", help="faiss: a .lkidx file (default); "
-                       "milvus: a collection in a Milvus Lite file or on a Milvus server (token: $MILVUS_TOKEN)")
-        p.add_argument("--collection", type=collection, default=DEFAULT_COLLECTION, help="the Milvus collection (--backend milvus)")
-
-
 def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
+    from lookalike.inference.backends import build_catalogue, editing, reembed
+    from lookalike.inference.boxes import box_file_for
+
     if args.action == "build":
         index = build_catalogue(args.out, args.embedder, args.images, args.backend, args.collection, args.factory,
                                 args.batch_size, args.workers, args.search_params, args.devices, args.num_nodes,

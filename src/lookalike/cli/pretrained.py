@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from lookalike.choices import POOLS
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_INPUT_SIDE
-from lookalike.inference.embedder_file import pretrained_embedder, save_embedder
-from lookalike.models.backbone import POOLS
-from lookalike.provenance import provenance
 
 
 def main(argv: list[str]) -> None:
@@ -25,6 +23,9 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.image_size is not None and not 8 <= args.image_size <= MAX_INPUT_SIDE:
         raise LookalikeError(f"--image-size {args.image_size}: choose 8 to {MAX_INPUT_SIDE} pixels")
+    from lookalike.inference.embedder_file import pretrained_embedder, save_embedder
+    from lookalike.provenance import provenance
+
     embedder = pretrained_embedder(args.model, args.pool, args.image_size, args.checkpoint)
     save_embedder(embedder, args.out, pretrained={"model": args.model, "pool": args.pool,
                                                   "checkpoint": args.checkpoint}, **provenance(0))

@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from lookalike.cli.values import NON_NEGATIVE, POSITIVE
-from lookalike.data.pseudo_labels import write_pseudo_labels
-from lookalike.data.unlabeled import image_files
-from lookalike.inference.clusters import cluster_images
-from lookalike.inference.embedder_file import load_embedder
+from lookalike.cli.options import NON_NEGATIVE, POSITIVE, integer
 
 
 def main(argv: list[str]) -> None:
@@ -23,12 +17,19 @@ def main(argv: list[str]) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--embedder", required=True, help="embedder file (e.g. of an experiment=selfsup_catalog run)")
     p.add_argument("--images", required=True, help="folder of images (sub-folders allowed, names ignored)")
-    p.add_argument("--clusters", type=int, required=True, help="number of clusters (pseudo-classes)")
+    p.add_argument("--clusters", type=integer(2), required=True, help="number of clusters (pseudo-classes)")
     p.add_argument("--out", required=True, help="CSV to write (path,label)")
     p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument("--workers", type=NON_NEGATIVE, help="decoding processes (default: up to 4)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    import numpy as np
+
+    from lookalike.data.pseudo_labels import write_pseudo_labels
+    from lookalike.data.unlabeled import image_files
+    from lookalike.inference.clusters import cluster_images
+    from lookalike.inference.embedder_file import load_embedder
+
     kept, labels = cluster_images(load_embedder(a.embedder), image_files(a.images), a.clusters, a.seed,
                                   a.batch_size, a.workers)
     write_pseudo_labels(a.out, kept, labels)

@@ -8,16 +8,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from lookalike.data.images import cut, load_rgb, parse_box
+from typing import Any
+
+from lookalike.choices import FUSIONS
+from lookalike.cli.options import NON_NEGATIVE, POSITIVE, add_backend_options
 from lookalike.errors import LookalikeError
-from lookalike.cli.index import add_backend_options
-from lookalike.cli.values import NON_NEGATIVE, POSITIVE
-from lookalike.inference.backends import open_catalogue
-from lookalike.inference.boxes import BoxFinder, box_file_for
-from lookalike.inference.catalog import Index
-from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload, match_threshold
-from lookalike.inference.query import FUSIONS, SearchOptions, search_catalogue
-from lookalike.retrieval.grid import search_grid
 
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +34,11 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         "e.g. efSearch=512 (more recall, slower)")
 
 
-def options_from(args: argparse.Namespace) -> SearchOptions:
-    """The search options of parsed ``add_search_options`` arguments."""
+def options_from(args: argparse.Namespace) -> Any:
+    """The search options (:class:`~lookalike.inference.query.SearchOptions`) of parsed ``add_search_options``
+    arguments."""
+    from lookalike.inference.query import SearchOptions
+
     return SearchOptions(k=args.k, fuse=args.fuse, group_by=args.group_by, category=args.category,
                          category_by=args.category_by, votes=args.votes, qe=args.qe, rerank=args.rerank,
                          filter=args.filter).check()
@@ -63,6 +61,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--boxes", help="box model for --crop auto (default: the one the catalogue was cropped "
                         "with, else box.pt beside the embedder file; python train.py experiment=box makes one)")
     args = parser.parse_args(argv)
+    from lookalike.data.images import cut, load_rgb, parse_box
+    from lookalike.inference.backends import open_catalogue
+    from lookalike.inference.boxes import BoxFinder, box_file_for
+    from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload
+    from lookalike.inference.query import search_catalogue
+    from lookalike.retrieval.grid import search_grid
+
     options = options_from(args)
     box = None if args.crop in (None, "none", "auto") else parse_box(args.crop, "--crop")
     index = open_catalogue(args.index, args.backend, args.collection)
@@ -107,6 +112,9 @@ def main_duplicates(argv: list[str]) -> None:
     parser.add_argument("--threshold", type=float, help="similarity (default: the embedder's calibrated threshold)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    from lookalike.inference.backends import open_catalogue
+    from lookalike.inference.embedder_file import match_threshold
+
     index = open_catalogue(args.index, args.backend, args.collection)
     threshold = args.threshold if args.threshold is not None else match_threshold(index.meta["embedder"])
     if threshold is None:
@@ -124,22 +132,27 @@ def main_duplicates(argv: list[str]) -> None:
 
 
 def main_confusers(argv: list[str]) -> None:
-    """``lookalike confusers --index FILE.lkidx [--by label] [--top 50] [--json]``."""
+    """``lookalike confusers --index FILE.lkidx [--backend milvus] [--by label] [--top 50] [--json]``."""
     parser = argparse.ArgumentParser(prog="lookalike confusers", description="List the most similar pairs of "
                                      "catalogue pictures with different labels: likely catalogue mistakes, or the "
                                      "pairs to collect feedback on.")
-    parser.add_argument("--index", required=True)
+    parser.add_argument("--index", required=True, help="catalogue index (.lkidx), or the Milvus file / URI")
+    add_backend_options(parser)
     parser.add_argument("--by", default="label", help="the column that should differ (default: label)")
     parser.add_argument("--top", type=POSITIVE, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    index = Index.load(args.index)
+    from lookalike.inference.backends import open_catalogue
+    from lookalike.inference.store import item_value
+
+    index = open_catalogue(args.index, args.backend, args.collection)
     pairs = index.confusers(args.by, args.top)
+    items = {i: index.item(i) for _, a, b in pairs for i in (a, b)}
     if args.json:
-        print(json.dumps([{"similarity": s, "a": index.by_id[a], "b": index.by_id[b]} for s, a, b in pairs], indent=2))
+        print(json.dumps([{"similarity": s, "a": items[a], "b": items[b]} for s, a, b in pairs], indent=2))
         return
-    print(f"{len(pairs)} most similar pairs with different {args.by} among {len(index.items)} items")
+    print(f"{len(pairs)} most similar pairs with different {args.by} among {index.count()} items")
     for s, a, b in pairs:
-        print(f"  {s:.4f}  {index.value(index.by_id[a], args.by):<16} {index.by_id[a]['path']}")
-        print(f"          {index.value(index.by_id[b], args.by):<16} {index.by_id[b]['path']}")
+        print(f"  {s:.4f}  {item_value(items[a], args.by):<16} {items[a]['path']}")
+        print(f"          {item_value(items[b], args.by):<16} {items[b]['path']}")
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lookalike.cli.index import add_backend_options
-from lookalike.cli.values import PORT, POSITIVE, integer
-from lookalike.data.feedback import feedback_folder
+from lookalike.choices import MAX_K
+from lookalike.cli.options import PORT, POSITIVE, add_backend_options, integer
 from lookalike.errors import LookalikeError
-from lookalike.inference.milvus import is_remote
-from lookalike.serve.app import LOOPBACK_NAMES, MAX_K, create_app
 
 
 def main(argv: list[str]) -> None:
@@ -33,6 +30,10 @@ def main(argv: list[str]) -> None:
                         "catalogue was cropped with, else box.pt beside the embedder file, if there is one; python "
                         "train.py experiment=box makes one)")
     args = parser.parse_args(argv)
+    from lookalike.data.feedback import feedback_folder
+    from lookalike.inference.milvus import is_remote
+    from lookalike.serve.app import LOOPBACK_NAMES, create_app
+
     if args.max_upload_mb <= 0:
         raise LookalikeError("--max-upload-mb must be above 0")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from omegaconf import DictConfig
+
 from lookalike.config import hydra_main
-from lookalike.train import train_task
+
+
+def train(cfg: DictConfig) -> Any:
+    from lookalike.train import train_task  # once the command line is read: --help answers at once
+
+    return train_task(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:
-    hydra_main("train", train_task, argv, prog="lookalike train")
+    hydra_main("train", train, argv, prog="lookalike train")

@@ -8,19 +8,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from lookalike.choices import CATALOGUE_BACKENDS, DEFAULT_COLLECTION
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, release_folder
 from lookalike.inference.catalog import PARTIAL_MARKER, Index
-from lookalike.inference.milvus import DEFAULT_COLLECTION, MilvusCatalog, edit, is_remote
+from lookalike.inference.milvus import MilvusCatalog, edit, is_remote
 from lookalike.inference.sharded import Processes
 from lookalike.inference.store import Catalogue
 
-BACKENDS = ("faiss", "milvus")
 
 
 def _check(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise LookalikeError(f"--backend {backend}: use one of {', '.join(BACKENDS)}")
+    if backend not in CATALOGUE_BACKENDS:
+        raise LookalikeError(f"--backend {backend}: use one of {', '.join(CATALOGUE_BACKENDS)}")
 
 
 def open_catalogue(location: str | Path, backend: str = "faiss", collection: str | None = None) -> Catalogue:

@@ -393,12 +393,6 @@ class Index(Catalogue):
         item = self.by_id[item_id]
         return SearchHit(item_id, item["path"], item["label"], score, item.get("fields"))
 
-    def value(self, item: dict[str, Any], column: str) -> str:
-        """An item's ``label`` or manifest field ``column``."""
-        if column != "label":
-            self.check_columns(column)
-        return item["label"] if column == "label" else (item.get("fields") or {}).get(column, "")
-
     def count(self, where: Condition | None = None) -> int:
         """How many items there are (``where``: that pass the condition)."""
         return len(self.items) if where is None else len(self.matching(where))
@@ -454,22 +448,6 @@ class Index(Catalogue):
         for start in range(0, len(self.items), size):
             ids = self.ids[start:start + size]
             yield ids, self.vectors_of(ids)
-
-    def confusers(self, column: str = "label", top: int = 50, k: int = 10) -> list[tuple[float, int, int]]:
-        """The ``top`` most similar pairs of items whose ``column`` differs, as (similarity, id, id), most similar
-        first: likely mistakes in the catalogue, or the pairs to collect feedback on (each item to its ``k``
-        nearest)."""
-        if len(self.items) < 2:
-            return []
-        values = [self.value(it, column) for it in self.items]
-        hits = self.search_vectors(self.vectors(), min(k + 1, len(self.items)))
-        pairs = {}
-        for row, value, found in zip(self.ids, values, hits):
-            for h in found:
-                j = int(np.searchsorted(self.ids, h.id))
-                if h.id != row and values[j] != value:
-                    pairs[(min(int(row), h.id), max(int(row), h.id))] = h.score
-        return sorted(((s, a, b) for (a, b), s in pairs.items()), reverse=True)[:top]
 
 
 def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:

@@ -9,12 +9,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lookalike.choices import EXPORT_FORMATS
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
 from lookalike.inference.embedder_file import load_embedder, save_embedder
 from lookalike.inference.source import load_source
 
-FORMATS = ("native", "torchscript", "onnx")
 TOLERANCE = 1e-4  # max abs difference of an export's embeddings from the PyTorch model's
 
 
@@ -37,8 +37,8 @@ def _runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:
 def export(source: str | Path, out: str | Path, fmt: str = "native", samples: int = 4) -> float:
     """Export the embedder of ``source`` to ``out`` in ``fmt``; returns the max abs difference of the
     export's embeddings from PyTorch's on ``samples`` random inputs (above TOLERANCE is an error)."""
-    if fmt not in FORMATS:
-        raise LookalikeError(f"--format {fmt!r}: choose one of {FORMATS}")
+    if fmt not in EXPORT_FORMATS:
+        raise LookalikeError(f"--format {fmt!r}: choose one of {EXPORT_FORMATS}")
     embedder, prov = load_source(source)
     embedder = embedder.cpu().eval()
     out = Path(out)

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from lookalike.choices import DEFAULT_COLLECTION
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import locked
@@ -39,7 +40,6 @@ from lookalike.retrieval.knn import default_search_params
 
 FORMAT = "lookalike-milvus/1"
 META = "lookalike.meta"
-DEFAULT_COLLECTION = "lookalike"
 INSERT_BATCH = 1000  # rows per insert call
 MAX_TOP_K = 16384  # Milvus's limit on results per query
 MAX_PATH, MAX_LABEL = 4096, 1024

@@ -17,12 +17,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lookalike.choices import FUSIONS
 from lookalike.errors import LookalikeError
 from lookalike.inference.filters import Condition, restriction
 from lookalike.inference.store import Catalogue, SearchHit, hit_value
 from lookalike.retrieval.expansion import expand
 
-FUSIONS = ("mean", "max")
 CANDIDATES_PER_GROUP = 4  # candidates searched per requested group before searching wider
 
 

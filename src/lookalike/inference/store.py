@@ -39,6 +39,11 @@ def hit_value(hit: SearchHit, column: str) -> str:
     return hit.label if column == "label" else (hit.fields or {}).get(column, "")
 
 
+def item_value(item: dict[str, Any], column: str) -> str:
+    """An item's ``label`` or manifest field ``column`` (empty when it has none)."""
+    return item.get("label", "") if column == "label" else (item.get("fields") or {}).get(column, "")
+
+
 MAX_ITEMS = 1 << 40
 
 
@@ -130,10 +135,15 @@ class Catalogue(ABC):
                 raise LookalikeError(f"Catalogue items have no column {column!r}; they have: "
                                      f"{', '.join(sorted(known))}")
 
+    def neighbourhoods(self, k: int) -> Iterator[tuple[int, list[SearchHit]]]:
+        """Every item's id with its ``k`` nearest items (itself among them), a batch of items at a time."""
+        total = self.count()
+        for ids, vectors in self.batches():
+            yield from zip((int(i) for i in ids), self.search_vectors(vectors, min(k, total)))
+
     def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
         """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest), largest first."""
-        total = self.count()
-        if not total:
+        if not self.count():
             return []
         parent: dict[int, int] = {}
 
@@ -144,13 +154,28 @@ class Catalogue(ABC):
                 i = parent[i]
             return i
 
-        for ids, vectors in self.batches():
-            for item, found in zip(ids, self.search_vectors(vectors, min(k + 1, total))):
-                root(int(item))
-                for hit in found:
-                    if hit.id != item and hit.score >= threshold:
-                        parent[root(hit.id)] = root(int(item))
+        for item, found in self.neighbourhoods(k + 1):
+            root(item)
+            for hit in found:
+                if hit.id != item and hit.score >= threshold:
+                    parent[root(hit.id)] = root(item)
         groups: dict[int, list[int]] = {}
         for i in sorted(parent):
             groups.setdefault(root(i), []).append(i)
         return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
+
+    def confusers(self, column: str = "label", top: int = 50, k: int = 10) -> list[tuple[float, int, int]]:
+        """The ``top`` most similar pairs of items whose ``column`` differs, as (similarity, id, id), most similar
+        first: likely mistakes in the catalogue, or the pairs to collect feedback on (each item to its ``k``
+        nearest)."""
+        self.check_columns(None if column == "label" else column)
+        if self.count() < 2:
+            return []
+        pairs: dict[tuple[int, int], float] = {}
+        for item, found in self.neighbourhoods(k + 1):
+            own = next((h for h in found if h.id == item), None)
+            value = hit_value(own, column) if own is not None else item_value(self.item(item) or {}, column)
+            for hit in found:
+                if hit.id != item and hit_value(hit, column) != value:
+                    pairs[(min(item, hit.id), max(item, hit.id))] = hit.score
+        return sorted(((s, a, b) for (a, b), s in pairs.items()), reverse=True)[:top]

@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from lookalike.choices import POOLS
 from lookalike.config import trusted_config
 from lookalike.errors import LookalikeError
 from lookalike.net import connection_error
@@ -22,7 +23,6 @@ OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
     for i in range(3)
 }
 
-POOLS = ("avg", "max", "avgmax", "gem", "token")  # token: a vision transformer's class token
 
 
 class GeM(nn.Module):
