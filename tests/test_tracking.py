@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from lookalike.runs import summarize
+from lookalike.evaluate import evaluate
 from lookalike.train import run
 from tests.helpers import compose_config, tiny_overrides
 
@@ -66,7 +67,9 @@ def test_wandb_logger_runs_offline(data_cache: Path, tmp_path: Path, monkeypatch
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     report = run(compose_config(tiny_overrides(data_cache, tmp_path) + ["logger=wandb"]))
-    assert report["best_val"] is not None
+    again = evaluate(compose_config([f"ckpt={report['best_checkpoint']}", "split=val", "num_workers=0",
+                                     "grid.queries=0", f"paths.output_dir={tmp_path / 'val'}"], name="eval"))
+    assert report["best_val"] == pytest.approx(again["metrics"]["map@r"], abs=1e-5)  # the best checkpoint's val/map@r
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     assert (tmp_path / "retrieval_grid.png").is_file() and (tmp_path / "embedder.pt").is_file()
@@ -99,7 +102,10 @@ def test_run_folder_records_provenance(data_cache: Path, tmp_path: Path) -> None
     assert prov["seed"] == 7 and {"torch", "timm", "lightning", "pytorch-metric-learning"} <= set(prov["versions"])
     if (ROOT / ".git").exists():
         assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
-    assert json.loads((tmp_path / "metrics.json").read_text())["duration_s"] > 0
+    started = time.time()
+    run(compose_config(tiny_overrides(data_cache, tmp_path / "again") + ["logger=none", "seed=7"]))
+    duration = json.loads((tmp_path / "again" / "metrics.json").read_text())["duration_s"]
+    assert 0 < duration <= time.time() - started + 0.1  # the run's own wall time, not another clock's
 
 
 @pytest.mark.slow

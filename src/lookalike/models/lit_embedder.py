@@ -112,7 +112,7 @@ class LitEmbedder(L.LightningModule):
 
     def _step_number(self) -> int:
         """The number of the optimizer step being taken (1 for the first), as Lightning counts for logging."""
-        return self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1
+        return self.global_step + 1  # optimizer steps taken so far (one optimizer, automatic optimization)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step when a loss or gradient is not finite, counting it; stop the run with a clear message
