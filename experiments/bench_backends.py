@@ -78,8 +78,8 @@ def items(n: int) -> list[dict]:
 
 def child_build(backend: str, factory: str, vectors_path: str, target: str) -> dict:
     """Build one catalogue from the saved vectors; insert rate and disk."""
-    from lookalike.inference.catalog import FORMAT, Index
-    from lookalike.inference.milvus import MilvusCatalog
+    from lookalike.catalogue.file import FORMAT, FileCatalogue
+    from lookalike.catalogue.milvus import MilvusCatalog
     from lookalike.retrieval.knn import FaissIndex, default_search_params
 
     vectors = np.load(vectors_path, mmap_mode="r")
@@ -90,7 +90,7 @@ def child_build(backend: str, factory: str, vectors_path: str, target: str) -> d
         params = default_search_params(factory)
         meta = {"format": FORMAT, "embedder_hash": "bench", "dim": dim, "factory": factory, "search_params": params,
                 "count": 0, "next_id": n, "embedder": "none", "rerank": 0, "dba": None}
-        index = Index(FaissIndex(dim, factory, search_params=params, ids=True), [], meta)
+        index = FileCatalogue(FaissIndex(dim, factory, search_params=params, ids=True), [], meta)
         index.add_vectors([{**it, "id": i} for i, it in enumerate(listed)], np.asarray(vectors))
         index.save(target)
     else:
@@ -105,8 +105,8 @@ def child_search(backend: str, target: str, queries_path: str, count: str) -> di
     """Open the catalogue in a fresh process and search: memory, latency per filter, found ids."""
     import resource
 
-    from lookalike.inference.backends import open_catalogue
-    from lookalike.inference.filters import parse_filter
+    from lookalike.catalogue.backends import open_catalogue
+    from lookalike.catalogue.filters import parse_filter
 
     rss0 = resident()
     catalogue = open_catalogue(target, backend, "bench")

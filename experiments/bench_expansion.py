@@ -24,7 +24,7 @@ from common import machine, report
 from lookalike.data.image_folder import image_folder
 from lookalike.data.synthetic import synthetic_products
 from lookalike.files import DEFAULT_CACHE_DIR
-from lookalike.inference.embedder_file import load_embedder
+from lookalike.embedder.file import load_embedder
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.metrics import retrieval_metrics
 

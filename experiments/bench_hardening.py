@@ -46,7 +46,7 @@ def decodes(mode: str) -> tuple[int, int, int, int]:
 
 
 def filters(items: int = 50_000) -> tuple[float, float, str]:
-    from lookalike.inference.filters import Columns, mask, matches, parse_filter
+    from lookalike.catalogue.filters import Columns, mask, matches, parse_filter
 
     rows = [{"label": f"p{i}", "price": str(i % 997)} for i in range(items)]
     text = f"price in [{', '.join(str(v) for v in range(0, 990, 5))}]"

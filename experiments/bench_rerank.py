@@ -1,6 +1,6 @@
 """Benchmark: exact re-scoring behind compressed catalogue indexes (binary sign bits, IVF-PQ).
 
-Through the catalogue index itself (`lookalike.inference.catalog.Index`, saved and loaded again, so the exact
+Through the catalogue index itself (`lookalike.catalogue.file.FileCatalogue`, saved and loaded again, so the exact
 vectors are the memory-mapped `vectors.npy` of the .lkidx): N clustered 128-d unit vectors (`make_data` of
 common.py, as bench_search.py), 1,000 queries drawn from them (their class-mates stay in the catalogue). For
 each re-scoring depth (candidates re-scored with the exact vectors; 0: the compressed codes alone):
@@ -29,7 +29,7 @@ DEPTHS = (0, 50, 100, 200, 500)
 
 
 def rows_for(n: int, factory: str, queries_n: int, single: int) -> list[dict]:
-    from lookalike.inference.catalog import FORMAT, Index
+    from lookalike.catalogue.file import FORMAT, FileCatalogue
     from lookalike.retrieval.knn import FaissIndex, default_search_params
 
     x, _ = make_data(n + queries_n, 128, noise=0.6)
@@ -44,14 +44,14 @@ def rows_for(n: int, factory: str, queries_n: int, single: int) -> list[dict]:
             "search_params": default_search_params(factory), "count": 0, "next_id": len(items), "embedder": "-",
             "rerank": 1, "dba": None}
     t0 = time.perf_counter()
-    index = Index(FaissIndex(128, factory, search_params=meta["search_params"], ids=True), [], meta,
+    index = FileCatalogue(FaissIndex(128, factory, search_params=meta["search_params"], ids=True), [], meta,
                   np.zeros((0, 128), np.float32))
     index.add_vectors(items, gallery)
     build = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp) / "c.lkidx")
         disk = (Path(tmp) / "c.lkidx").stat().st_size
-        loaded = Index.load(Path(tmp) / "c.lkidx")
+        loaded = FileCatalogue.load(Path(tmp) / "c.lkidx")
         codes = len(loaded.faiss.to_bytes())
         rows = []
         for depth in DEPTHS:

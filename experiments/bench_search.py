@@ -1,6 +1,6 @@
 """Benchmark: catalogue index build throughput and query latency (exact, approximate and binary indexes).
 
-Build: `lookalike.catalog.Index.build` on real JPEGs (decoding in worker processes, embedding, indexing),
+Build: `lookalike.catalog.FileCatalogue.build` on real JPEGs (decoding in worker processes, embedding, indexing),
 in images/s, with an EfficientNet-Lite0 embedder (offline ImageNet weights, 128-d head) at --image-size.
 Queries: `lookalike.retrieval.knn.FaissIndex` over N clustered 128-d unit vectors (as
 experiments/bench_retrieval.py makes them, with two members of a class at cosine ~0.74 as in trained
@@ -35,8 +35,8 @@ K = 10
 def build_throughput(images: Path, image_size: int, batch_size: int, workers: int | None) -> dict:
     """Images/s of a whole index build (decode, resize, embed, add) on the available device."""
     from lookalike.data.listing import labelled_images
-    from lookalike.inference.catalog import Index
-    from lookalike.inference.embedder_file import save_embedder
+    from lookalike.catalogue.file import FileCatalogue
+    from lookalike.embedder.file import save_embedder
     from lookalike.models.embedder import Embedder
 
     embedder = Embedder({"name": "tf_efficientnet_lite0", "pretrained": False}, {"embedding_size": 128}, image_size)
@@ -44,7 +44,7 @@ def build_throughput(images: Path, image_size: int, batch_size: int, workers: in
         path = save_embedder(embedder, Path(tmp) / "embedder.pt")
         n = len(labelled_images(images))
         t0 = time.perf_counter()
-        Index.build(path, images, batch_size=batch_size, num_workers=workers)
+        FileCatalogue.build(path, images, options=BuildOptions(batch_size=batch_size, num_workers=workers))
         seconds = time.perf_counter() - t0
     return {"images": n, "seconds": seconds, "images_per_s": n / seconds, "image_size": image_size,
             "batch_size": batch_size, "device": "cuda" if torch.cuda.is_available() else "cpu"}
@@ -137,7 +137,7 @@ def main() -> None:
     if a.images:
         b = build_throughput(a.images, a.image_size, a.batch_size, a.workers)
         print(json.dumps(b), flush=True)
-        lines += ["Index build (decode + resize + embed + add, `Index.build`):\n",
+        lines += ["FileCatalogue build (decode + resize + embed + add, `FileCatalogue.build`):\n",
                   "| images | image size | batch | device | seconds | images/s |", "|---:|---:|---:|---|---:|---:|",
                   f"| {b['images']:,} | {b['image_size']} | {b['batch_size']} | {b['device']} | {b['seconds']:.1f} | "
                   f"{b['images_per_s']:.1f} |\n"]

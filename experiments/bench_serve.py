@@ -30,9 +30,9 @@ from common import machine, report
 
 def padded_index(embedder: Path, images: Path, items: int, out: Path) -> Path:
     """An index of ``images`` padded to ``items`` entries with jittered copies of their embeddings."""
-    from lookalike.inference.catalog import Index
+    from lookalike.catalogue.file import FileCatalogue
 
-    index = Index.build(embedder, images)
+    index = FileCatalogue.build(embedder, images)
     vectors = index.vectors()
     rng = np.random.default_rng(0)
     extra = items - len(index.items)

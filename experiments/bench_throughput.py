@@ -204,7 +204,7 @@ def _timed(step, steps: int, warmup: int, batch: int, gpu: bool) -> float:
 def embed_folder(model: str, size: int, batch: int, images: Path, workers: int, limit: int) -> dict:
     """lookalike's catalogue embedding (`embed_files`) over JPEGs, timed after the first batch."""
     from lookalike.data.listing import labelled_images
-    from lookalike.inference.embed import embed_files
+    from lookalike.embedder.embed import embed_files
 
     paths = [item["path"] for item in labelled_images(images)[:limit]]
     done, t0 = 0, None

@@ -96,8 +96,8 @@ def recall(embedder, references: list[str], photos: list, truth: np.ndarray) -> 
 
 def main() -> None:
     from lookalike.data.images import load_rgb
-    from lookalike.inference.boxes import BoxFinder
-    from lookalike.inference.embedder_file import load_embedder, pretrained_embedder
+    from lookalike.boxes.finder import BoxFinder
+    from lookalike.embedder.file import load_embedder, pretrained_embedder
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, required=True, help="the DVD covers")

@@ -1,10 +1,10 @@
 """Benchmark: classify, then search (`lookalike search --category auto`) against plain search.
 
 flowers17 as a catalogue with its 17 classes as categories: of each class's 80 photos, 20 (drawn with a fixed
-seed) are queries and 60 are catalogue items, indexed with `Index.build` from an embedder file (a pretrained
+seed) are queries and 60 are catalogue items, indexed with `FileCatalogue.build` from an embedder file (a pretrained
 backbone's pooled features at its own size: no training, nothing chosen on these images). Plain search and
 `category=auto` (a similarity-weighted vote of the `--votes` nearest items, then search within the winner)
-answer every query through `lookalike.inference.query.search_catalogue`; recall@k = an item of the query's class
+answer every query through `lookalike.catalogue.query.search_catalogue`; recall@k = an item of the query's class
 among the first k, category accuracy = how often the vote picked the query's class, and ms per query (one at a
 time, after embedding).
 
@@ -29,9 +29,9 @@ KS = (1, 5, 10)
 
 def main() -> None:
     from lookalike.data.listing import labelled_images
-    from lookalike.inference.catalog import Index
-    from lookalike.inference.embedder_file import load_embedder, pretrained_embedder, save_embedder
-    from lookalike.inference.query import SearchOptions, search_catalogue
+    from lookalike.catalogue.file import FileCatalogue
+    from lookalike.embedder.file import load_embedder, pretrained_embedder, save_embedder
+    from lookalike.catalogue.query import SearchOptions, search_catalogue
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, required=True)
@@ -53,7 +53,7 @@ def main() -> None:
             writer.writerow(["path", "label"])
             writer.writerows((it["path"], it["label"]) for it, q in zip(items, is_query) if not q)
         path = save_embedder(pretrained_embedder(args.backbone), Path(tmp) / "embedder.pt")
-        index = Index.build(path, manifest)
+        index = FileCatalogue.build(path, manifest)
         embedder = load_embedder(path)
     queries = [it for it, q in zip(items, is_query) if q]
     vectors = embedder.embed([it["path"] for it in queries]).numpy()

@@ -1,6 +1,6 @@
 """Benchmark: one round of feedback on search results (the page's "same product" / "not the same"), simulated.
 
-The synthetic set's 40 test products are the catalogue (one catalogue picture each, indexed with `Index.build`).
+The synthetic set's 40 test products are the catalogue (one catalogue picture each, indexed with `FileCatalogue.build`).
 For each of 3 seeds:
 
 1. train the quickstart recipe (`python train.py seed=S`, the default config): the embedder without feedback;
@@ -70,8 +70,8 @@ def recall(results: list[list[str]], truth: list[str]) -> dict[int, float]:
 def main() -> None:
     from lookalike.data.synthetic import synthetic_products
     from lookalike.files import cache_dir
-    from lookalike.inference.catalog import Index
-    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.catalogue.file import FileCatalogue
+    from lookalike.embedder.file import load_embedder
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -97,7 +97,7 @@ def main() -> None:
     for seed in args.seeds:
         base = train(args.work / f"base_s{seed}", seed, args.train_args)
         embedder = load_embedder(base)
-        index = Index.build(base, manifest, num_workers=0)
+        index = FileCatalogue.build(base, manifest, options=BuildOptions(num_workers=0))
         marks = args.work / f"feedback_s{seed}.csv"
         counts = simulate(ranked(index, embedder, [q for q, _ in feedback], SHOWN), [q for q, _ in feedback],
                           [n for _, n in feedback], picture, marks)
@@ -106,7 +106,7 @@ def main() -> None:
         positives = train(args.work / f"positives_s{seed}", seed, [*given, "data.feedback_pairs=0"])
         result = {"seed": seed, "same": counts[0], "different": counts[1]}
         for name, path in (("without", base), ("with", tuned), ("positives", positives)):
-            found = ranked(Index.build(path, manifest, num_workers=0), load_embedder(path), [q for q, _ in held],
+            found = ranked(FileCatalogue.build(path, manifest, options=BuildOptions(num_workers=0)), load_embedder(path), [q for q, _ in held],
                            max(KS))
             for group, keep in (("marked", True), ("unmarked", False)):
                 rows_of = [i for i, (_, n) in enumerate(held) if (n in marked) == keep]

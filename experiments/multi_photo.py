@@ -1,9 +1,9 @@
 """Benchmark: several photos of one item searched together (`lookalike search a.jpg b.jpg --fuse mean|max`).
 
 DVD covers (Stanford Mobile Visual Search): a catalogue index of the 100 clean references, built with
-`Index.build` from an embedder file; each item's four phone photos (canon, droid, e63, palm) are its queries.
+`FileCatalogue.build` from an embedder file; each item's four phone photos (canon, droid, e63, palm) are its queries.
 For s = 1, 2, 4 photos, every s-subset of an item's photos is one query (4, 6 and 1 per item), answered by
-`lookalike.inference.query.search_catalogue` with `fuse=mean` (mean embedding) or `fuse=max` (each item's best
+`lookalike.catalogue.query.search_catalogue` with `fuse=mean` (mean embedding) or `fuse=max` (each item's best
 photo); recall@1/@5 = the item's reference among the first 1/5 results, averaged over all queries. No training,
 so nothing is chosen on these items: the embedder is a pretrained backbone's pooled features at its own size.
 
@@ -28,9 +28,9 @@ KS = (1, 5)
 
 
 def main() -> None:
-    from lookalike.inference.catalog import Index
-    from lookalike.inference.embedder_file import load_embedder, pretrained_embedder, save_embedder
-    from lookalike.inference.query import SearchOptions, search_catalogue
+    from lookalike.catalogue.file import FileCatalogue
+    from lookalike.embedder.file import load_embedder, pretrained_embedder, save_embedder
+    from lookalike.catalogue.query import SearchOptions, search_catalogue
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, required=True)
@@ -41,7 +41,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.embedder or save_embedder(pretrained_embedder(args.backbone), Path(tmp) / "embedder.pt")
-        index = Index.build(path, args.root / "reference")
+        index = FileCatalogue.build(path, args.root / "reference")
         embedder = load_embedder(path)
     names = [f"{i:03d}" for i in range(1, 101)]
     photos = embedder.embed([str(args.root / c / f"{n}.jpg") for n in names for c in CAMERAS]).numpy()

@@ -26,7 +26,7 @@ import numpy as np
 
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.models.embedder import Embedder
-from lookalike.inference.embed import embed_loader
+from lookalike.embedder.embed import embed_loader
 from lookalike.retrieval import retrieval_metrics
 
 from common import machine, splits

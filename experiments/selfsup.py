@@ -32,7 +32,7 @@ from lookalike.data.image_folder import image_folder
 from lookalike.data.synthetic import synthetic_products
 from lookalike.data.table import ImageTable
 from lookalike.data.unlabeled import image_files, photo_to_catalogue
-from lookalike.inference.embedder_file import load_embedder
+from lookalike.embedder.file import load_embedder
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval import retrieval_metrics
 

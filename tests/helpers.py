@@ -10,7 +10,11 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
+from lookalike.catalogue.build import BuildOptions
 from lookalike.config import compose
+
+# Catalogue builds that decode in the test's own process (no loader workers to start).
+INLINE = BuildOptions(num_workers=0)
 
 # A tiny, fast timm model and tiny images: a training step takes milliseconds on a CPU.
 TINY_MODEL = [

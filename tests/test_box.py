@@ -14,10 +14,10 @@ from lookalike.cli.search import main as search_main
 from lookalike.data.images import load_rgb
 from lookalike.data.composites import Composites, _paste
 from lookalike.errors import LookalikeError
-from lookalike.inference.boxes import BoxFinder
+from lookalike.boxes.finder import BoxFinder
 from lookalike.models.box import box_losses
 from lookalike.train import run
-from tests.helpers import TINY_DATA, compose_config, tiny_overrides, write_image
+from tests.helpers import INLINE, TINY_DATA, compose_config, tiny_overrides, write_image
 
 
 def test_a_pasted_picture_is_exactly_its_box() -> None:
@@ -94,9 +94,9 @@ def test_bad_box_files_get_one_message(tmp_path: Path) -> None:
 
 def test_search_crop_auto_uses_the_box_model(box_run: dict, trained: dict, catalogue, tmp_path: Path,
                                               capsys) -> None:
-    from lookalike.inference.catalog import Index
+    from lookalike.catalogue.file import FileCatalogue
 
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
     photo = catalogue[1][0]
     search_main([photo, "--index", str(tmp_path / "c.lkidx"), "--crop", "auto", "--boxes", box_run["box_file"],
                  "-k", "2", "--json"])
@@ -111,16 +111,16 @@ def test_search_crop_auto_uses_the_box_model(box_run: dict, trained: dict, catal
 def test_index_build_crop_auto_embeds_each_image_cut_to_its_box_and_keeps_cutting(
         box_run: dict, trained: dict, catalogue, tmp_path: Path, capsys) -> None:
     from lookalike.cli.index import main as index_main
-    from lookalike.inference.backends import reembed
-    from lookalike.inference.catalog import Index
-    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.catalogue.backends import reembed
+    from lookalike.catalogue.file import FileCatalogue
+    from lookalike.embedder.file import load_embedder
 
     manifest, photos = catalogue[0], catalogue[1]
     out = tmp_path / "photos.lkidx"
     (tmp_path / "photos.csv").write_text("path,label\n" + "".join(f"{p},{n}\n" for p, n in zip(photos[:4], catalogue[2])))
     index_main(["build", "--embedder", trained["embedder"], "--images", str(tmp_path / "photos.csv"), "--out", str(out),
                 "--crop", "auto", "--boxes", box_run["box_file"], "--workers", "0"])
-    index = Index.load(out)
+    index = FileCatalogue.load(out)
     assert index.meta["boxes"] == str(Path(box_run["box_file"]).resolve())
     finder, embedder = BoxFinder.load(box_run["box_file"]), load_embedder(trained["embedder"])
     cropped = finder.crop([load_rgb(p) for p in photos[:5]])
@@ -130,9 +130,9 @@ def test_index_build_crop_auto_embeds_each_image_cut_to_its_box_and_keeps_cuttin
 
     (tmp_path / "more.csv").write_text(f"path,label\n{photos[4]},{catalogue[2][4]}\n")
     index_main(["add", "--index", str(out), "--images", str(tmp_path / "more.csv"), "--workers", "0"])
-    added = Index.load(out)
+    added = FileCatalogue.load(out)
     np.testing.assert_allclose(added.vectors_of([added.items[-1]["id"]]), expected[4:], atol=1e-4)  # cut the same way
-    again = reembed(out, trained["embedder"], tmp_path / "again.lkidx", num_workers=0)
+    again = reembed(out, trained["embedder"], tmp_path / "again.lkidx", options=INLINE)
     assert again.meta["boxes"] == index.meta["boxes"]
     np.testing.assert_allclose(again.vectors_of([it["id"] for it in again.items]), expected, atol=1e-4)
 
@@ -142,7 +142,7 @@ def test_index_build_crop_auto_embeds_each_image_cut_to_its_box_and_keeps_cuttin
         search_main([photos[0], "--index", str(out), "-k", "1", "--json", *crop])
         answers[" ".join(crop)] = json.loads(capsys.readouterr().out)[0]["results"][0]["score"]
     assert answers[""] == answers["--crop auto"] != answers["--crop none"]
-    whole = Index.build(trained["embedder"], tmp_path / "photos.csv", num_workers=0)
+    whole = FileCatalogue.build(trained["embedder"], tmp_path / "photos.csv", INLINE)
     assert whole.meta["boxes"] is None
     with pytest.raises(LookalikeError, match="No box model"):
         index_main(["build", "--embedder", trained["embedder"], "--images", str(manifest), "--out",
@@ -179,10 +179,10 @@ def test_evaluate_crop_auto_cuts_the_query_photos(box_run: dict, trained: dict, 
 @pytest.fixture
 def boxed_app(box_run: dict, trained: dict, catalogue, tmp_path: Path):
     pytest.importorskip("fastapi")
-    from lookalike.inference.catalog import Index
+    from lookalike.catalogue.file import FileCatalogue
     from lookalike.serve.app import create_app
 
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
     return create_app(tmp_path / "c.lkidx", boxes=box_run["box_file"]), tmp_path / "c.lkidx", catalogue[1]
 
 
@@ -190,8 +190,8 @@ def test_the_api_finds_the_box_and_searches_with_crop_auto(boxed_app, box_run: d
     from fastapi.testclient import TestClient
 
     from lookalike.data.images import load_rgb
-    from lookalike.inference.catalog import Index
-    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.catalogue.file import FileCatalogue
+    from lookalike.embedder.file import load_embedder
     from lookalike.serve.app import create_app
 
     app, index_path, photos = boxed_app
@@ -203,7 +203,7 @@ def test_the_api_finds_the_box_and_searches_with_crop_auto(boxed_app, box_run: d
     assert found["box"] == [round(v) for v in box] and found["confidence"] == pytest.approx(confidence, abs=1e-5)
     answer = client.post("/api/search", files=files, data={"k": "3", "crop": "auto"})
     assert answer.status_code == 200, answer.text
-    expected = Index.load(index_path).search(load_embedder(trained["embedder"]), finder.crop([load_rgb(photos[0])]), 3)
+    expected = FileCatalogue.load(index_path).search(load_embedder(trained["embedder"]), finder.crop([load_rgb(photos[0])]), 3)
     assert [r["id"] for r in answer.json()["results"]] == [h.id for h in expected[0]]
     plain = TestClient(create_app(index_path))  # no box model beside the embedder: crop=auto is refused
     assert plain.post("/api/search", files=files, data={"crop": "auto"}).status_code == 422

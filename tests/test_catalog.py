@@ -14,16 +14,16 @@ import torch
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluate import evaluate
-from lookalike.inference.catalog import Index
-from lookalike.inference.embedder_file import load_embedder, save_embedder
-from lookalike.inference.query import SearchOptions, search_catalogue
+from lookalike.catalogue.file import FileCatalogue
+from lookalike.embedder.file import load_embedder, save_embedder
+from lookalike.catalogue.query import SearchOptions, search_catalogue
 from tests.helpers import TINY_DATA, compose_config
 
 def test_search_agrees_with_the_evaluation_module(trained: dict, catalogue, tmp_path: Path) -> None:
     manifest, photos, labels = catalogue
-    index = Index.build(trained["embedder"], manifest)
+    index = FileCatalogue.build(trained["embedder"], manifest)
     index.save(tmp_path / "c.lkidx")
-    loaded = Index.load(tmp_path / "c.lkidx")
+    loaded = FileCatalogue.load(tmp_path / "c.lkidx")
     assert loaded.meta["count"] == 5 and len(loaded.items) == 5
     hits = loaded.search(load_embedder(trained["embedder"]), photos, k=3)
     recall_at_1 = sum(h[0].label == y for h, y in zip(hits, labels)) / len(labels)
@@ -37,7 +37,7 @@ def test_search_agrees_with_the_evaluation_module(trained: dict, catalogue, tmp_
 
 
 def test_index_refuses_another_embedder_and_bad_files(trained: dict, catalogue, tmp_path: Path) -> None:
-    index = Index.build(trained["embedder"], catalogue[0])
+    index = FileCatalogue.build(trained["embedder"], catalogue[0])
     index.check_embedder(trained["embedder"])  # the same one is fine
     other = load_embedder(trained["embedder"])
     with torch.no_grad():
@@ -46,16 +46,16 @@ def test_index_refuses_another_embedder_and_bad_files(trained: dict, catalogue, 
     with pytest.raises(LookalikeError, match="built with embedder"):
         index.check_embedder(tmp_path / "other.pt")
     with pytest.raises(LookalikeError, match="No index file"):
-        Index.load(tmp_path / "missing.lkidx")
+        FileCatalogue.load(tmp_path / "missing.lkidx")
     (tmp_path / "junk.lkidx").write_bytes(b"junk")
     with pytest.raises(LookalikeError, match="not a readable lookalike index"):
-        Index.load(tmp_path / "junk.lkidx")
+        FileCatalogue.load(tmp_path / "junk.lkidx")
     with zipfile.ZipFile(tmp_path / "foreign.lkidx", "w") as z:
         z.writestr("meta.json", json.dumps({"format": "other"}))
         z.writestr("items.json", "[]")
         z.writestr("index.faiss", b"")
     with pytest.raises(LookalikeError, match="not a lookalike index"):
-        Index.load(tmp_path / "foreign.lkidx")
+        FileCatalogue.load(tmp_path / "foreign.lkidx")
     with pytest.raises(LookalikeError, match="dimensions"):
         index.search_vectors(np.zeros((1, 3), np.float32))
 
@@ -89,7 +89,7 @@ def test_index_and_search_commands(trained: dict, catalogue, tmp_path: Path) -> 
 
 
 def test_threshold_for_precision_is_exact() -> None:
-    from lookalike.inference.calibrate import precision_recall, threshold_for_precision
+    from lookalike.embedder.calibrate import precision_recall, threshold_for_precision
 
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     same = np.array([True, True, False, True, False])
@@ -107,8 +107,8 @@ def test_threshold_for_precision_is_exact() -> None:
 
 
 def test_calibrate_stores_a_threshold_that_search_uses(trained: dict, catalogue, tmp_path: Path) -> None:
-    from lookalike.inference.calibrate import calibrate
-    from lookalike.inference.embedder_file import match_threshold
+    from lookalike.embedder.calibrate import calibrate
+    from lookalike.embedder.file import match_threshold
 
     manifest, photos, labels = catalogue
     rows = ["path,label"] + [f"{p},{y}" for p, y in zip(photos, labels)]
@@ -120,7 +120,7 @@ def test_calibrate_stores_a_threshold_that_search_uses(trained: dict, catalogue,
     assert result["fit"]["precision"] >= 0.3 and result["fit"]["classes"] + result["held_out"]["classes"] == 5
     assert 0 <= result["held_out"]["precision"] <= 1 and 0 <= result["held_out"]["recall"] <= 1
     assert match_threshold(embedder) == pytest.approx(result["threshold"])
-    Index.build(trained["embedder"], manifest).check_embedder(embedder)  # calibration keeps the fingerprint
+    FileCatalogue.build(trained["embedder"], manifest).check_embedder(embedder)  # calibration keeps the fingerprint
 
 
 def test_duplicates_and_category_search(trained: dict, catalogue, tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_duplicates_and_category_search(trained: dict, catalogue, tmp_path: Path
         (folder / label / "front.jpg").write_bytes(Path(path).read_bytes())
         if i == 0:  # the same picture listed twice under another name
             (folder / label / "front_copy.jpg").write_bytes(Path(path).read_bytes())
-    index = Index.build(trained["embedder"], folder)
+    index = FileCatalogue.build(trained["embedder"], folder)
     groups = index.duplicate_groups(threshold=0.9999)
     assert len(groups) == 1 and {Path(index.by_id[i]["path"]).name for i in groups[0]} == {"front.jpg", "front_copy.jpg"}
     target = labels[0]

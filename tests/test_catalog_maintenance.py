@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lookalike.inference.catalog as catalog
-from lookalike.inference.catalog import Index
+import lookalike.catalogue.build as build
+from lookalike.catalogue.build import BuildOptions
+from lookalike.catalogue.file import FileCatalogue
 from lookalike.errors import LookalikeError
-from lookalike.inference.embedder_file import load_embedder
-from lookalike.inference.filters import parse_filter
-from lookalike.inference.milvus import MilvusCatalog, item_id
+from lookalike.embedder.file import load_embedder
+from lookalike.catalogue.filters import parse_filter
+from lookalike.catalogue.milvus import MilvusCatalog, item_id
 from lookalike.retrieval.knn import FaissIndex, default_search_params
+from tests.helpers import INLINE
 
 
 def _shop(manifest: Path, folder: Path) -> list[Path]:
@@ -33,7 +35,7 @@ def _shop(manifest: Path, folder: Path) -> list[Path]:
 
 
 def test_an_interrupted_build_resumes_where_it_stopped(trained: dict, catalogue, tmp_path: Path, monkeypatch) -> None:
-    real = catalog.embed_files
+    real = build.embed_files
     embedded: list[int] = []
 
     def crashing(embedder, paths, start=0, *args, **kwargs):
@@ -49,27 +51,27 @@ def test_an_interrupted_build_resumes_where_it_stopped(trained: dict, catalogue,
             yield batch
 
     partial = tmp_path / "c.lkidx.partial"
-    monkeypatch.setattr(catalog, "embed_files", crashing)
+    monkeypatch.setattr(build, "embed_files", crashing)
     with pytest.raises(KeyboardInterrupt):
-        Index.build(trained["embedder"], catalogue[0], batch_size=1, num_workers=0, checkpoint=partial,
-                    checkpoint_every=2)
+        FileCatalogue.build(trained["embedder"], catalogue[0], BuildOptions(batch_size=1, num_workers=0),
+                            checkpoint=partial, checkpoint_every=2)
     assert embedded == [0, 1, 2] and len(list(partial.glob("chunk_*.npz"))) == 1  # images 0-1 saved
     embedded.clear()
-    monkeypatch.setattr(catalog, "embed_files", counting)
-    resumed = Index.build(trained["embedder"], catalogue[0], batch_size=1, num_workers=0, checkpoint=partial,
-                          checkpoint_every=2)
+    monkeypatch.setattr(build, "embed_files", counting)
+    resumed = FileCatalogue.build(trained["embedder"], catalogue[0], BuildOptions(batch_size=1, num_workers=0),
+                            checkpoint=partial, checkpoint_every=2)
     assert embedded == [2, 3, 4]  # only what was not saved is embedded again
-    clean = Index.build(trained["embedder"], catalogue[0], num_workers=0)
+    clean = FileCatalogue.build(trained["embedder"], catalogue[0], INLINE)
     assert [it["path"] for it in resumed.items] == [it["path"] for it in clean.items]
     np.testing.assert_allclose(resumed.vectors(), clean.vectors(), atol=1e-5)
 
 
 def test_a_checkpoint_of_other_images_is_not_reused(trained: dict, catalogue, tmp_path: Path) -> None:
     partial = tmp_path / "c.lkidx.partial"
-    Index.build(trained["embedder"], catalogue[0], num_workers=0, checkpoint=partial, checkpoint_every=2)
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE, checkpoint=partial, checkpoint_every=2)
     shop = _shop(catalogue[0], tmp_path / "shop")
     with pytest.warns(UserWarning, match="other images or another embedder"):
-        index = Index.build(trained["embedder"], tmp_path / "shop", num_workers=0, checkpoint=partial)
+        index = FileCatalogue.build(trained["embedder"], tmp_path / "shop", INLINE, checkpoint=partial)
     assert [it["path"] for it in index.items] == [str(p) for p in sorted(shop)]
 
 
@@ -79,7 +81,8 @@ def test_add_and_remove_items(trained: dict, catalogue, tmp_path: Path, factory:
     later = shop[3:]
     for p in later:
         shutil.move(p, tmp_path / p.parent.name)  # not in the shop yet
-    index = Index.build(trained["embedder"], tmp_path / "shop", factory=factory, num_workers=0)
+    index = FileCatalogue.build(trained["embedder"], tmp_path / "shop",
+                                BuildOptions(factory=factory, num_workers=0))
     assert index.meta["count"] == 3
     for p in later:
         shutil.move(tmp_path / p.parent.name, p)
@@ -92,11 +95,11 @@ def test_add_and_remove_items(trained: dict, catalogue, tmp_path: Path, factory:
     assert top.path == str(later[0]) and top.score == pytest.approx(1.0, abs=1e-4)
     index.remove([top.id, 0])
     index.save(tmp_path / "c.lkidx")
-    loaded = Index.load(tmp_path / "c.lkidx")
+    loaded = FileCatalogue.load(tmp_path / "c.lkidx")
     assert loaded.meta["count"] == 3 and sorted(loaded.by_id) == [1, 2, 4]
     hits = loaded.search(embedder, [str(later[0])], k=5)[0]
     assert len(hits) == 3 and top.id not in {h.id for h in hits}
-    assert Index.load(tmp_path / "c.lkidx").add_images(payload, tmp_path / "shop", num_workers=0)[0]["id"] == 5
+    assert FileCatalogue.load(tmp_path / "c.lkidx").add_images(payload, tmp_path / "shop", num_workers=0)[0]["id"] == 5
     with pytest.raises(LookalikeError, match="No catalogue item has the id"):
         loaded.remove([99])
 
@@ -104,14 +107,14 @@ def test_add_and_remove_items(trained: dict, catalogue, tmp_path: Path, factory:
 def test_approximate_catalogue_indexes_keep_their_search_parameters(trained: dict, catalogue, tmp_path: Path) -> None:
     import faiss
 
-    index = Index.build(trained["embedder"], catalogue[0], factory="HNSW32", num_workers=0)
+    index = FileCatalogue.build(trained["embedder"], catalogue[0], BuildOptions(factory="HNSW32", num_workers=0))
     assert index.meta["search_params"] == "efSearch=128"  # not FAISS's default of 16
     index.save(tmp_path / "c.lkidx")
-    loaded = Index.load(tmp_path / "c.lkidx")
+    loaded = FileCatalogue.load(tmp_path / "c.lkidx")
     assert faiss.downcast_index(loaded.faiss.index.index).hnsw.efSearch == 128
     loaded.faiss.set_search_params("efSearch=300")  # lookalike search --search-params
     assert faiss.downcast_index(loaded.faiss.index.index).hnsw.efSearch == 300
-    flat = Index.build(trained["embedder"], catalogue[0], num_workers=0, search_params="")
+    flat = FileCatalogue.build(trained["embedder"], catalogue[0], options=BuildOptions(num_workers=0, search_params=""))
     assert flat.meta["search_params"] == "" and default_search_params("IVF1024,PQ32") == "nprobe=32"
 
 
@@ -138,12 +141,12 @@ def test_unreadable_catalogue_images_are_skipped(trained: dict, catalogue, tmp_p
     (shop[0].parent / "broken.jpg").write_bytes(shop[0].read_bytes()[:200])
     (shop[0].parent / "empty.png").write_bytes(b"")
     with pytest.warns(UserWarning, match="skipped: Cannot read image") as caught:
-        index = Index.build(trained["embedder"], tmp_path / "shop", num_workers=0)
+        index = FileCatalogue.build(trained["embedder"], tmp_path / "shop", INLINE)
     assert index.meta["count"] == len(shop) and len([w for w in caught if "skipped" in str(w.message)]) == 2
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.jpg").write_bytes(b"not an image")
     with pytest.raises(LookalikeError, match="None of the images could be read"):
-        Index.build(trained["embedder"], tmp_path / "bad", num_workers=0)
+        FileCatalogue.build(trained["embedder"], tmp_path / "bad", INLINE)
 
 
 @pytest.mark.slow
@@ -165,7 +168,7 @@ def test_index_add_and_remove_commands(trained: dict, catalogue, tmp_path: Path)
     shop[0].unlink()
     assert "removed 2 item(s); the index now holds 8" in run("remove", "--index", str(out), "--ids", "0",
                                                               "--missing")
-    assert Index.load(out).meta["factory"] == "BFlat"
+    assert FileCatalogue.load(out).meta["factory"] == "BFlat"
 
 
 @pytest.mark.slow
@@ -177,7 +180,7 @@ def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, 
     into either backend (rank 0 inserts into the Milvus collection)."""
     shop = _shop(catalogue[0], tmp_path / "shop")
     (shop[0].parent / "broken.jpg").write_bytes(b"not an image")
-    one = Index.build(trained["embedder"], tmp_path / "shop", num_workers=0)
+    one = FileCatalogue.build(trained["embedder"], tmp_path / "shop", INLINE)
     out = tmp_path / ("two.lkidx" if backend == "faiss" else "two.db")
     done = subprocess.run([sys.executable, "-m", "lookalike.cli", "index", "build", "--embedder", trained["embedder"],
                            "--images", str(tmp_path / "shop"), "--out", str(out), "--devices", "2",
@@ -186,7 +189,7 @@ def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("indexed 5 images") == 1 and done.stdout.count("skipped 1 unreadable") == 1
     if backend == "faiss":
-        two = Index.load(out)
+        two = FileCatalogue.load(out)
         assert two.items == one.items
         np.testing.assert_allclose(two.vectors(), one.vectors(), atol=1e-5)
     else:
@@ -203,7 +206,7 @@ def test_reembed_makes_the_same_catalogue_with_another_embedder(trained: dict, c
                                                                 backend: str) -> None:
     """index reembed: every item of an index (its path, label and columns) in a new index by another embedder;
     with the same embedder, the same vectors as a fresh build."""
-    from lookalike.inference.backends import build_catalogue, reembed
+    from lookalike.catalogue.backends import build_catalogue, reembed
 
     manifest = tmp_path / "shop.jsonl"  # the last item has no brand: after reembed it still has none
     rows = [r.rsplit(",", 1) for r in catalogue[0].read_text().splitlines()[1:]]
@@ -211,10 +214,10 @@ def test_reembed_makes_the_same_catalogue_with_another_embedder(trained: dict, c
                                                                          else {})}) + "\n"
                                 for i, (p, label) in enumerate(rows)))
     suffix = ".lkidx" if backend == "faiss" else ".db"
-    build_catalogue(tmp_path / f"old{suffix}", trained["embedder"], manifest, backend, num_workers=0)
+    build_catalogue(tmp_path / f"old{suffix}", trained["embedder"], manifest, backend, options=INLINE)
     new = reembed(tmp_path / f"old{suffix}", trained["embedder"], tmp_path / f"new{suffix}", backend,
-                  num_workers=0, factory="HNSW32")
-    fresh = Index.build(trained["embedder"], manifest, num_workers=0)
+                  options=BuildOptions(num_workers=0, factory="HNSW32"))
+    fresh = FileCatalogue.build(trained["embedder"], manifest, INLINE)
     assert [(it["path"], it["label"], it.get("fields")) for it in new.listing()] == \
         [(it["path"], it["label"], it.get("fields")) for it in sorted(fresh.items, key=lambda it: _id(it, backend))]
     assert new.meta["factory"] == "HNSW32" and not (tmp_path / f"new{suffix}.items.jsonl").exists()
@@ -228,5 +231,5 @@ def _id(item: dict, backend: str) -> int:
     return item["id"] if backend == "faiss" else item_id(item["path"])
 
 
-def _row(index: Index, path: str) -> int:
+def _row(index: FileCatalogue, path: str) -> int:
     return next(it["id"] for it in index.items if it["path"] == path)

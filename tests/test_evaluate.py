@@ -143,7 +143,7 @@ def test_ddp_validation_gathers_all_ranks(data_cache: Path, tmp_path: Path) -> N
 
 
 def test_training_writes_an_embedder_file_that_rebuilds_the_model(trained: dict, tmp_path: Path) -> None:
-    from lookalike.inference.embedder_file import load_embedder, read_embedder_file
+    from lookalike.embedder.file import load_embedder, read_embedder_file
 
     path = Path(trained["embedder"])
     payload = read_embedder_file(path)

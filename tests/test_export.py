@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from lookalike.errors import LookalikeError
-from lookalike.inference.embedder_file import load_embedder
-from lookalike.inference.export import TOLERANCE, export
+from lookalike.embedder.file import load_embedder
+from lookalike.embedder.export import TOLERANCE, export
 
 
 @pytest.mark.parametrize("fmt", ["native", "torchscript", "onnx"])

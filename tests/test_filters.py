@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
-from lookalike.inference.filters import parse_filter
-from lookalike.inference.query import SearchOptions, search_catalogue
+from lookalike.catalogue.filters import parse_filter
+from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.retrieval.knn import FaissIndex
 from tests.test_query import vector_catalogue
 
@@ -86,13 +86,13 @@ def test_a_filtered_search_keeps_the_index_search_parameters(factory: str, param
 
 def flat_catalogue(values: list[dict[str, str]]):
     """A FAISS file catalogue of one item per row of ``values`` (its column -> text), random vectors."""
-    from lookalike.inference.catalog import FORMAT, Index
+    from lookalike.catalogue.file import FORMAT, FileCatalogue
     from lookalike.retrieval.knn import default_search_params
 
     vectors = np.random.default_rng(0).normal(size=(len(values), 8)).astype(np.float32)
     meta = {"format": FORMAT, "embedder_hash": "x", "dim": 8, "factory": "Flat", "search_params": "", "count": 0,
             "next_id": 0, "embedder": "none", "rerank": 0, "dba": None}
-    index = Index(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
+    index = FileCatalogue(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
     index.add_vectors([{"id": i, "path": f"/{i}.jpg", "label": f"p{i}", "fields": row} for i, row in enumerate(values)],
                       vectors)
     return index

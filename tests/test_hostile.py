@@ -24,10 +24,10 @@ from lookalike.data.images import image_problem, load_rgb
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
-from lookalike.inference.catalog import Index
+from lookalike.catalogue.file import FileCatalogue
 from lookalike.models.lit_embedder import load_checkpoint
 from lookalike.retrieval.knn import FaissIndex
-from tests.helpers import free_port
+from tests.helpers import INLINE, free_port
 from tests.test_filters import flat_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_no_file_gets_code_run_through_the_configs_it_carries(name: str, trained
     """A checkpoint, an embedder file or a box file that passes ``weights_only`` but names a callable in its
     training config runs nothing on any path that reads it: refused wherever something is built from that config
     (a checkpoint's loss and miner, evaluate's data set, a resumed run), never used where nothing is."""
-    from lookalike.inference.boxes import save_box_file
+    from lookalike.boxes.finder import save_box_file
     from lookalike.models.box import BoxNet
     from lookalike.train import run
     from tests.helpers import compose_config, tiny_overrides
@@ -184,7 +184,7 @@ def test_no_file_gets_code_run_through_the_configs_it_carries(name: str, trained
     with pytest.raises(LookalikeError, match=refused):  # resume: refused before Lightning reads the file
         run(compose_config(tiny_overrides(data_cache, tmp_path / "r") + ["logger=none", f"ckpt_path={ckpt}"]))
     index = tmp_path / "c.lkidx"
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(index)
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(index)
     photo = _png(tmp_path / "photo.png", 40, 40)  # searches read the box file's model, nothing of its config
     lookalike(["search", "--index", str(index), str(photo), "--crop", "auto", "--boxes", str(boxes)])
     lookalike(["search", "--index", str(index), "--embedder", str(embedder), str(photo)])
@@ -209,7 +209,7 @@ def app(trained: dict, catalogue, tmp_path: Path):
         (tmp_path / "pictures" / f"{i}.jpg").write_bytes(Path(path).read_bytes())
         rows.append(f"pictures/{i}.jpg,{label}")
     (tmp_path / "copy.csv").write_text("\n".join(rows) + "\n")
-    Index.build(trained["embedder"], tmp_path / "copy.csv", num_workers=0).save(tmp_path / "c.lkidx")
+    FileCatalogue.build(trained["embedder"], tmp_path / "copy.csv", INLINE).save(tmp_path / "c.lkidx")
     return create_app(tmp_path / "c.lkidx", max_upload_mb=0.5, allowed_hosts=["127.0.0.1", "localhost"])
 
 
@@ -419,7 +419,7 @@ def test_the_page_leaks_no_paths_no_reprs_and_answers_loopback_names_only(app, t
     Image.new("L", (1, 100_000)).save(thin, "PNG")
     elongated = client.post("/api/search", files={"image": ("thin.png", thin.getvalue(), "image/png")})
     assert elongated.status_code == 415 and "longer than 32 times" in elongated.text
-    index = Index.load(tmp_path / "c.lkidx")
+    index = FileCatalogue.load(tmp_path / "c.lkidx")
     Path(index.items[0]["path"]).rename(tmp_path / "moved.jpg")  # a catalogue picture gone from the server
     gone = client.get(f"/api/items/{index.items[0]['id']}/image")
     assert gone.status_code == 410 and str(tmp_path) not in gone.text and "/" not in gone.json()["detail"]
@@ -430,7 +430,7 @@ def test_the_page_leaks_no_paths_no_reprs_and_answers_loopback_names_only(app, t
 def test_an_empty_catalogue_answers_clearly(trained: dict, catalogue, tmp_path: Path,
                                             capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "c.lkidx"
-    index = Index.build(trained["embedder"], catalogue[0], num_workers=0)
+    index = FileCatalogue.build(trained["embedder"], catalogue[0], INLINE)
     index.remove([it["id"] for it in index.items])
     index.save(path)
     photo = catalogue[1][0]
@@ -450,7 +450,7 @@ def test_an_empty_catalogue_answers_clearly(trained: dict, catalogue, tmp_path: 
 # -- 4. two writers at once --------------------------------------------------------------------------------------
 def test_two_processes_adding_to_one_index_lose_nothing(trained: dict, catalogue, tmp_path: Path) -> None:
     manifest, photos, labels = catalogue
-    index = Index.build(trained["embedder"], manifest, num_workers=0)
+    index = FileCatalogue.build(trained["embedder"], manifest, INLINE)
     index.save(tmp_path / "c.lkidx")
     for name, part in (("a", photos[::2]), ("b", photos[1::2])):
         for i, photo in enumerate(part):
@@ -461,7 +461,7 @@ def test_two_processes_adding_to_one_index_lose_nothing(trained: dict, catalogue
                                 stderr=subprocess.PIPE, text=True) for name in "ab"]
     outputs = [w.communicate(timeout=300) for w in writers]
     assert all(w.returncode == 0 for w in writers), outputs
-    final = Index.load(tmp_path / "c.lkidx")
+    final = FileCatalogue.load(tmp_path / "c.lkidx")
     ids = [it["id"] for it in final.items]
     assert len(final.items) == 5 + len(photos) and len(set(ids)) == len(ids) == final.faiss.ntotal
 
@@ -489,7 +489,7 @@ def test_atomic_writes_keep_mode_follow_links_and_clean_up(tmp_path: Path) -> No
 
 
 def test_calibrate_and_add_keep_the_files_mode(trained: dict, catalogue, tmp_path: Path) -> None:
-    from lookalike.inference.calibrate import calibrate
+    from lookalike.embedder.calibrate import calibrate
 
     manifest, photos, labels = catalogue
     embedder = tmp_path / "embedder.pt"
@@ -522,7 +522,7 @@ def _damaged(source: Path, out: Path, member: str, data: bytes, compression: int
 
 def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogue, tmp_path: Path) -> None:
     good = tmp_path / "good.lkidx"
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(good)
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(good)
     with zipfile.ZipFile(good) as z:
         meta, blob = json.loads(z.read("meta.json")), z.read("index.faiss")
     cases = {
@@ -532,16 +532,16 @@ def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogu
     }
     for name, (member, data, message) in cases.items():
         with pytest.raises(LookalikeError, match=message):
-            Index.load(_damaged(good, tmp_path / f"{name}.lkidx", member, data))
+            FileCatalogue.load(_damaged(good, tmp_path / f"{name}.lkidx", member, data))
     bomb = _damaged(good, tmp_path / "bomb.lkidx", "items.json", b" " * (300 << 20), zipfile.ZIP_DEFLATED)
     assert bomb.stat().st_size < 1 << 20  # 300 MB of items.json in a file of 300 KB: refused unread
     with pytest.raises(LookalikeError, match="items.json is compressed"):
-        Index.load(bomb)
+        FileCatalogue.load(bomb)
     long_texts = flat_catalogue([{f"列{c}": "長" * 256 for c in range(4)} | {"note": "=x" * 2000}
                                   for _ in range(600)])
     long_texts.items[0]["label"] = "ラベル" * 3000  # long labels and CJK columns: what build writes, load reads
     long_texts.save(tmp_path / "long.lkidx")
-    assert Index.load(tmp_path / "long.lkidx").items == long_texts.items
+    assert FileCatalogue.load(tmp_path / "long.lkidx").items == long_texts.items
     # a FAISS index claiming 16 GB of vectors (less than this machine's memory and swap, so the allocation
     # itself would succeed and be filled): refused at once, without taking the memory
     lying = bytearray(blob)
@@ -549,8 +549,8 @@ def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogu
     assert struct.unpack("<Q", lying[offset:offset + 8])[0] == 5 * meta["dim"]
     lying[offset:offset + 8] = struct.pack("<Q", 4 << 30)
     hostile = _damaged(good, tmp_path / "lying.lkidx", "index.faiss", bytes(lying))
-    probe = ("import resource, sys\nfrom lookalike.inference.catalog import Index\nfrom lookalike.errors import "
-             "LookalikeError\ntry:\n    Index.load(sys.argv[1])\nexcept LookalikeError as e:\n    print('refused:', e)\n"
+    probe = ("import resource, sys\nfrom lookalike.catalogue.file import FileCatalogue\nfrom lookalike.errors import "
+             "LookalikeError\ntry:\n    FileCatalogue.load(sys.argv[1])\nexcept LookalikeError as e:\n    print('refused:', e)\n"
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
     done = subprocess.run([sys.executable, "-c", probe, str(hostile)], capture_output=True, text=True, timeout=120)
     lines = done.stdout.strip().splitlines()
@@ -573,8 +573,8 @@ def test_a_build_never_deletes_a_folder_it_did_not_make(trained: dict, catalogue
     err = _fails(["index", "build", "--embedder", trained["embedder"], "--images", str(catalogue[0]),
                   "--out", str(tmp_path / "notes"), "--workers", "0"], capsys)
     assert "is not lookalike's build in progress" in err and (notes / "todo.txt").read_text() == "mine"
-    from lookalike.inference.embedder_file import load_embedder
-    from lookalike.inference.sharded import Processes, embed_sharded
+    from lookalike.embedder.file import load_embedder
+    from lookalike.catalogue.sharded import Processes, embed_sharded
 
     shards = tmp_path / "notes.shards"  # what --devices N embeds into: the same rule
     shards.mkdir()
@@ -605,8 +605,8 @@ def test_catalogue_paths_are_resolved(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_fields_of_files_are_checked_before_use(trained: dict, catalogue, tmp_path: Path) -> None:
     """Sizes, thresholds and dimensions read from embedder, box, checkpoint and index files: of their type and
     within bounds, or one message (a box file's image_size=30000 once made a search allocate 21 GB)."""
-    from lookalike.inference.boxes import BoxFinder, save_box_file
-    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.boxes.finder import BoxFinder, save_box_file
+    from lookalike.embedder.file import load_embedder
     from lookalike.models.box import BoxNet
 
     def embedder_with(edit) -> Path:
@@ -633,13 +633,13 @@ def test_fields_of_files_are_checked_before_use(trained: dict, catalogue, tmp_pa
     with pytest.raises(LookalikeError, match="model.image_size is 60000"):
         load_checkpoint(ckpt)
     good = tmp_path / "good.lkidx"
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(good)
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(good)
     with zipfile.ZipFile(good) as z:
         meta = json.loads(z.read("meta.json"))
     for field, value in [("dim", 10**9), ("dim", "16"), ("count", -1), ("rerank", 1.5), ("search_params", [1])]:
         bad = _damaged(good, tmp_path / f"{field}.lkidx", "meta.json", json.dumps({**meta, field: value}).encode())
         with pytest.raises(LookalikeError, match=f"its {field} is"):
-            Index.load(bad)
+            FileCatalogue.load(bad)
 
 
 def _usage_error(argv: list[str], capsys: pytest.CaptureFixture) -> str:
@@ -709,7 +709,7 @@ def test_a_page_bound_to_ipv6_loopback_answers_its_own_name(trained: dict, catal
 
     from lookalike.serve.app import LOOPBACK_NAMES, create_app
 
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
     app = create_app(tmp_path / "c.lkidx", allowed_hosts=LOOPBACK_NAMES)
     assert TestClient(app, base_url="http://[::1]:8000").get("/api/items/0").status_code == 200
     assert TestClient(app, base_url="http://[::2]:8000").get("/api/items/0").status_code == 400

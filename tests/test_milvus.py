@@ -16,17 +16,18 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError
-from lookalike.inference.backends import open_catalogue
-from lookalike.inference.catalog import FORMAT, Index
-from lookalike.inference.filters import parse_filter
-from lookalike.inference.milvus import MilvusCatalog, index_spec, item_id
-from lookalike.inference.query import SearchOptions, search_catalogue
+from lookalike.catalogue.backends import open_catalogue
+from lookalike.catalogue.file import FORMAT, FileCatalogue
+from lookalike.catalogue.filters import parse_filter
+from lookalike.catalogue.milvus import MilvusCatalog, index_spec, item_id
+from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.retrieval.knn import FaissIndex, default_search_params
+from tests.helpers import INLINE
 from tests.test_catalog_maintenance import _shop
 from tests.test_query import unit, vector_catalogue
 
 
-def _both(tmp_path: Path, factory: str = "Flat", **kwargs) -> tuple[Index, MilvusCatalog, np.ndarray]:
+def _both(tmp_path: Path, factory: str = "Flat", **kwargs) -> tuple[FileCatalogue, MilvusCatalog, np.ndarray]:
     """One set of embeddings in a FAISS file index and in a Milvus collection."""
     index, centres = vector_catalogue(**kwargs)
     items = [{k: v for k, v in it.items() if k != "id"} for it in index.items]
@@ -100,7 +101,7 @@ def test_filters_agree_between_the_backends_on_random_expressions(tmp_path: Path
                       "fields": {k: v for j, (k, v) in enumerate(fields.items()) if (i + j) % 7}})
     meta = {"format": FORMAT, "embedder_hash": "x", "dim": 16, "factory": "Flat", "search_params": "", "count": 0,
             "next_id": len(items), "embedder": "none", "rerank": 0, "dba": None}
-    index = Index(FaissIndex(16, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
+    index = FileCatalogue(FaissIndex(16, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
     index.add_vectors([{**it, "id": i} for i, it in enumerate(items)], vectors)
     milvus = MilvusCatalog.create(str(tmp_path / "f.db"), "shop", items, vectors, "x", "none")
     columns = index.columns()
@@ -180,7 +181,7 @@ def test_catalogue_backends_refuse_what_they_cannot_do(tmp_path: Path) -> None:
 
 CHILD = """
 import sys, numpy as np
-from lookalike.inference.milvus import MilvusCatalog
+from lookalike.catalogue.milvus import MilvusCatalog
 rng = np.random.default_rng(0)
 v = rng.normal(size=(12000, 16)).astype(np.float32)
 v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -219,8 +220,8 @@ def test_the_page_searches_a_collection_like_the_file(trained: dict, catalogue, 
 
     from lookalike.serve.app import create_app
 
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
-    MilvusCatalog.build(str(tmp_path / "c.db"), trained["embedder"], catalogue[0], "shop", num_workers=0).close()
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
+    MilvusCatalog.build(str(tmp_path / "c.db"), trained["embedder"], catalogue[0], "shop", INLINE).close()
     photo = Path(catalogue[1][0]).read_bytes()
     answers = []
     for app in (create_app(tmp_path / "c.lkidx"), create_app(tmp_path / "c.db", backend="milvus", collection="shop")):
@@ -245,7 +246,7 @@ def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the
     vectors = unit(np.random.default_rng(0).normal(size=(len(items), 8))).astype(np.float32)
     meta = {"format": FORMAT, "embedder_hash": "x", "dim": 8, "factory": "Flat", "search_params": "", "count": 0,
             "next_id": len(items), "embedder": "none", "rerank": 0, "dba": None}
-    index = Index(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
+    index = FileCatalogue(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
     index.add_vectors([{**it, "id": i} for i, it in enumerate(items)], vectors)
     milvus = MilvusCatalog.create(str(tmp_path / "u.db"), "shop", items, vectors, "x", "none")
     columns = index.columns()

@@ -13,7 +13,7 @@ import lightning as L
 
 from lookalike.cli import main as lookalike
 from lookalike.evaluate import evaluate
-from lookalike.inference.embedder_file import load_embedder, read_embedder_file
+from lookalike.embedder.file import load_embedder, read_embedder_file
 from lookalike.models.embedder import Embedder
 from tests.helpers import TINY_DATA, compose_config, module_and_data
 

@@ -15,8 +15,8 @@ import torch
 
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
-from lookalike.inference.catalog import FORMAT, Index
-from lookalike.inference.query import SearchOptions, search_catalogue
+from lookalike.catalogue.file import FORMAT, FileCatalogue
+from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.retrieval.expansion import query_expansion
 from lookalike.retrieval.knn import FaissIndex, default_search_params
 
@@ -26,7 +26,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def vector_catalogue(factory: str = "Flat", products: int = 30, per_product: int = 3, dim: int = 32, rerank: int = 0,
-              dba_k: int = 0, seed: int = 0) -> tuple[Index, np.ndarray]:
+              dba_k: int = 0, seed: int = 0) -> tuple[FileCatalogue, np.ndarray]:
     """An index of ``products`` x ``per_product`` clustered vectors (product p in category p % 3)."""
     rng = np.random.default_rng(seed)
     centres = unit(rng.normal(size=(products, dim)))
@@ -36,7 +36,7 @@ def vector_catalogue(factory: str = "Flat", products: int = 30, per_product: int
     meta = {"format": FORMAT, "embedder_hash": "x", "dim": dim, "factory": factory, "search_params": default_search_params(factory), "count": 0,
             "next_id": len(items), "embedder": "none", "rerank": rerank,
             "dba": {"k": dba_k, "alpha": 3.0} if dba_k else None}
-    index = Index(FaissIndex(dim, factory, search_params=default_search_params(factory), ids=True), [], meta, np.zeros((0, dim), np.float32) if rerank else None)
+    index = FileCatalogue(FaissIndex(dim, factory, search_params=default_search_params(factory), ids=True), [], meta, np.zeros((0, dim), np.float32) if rerank else None)
     index.add_vectors(items, vectors)
     return index, centres
 
@@ -88,7 +88,7 @@ def test_compressed_index_re_scores_with_exact_vectors_from_the_file(factory: st
     flat, _ = vector_catalogue("Flat", products=100, dim=64)
     queries = unit(centres[:20] + 0.2)
     index.save(tmp_path / "c.lkidx")
-    loaded = Index.load(tmp_path / "c.lkidx")
+    loaded = FileCatalogue.load(tmp_path / "c.lkidx")
     assert isinstance(loaded.exact, np.memmap)
     truth = flat.search_vectors(queries, 10)
     for rerank, expected in ((None, 1.0), (0, None)):
@@ -102,7 +102,7 @@ def test_compressed_index_re_scores_with_exact_vectors_from_the_file(factory: st
     # upkeep keeps the exact vectors aligned with the items
     loaded.remove([0, 1, 2])
     loaded.save(tmp_path / "c.lkidx")
-    again = Index.load(tmp_path / "c.lkidx")
+    again = FileCatalogue.load(tmp_path / "c.lkidx")
     assert np.array_equal(again.vectors(), flat.vectors()[3:])
     with pytest.raises(LookalikeError, match="keeps no exact vectors"):
         flat.search_vectors(queries, 10, rerank=50)
@@ -122,7 +122,7 @@ def test_damaged_exact_vectors_are_refused(tmp_path: Path) -> None:
                 else:
                     z.writestr(member, data, zipfile.ZIP_DEFLATED if member == "vectors.npy" else zipfile.ZIP_STORED)
         with pytest.raises(LookalikeError, match="damaged lookalike index"):
-            Index.load(tmp_path / f"{name}.lkidx")
+            FileCatalogue.load(tmp_path / f"{name}.lkidx")
 
 
 def test_query_expansion_and_database_augmentation() -> None:

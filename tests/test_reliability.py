@@ -23,7 +23,7 @@ from lookalike.data.table import ImageTable, Splits
 from lookalike.errors import LookalikeError
 from lookalike.evaluate import evaluate
 from lookalike.train import run
-from tests.helpers import compose_config, tiny_overrides, write_image
+from tests.helpers import INLINE, compose_config, tiny_overrides, write_image
 
 
 def bad_files(folder: Path) -> list[Path]:
@@ -215,8 +215,8 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path: Path) -> N
 def test_a_scraped_folder_goes_through_train_evaluate_index_and_search(tmp_path: Path, caplog) -> None:
     """Good images, odd-but-valid ones and broken files in one folder: nothing crashes, broken files are
     skipped and counted everywhere, odd ones are used."""
-    from lookalike.inference.catalog import Index
-    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.catalogue.file import FileCatalogue
+    from lookalike.embedder.file import load_embedder
 
     root = tmp_path / "scraped"
     colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
@@ -240,7 +240,7 @@ def test_a_scraped_folder_goes_through_train_evaluate_index_and_search(tmp_path:
     assert evaluation["metrics"]["queries"] == tested["queries"] > 0
 
     with pytest.warns(UserWarning, match="skipped: Cannot read image"):
-        index = Index.build(report["embedder"], root, num_workers=0)
+        index = FileCatalogue.build(report["embedder"], root, INLINE)
     assert index.meta["count"] == 6 * 4 + len(odd) + 1  # every readable image
     embedder = load_embedder(report["embedder"])
     hits = index.search(embedder, [str(p) for p in odd], k=3)
@@ -256,7 +256,8 @@ def test_a_run_killed_mid_epoch_resumes_with_ckpt_path_last_like_an_uninterrupte
     """kill -9 during the second epoch, then ``ckpt_path=last``: the run continues in its own folder and
     ends with the weights and test metrics of a run that was never interrupted (same seed)."""
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    # the killed run's checkpoint names the test's own slow-down callback: trusted as a user trusts their classes
+    env = {**os.environ, "PYTHONPATH": str(root), "LOOKALIKE_TRUSTED_TARGETS": "tests.faulty.SlowSteps"}
     args = tiny_overrides(data_cache) + ["trainer.max_epochs=3", f"data.num_workers={workers}", "logger=none"]
     train = [sys.executable, str(root / "train.py"), *args]
 

@@ -13,10 +13,10 @@ from lookalike.config import compose
 from lookalike.data.listing import read_rows
 from lookalike.cli.pseudo_labels import main as pseudo_labels_main
 from lookalike.data.pseudo_labels import read_pseudo_labels
-from lookalike.inference.clusters import cluster
+from lookalike.embedder.clusters import cluster
 from lookalike.data.unlabeled import unlabeled_folder
 from lookalike.errors import LookalikeError
-from lookalike.inference.embedder_file import save_embedder
+from lookalike.embedder.file import save_embedder
 from lookalike.models.embedder import Embedder
 from lookalike.train import build_datamodule
 from tests.helpers import TINY_MODEL, write_image

@@ -1,4 +1,4 @@
-"""The search page and its API: answers like Index.search, refuses bad uploads, serves items by id only,
+"""The search page and its API: answers like FileCatalogue.search, refuses bad uploads, serves items by id only,
 and works in a real (headless Chromium) browser."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike.inference.catalog import Index
-from lookalike.inference.embedder_file import load_embedder
-from lookalike.inference.query import SearchOptions, search_catalogue
+from lookalike.catalogue.file import FileCatalogue
+from lookalike.embedder.file import load_embedder
+from lookalike.catalogue.query import SearchOptions, search_catalogue
+from tests.helpers import INLINE
 
 pytest.importorskip("fastapi")
 
@@ -27,7 +28,7 @@ pytest.importorskip("fastapi")
 @pytest.fixture
 def served(trained: dict, catalogue, tmp_path: Path) -> tuple[Path, list[str]]:  # noqa: F811
     """A small catalogue index and the photos to search it with."""
-    Index.build(trained["embedder"], catalogue[0], num_workers=0).save(tmp_path / "c.lkidx")
+    FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
     return tmp_path / "c.lkidx", catalogue[1]
 
 
@@ -42,7 +43,7 @@ def client(served):
 
 def test_search_api_answers_like_the_index(client, served, trained: dict) -> None:
     path, photos = served
-    expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=3)[0]
+    expected = FileCatalogue.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=3)[0]
     with open(photos[0], "rb") as f:
         found = client.post("/api/search", files={"image": ("p.jpg", f, "image/jpeg")}, data={"k": "3"})
     assert found.status_code == 200, found.text
@@ -65,7 +66,7 @@ def test_search_api_answers_like_the_index(client, served, trained: dict) -> Non
 
 def test_search_api_fuses_several_photos_groups_and_classifies(client, served, trained: dict) -> None:
     path, photos = served
-    index = Index.load(path)
+    index = FileCatalogue.load(path)
     vectors = load_embedder(trained["embedder"]).embed(photos[:2]).numpy()
     expected = search_catalogue(index, vectors, SearchOptions(k=3, fuse="max", group_by="label", category="auto"))[0]
     files = [("image", (f"p{i}.jpg", Path(p).read_bytes(), "image/jpeg")) for i, p in enumerate(photos[:2])]
@@ -98,7 +99,7 @@ def test_search_with_a_crop_of_the_photo(client, served, trained: dict) -> None:
     whole = load_rgb(photos[0])
     h, w = whole.shape[:2]
     box = (w // 4, h // 4, w // 2, h // 2)
-    expected = Index.load(path).search(load_embedder(trained["embedder"]), [whole[h // 4:h // 4 + h // 2,
+    expected = FileCatalogue.load(path).search(load_embedder(trained["embedder"]), [whole[h // 4:h // 4 + h // 2,
                                                                                    w // 4:w // 4 + w // 2]], k=3)[0]
     files = [("image", ("p.jpg", Path(photos[0]).read_bytes(), "image/jpeg"))]
     found = client.post("/api/search", files=files, data={"k": "3", "crop": ",".join(map(str, box))})
@@ -203,7 +204,7 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
     from lookalike.serve.app import create_app
 
     path, photos = served
-    expected = Index.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]
+    expected = FileCatalogue.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]
     with page_in_browser(create_app(path, feedback=tmp_path / "c.feedback")) as (browser, address):
         browser.get(address)
         browser.find_element(By.ID, "file").send_keys(str(Path(photos[0]).resolve()))
@@ -236,7 +237,7 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
         box = [int(v) for v in query.get_attribute("data-crop").split(",")]
         from lookalike.data.images import cut, load_rgb
 
-        cropped = Index.load(path).search(load_embedder(trained["embedder"]), [cut(load_rgb(photos[0]), box)], k=10)[0]
+        cropped = FileCatalogue.load(path).search(load_embedder(trained["embedder"]), [cut(load_rgb(photos[0]), box)], k=10)[0]
         first = "const c = document.querySelector('#results .result'); return c && c.dataset.id"
         assert browser.execute_script(first) == str(cropped[0].id)
         cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")

@@ -27,9 +27,9 @@ import pytest
 from PIL import Image
 
 from lookalike.data.feedback import read_feedback
-from lookalike.inference.catalog import Index
-from lookalike.inference.embedder_file import load_embedder
-from tests.helpers import free_port
+from lookalike.catalogue.file import FileCatalogue
+from lookalike.embedder.file import load_embedder
+from tests.helpers import INLINE, free_port
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -70,7 +70,7 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
                                                                           tmp_path: Path) -> None:
     manifest, photos, _ = catalogue
     index_path = tmp_path / "c.lkidx"
-    index = Index.build(trained["embedder"], manifest, num_workers=0)
+    index = FileCatalogue.build(trained["embedder"], manifest, INLINE)
     index.save(index_path)
     ranked = dict(zip(photos, index.search(load_embedder(trained["embedder"]), photos, len(index.items))))
     expected = {p: hits[0].id for p, hits in ranked.items()}

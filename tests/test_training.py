@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.data.image_folder import image_folder as read_split
-from lookalike.inference.embed import embed_loader
-from lookalike.inference.embedder_file import load_embedder
+from lookalike.embedder.embed import embed_loader
+from lookalike.embedder.file import load_embedder
 from lookalike.models.lit_embedder import LitEmbedder
 from lookalike.profiling import HostReads
 from lookalike.retrieval import retrieval_metrics

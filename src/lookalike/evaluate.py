@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from lookalike.config import trusted_config
 from lookalike.data.datamodule import datamodule_from_config
 from lookalike.errors import LookalikeError
-from lookalike.inference.boxes import BoxFinder, box_file_for, crop_queries
-from lookalike.inference.embed import embed_loader
-from lookalike.inference.source import load_source
+from lookalike.boxes.finder import BoxFinder, box_file_for, crop_queries
+from lookalike.embedder.embed import embed_loader
+from lookalike.embedder.source import load_source
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.grid import retrieval_grid
 from lookalike.retrieval.metrics import clustering_nmi, metrics_from_neighbors, search

@@ -22,9 +22,9 @@ from lookalike.data.composites import Composites
 from lookalike.data.datamodule import RetrievalDataModule, datamodule_from_config
 from lookalike.errors import LookalikeError
 from lookalike.files import link_latest
-from lookalike.inference.boxes import save_box_file
-from lookalike.inference.embed import embed_loader
-from lookalike.inference.embedder_file import save_embedder
+from lookalike.boxes.finder import save_box_file
+from lookalike.embedder.embed import embed_loader
+from lookalike.embedder.file import save_embedder
 from lookalike.models.box import LitBoxNet, evaluate_boxes
 from lookalike.models.lit_embedder import LitEmbedder, read_checkpoint
 from lookalike.models.wise import choose_alpha, interpolated

@@ -15,7 +15,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--target-precision", type=float, default=0.95)
     parser.add_argument("-k", type=POSITIVE, default=20, help="neighbours per image considered")
     args = parser.parse_args(argv)
-    from lookalike.inference.calibrate import calibrate
+    from lookalike.embedder.calibrate import calibrate
 
     r = calibrate(args.embedder, args.images, args.target_precision, args.k)
     print(f"match threshold {r['threshold']:.4f} (target precision {r['target_precision']}), stored in {args.embedder}\n"

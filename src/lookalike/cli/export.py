@@ -16,7 +16,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--format", default="native", choices=EXPORT_FORMATS)
     parser.add_argument("--samples", type=POSITIVE, default=4, help="random inputs for the output check")
     args = parser.parse_args(argv)
-    from lookalike.inference.export import TOLERANCE, export
+    from lookalike.embedder.export import TOLERANCE, export
 
     diff = export(args.source, args.out, args.format, args.samples)
     print(f"wrote {args.out} ({args.format}); max abs difference from PyTorch on {args.samples} inputs: "

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from lookalike.cli.options import NON_NEGATIVE, POSITIVE, add_backend_options, collection
+from lookalike.cli.options import (add_backend_options, add_build_options, add_embedding_options, build_options,
+                                   collection)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,30 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     reembed.add_argument("--out", required=True, help="the new index (.lkidx), or the Milvus file / URI")
     reembed.add_argument("--out-collection", type=collection, help="--backend milvus: the new collection (default: --collection; "
                          "another name when --out is the same file or server)")
-    for p in (build, reembed):
-        p.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
-                       "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
-        p.add_argument("--batch-size", type=POSITIVE, default=64)
-        p.add_argument("--workers", type=NON_NEGATIVE, help="decoding processes (default: up to 4)")
-    build.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
-                       "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
-    build.add_argument("--rerank", type=NON_NEGATIVE, help="keep the exact vectors in the file and re-score this many "
-                       "candidates per search (default: 200 for compressed types: PQ, SQ, binary; else 0)")
-    build.add_argument("--dba", type=NON_NEGATIVE, default=0, help="database-side augmentation: replace each catalogue vector "
-                       "by its normalised sum with this many nearest items (0: off)")
-    build.add_argument("--devices", type=POSITIVE, default=1, help="embed in this many processes per machine under DDP "
-                       "(Lightning's predict loop; GPUs, or CPU processes with --accelerator cpu)")
-    build.add_argument("--num-nodes", type=POSITIVE, default=1, help="machines taking part (each runs the same command; "
-                       "Lightning's cluster environment, the output folder shared)")
-    build.add_argument("--accelerator", default="auto", help="gpu, cpu or auto (Lightning's)")
+    add_build_options(build, reembed)
     add = sub.add_parser("add", help="embed and add images not yet in the index")
     add.add_argument("--images", required=True, help="folder of images or manifest .csv")
     remove = sub.add_parser("remove", help="remove items by id or path, or those whose file is gone")
     remove.add_argument("--ids", type=int, nargs="+", default=[])
     remove.add_argument("--paths", nargs="+", default=[])
     remove.add_argument("--missing", action="store_true", help="remove items whose image file no longer exists")
-    add.add_argument("--batch-size", type=POSITIVE, default=64)
-    add.add_argument("--workers", type=NON_NEGATIVE, help="decoding processes (default: up to 4)")
+    add_embedding_options(add)
     for p in (add, remove):
         p.add_argument("--index", required=True, help="index file to update (rewritten atomically), or the Milvus "
                        "file / URI")
@@ -62,14 +47,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
-    from lookalike.inference.backends import build_catalogue, editing, reembed
-    from lookalike.inference.boxes import box_file_for
+    from lookalike.boxes.finder import box_file_for
+    from lookalike.catalogue.backends import build_catalogue, editing, reembed
 
     if args.action == "build":
-        index = build_catalogue(args.out, args.embedder, args.images, args.backend, args.collection, args.factory,
-                                args.batch_size, args.workers, args.search_params, args.devices, args.num_nodes,
-                                args.accelerator, rerank=args.rerank, dba_k=args.dba,
-                                boxes=(args.boxes or box_file_for(args.embedder)) if args.crop == "auto" else None)
+        boxes = (args.boxes or box_file_for(args.embedder)) if args.crop == "auto" else None
+        index = build_catalogue(args.out, args.embedder, args.images, args.backend, args.collection,
+                                build_options(args, boxes))
         if index is None:  # a DDP process other than rank 0: rank 0 writes the index
             return
         params = f", {index.meta['search_params']}" if index.meta["search_params"] else ""
@@ -79,7 +63,7 @@ def main(argv: list[str]) -> None:
         return
     if args.action == "reembed":
         index = reembed(args.index, args.embedder, args.out, args.backend, args.collection, args.out_collection,
-                        factory=args.factory, batch_size=args.batch_size, num_workers=args.workers)
+                        build_options(args))
         print(f"embedded {index.count()} items anew into {args.out}")
         return
     with editing(args.index, args.backend, args.collection) as index:  # another writer of the same file waits until this one has saved

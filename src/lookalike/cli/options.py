@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from lookalike.choices import CATALOGUE_BACKENDS, DEFAULT_COLLECTION
 
@@ -50,3 +51,38 @@ def add_backend_options(*parsers: argparse.ArgumentParser) -> None:
                        "$MILVUS_TOKEN)")
         p.add_argument("--collection", type=collection, default=DEFAULT_COLLECTION,
                        help="the Milvus collection (--backend milvus)")
+
+
+def add_embedding_options(*parsers: argparse.ArgumentParser) -> None:
+    """--batch-size and --workers: how images are decoded and embedded."""
+    for p in parsers:
+        p.add_argument("--batch-size", type=POSITIVE, default=64)
+        p.add_argument("--workers", type=NON_NEGATIVE, help="decoding processes (default: up to 4)")
+
+
+def add_build_options(*parsers: argparse.ArgumentParser) -> None:
+    """The options of building a catalogue (:class:`~lookalike.catalogue.build.BuildOptions`)."""
+    for p in parsers:
+        p.add_argument("--factory", default="Flat", help="FAISS index type: Flat, HNSW32, IVF1024,Flat, "
+                       "IVF1024,PQ32, or binary (sign bits, Hamming): BFlat, BHNSW32, BIVF1024")
+        add_embedding_options(p)
+        p.add_argument("--search-params", help="FAISS search parameters stored with the index, e.g. efSearch=256 "
+                       "or nprobe=64 (default: efSearch=128 for HNSW, nprobe=32 for IVF)")
+        p.add_argument("--rerank", type=NON_NEGATIVE, help="keep the exact vectors in the file and re-score this "
+                       "many candidates per search (default: 200 for compressed types: PQ, SQ, binary; else 0)")
+        p.add_argument("--dba", type=NON_NEGATIVE, default=0, help="database-side augmentation: replace each "
+                       "catalogue vector by its normalised sum with this many nearest items (0: off)")
+        p.add_argument("--devices", type=POSITIVE, default=1, help="embed in this many processes per machine under "
+                       "DDP (Lightning's predict loop; GPUs, or CPU processes with --accelerator cpu)")
+        p.add_argument("--num-nodes", type=POSITIVE, default=1, help="machines taking part (each runs the same "
+                       "command; Lightning's cluster environment, the output folder shared)")
+        p.add_argument("--accelerator", default="auto", help="gpu, cpu or auto (Lightning's)")
+
+
+def build_options(args: argparse.Namespace, boxes: str | Path | None = None) -> Any:
+    """The :class:`~lookalike.catalogue.build.BuildOptions` of parsed :func:`add_build_options` arguments."""
+    from lookalike.catalogue.build import BuildOptions
+
+    return BuildOptions(factory=args.factory, search_params=args.search_params, batch_size=args.batch_size,
+                        num_workers=args.workers, rerank=args.rerank, dba_k=args.dba, boxes=boxes,
+                        devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator)

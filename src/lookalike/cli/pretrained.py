@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.image_size is not None and not 8 <= args.image_size <= MAX_INPUT_SIDE:
         raise LookalikeError(f"--image-size {args.image_size}: choose 8 to {MAX_INPUT_SIDE} pixels")
-    from lookalike.inference.embedder_file import pretrained_embedder, save_embedder
+    from lookalike.embedder.file import pretrained_embedder, save_embedder
     from lookalike.provenance import provenance
 
     embedder = pretrained_embedder(args.model, args.pool, args.image_size, args.checkpoint)

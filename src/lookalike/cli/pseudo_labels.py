@@ -27,8 +27,8 @@ def main(argv: list[str]) -> None:
 
     from lookalike.data.pseudo_labels import write_pseudo_labels
     from lookalike.data.unlabeled import image_files
-    from lookalike.inference.clusters import cluster_images
-    from lookalike.inference.embedder_file import load_embedder
+    from lookalike.embedder.clusters import cluster_images
+    from lookalike.embedder.file import load_embedder
 
     kept, labels = cluster_images(load_embedder(a.embedder), image_files(a.images), a.clusters, a.seed,
                                   a.batch_size, a.workers)

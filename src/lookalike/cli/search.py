@@ -16,7 +16,7 @@ from lookalike.errors import LookalikeError
 
 
 def add_search_options(parser: argparse.ArgumentParser) -> None:
-    """The options of one search (``lookalike.inference.query.SearchOptions``)."""
+    """The options of one search (``lookalike.catalogue.query.SearchOptions``)."""
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--fuse", choices=FUSIONS, help="several photos of one item: one answer for all, by their "
                         "mean embedding or each item's best photo (default: one answer per photo)")
@@ -35,9 +35,9 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> Any:
-    """The search options (:class:`~lookalike.inference.query.SearchOptions`) of parsed ``add_search_options``
+    """The search options (:class:`~lookalike.catalogue.query.SearchOptions`) of parsed ``add_search_options``
     arguments."""
-    from lookalike.inference.query import SearchOptions
+    from lookalike.catalogue.query import SearchOptions
 
     return SearchOptions(k=args.k, fuse=args.fuse, group_by=args.group_by, category=args.category,
                          category_by=args.category_by, votes=args.votes, qe=args.qe, rerank=args.rerank,
@@ -62,10 +62,10 @@ def main(argv: list[str]) -> None:
                         "with, else box.pt beside the embedder file; python train.py experiment=box makes one)")
     args = parser.parse_args(argv)
     from lookalike.data.images import cut, load_rgb, parse_box
-    from lookalike.inference.backends import open_catalogue
-    from lookalike.inference.boxes import BoxFinder, box_file_for
-    from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload
-    from lookalike.inference.query import search_catalogue
+    from lookalike.catalogue.backends import open_catalogue
+    from lookalike.boxes.finder import BoxFinder, box_file_for
+    from lookalike.embedder.file import calibrated_threshold, embedder_from_payload
+    from lookalike.catalogue.query import search_catalogue
     from lookalike.retrieval.grid import search_grid
 
     options = options_from(args)
@@ -112,8 +112,8 @@ def main_duplicates(argv: list[str]) -> None:
     parser.add_argument("--threshold", type=float, help="similarity (default: the embedder's calibrated threshold)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from lookalike.inference.backends import open_catalogue
-    from lookalike.inference.embedder_file import match_threshold
+    from lookalike.catalogue.backends import open_catalogue
+    from lookalike.embedder.file import match_threshold
 
     index = open_catalogue(args.index, args.backend, args.collection)
     threshold = args.threshold if args.threshold is not None else match_threshold(index.meta["embedder"])
@@ -142,8 +142,8 @@ def main_confusers(argv: list[str]) -> None:
     parser.add_argument("--top", type=POSITIVE, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from lookalike.inference.backends import open_catalogue
-    from lookalike.inference.store import item_value
+    from lookalike.catalogue.backends import open_catalogue
+    from lookalike.catalogue.base import item_value
 
     index = open_catalogue(args.index, args.backend, args.collection)
     pairs = index.confusers(args.by, args.top)

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
                         "train.py experiment=box makes one)")
     args = parser.parse_args(argv)
     from lookalike.data.feedback import feedback_folder
-    from lookalike.inference.milvus import is_remote
+    from lookalike.catalogue.milvus import is_remote
     from lookalike.serve.app import LOOPBACK_NAMES, create_app
 
     if args.max_upload_mb <= 0:

@@ -25,11 +25,11 @@ from lookalike.data.feedback import PHOTO_SIDE, VERDICTS, FeedbackLog
 from lookalike.data.images import cut, load_rgb, parse_box, return_large_buffers
 from lookalike.data.transforms import eval_resize
 from lookalike.errors import LookalikeError
-from lookalike.inference.backends import open_catalogue
-from lookalike.inference.boxes import BoxFinder, box_file_for
-from lookalike.inference.filters import restriction
-from lookalike.inference.embedder_file import calibrated_threshold, embedder_from_payload
-from lookalike.inference.query import Answer, SearchOptions, search_catalogue
+from lookalike.catalogue.backends import open_catalogue
+from lookalike.boxes.finder import BoxFinder, box_file_for
+from lookalike.catalogue.filters import restriction
+from lookalike.embedder.file import calibrated_threshold, embedder_from_payload
+from lookalike.catalogue.query import Answer, SearchOptions, search_catalogue
 
 PAGE = Path(__file__).parent / "web" / "index.html"
 THUMBNAIL = 256  # longest side of the pictures the page shows, in pixels

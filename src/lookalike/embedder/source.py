@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lookalike.inference.embedder_file import embedder_from_payload, read_embedder_file
+from lookalike.embedder.file import embedder_from_payload, read_embedder_file
 from lookalike.models.embedder import Embedder
 from lookalike.models.lit_embedder import load_checkpoint
 from lookalike.provenance import provenance

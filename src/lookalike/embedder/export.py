@@ -12,8 +12,8 @@ import torch
 from lookalike.choices import EXPORT_FORMATS
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
-from lookalike.inference.embedder_file import load_embedder, save_embedder
-from lookalike.inference.source import load_source
+from lookalike.embedder.file import load_embedder, save_embedder
+from lookalike.embedder.source import load_source
 
 TOLERANCE = 1e-4  # max abs difference of an export's embeddings from the PyTorch model's
 

@@ -16,7 +16,7 @@ import torch
 from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import locked
-from lookalike.inference.embedder_file import embedder_from_payload, read_embedder_file, write_embedder_file
+from lookalike.embedder.file import embedder_from_payload, read_embedder_file, write_embedder_file
 from lookalike.retrieval.knn import knn
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.inference.embed import embed_files
+from lookalike.embedder.embed import embed_files
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.clustering import spherical_kmeans
 

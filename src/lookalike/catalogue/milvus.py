@@ -3,7 +3,7 @@
 One client for every size: a local file (``catalog.db``: Milvus Lite, the embedded engine, for tests and small
 catalogues; one process at a time) or a server or cluster (``http://host:19530``). The collection holds per item
 its id, embedding, path and label, and the manifest's extra columns as dynamic fields (each as text, plus typed
-copies for numeric and true/false filters: :func:`lookalike.inference.filters.milvus_fields`); the collection's
+copies for numeric and true/false filters: :func:`lookalike.catalogue.filters.milvus_fields`); the collection's
 ``lookalike.meta`` property holds what a ``.lkidx`` file's meta.json holds (the embedder's fingerprint, the index
 type and its search parameters) and the calibrated threshold of the embedder file it was built with. FAISS index
 types map to Milvus's own: ``Flat`` -> FLAT, ``HNSW32`` -> HNSW (M 32), ``IVF1024,Flat`` -> IVF_FLAT, ``IVF1024,PQ32`` ->
@@ -27,15 +27,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lookalike.choices import DEFAULT_COLLECTION
-from lookalike.data.listing import labelled_images
 from lookalike.errors import LookalikeError
 from lookalike.files import locked
-from lookalike.inference.boxes import BoxFinder
-from lookalike.inference.catalog import embed_catalogue
-from lookalike.inference.embedder_file import calibrated_threshold, embedder_hash, read_embedder_file
-from lookalike.inference.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
-from lookalike.inference.sharded import Processes
-from lookalike.inference.store import Catalogue, SearchHit, check_meta
+from lookalike.catalogue.build import BuildInputs, BuildOptions, embed_catalogue
+from lookalike.embedder.file import calibrated_threshold, embedder_hash
+from lookalike.catalogue.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
+from lookalike.catalogue.sharded import Processes
+from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
 from lookalike.retrieval.knn import default_search_params
 
 FORMAT = "lookalike-milvus/1"
@@ -137,33 +135,33 @@ class MilvusCatalog(Catalogue):
 
     @classmethod
     def build(cls, uri: str, embedder_path: str | Path, images: str | Path, collection: str = DEFAULT_COLLECTION,
-              factory: str = "Flat", batch_size: int = 64, num_workers: int | None = None,
-              search_params: str | None = None, processes: Processes | None = None, token: str | None = None,
-              checkpoint: Path | None = None, boxes: str | Path | None = None) -> MilvusCatalog | None:
-        """Embed the catalogue images and insert them into a new collection; the same call after an interruption
-        continues (embeddings saved in ``checkpoint``, rows already inserted skipped). Under DDP (``processes``)
-        only rank 0 inserts and gets the catalogue; the others None. ``boxes``: a box file (``--crop auto``: each
-        image embedded cut to the product it finds, as are those added later)."""
-        payload = read_embedder_file(embedder_path)
-        finder = BoxFinder.load(boxes) if boxes is not None else None
-        listed = labelled_images(images)
-        index_spec(factory)
-        search_spec(default_search_params(factory) if search_params is None else search_params)
-        _check_columns(listed)
-        key = hashlib.sha256(json.dumps([embedder_hash(payload), [it["path"] for it in listed]]
+              options: BuildOptions = BuildOptions(), checkpoint: Path | None = None,
+              processes: Processes | None = None, token: str | None = None) -> MilvusCatalog | None:
+        """Embed the catalogue images as ``options`` say and insert them into a new collection; the same call after
+        an interruption continues (embeddings saved in ``checkpoint``, rows already inserted skipped). Under DDP
+        (``processes``) only rank 0 inserts and gets the catalogue; the others None."""
+        if options.rerank or options.dba_k:
+            raise LookalikeError("--rerank and --dba are the FAISS backend's (--backend faiss)")
+        inputs = BuildInputs.read(embedder_path, images, options.boxes)
+        index_spec(options.factory)
+        search_spec(options.params)
+        _check_columns(inputs.items)
+        finder = inputs.finder
+        key = hashlib.sha256(json.dumps([embedder_hash(inputs.payload), [it["path"] for it in inputs.items]]
                                         + ([finder.path] if finder else [])).encode()).hexdigest()
         if processes is None or processes.count <= 1:  # DDP's other ranks cannot open a Lite file rank 0 holds
             with _writing(uri):
                 client = connect(uri, token)  # refused now, before the embedding work
                 _check_new(client, uri, collection, key)
                 client.close()
-        embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, processes=processes,
-                                   finder=finder)
+        embedded = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers, checkpoint,
+                                   processes=processes, finder=finder)
         if embedded is None:
             return None
         items, vectors = embedded
-        return cls.create(uri, collection, items, vectors, embedder_hash(payload), str(Path(embedder_path).resolve()),
-                          factory, search_params, token, key, calibrated_threshold(payload), finder and finder.path)
+        return cls.create(uri, collection, items, vectors, embedder_hash(inputs.payload), str(inputs.embedder_path),
+                          options.factory, options.params, token, key, calibrated_threshold(inputs.payload),
+                          finder and finder.path)
 
     @classmethod
     def create(cls, uri: str, collection: str, items: list[dict[str, Any]], vectors: np.ndarray, embedder: str,
@@ -223,17 +221,12 @@ class MilvusCatalog(Catalogue):
             self.save_meta()
         return inserted
 
-    def add_images(self, payload: dict[str, Any], images: str | Path, batch_size: int = 64,
-                   num_workers: int | None = None) -> list[dict[str, Any]]:
-        """Embed and add the images not yet in the catalogue (by path); returns the new items."""
-        listed = labelled_images(images)
-        known = set(self._stored_paths([item_id(it["path"]) for it in listed]).values())
-        new = [it for it in listed if it["path"] not in known]
-        if not new:
-            return []
-        new, vectors = embed_catalogue(payload, new, batch_size, num_workers, finder=self.box_finder())
-        self.insert(new, vectors)
-        return [{**it, "id": item_id(it["path"])} for it in new]
+    def known_paths(self, paths: Sequence[str]) -> set[str]:
+        return set(self._stored_paths([item_id(p) for p in paths]).values()) & set(paths)
+
+    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray) -> list[dict[str, Any]]:
+        self.insert(items, vectors)
+        return [{**it, "id": item_id(it["path"])} for it in items]
 
     def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Remove items by id; returns the removed items."""
@@ -245,18 +238,9 @@ class MilvusCatalog(Catalogue):
             self.client.delete(self.collection, ids=list(ids[start:start + INSERT_BATCH]))
         return [found[i] for i in ids]
 
-    def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
-        """The ids of the items named by id, by image path, or (``missing``) whose image file is gone."""
-        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
-        stored = self._stored_paths([item_id(p) for p in resolved])
-        unknown = [p for p in resolved if stored.get(item_id(p)) != p]
-        if unknown:
-            raise LookalikeError(f"Not in the index: {unknown[:10]}")
-        chosen = set(ids) | {item_id(p) for p in resolved}
-        if missing:
-            for rows in self._scan(["path"]):
-                chosen |= {r["id"] for r in rows if not Path(r["path"]).is_file()}
-        return sorted(chosen)
+    def ids_of(self, paths: Sequence[str]) -> dict[str, int]:
+        stored = self._stored_paths([item_id(p) for p in paths])
+        return {p: item_id(p) for p in paths if stored.get(item_id(p)) == p}
 
     def count(self, where: Condition | None = None) -> int:
         found = self.client.query(self.collection, filter="" if where is None else milvus_expression(where),
@@ -285,8 +269,7 @@ class MilvusCatalog(Catalogue):
         """Top-``k`` items per query vector by inner product, only among those passing ``where`` (given to Milvus
         as its own filter expression). Re-scoring is the FAISS file's (``rerank`` must be 0 or None)."""
         self.check_query(k)
-        if vectors.shape[1] != self.meta["dim"]:
-            raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
+        self.check_vectors(vectors)
         if rerank:
             raise LookalikeError("Re-scoring with exact vectors is the FAISS backend's: rerank=0 with --backend milvus")
         found = self.client.search(

@@ -2,7 +2,7 @@
 and columns, vectors by id, and near-duplicate groups.
 
 Two backends derive from :class:`Catalogue`: the ``.lkidx`` file with its FAISS index
-(:mod:`lookalike.inference.catalog`, the default) and a Milvus collection (:mod:`lookalike.inference.milvus`).
+(:mod:`lookalike.catalogue.file`, the default) and a Milvus collection (:mod:`lookalike.catalogue.milvus`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lookalike.boxes.finder import BoxFinder
+from lookalike.catalogue.build import embed_catalogue
+from lookalike.catalogue.filters import Condition
+from lookalike.data.listing import labelled_images
+from lookalike.embedder.file import embedder_hash, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_DIM, number_field, text_field
-from lookalike.inference.boxes import BoxFinder
-from lookalike.inference.embedder_file import embedder_hash, read_embedder_file
-from lookalike.inference.filters import Condition
 
 
 @dataclass
@@ -77,6 +79,51 @@ class Catalogue(ABC):
                                  "put it back, or build the catalogue anew (index build, with or without --crop auto)")
         return BoxFinder.load(path)
 
+    # -- changing it: the same steps for both backends, their own storage -------------------------------------------
+    def add_images(self, payload: dict[str, Any], images: str | Path, batch_size: int = 64,
+                   num_workers: int | None = None) -> list[dict[str, Any]]:
+        """Embed (cut as the catalogue's images were) and add the images not yet in the catalogue, by path;
+        returns the new items with their ids."""
+        listed = labelled_images(images)
+        known = self.known_paths([it["path"] for it in listed])
+        new = [it for it in listed if it["path"] not in known]
+        if not new:
+            return []
+        new, vectors = embed_catalogue(payload, new, batch_size, num_workers, finder=self.box_finder())
+        return self.add_items(new, vectors)
+
+    def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
+        """The ids of the items named by id, by image path, or (``missing``) whose image file is gone."""
+        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
+        found = self.ids_of(resolved)
+        unknown = [p for p in resolved if p not in found]
+        if unknown:
+            raise LookalikeError(f"Not in the index: {unknown[:10]}")
+        chosen = set(ids) | set(found.values())
+        if missing:
+            chosen |= {it["id"] for it in self.listing() if not Path(it["path"]).is_file()}
+        return sorted(chosen)
+
+    @abstractmethod
+    def known_paths(self, paths: Sequence[str]) -> set[str]:
+        """Those of ``paths`` that items of the catalogue have."""
+
+    @abstractmethod
+    def ids_of(self, paths: Sequence[str]) -> dict[str, int]:
+        """The item id of each of ``paths`` the catalogue has."""
+
+    @abstractmethod
+    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray) -> list[dict[str, Any]]:
+        """Store new items (path, label, fields) with their embeddings; returns them with their ids."""
+
+    @abstractmethod
+    def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Remove items by id; returns the removed items (one message for an unknown id)."""
+
+    def close(self) -> None:
+        """Let go of what the catalogue holds open (a database connection); a file holds nothing."""
+
+    # -- reading it ----------------------------------------------------------------------------------------------
     @abstractmethod
     def count(self, where: Condition | None = None) -> int:
         """How many items there are (``where``: that pass the condition)."""
@@ -119,6 +166,11 @@ class Catalogue(ABC):
                                  f"'{embedder_path}' is {found}: rebuild the index with it, or search with the "
                                  f"embedder the index was built with")
         return payload
+
+    def check_vectors(self, vectors: np.ndarray) -> None:
+        """Refuse query embeddings of another size than the catalogue's."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.meta["dim"]:
+            raise LookalikeError(f"Query embeddings have {vectors.shape[-1]} dimensions, the index {self.meta['dim']}")
 
     def check_query(self, k: int) -> None:
         """Refuse a search that cannot answer (``k`` below 1, an empty catalogue) before any embedding work."""

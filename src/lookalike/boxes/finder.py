@@ -20,7 +20,7 @@ from lookalike.data.images import Box, crop_box, load_rgb
 from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_INPUT_SIDE, atomic_write, number_field, text_field
-from lookalike.inference.embedder_file import read_payload
+from lookalike.embedder.file import read_payload
 from lookalike.models.box import BoxNet
 
 FORMAT = "lookalike-box/1"

@@ -9,9 +9,7 @@ by another embedder than the one it was built with.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,139 +17,30 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lookalike.data.images import Box
-from lookalike.data.listing import labelled_images
+from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
+from lookalike.catalogue.build import BuildInputs, BuildOptions, embed_catalogue, finish, partial_folder
+from lookalike.catalogue.filters import Columns, Condition, mask
+from lookalike.catalogue.sharded import Processes
+from lookalike.embedder.file import embedder_from_payload
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write, claim_folder, locked, release_folder, text_field
-from lookalike.inference.boxes import BoxFinder
-from lookalike.inference.embed import embed_files
-from lookalike.inference.embedder_file import embedder_from_payload, embedder_hash, read_embedder_file
-from lookalike.inference.filters import Columns, Condition, mask
-from lookalike.inference.sharded import Processes, embed_sharded
-from lookalike.inference.store import Catalogue, SearchHit, check_meta
+from lookalike.files import atomic_write, locked, text_field
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.expansion import database_augmentation
-from lookalike.retrieval.knn import FaissIndex, default_search_params, is_lossy, ivf_cells, rescore
+from lookalike.retrieval.knn import FaissIndex, is_lossy, ivf_cells, rescore
 
 FORMAT = "lookalike-index/2"
 META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "embedder")
-PARTIAL_MARKER = "key.json"  # in the <out>.partial/ folder of a build in progress: lookalike's own folder
 # Members of a .lkidx are stored uncompressed (what reading one takes is bounded by the file's size); meta.json is
 # at most this large, items.json at most the file, the FAISS index at most what its count of items can take.
 MAX_META_BYTES = 1 << 20
-FILTER_CACHE = 32  # filter expressions whose matching ids an Index keeps
+FILTER_CACHE = 32  # filter expressions whose matching ids an FileCatalogue keeps
 DEFAULT_RERANK = 200  # candidates a compressed index re-scores with the exact vectors (results/search.md)
 # A filter keeping at most this many items is searched exactly among them (approximate indexes lose most of a
 # small filtered set's neighbours: HNSW32 at 1% of 100k items kept 0.23-0.36 of exact recall@10, search.md)
 EXACT_SUBSET = 20_000
 
 
-class BuildCheckpoint:
-    """Embeddings of a build in progress, saved chunk by chunk beside the output so that an interrupted
-    build continues where it stopped (with the same embedder and the same list of images)."""
-
-    def __init__(self, folder: Path, key: str):
-        self.folder, self.key = folder, key
-        key_file = folder / PARTIAL_MARKER
-        if key_file.is_file() and key_file.read_text() != json.dumps(key):
-            warnings.warn(f"Ignoring '{folder}': it is from a build with other images or another embedder")
-            release_folder(folder, PARTIAL_MARKER)
-        claim_folder(folder, PARTIAL_MARKER, "build in progress (a build keeps its progress in <out>.partial/)")
-        atomic_write(key_file, lambda tmp: Path(tmp).write_text(json.dumps(key)))
-
-    def load(self) -> tuple[int, list[np.ndarray], list[np.ndarray], list[str]]:
-        """(images done, positions, vectors, errors) of the chunks saved so far."""
-        done, positions, vectors, errors = 0, [], [], []
-        for chunk in sorted(self.folder.glob("chunk_*.npz")):
-            with np.load(chunk) as z:
-                if int(z["start"]) != done:
-                    break
-                done = int(z["end"])
-                positions.append(z["positions"])
-                vectors.append(z["vectors"])
-                errors.extend(str(e) for e in z["errors"])
-        return done, positions, vectors, errors
-
-    def save(self, start: int, end: int, positions: list[np.ndarray], vectors: list[np.ndarray],
-             errors: list[str], dim: int) -> None:
-        """Save the images ``start..end`` as one chunk (atomically)."""
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, start=start, end=end, errors=np.array(errors, dtype=str),
-                         positions=np.concatenate(positions) if positions else np.zeros(0, np.int64),
-                         vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
-
-        atomic_write(self.folder / f"chunk_{start:012d}.npz", write)
-
-
-def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_size: int = 64,
-                    num_workers: int | None = None, checkpoint: Path | None = None,
-                    checkpoint_every: int = 4096, embedder: Embedder | None = None,
-                    processes: Processes | None = None, finder: BoxFinder | None = None
-                    ) -> tuple[list[dict[str, Any]], np.ndarray] | None:
-    """Embed the items' images with the embedder of ``payload`` (``embedder``: that one, already rebuilt), each cut
-    to the box ``finder`` finds in it (``--crop auto``; whole where it finds none); unreadable ones are left out
-    with one warning each. With ``checkpoint`` (a folder), progress is saved every ``checkpoint_every`` images and
-    an earlier run's is reused. With ``processes`` of more than one, Lightning's DDP predict loop embeds in that
-    many processes (:mod:`lookalike.inference.sharded`; shards in ``processes.folder``), and the processes other
-    than rank 0 get None."""
-    embedder = embedder or embedder_from_payload(payload)
-    paths = [it["path"] for it in items]
-    boxes = finder.boxes_of(paths) if finder is not None else None
-    if boxes is not None:
-        print(f"cropped {sum(b is not None for b in boxes)} of {len(paths)} images to the product found in them "
-              "(the others embedded whole)")
-    if processes is not None and processes.count > 1:
-        found = embed_sharded(embedder, paths, processes, batch_size, 2 if num_workers is None else num_workers,
-                              boxes)
-        if found is None:
-            return None
-        positions, vectors, errors = [found[0]], [found[1]], found[2]
-    else:
-        positions, vectors, errors = _embed_resumable(embedder, payload, paths, batch_size, num_workers, checkpoint,
-                                                      checkpoint_every, boxes)
-    for error in errors:
-        warnings.warn(f"skipped: {error}")
-    if errors:
-        print(f"skipped {len(errors)} unreadable image(s) of {len(paths)}")
-    keep = np.concatenate(positions) if positions else np.zeros(0, np.int64)
-    if len(keep) == 0:
-        raise LookalikeError("None of the images could be read")
-    return [items[i] for i in keep], np.concatenate(vectors)
-
-
-def _embed_resumable(embedder: Embedder, payload: dict[str, Any], paths: list[str], batch_size: int,
-                     num_workers: int | None, checkpoint: Path | None, checkpoint_every: int,
-                     boxes: list[Box | None] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """One process's embedding of ``paths`` (cut to ``boxes``): (positions, vectors, errors), saved every
-    ``checkpoint_every`` images in ``checkpoint`` and resumed from it."""
-    store = None
-    done, positions, vectors, errors = 0, [], [], []
-    if checkpoint is not None:
-        key = hashlib.sha256(json.dumps([embedder_hash(payload), paths, boxes]).encode()).hexdigest()
-        store = BuildCheckpoint(checkpoint, key)
-        done, positions, vectors, errors = store.load()
-        if done:
-            print(f"resuming: {done} of {len(paths)} images were embedded before")
-    pending: tuple[list, list, list] = ([], [], [])  # positions, vectors, errors since the last save
-    saved = consumed = done
-    for pos, vec, errs in embed_files(embedder, paths, done, batch_size, num_workers, boxes=boxes):
-        pending[0].append(pos)
-        pending[1].append(vec)
-        pending[2].extend(errs)
-        consumed += len(pos) + len(errs)
-        if store is not None and (consumed - saved >= checkpoint_every or consumed == len(paths)):
-            store.save(saved, consumed, *pending, dim=embedder.embedding_size)
-            saved = consumed
-        if store is None or saved == consumed:
-            positions += pending[0]
-            vectors += pending[1]
-            errors += pending[2]
-            pending = ([], [], [])
-    return positions, vectors, errors
-
-
-class Index(Catalogue):
+class FileCatalogue(Catalogue):
     """Catalogue items, their FAISS index (keyed by item id) and the fingerprint of the embedder that
     made them. Items can be added and removed; ids are never reused."""
 
@@ -163,44 +52,33 @@ class Index(Catalogue):
         self._set_items(items)
 
     @classmethod
-    def build(cls, embedder_path: str | Path, images: str | Path, factory: str = "Flat", batch_size: int = 64,
-              num_workers: int | None = None, checkpoint: Path | None = None,
-              checkpoint_every: int = 4096, search_params: str | None = None, rerank: int | None = None,
-              dba_k: int = 0, dba_alpha: float = 3.0, processes: Processes | None = None,
-              boxes: str | Path | None = None) -> Index | None:
-        """Embed every catalogue image with the embedder file and index the embeddings (see
-        :func:`embed_catalogue` for ``checkpoint``). ``search_params`` (FAISS syntax, e.g. ``efSearch=256``
-        or ``nprobe=64``) are stored with the index; by default :func:`default_search_params`. ``rerank``: how
-        many candidates searches re-score with exact vectors kept in the file (default: ``DEFAULT_RERANK`` for
-        compressed index types, 0 for the others). ``dba_k`` > 0: database-side augmentation of the catalogue
-        vectors with their ``dba_k`` nearest items before indexing. ``processes``: embed in several processes
-        (DDP); then only rank 0 gets the index, the others None. ``boxes``: a box file; each image is embedded cut
-        to the product it finds (``--crop auto``, for catalogues of photos), as are those added later."""
-        payload = read_embedder_file(embedder_path)
-        finder = BoxFinder.load(boxes) if boxes is not None else None
-        listed = labelled_images(images)
-        search_params = default_search_params(factory) if search_params is None else search_params
-        embedder = embedder_from_payload(payload)
-        index = FaissIndex(embedder.embedding_size, factory, search_params=search_params, ids=True)  # refused now
-        cells = ivf_cells(factory)
-        if cells > len(listed):
-            raise LookalikeError(f"A {factory} index needs at least {cells} images to train its cells ({len(listed)} "
-                                 f"listed; about 40 per cell is best): use Flat or HNSW32, or e.g. "
-                                 f"IVF{max(1, len(listed) // 40)},Flat")
-        rerank = (DEFAULT_RERANK if is_lossy(factory) else 0) if rerank is None else rerank
-        if rerank < 0 or dba_k < 0:
-            raise LookalikeError(f"rerank={rerank}, dba_k={dba_k}: use 0 (off) or a positive number of items")
-        embedded = embed_catalogue(payload, listed, batch_size, num_workers, checkpoint, checkpoint_every, embedder,
-                                   processes, finder)
+    def build(cls, embedder_path: str | Path, images: str | Path, options: BuildOptions = BuildOptions(),
+              checkpoint: Path | None = None, checkpoint_every: int = 4096,
+              processes: Processes | None = None) -> FileCatalogue | None:
+        """Embed every catalogue image with the embedder file and index the embeddings as ``options`` say (see
+        :func:`~lookalike.catalogue.build.embed_catalogue` for ``checkpoint`` and ``processes``; under DDP only
+        rank 0 gets the catalogue, the others None)."""
+        inputs = BuildInputs.read(embedder_path, images, options.boxes)
+        embedder = embedder_from_payload(inputs.payload)
+        index = FaissIndex(embedder.embedding_size, options.factory, search_params=options.params, ids=True)
+        cells, listed = ivf_cells(options.factory), len(inputs.items)
+        if cells > listed:
+            raise LookalikeError(f"A {options.factory} index needs at least {cells} images to train its cells "
+                                 f"({listed} listed; about 40 per cell is best): use Flat or HNSW32, or e.g. "
+                                 f"IVF{max(1, listed // 40)},Flat")
+        rerank = (DEFAULT_RERANK if is_lossy(options.factory) else 0) if options.rerank is None else options.rerank
+        if rerank < 0 or options.dba_k < 0:
+            raise LookalikeError(f"rerank={rerank}, dba_k={options.dba_k}: use 0 (off) or a positive number of items")
+        embedded = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers, checkpoint,
+                                   checkpoint_every, embedder, processes, inputs.finder)
         if embedded is None:
             return None
         items, vectors = embedded
         for i, item in enumerate(items):
             item["id"] = i
-        meta = {"format": FORMAT, "embedder_hash": embedder_hash(payload), "dim": int(vectors.shape[1]),
-                "factory": factory, "search_params": search_params, "count": len(items), "next_id": len(items),
-                "embedder": str(Path(embedder_path).resolve()), "rerank": rerank,
-                "dba": {"k": dba_k, "alpha": dba_alpha} if dba_k else None, "boxes": finder and finder.path}
+        meta = {"format": FORMAT, **inputs.meta(options, int(vectors.shape[1])), "rerank": rerank,
+                "count": len(items), "next_id": len(items),
+                "dba": {"k": options.dba_k, "alpha": options.dba_alpha} if options.dba_k else None}
         built = cls(index, [], meta, np.zeros((0, vectors.shape[1]), np.float32) if rerank else None)
         built.add_vectors(items, vectors)
         return built
@@ -225,47 +103,39 @@ class Index(Catalogue):
         return augmented[len(pool) - len(new):].numpy()
 
     @classmethod
-    def build_file(cls, out: str | Path, embedder_path: str | Path, images: str | Path, factory: str = "Flat",
-                   batch_size: int = 64, num_workers: int | None = None, search_params: str | None = None,
-                   devices: int = 1, num_nodes: int = 1, accelerator: str = "auto", **options: Any) -> Index | None:
-        """:meth:`build` (``options``: its ``rerank``, ``dba_k``, ``dba_alpha``) and :meth:`save` to ``out``, saving
-        progress in ``<out>.partial/`` so that the same call after an interruption continues where it stopped; the
-        folder goes once the index is written. ``devices`` x ``num_nodes`` > 1: embedded under DDP (shards in
-        ``<out>.shards/``), written by rank 0; the other ranks get None."""
-        partial = Path(out).with_name(Path(out).name + ".partial")
-        processes = Processes(devices, Path(out).with_name(Path(out).name + ".shards"), num_nodes, accelerator)
-        index = cls.build(embedder_path, images, factory, batch_size, num_workers, partial, search_params=search_params,
-                          processes=processes, **options)
+    def build_file(cls, out: str | Path, embedder_path: str | Path, images: str | Path,
+                   options: BuildOptions = BuildOptions()) -> FileCatalogue | None:
+        """:meth:`build` and :meth:`save` to ``out``, keeping progress in ``<out>.partial/`` so that the same call
+        after an interruption continues where it stopped (the folder goes once the catalogue is written), and with
+        several processes their shards in ``<out>.shards/``; under DDP rank 0 writes, the others get None."""
+        partial = partial_folder(Path(out))
+        index = cls.build(embedder_path, images, options, partial, processes=options.processes(Path(out)))
         if index is None:
             return None
         with locked(out):
             index.save(out)
-        release_folder(partial, PARTIAL_MARKER)  # only lookalike's own folder
+        finish(partial)
         return index
 
     @classmethod
     @contextmanager
-    def edit(cls, path: str | Path) -> Iterator[Index]:
-        """``with Index.edit(path) as index: ...``: load, change and save the index while holding its lock, so that
+    def edit(cls, path: str | Path) -> Iterator[FileCatalogue]:
+        """``with FileCatalogue.edit(path) as index: ...``: load, change and save the index while holding its lock, so that
         two processes changing one file lose nothing (the second waits for the first)."""
         with locked(path):
             index = cls.load(path)
             yield index
             index.save(path)
 
-    def add_images(self, payload: dict[str, Any], images: str | Path, batch_size: int = 64,
-                   num_workers: int | None = None) -> list[dict[str, Any]]:
-        """Embed and add the images not yet in the catalogue (by path); returns the new items."""
-        known = {it["path"] for it in self.items}
-        new = [it for it in labelled_images(images) if it["path"] not in known]
-        if not new:
-            return []
-        new, vectors = embed_catalogue(payload, new, batch_size, num_workers, finder=self.box_finder())
-        for i, item in enumerate(new, self.meta["next_id"]):
+    def known_paths(self, paths: Sequence[str]) -> set[str]:
+        return {it["path"] for it in self.items} & set(paths)
+
+    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray) -> list[dict[str, Any]]:
+        for i, item in enumerate(items, self.meta["next_id"]):
             item["id"] = i
-        self.add_vectors(new, vectors)
-        self.meta["next_id"] = new[-1]["id"] + 1
-        return new
+        self.add_vectors(items, vectors)
+        self.meta["next_id"] = items[-1]["id"] + 1
+        return items
 
     def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Remove items by id; returns the removed items."""
@@ -280,17 +150,9 @@ class Index(Catalogue):
         self._set_items([it for it, kept in zip(self.items, keep) if kept])
         return removed
 
-    def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
-        """The ids of the items named by id, by image path, or (``missing``) whose image file is gone."""
+    def ids_of(self, paths: Sequence[str]) -> dict[str, int]:
         by_path = {it["path"]: it["id"] for it in self.items}
-        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
-        unknown = [p for p in resolved if p not in by_path]
-        if unknown:
-            raise LookalikeError(f"Not in the index: {unknown[:10]}")
-        chosen = set(ids) | {by_path[p] for p in resolved}
-        if missing:
-            chosen |= {it["id"] for it in self.items if not Path(it["path"]).is_file()}
-        return sorted(chosen)
+        return {p: by_path[p] for p in paths if p in by_path}
 
     def _set_items(self, items: list[dict[str, Any]]) -> None:
         self.items = items
@@ -317,7 +179,7 @@ class Index(Catalogue):
         return atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: str | Path) -> Index:
+    def load(cls, path: str | Path) -> FileCatalogue:
         """Read a ``.lkidx`` file, or fail with one message if it is missing, corrupt or foreign."""
         path = Path(path).expanduser()
         if not path.is_file():
@@ -359,8 +221,7 @@ class Index(Catalogue):
         ``max(k, rerank)`` candidates are re-scored with the exact vectors kept in the file (compressed index types
         keep them; 0: no re-scoring)."""
         self.check_query(k)
-        if vectors.shape[1] != self.meta["dim"]:
-            raise LookalikeError(f"Query embeddings have {vectors.shape[1]} dimensions, the index {self.meta['dim']}")
+        self.check_vectors(vectors)
         rerank = self.meta.get("rerank", 0) if rerank is None else rerank
         if rerank and self.exact is None:
             raise LookalikeError(f"This index keeps no exact vectors to re-score with: rerank=0, or build it with "
@@ -416,7 +277,7 @@ class Index(Catalogue):
         self.faiss.set_search_params(params)
 
     def matching(self, where: Condition) -> np.ndarray:
-        """The ids of the items passing a filter condition (:mod:`lookalike.inference.filters`); the last few
+        """The ids of the items passing a filter condition (:mod:`lookalike.catalogue.filters`); the last few
         conditions' answers are kept (a server answers the same filter many times)."""
         if where not in self._matching:
             if len(self._matching) >= FILTER_CACHE:

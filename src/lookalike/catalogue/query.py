@@ -19,8 +19,8 @@ import torch
 
 from lookalike.choices import FUSIONS
 from lookalike.errors import LookalikeError
-from lookalike.inference.filters import Condition, restriction
-from lookalike.inference.store import Catalogue, SearchHit, hit_value
+from lookalike.catalogue.filters import Condition, restriction
+from lookalike.catalogue.base import Catalogue, SearchHit, hit_value
 from lookalike.retrieval.expansion import expand
 
 CANDIDATES_PER_GROUP = 4  # candidates searched per requested group before searching wider
@@ -31,7 +31,7 @@ class SearchOptions:
     """How to search: ``k`` results; ``fuse`` several photos into one answer (``mean``/``max``; None: each photo
     its own answer); ``group_by`` one result per value of this column; ``category`` a value of ``category_by``
     to search within, or ``auto`` to decide it by the vote of the ``votes`` nearest items (among the items
-    ``filter`` keeps: an expression of :mod:`lookalike.inference.filters`); ``qe`` > 0: alpha query expansion
+    ``filter`` keeps: an expression of :mod:`lookalike.catalogue.filters`); ``qe`` > 0: alpha query expansion
     with that many nearest items; ``rerank``: candidates re-scored exactly (None: the index's)."""
 
     k: int = 10

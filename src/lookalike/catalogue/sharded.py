@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from lookalike.data.images import Box
 from lookalike.errors import LookalikeError
 from lookalike.files import claim_folder, release_folder
-from lookalike.inference.embed import image_files
+from lookalike.embedder.embed import image_files
 from lookalike.models.embedder import Embedder
 
 

@@ -1,1 +1,0 @@
-"""The product side: the embedder file, batched embedding, the catalogue index, calibration, exports."""
