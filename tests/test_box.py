@@ -181,9 +181,10 @@ def boxed_app(box_run: dict, trained: dict, catalogue, tmp_path: Path):
     pytest.importorskip("fastapi")
     from lookalike.catalogue.file import FileCatalogue
     from lookalike.serve.app import create_app
+    from lookalike.serve.page import PageOptions
 
     FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
-    return create_app(tmp_path / "c.lkidx", boxes=box_run["box_file"]), tmp_path / "c.lkidx", catalogue[1]
+    return create_app(tmp_path / "c.lkidx", PageOptions(boxes=box_run["box_file"])), tmp_path / "c.lkidx", catalogue[1]
 
 
 def test_the_api_finds_the_box_and_searches_with_crop_auto(boxed_app, box_run: dict, trained: dict) -> None:

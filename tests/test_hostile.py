@@ -190,8 +190,9 @@ def test_no_file_gets_code_run_through_the_configs_it_carries(name: str, trained
     lookalike(["search", "--index", str(index), "--embedder", str(embedder), str(photo)])
     pytest.importorskip("fastapi")
     from lookalike.serve.app import create_app
+    from lookalike.serve.page import PageOptions
 
-    create_app(index, boxes=str(boxes))
+    create_app(index, PageOptions(boxes=str(boxes)))
     assert not marker.exists()
 
 
@@ -201,6 +202,7 @@ def app(trained: dict, catalogue, tmp_path: Path):
     """The page over a copy of the catalogue pictures (tests may remove them), loopback names only."""
     pytest.importorskip("fastapi")
     from lookalike.serve.app import create_app
+    from lookalike.serve.page import PageOptions
 
     rows = ["path,label"]
     for i, row in enumerate(catalogue[0].read_text().splitlines()[1:]):
@@ -210,7 +212,8 @@ def app(trained: dict, catalogue, tmp_path: Path):
         rows.append(f"pictures/{i}.jpg,{label}")
     (tmp_path / "copy.csv").write_text("\n".join(rows) + "\n")
     FileCatalogue.build(trained["embedder"], tmp_path / "copy.csv", INLINE).save(tmp_path / "c.lkidx")
-    return create_app(tmp_path / "c.lkidx", max_upload_mb=0.5, allowed_hosts=["127.0.0.1", "localhost"])
+    return create_app(tmp_path / "c.lkidx",
+                      PageOptions(max_upload_mb=0.5, allowed_hosts=["127.0.0.1", "localhost"]))
 
 
 def test_chunked_uploads_over_the_limit_are_refused(app) -> None:
@@ -242,7 +245,7 @@ def _asgi_post(guard, chunks: list[bytes], headers: list | None = None) -> tuple
 
 
 def test_a_body_is_refused_as_soon_as_it_passes_the_limit_and_never_reaches_the_app() -> None:
-    from lookalike.serve.app import UploadGuard
+    from lookalike.serve.guard import UploadGuard
 
     reached = []
 
@@ -259,7 +262,7 @@ def test_a_body_is_refused_as_soon_as_it_passes_the_limit_and_never_reaches_the_
 
 
 def test_searches_beyond_the_slots_are_answered_busy() -> None:
-    from lookalike.serve.app import UploadGuard
+    from lookalike.serve.guard import UploadGuard
 
     release = asyncio.Event()
 
@@ -296,7 +299,7 @@ def test_searches_beyond_the_slots_are_answered_busy() -> None:
 
 
 def test_more_like_this_takes_a_slot_and_cheap_reads_do_not() -> None:
-    from lookalike.serve.app import UploadGuard
+    from lookalike.serve.guard import UploadGuard
 
     release, reached = asyncio.Event(), []
 
@@ -340,9 +343,9 @@ def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest
     import httpx
     import uvicorn
 
-    from lookalike.serve import app as served
+    from lookalike.serve import guard
 
-    monkeypatch.setattr(served, "BODY_IDLE_S", 1.0)
+    monkeypatch.setattr(guard, "BODY_IDLE_S", 1.0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -441,6 +444,7 @@ def test_an_empty_catalogue_answers_clearly(trained: dict, catalogue, tmp_path: 
     from fastapi.testclient import TestClient
 
     from lookalike.serve.app import create_app
+
 
     with open(photo, "rb") as f:
         answer = TestClient(create_app(path)).post("/api/search", files={"image": ("p.jpg", f, "image/jpeg")})
@@ -709,7 +713,9 @@ def test_a_page_bound_to_ipv6_loopback_answers_its_own_name(trained: dict, catal
 
     from lookalike.serve.app import LOOPBACK_NAMES, create_app
 
+    from lookalike.serve.page import PageOptions
+
     FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
-    app = create_app(tmp_path / "c.lkidx", allowed_hosts=LOOPBACK_NAMES)
+    app = create_app(tmp_path / "c.lkidx", PageOptions(allowed_hosts=LOOPBACK_NAMES))
     assert TestClient(app, base_url="http://[::1]:8000").get("/api/items/0").status_code == 200
     assert TestClient(app, base_url="http://[::2]:8000").get("/api/items/0").status_code == 400

@@ -220,11 +220,14 @@ def test_the_page_searches_a_collection_like_the_file(trained: dict, catalogue, 
 
     from lookalike.serve.app import create_app
 
+    from lookalike.serve.page import PageOptions
+
     FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
     MilvusCatalog.build(str(tmp_path / "c.db"), trained["embedder"], catalogue[0], "shop", INLINE).close()
     photo = Path(catalogue[1][0]).read_bytes()
     answers = []
-    for app in (create_app(tmp_path / "c.lkidx"), create_app(tmp_path / "c.db", backend="milvus", collection="shop")):
+    for app in (create_app(tmp_path / "c.lkidx"),
+                create_app(tmp_path / "c.db", PageOptions(backend="milvus", collection="shop"))):
         client = TestClient(app)
         found = client.post("/api/search", files={"image": ("p.jpg", photo, "image/jpeg")},
                             data={"k": "3", "filter": f'label != "{catalogue[2][0]}"'})

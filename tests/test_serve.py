@@ -38,7 +38,9 @@ def client(served):
 
     from lookalike.serve.app import create_app
 
-    return TestClient(create_app(served[0], max_upload_mb=0.5))
+    from lookalike.serve.page import PageOptions
+
+    return TestClient(create_app(served[0], PageOptions(max_upload_mb=0.5)))
 
 
 def test_search_api_answers_like_the_index(client, served, trained: dict) -> None:
@@ -116,10 +118,11 @@ def test_marks_on_results_go_beside_the_index_never_into_it(served, tmp_path: Pa
 
     from lookalike.data.feedback import read_feedback
     from lookalike.serve.app import create_app
+    from lookalike.serve.page import PageOptions
 
     path, photos = served
     before = path.read_bytes()
-    client = TestClient(create_app(path, feedback=tmp_path / "c.feedback"))
+    client = TestClient(create_app(path, PageOptions(feedback=tmp_path / "c.feedback")))
     found = client.post("/api/search", files={"image": ("p.jpg", Path(photos[0]).read_bytes(), "image/jpeg")})
     first, second = found.json()["results"][:2]
     files = [("image", (f"p{i}.jpg", Path(p).read_bytes(), "image/jpeg")) for i, p in enumerate(photos[:2])]
@@ -203,9 +206,11 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
 
     from lookalike.serve.app import create_app
 
+    from lookalike.serve.page import PageOptions
+
     path, photos = served
     expected = FileCatalogue.load(path).search(load_embedder(trained["embedder"]), [photos[0]], k=10)[0]
-    with page_in_browser(create_app(path, feedback=tmp_path / "c.feedback")) as (browser, address):
+    with page_in_browser(create_app(path, PageOptions(feedback=tmp_path / "c.feedback"))) as (browser, address):
         browser.get(address)
         browser.find_element(By.ID, "file").send_keys(str(Path(photos[0]).resolve()))
         wait = WebDriverWait(browser, 60)

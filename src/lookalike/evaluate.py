@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lookalike.config import trusted_config
 from lookalike.data.datamodule import datamodule_from_config
 from lookalike.errors import LookalikeError
-from lookalike.boxes.finder import BoxFinder, box_file_for, crop_queries
+from lookalike.boxes.finder import BoxFinder, crop_queries, resolve_box_file
 from lookalike.embedder.embed import embed_loader
 from lookalike.embedder.source import load_source
 from lookalike.models.embedder import Embedder
@@ -62,7 +62,7 @@ def _cropped(cfg: DictConfig, first: str) -> dict[str, Any] | None:
         raise LookalikeError(f"crop={crop}: choose auto (the box model's box) or none (whole photos)")
     if crop == "none":
         return None
-    return {"boxes": str(cfg.get("boxes") or box_file_for(first))}
+    return {"boxes": str(resolve_box_file(cfg.get("boxes"), first, required=True))}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

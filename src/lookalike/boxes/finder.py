@@ -37,10 +37,16 @@ def save_box_file(net: BoxNet, path: str | Path, min_confidence: float = MIN_CON
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def box_file_for(embedder_path: str | Path, catalogue_boxes: str | None = None) -> Path:
-    """Where ``--crop auto`` looks for the box model by default: the one the catalogue's images were cropped with
-    (``catalogue_boxes``, from ``index build --crop auto``), else ``box.pt`` beside the embedder file."""
-    return Path(catalogue_boxes) if catalogue_boxes else Path(embedder_path).expanduser().parent / BOX_FILE
+def resolve_box_file(given: str | Path | None, embedder_path: str | Path, catalogue_boxes: str | None = None,
+                     required: bool = False) -> Path | None:
+    """The box model to crop with, the one place this is decided: ``given`` (``--boxes``); else the one the
+    catalogue's images were cropped with (``catalogue_boxes``, from ``index build --crop auto``), else ``box.pt``
+    beside the embedder file, where it exists; None where none does, unless ``required`` (``--crop auto`` asked for
+    one: the path is returned, and loading it says what is missing)."""
+    if given:
+        return Path(given).expanduser()
+    default = Path(catalogue_boxes) if catalogue_boxes else Path(embedder_path).expanduser().parent / BOX_FILE
+    return default if required or default.is_file() else None
 
 
 class BoxFinder:

@@ -47,11 +47,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
-    from lookalike.boxes.finder import box_file_for
+    from lookalike.boxes.finder import resolve_box_file
     from lookalike.catalogue.backends import build_catalogue, editing, reembed
 
     if args.action == "build":
-        boxes = (args.boxes or box_file_for(args.embedder)) if args.crop == "auto" else None
+        boxes = resolve_box_file(args.boxes, args.embedder, required=True) if args.crop == "auto" else None
         index = build_catalogue(args.out, args.embedder, args.images, args.backend, args.collection,
                                 build_options(args, boxes))
         if index is None:  # a DDP process other than rank 0: rank 0 writes the index

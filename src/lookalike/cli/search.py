@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 from typing import Any
 
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from lookalike.data.images import cut, load_rgb, parse_box
     from lookalike.catalogue.backends import open_catalogue
-    from lookalike.boxes.finder import BoxFinder, box_file_for
+    from lookalike.boxes.finder import BoxFinder, resolve_box_file
     from lookalike.embedder.file import calibrated_threshold, embedder_from_payload
     from lookalike.catalogue.query import search_catalogue
     from lookalike.retrieval.grid import search_grid
@@ -77,8 +76,8 @@ def main(argv: list[str]) -> None:
     embedder_path = args.embedder or index.meta["embedder"]
     payload = index.check_embedder(embedder_path)
     threshold = calibrated_threshold(payload)
-    boxes = Path(args.boxes or box_file_for(embedder_path, index.meta.get("boxes")))
-    if args.crop == "auto" or (args.crop is None and boxes.is_file()):  # it helped on real and synthetic photos
+    boxes = resolve_box_file(args.boxes, embedder_path, index.meta.get("boxes"), required=args.crop == "auto")
+    if boxes is not None and args.crop in (None, "auto"):  # by default where there is one: it helped on real photos
         photos = BoxFinder.load(boxes).crop([load_rgb(p) for p in args.photos])
     else:
         photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]

@@ -33,15 +33,17 @@ def main(argv: list[str]) -> None:
     from lookalike.data.feedback import feedback_folder
     from lookalike.catalogue.milvus import is_remote
     from lookalike.serve.app import LOOPBACK_NAMES, create_app
+    from lookalike.serve.page import PageOptions
 
     if args.max_upload_mb <= 0:
         raise LookalikeError("--max-upload-mb must be above 0")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     beside = Path(f"{args.collection}.lkidx") if args.backend == "milvus" and is_remote(args.index) else args.index
     feedback = None if args.no_feedback else (args.feedback or feedback_folder(beside))
-    app = create_app(args.index, args.embedder, args.max_upload_mb, slots=args.slots,
-                     allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback, qe=args.qe,
-                     backend=args.backend, collection=args.collection, boxes=args.boxes)
+    app = create_app(args.index, PageOptions(
+        embedder=args.embedder, max_upload_mb=args.max_upload_mb, slots=args.slots,
+        allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback, qe=args.qe, backend=args.backend,
+        collection=args.collection, boxes=args.boxes))
     try:
         import uvicorn
     except ImportError as e:
