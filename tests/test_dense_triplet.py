@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning import losses, miners
@@ -71,3 +72,21 @@ def test_it_trains_from_its_config_and_refuses_a_second_miner(image_folder: Path
     assert any(not torch.equal(p, q) for p, q in zip(before, module.embedder.head.parameters()))
     with pytest.raises(LookalikeError, match="set miner=none"):
         DenseSemiHardTripletLoss()(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), (torch.tensor([0]),) * 3)
+
+
+def test_the_rows_roles_go_to_what_declares_them() -> None:
+    """One mechanism for the sampler and the loss: whatever takes ``is_catalogue`` gets it, nothing else does."""
+    import functools
+
+    from pytorch_metric_learning.losses import TripletMarginLoss
+
+    from lookalike.data.samplers import CatalogueAndPhotosSampler
+    from lookalike.data.table import ImageTable, role_arguments
+
+    table = ImageTable(["a", "b", "c"], np.array([0, 0, 1]), is_query=np.array([True, False, False]),
+                       is_gallery=np.array([False, True, True]))
+    assert table.is_catalogue.tolist() == [False, True, True]
+    assert role_arguments(DenseSemiHardTripletLoss().forward, is_catalogue=table.is_catalogue).keys() == \
+        {"is_catalogue"}
+    assert role_arguments(TripletMarginLoss().forward, is_catalogue=table.is_catalogue) == {}
+    assert role_arguments(functools.partial(CatalogueAndPhotosSampler, m=2), is_catalogue=1) == {"is_catalogue": 1}

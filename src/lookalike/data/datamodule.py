@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import os
 from typing import Any, Callable, Iterator
@@ -19,7 +18,7 @@ from lookalike.data.cache import resized_splits
 from lookalike.data.feedback import read_feedback, with_feedback
 from lookalike.data.images import ImageDataset, unreadable_images
 from lookalike.data.samplers import HardPairBatches
-from lookalike.data.table import ImageTable, Splits, split_off_classes
+from lookalike.data.table import ImageTable, Splits, role_arguments, split_off_classes
 from lookalike.data.transforms import eval_resize, eval_transform, train_transform
 from lookalike.errors import LookalikeError
 
@@ -206,9 +205,7 @@ class RetrievalDataModule(L.LightningDataModule):
         try:
             # with instances, an epoch shows every image about once, as m views
             length = len(labels) * (m if self.instances and isinstance(m, int) else 1)
-            roles = {}
-            if "is_catalogue" in inspect.signature(getattr(self.sampler, "func", self.sampler)).parameters:
-                roles["is_catalogue"] = self.train_table.is_gallery & ~self.train_table.is_query
+            roles = role_arguments(self.sampler, is_catalogue=self.train_table.is_catalogue)
             return self.sampler(labels=labels, batch_size=self.batch_size, length_before_new_iter=length, **roles)
         except AssertionError as e:
             raise LookalikeError(

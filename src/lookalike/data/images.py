@@ -230,6 +230,7 @@ class ImageDataset(Dataset):
             "index": i,
             "is_query": bool(t.is_query[i]),
             "is_gallery": bool(t.is_gallery[i]),
+            "is_catalogue": bool(t.is_gallery[i] and not t.is_query[i]),
         }
 
 

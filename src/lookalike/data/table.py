@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,6 +40,13 @@ class ImageTable:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def is_catalogue(self) -> np.ndarray:
+        """Rows that are catalogue pictures (searched for, never searching): where a data set has both, the clean
+        pictures as opposed to the photos. Samplers and losses that take ``is_catalogue`` get it
+        (:func:`role_arguments`)."""
+        return self.is_gallery & ~self.is_query
 
     @property
     def num_classes(self) -> int:
@@ -141,3 +149,14 @@ def resolve_root(root: str | Path | None, name: str, layout: str) -> Path:
     if not path.is_dir():
         raise missing_data(path, name, layout)
     return path
+
+
+ROLES = ("is_catalogue",)  # what a row is, beyond its label, that a sampler or a loss may ask for
+
+
+def role_arguments(fn: Callable, **roles: Any) -> dict[str, Any]:
+    """Those of ``roles`` (each one of :data:`ROLES`) that ``fn`` (a sampler, a loss's ``forward``; a
+    ``functools.partial`` too) takes as keyword arguments: one mechanism, so that any class declaring the
+    parameter gets the rows' roles and the others nothing."""
+    parameters = inspect.signature(getattr(fn, "func", fn)).parameters
+    return {name: value for name, value in roles.items() if name in parameters}

@@ -15,9 +15,9 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from lookalike.config import build, trusted_config
+from lookalike.data.table import ROLES, role_arguments
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_INPUT_SIDE, number_field
-from lookalike.models.dense_triplet import DenseSemiHardTripletLoss
 from lookalike.models.embedder import Embedder
 from lookalike.models.nonfinite import NonFiniteSteps
 from lookalike.retrieval.metrics import DEFAULT_KS, Neighbors, metrics_from_neighbors, search
@@ -52,6 +52,7 @@ class LitEmbedder(L.LightningModule):
         fill = {k: v for k, v in (("num_classes", num_train_classes), ("embedding_size", self.embedder.embedding_size))
                 if k in cfg.loss and cfg.loss[k] is None}
         self.loss_fn: nn.Module = build(cfg.loss, "the loss (loss=...)", **fill)
+        self.loss_roles = tuple(role_arguments(self.loss_fn.forward, **dict.fromkeys(ROLES)))  # batch keys it takes
         has_miner = isinstance(cfg.get("miner"), DictConfig) and "_target_" in cfg.miner
         self.miner = build(cfg.miner, "the miner (miner=...)") if has_miner else None
         self.optim_cfg = cfg.optim
@@ -91,10 +92,7 @@ class LitEmbedder(L.LightningModule):
         emb = self.embedder(self._images(batch))
         labels = batch["label"]
         tuples = self.miner(emb, labels) if self.miner is not None else None
-        if isinstance(self.loss_fn, DenseSemiHardTripletLoss) and self.loss_fn.catalogue_weight != 1.0:
-            loss = self.loss_fn(emb, labels, tuples, is_catalogue=batch["is_gallery"] & ~batch["is_query"])
-        else:
-            loss = self.loss_fn(emb, labels, tuples)
+        loss = self.loss_fn(emb, labels, tuples, **{role: batch[role] for role in self.loss_roles})
         self.log("train/loss", loss)
         if self._logging_step():
             # the progress bar's copy, on the host: Lightning turns progress-bar values into Python numbers
