@@ -35,6 +35,7 @@ K = 10
 def build_throughput(images: Path, image_size: int, batch_size: int, workers: int | None) -> dict:
     """Images/s of a whole index build (decode, resize, embed, add) on the available device."""
     from lookalike.data.listing import labelled_images
+    from lookalike.catalogue.build import BuildOptions
     from lookalike.catalogue.file import FileCatalogue
     from lookalike.embedder.file import save_embedder
     from lookalike.models.embedder import Embedder

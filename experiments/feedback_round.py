@@ -70,6 +70,7 @@ def recall(results: list[list[str]], truth: list[str]) -> dict[int, float]:
 def main() -> None:
     from lookalike.data.synthetic import synthetic_products
     from lookalike.files import cache_dir
+    from lookalike.catalogue.build import BuildOptions
     from lookalike.catalogue.file import FileCatalogue
     from lookalike.embedder.file import load_embedder
 

@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval.knn import knn
 from tests.helpers import compose_config
 
 
@@ -34,15 +32,6 @@ def test_loader_workers_never_exceed_the_cores(monkeypatch: pytest.MonkeyPatch) 
     cores = len(os.sched_getaffinity(0))
     assert workers(64) == cores and workers(1) == 1 and workers(0) == 0
     assert compose_config(["data=cub200", "data.root=x"]).data.num_workers == min(8, cores)
-
-
-def test_options_of_the_other_backend_are_refused() -> None:
-    x = torch.nn.functional.normalize(torch.randn(20, 8), dim=-1)
-    with pytest.raises(LookalikeError, match="knn.precision=bf16 applies to the torch backend"):
-        knn(x, x, 3, backend="faiss", precision="bf16")
-    with pytest.raises(LookalikeError, match="knn.search_params='efSearch=64' are FAISS parameters"):
-        knn(x, x, 3, backend="torch", search_params="efSearch=64")
-    assert knn(x, x, 3, backend="faiss", factory="HNSW32", search_params="efSearch=64")[1].shape == (20, 3)
 
 
 def test_export_takes_a_source_and_out(trained: dict, tmp_path: Path) -> None:

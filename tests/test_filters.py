@@ -71,19 +71,6 @@ def test_a_small_filtered_set_is_searched_exactly_by_approximate_indexes(factory
         assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
 
 
-@pytest.mark.parametrize("factory, params", [("IVF64,Flat", "nprobe=16"), ("HNSW32", "efSearch=128")])
-def test_a_filtered_search_keeps_the_index_search_parameters(factory: str, params: str) -> None:
-    """A filter that keeps every item answers as no filter: the id selector's search parameters carry the
-    index's own nprobe / efSearch (FAISS's defaults, nprobe 1, found 0.07 of the same top-10)."""
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(20000, 32)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = vectors[:50] + 0.05 * rng.normal(size=(50, 32)).astype(np.float32)
-    index = FaissIndex(32, factory, search_params=params, ids=True)
-    index.add(vectors, np.arange(len(vectors)))
-    assert np.array_equal(index.search(queries, 10)[1], index.search(queries, 10, allowed=np.arange(len(vectors)))[1])
-
-
 def flat_catalogue(values: list[dict[str, str]]):
     """A FAISS file catalogue of one item per row of ``values`` (its column -> text), random vectors."""
     from lookalike.catalogue.file import FORMAT, FileCatalogue

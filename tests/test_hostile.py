@@ -14,7 +14,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +25,6 @@ from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write
 from lookalike.catalogue.file import FileCatalogue
 from lookalike.models.lit_embedder import load_checkpoint
-from lookalike.retrieval.knn import FaissIndex
 from tests.helpers import INLINE, free_port
 from tests.test_filters import flat_catalogue
 
@@ -559,13 +557,6 @@ def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogu
     done = subprocess.run([sys.executable, "-c", probe, str(hostile)], capture_output=True, text=True, timeout=120)
     lines = done.stdout.strip().splitlines()
     assert done.returncode == 0 and lines[0].startswith("refused: ") and int(lines[-1]) < 2000, done.stderr[-2000:]
-
-
-def test_knn_refuses_damaged_blobs_of_another_dimension() -> None:
-    index = FaissIndex(16, "Flat", ids=True)
-    index.add(np.eye(16, dtype=np.float32), np.arange(16))
-    with pytest.raises(LookalikeError, match="16 dimensions, not 8"):
-        FaissIndex.from_bytes(index.to_bytes(), 8, "Flat")
 
 
 # -- 7. nothing deleted that is not lookalike's ------------------------------------------------------------------

@@ -7,8 +7,7 @@ import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from lookalike.errors import LookalikeError
-from lookalike.retrieval.knn import faiss_num_gpus, knn, resolve_backend
+from lookalike.retrieval.knn import knn
 from lookalike.retrieval.metrics import clustering_nmi, normalized_mutual_information, retrieval_metrics
 
 
@@ -93,44 +92,6 @@ def test_query_gallery_matches_pml(data) -> None:
     assert ours["precision@1"] == pytest.approx(pml["precision_at_1"], abs=1e-6)
     assert ours["r_precision"] == pytest.approx(pml["r_precision"], abs=1e-6)
     assert ours["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-6)
-
-
-@pytest.mark.parametrize("with_exclude", [False, True])
-def test_faiss_and_torch_backends_return_the_same_neighbours(with_exclude: bool) -> None:
-    x = torch.nn.functional.normalize(torch.randn(300, 32, generator=torch.Generator().manual_seed(0)), dim=1)
-    exclude = torch.arange(300) if with_exclude else None
-    s_t, i_t = knn(x, x, 10, exclude=exclude, backend="torch")
-    s_f, i_f = knn(x, x, 10, exclude=exclude, backend="faiss")
-    assert torch.equal(i_t, i_f)
-    torch.testing.assert_close(s_t, s_f, atol=1e-5, rtol=0)
-    assert resolve_backend("auto", torch.device("cpu")) == "faiss"
-    assert resolve_backend("auto", torch.device("cuda")) == ("faiss" if faiss_num_gpus() else "torch")
-
-
-@pytest.mark.parametrize("with_exclude", [False, True])
-def test_bf16_candidates_rescored_in_float32_equal_the_float32_search(with_exclude: bool) -> None:
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(8, 64, generator=g)
-    x = torch.nn.functional.normalize(centres.repeat_interleave(50, 0) + 0.05 * torch.randn(400, 64, generator=g), dim=1)
-    exclude = torch.arange(400) if with_exclude else None
-    s32, i32 = knn(x, x, 20, exclude=exclude, backend="torch", precision="fp32")
-    s16, i16 = knn(x, x, 20, exclude=exclude, backend="torch", precision="bf16", chunk_size=64)
-    # the same ranked similarities, each the true one of the item returned: the exact top-k up to float32
-    # rounding (~1e-7, where mm and bmm sum in different orders and near-equal items may swap)
-    torch.testing.assert_close(s16, s32, atol=1e-6, rtol=0)
-    torch.testing.assert_close((x[i16] * x[:, None]).sum(-1), s16, atol=1e-6, rtol=0)
-    assert (i16 == i32).float().mean() > 0.99
-    # bfloat16 similarities alone would not order these neighbours (they differ by less than its rounding)
-    raw = (x.bfloat16() @ x.bfloat16().T).float()
-    if with_exclude:
-        raw.fill_diagonal_(float("-inf"))
-    assert (raw.topk(20, dim=1).indices != i32).float().mean() > 0.1
-    # a gallery smaller than k plus the margin: every item is a candidate
-    s_small, i_small = knn(x[:30], x[:30], 29, exclude=exclude[:30] if with_exclude else None, precision="bf16")
-    assert torch.equal(i_small, knn(x[:30], x[:30], 29, exclude=exclude[:30] if with_exclude else None,
-                                    precision="fp32")[1])
-    with pytest.raises(LookalikeError, match="knn.precision"):
-        knn(x, x, 5, backend="torch", precision="fp16")
 
 
 def test_every_backend_gives_the_same_metrics_with_ties(data) -> None:
