@@ -335,17 +335,19 @@ def test_more_like_this_takes_a_slot_and_cheap_reads_do_not() -> None:
 
 def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest.MonkeyPatch) -> None:
     """Raw sockets that send a POST's headers and then nothing: they hold every slot only until the body's idle
-    timeout, after which a real upload is searched."""
+    timeout, after which a real upload is searched; one that never finishes its headers is closed after theirs."""
     import threading
 
     import httpx
     import uvicorn
 
-    from lookalike.serve import guard
+    from lookalike.serve import guard, protocol
 
     monkeypatch.setattr(guard, "BODY_IDLE_S", 1.0)
+    monkeypatch.setattr(protocol, "HEADERS_S", 1.0)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                           http=protocol.HeaderDeadline))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -363,8 +365,11 @@ def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest
         time.sleep(0.3)
         files = {"image": ("p.png", photo.getvalue(), "image/png")}
         assert httpx.post(url, files=files, timeout=10).status_code == 503  # every slot held
+        slow_headers = socket.create_connection(("127.0.0.1", port))  # headers that never end: no slot, and
+        slow_headers.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # closed after their deadline
         time.sleep(1.5)
-        for sock in stalled:
+        for sock in [*stalled, slow_headers]:
+            sock.settimeout(5)
             assert b"408" in sock.recv(1000).split(b"\r\n", 1)[0]
             sock.close()
         assert httpx.post(url, files=files, timeout=30).status_code == 200

@@ -46,10 +46,12 @@ def main(argv: list[str]) -> None:
         collection=args.collection, boxes=args.boxes))
     try:
         import uvicorn
+
+        from lookalike.serve.protocol import HeaderDeadline
     except ImportError as e:
         raise LookalikeError("lookalike serve needs the serve extra: pip install 'lookalike[serve]'") from e
     host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
     print(f"searching {args.index} at http://{host}:{args.port}/ (API docs: /docs)")
     if feedback is not None:
         print(f"marks on results go to {feedback}/feedback.csv")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=HeaderDeadline)
