@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -88,3 +89,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def file_catalogue(items: list[dict], vectors: np.ndarray) -> Any:
+    """A Flat file catalogue of ``items`` (path, label, fields; numbered in order) and their ``vectors``, with no
+    embedder behind it: for tests of searching and filtering."""
+    from lookalike.catalogue.file import FORMAT, FileCatalogue
+    from lookalike.retrieval.knn import FaissIndex, default_search_params
+
+    dim = vectors.shape[1]
+    meta = {"format": FORMAT, "embedder_hash": "x", "dim": dim, "factory": "Flat", "search_params": "", "count": 0,
+            "next_id": len(items), "embedder": "none", "rerank": 0, "dba": None}
+    index = FileCatalogue(FaissIndex(dim, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
+    index.add_vectors([{**it, "id": i} for i, it in enumerate(items)], vectors)
+    return index

@@ -8,7 +8,7 @@ import pytest
 from lookalike.errors import LookalikeError
 from lookalike.catalogue.filters import parse_filter
 from lookalike.catalogue.query import SearchOptions, search_catalogue
-from lookalike.retrieval.knn import FaissIndex
+from tests.helpers import file_catalogue
 from tests.test_query import vector_catalogue
 
 COLUMNS = {"label", "brand", "price", "in_stock"}
@@ -72,17 +72,10 @@ def test_a_small_filtered_set_is_searched_exactly_by_approximate_indexes(factory
 
 
 def flat_catalogue(values: list[dict[str, str]]):
-    """A FAISS file catalogue of one item per row of ``values`` (its column -> text), random vectors."""
-    from lookalike.catalogue.file import FORMAT, FileCatalogue
-    from lookalike.retrieval.knn import default_search_params
-
+    """A file catalogue of one item per row of ``values`` (its column -> text), random vectors."""
     vectors = np.random.default_rng(0).normal(size=(len(values), 8)).astype(np.float32)
-    meta = {"format": FORMAT, "embedder_hash": "x", "dim": 8, "factory": "Flat", "search_params": "", "count": 0,
-            "next_id": 0, "embedder": "none", "rerank": 0, "dba": None}
-    index = FileCatalogue(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
-    index.add_vectors([{"id": i, "path": f"/{i}.jpg", "label": f"p{i}", "fields": row} for i, row in enumerate(values)],
-                      vectors)
-    return index
+    return file_catalogue([{"path": f"/{i}.jpg", "label": f"p{i}", "fields": row} for i, row in enumerate(values)],
+                          vectors)
 
 
 BRANDS = ["true", "1", "false", "0", "acme", "1.0", "Yes", " no ", "2"]

@@ -17,12 +17,11 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.catalogue.backends import open_catalogue
-from lookalike.catalogue.file import FORMAT, FileCatalogue
+from lookalike.catalogue.file import FileCatalogue
 from lookalike.catalogue.filters import parse_filter
 from lookalike.catalogue.milvus import MilvusCatalog, index_spec, item_id
 from lookalike.catalogue.query import SearchOptions, search_catalogue
-from lookalike.retrieval.knn import FaissIndex, default_search_params
-from tests.helpers import INLINE
+from tests.helpers import INLINE, file_catalogue
 from tests.test_catalog_maintenance import _shop
 from tests.test_query import unit, vector_catalogue
 
@@ -99,10 +98,7 @@ def test_filters_agree_between_the_backends_on_random_expressions(tmp_path: Path
         fields = {"brand": brands[i % 5], "price": prices[i % 6], "in_stock": stock[i % 4]}
         items.append({"path": f"/shop/{i}.jpg", "label": f"p{i % 9}",
                       "fields": {k: v for j, (k, v) in enumerate(fields.items()) if (i + j) % 7}})
-    meta = {"format": FORMAT, "embedder_hash": "x", "dim": 16, "factory": "Flat", "search_params": "", "count": 0,
-            "next_id": len(items), "embedder": "none", "rerank": 0, "dba": None}
-    index = FileCatalogue(FaissIndex(16, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
-    index.add_vectors([{**it, "id": i} for i, it in enumerate(items)], vectors)
+    index = file_catalogue(items, vectors)
     milvus = MilvusCatalog.create(str(tmp_path / "f.db"), "shop", items, vectors, "x", "none")
     columns = index.columns()
     for _ in range(60):
@@ -247,10 +243,7 @@ def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the
     items = [{"path": f"/shop/{i}.jpg", "label": f"p{i}", "fields": {"brand": v, "品牌": v}} for i, v in
              enumerate(values)]
     vectors = unit(np.random.default_rng(0).normal(size=(len(items), 8))).astype(np.float32)
-    meta = {"format": FORMAT, "embedder_hash": "x", "dim": 8, "factory": "Flat", "search_params": "", "count": 0,
-            "next_id": len(items), "embedder": "none", "rerank": 0, "dba": None}
-    index = FileCatalogue(FaissIndex(8, "Flat", search_params=default_search_params("Flat"), ids=True), [], meta)
-    index.add_vectors([{**it, "id": i} for i, it in enumerate(items)], vectors)
+    index = file_catalogue(items, vectors)
     milvus = MilvusCatalog.create(str(tmp_path / "u.db"), "shop", items, vectors, "x", "none")
     columns = index.columns()
     for value in values[:8]:
