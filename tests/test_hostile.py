@@ -536,6 +536,10 @@ def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogu
         "garbage blob": ("index.faiss", b"\x00" * 100, "FAISS index cannot be read"),
         "missing keys": ("meta.json", json.dumps({"format": meta["format"]}).encode(), "meta.json lacks"),
         "items of another index": ("items.json", b"[]", "does not match meta.json"),
+        "items of the wrong types": ("items.json", json.dumps([{"id": "0", "path": 1, "label": None}] * meta["count"])
+                                     .encode(), "an item is not"),
+        "columns that are not text": ("items.json", json.dumps([{"id": i, "path": "/x", "label": "l", "fields": {
+            "price": [1]}} for i in range(meta["count"])]).encode(), "an item is not"),
     }
     for name, (member, data, message) in cases.items():
         with pytest.raises(LookalikeError, match=message):

@@ -201,9 +201,9 @@ class FileCatalogue(Catalogue):
                 exact = _vectors_member(path, z, count, dim) if "vectors.npy" in z.namelist() else None
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise LookalikeError(f"'{path}' is not a readable lookalike index ({e})") from e
-        if not isinstance(items, list) or len(items) != count or not all(
-                isinstance(it, dict) and {"id", "path", "label"} <= it.keys() for it in items):
-            raise LookalikeError(f"'{path}' is a damaged lookalike index (items.json does not match meta.json)")
+        if not isinstance(items, list) or len(items) != count or not all(map(_well_formed, items)):
+            raise LookalikeError(f"'{path}' is a damaged lookalike index (items.json does not match meta.json, or an "
+                                 "item is not an id, a path, a label and text columns)")
         try:
             index = FaissIndex.from_bytes(blob, dim, meta["factory"], meta.get("search_params", ""))
         except LookalikeError as e:
@@ -309,6 +309,14 @@ class FileCatalogue(Catalogue):
         for start in range(0, len(self.items), size):
             ids = self.ids[start:start + size]
             yield ids, self.vectors_of(ids)
+
+
+def _well_formed(item: Any) -> bool:
+    """An item of items.json as lookalike writes it: a whole-number id, a path and a label, text columns."""
+    fields = item.get("fields", {}) if isinstance(item, dict) else None
+    return (isinstance(item, dict) and type(item.get("id")) is int and item["id"] >= 0
+            and isinstance(item.get("path"), str) and isinstance(item.get("label"), str)
+            and isinstance(fields, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()))
 
 
 def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
