@@ -122,7 +122,7 @@ def test_batches_needing_more_classes_than_exist_and_empty_splits_are_explained(
     with pytest.raises(LookalikeError, match="at most m x number of classes"):
         _datamodule(image_folder, m=2, batch_size=8).train_dataloader()  # 4 classes per batch, 2 exist
     with pytest.raises(LookalikeError, match="The training split is empty"):
-        RetrievalDataModule(read_split(image_folder, 0.0), PRE, batch_size=8, val_classes=2)
+        RetrievalDataModule(read_split(image_folder, 0.0), PRE, batch_size=8, val_classes=2).setup("fit")
 
 
 def test_an_epochs_batches_depend_on_seed_and_epoch_only(image_folder: Path) -> None:

@@ -124,4 +124,4 @@ def test_unlabeled_images_without_instances_or_clusters_stop_with_one_message(un
     cfg = compose("train", [*TINY_MODEL, "experiment=selfsup_pseudo", f"data.root={unlabeled}", "data.num_workers=0",
                             f"paths.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(LookalikeError, match="data.instances=true.*pseudo_labels"):
-        build_datamodule(cfg)
+        build_datamodule(cfg).setup("fit")

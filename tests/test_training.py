@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from lookalike.data.datamodule import RetrievalDataModule
 from lookalike.data.image_folder import image_folder as read_split
+from lookalike.data.table import Splits, split_off_classes
 from lookalike.embedder.embed import embed_loader
 from lookalike.embedder.file import load_embedder
 from lookalike.models.lit_embedder import LitEmbedder
@@ -111,8 +112,8 @@ def test_loss_falls_and_recall_rises_on_a_separable_set(separable: Path, tmp_pat
     L.seed_everything(0)
     splits = read_split(separable, train_classes=0.75)
     # validate on the training classes themselves: this checks that optimisation works at all
-    dm = RetrievalDataModule(splits, None, sampler=None, batch_size=16, val_classes=1, num_workers=0)
-    dm.val_table = dm.train_table
+    train, _ = split_off_classes(splits.train, 1, 0)
+    dm = RetrievalDataModule(Splits(train, splits.test, train), None, sampler=None, batch_size=16, num_workers=0)
     module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)
     dm.preprocessing = module.embedder.preprocessing
     first = _trainer(max_epochs=1, limit_train_batches=1)

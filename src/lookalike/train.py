@@ -99,7 +99,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rank_zero_info(f"resuming {ckpt_path}; the run continues in {cfg.paths.output_dir}")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(cfg)  # first, so a missing data set stops the run at once
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")  # first, so a missing or unusable data set stops the run at once
     config = OmegaConf.to_container(cfg, resolve=True)
     run_provenance = provenance(cfg.seed)
     if rank_zero_only.rank == 0:  # under DDP the other processes write nothing

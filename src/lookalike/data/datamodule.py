@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import lightning as L
@@ -105,6 +106,16 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         return iter(zip(rows, seeds.tolist()))
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """What :meth:`RetrievalDataModule.setup` makes of the splits."""
+
+    train: ImageTable
+    val: ImageTable
+    test: ImageTable
+    hard_pairs: list[tuple[int, int]]
+
+
 class RetrievalDataModule(L.LightningDataModule):
     """Class-disjoint train / validation / test loaders over a data source's splits.
 
@@ -114,7 +125,7 @@ class RetrievalDataModule(L.LightningDataModule):
     its own class (self-supervised, see :mod:`lookalike.data.unlabeled`); the PK sampler then draws
     ``m`` augmented views of each image it picks. ``feedback``: a feedback CSV of marks on search results
     (:mod:`lookalike.data.feedback`), its photos added to training and ``feedback_pairs`` of its confused class
-    pairs put into every batch.
+    pairs put into every batch. Building one costs nothing; :meth:`setup` reads the images and makes the tables.
     """
 
     def __init__(
@@ -136,24 +147,45 @@ class RetrievalDataModule(L.LightningDataModule):
         feedback_pairs: int = 1,
     ):
         super().__init__()
-        splits = without_unreadable(splits, on_bad_image)
+        self.splits, self.on_bad_image, self.val_classes = splits, on_bad_image, val_classes
+        self.instances, self.feedback, self.feedback_pairs = instances, feedback, feedback_pairs
+        self.preprocessing = preprocessing
+        self.sampler = sampler
+        self.augment = augment
+        self.seed = seed
+        self._resumed_epoch: int | None = None
+        self._tables: _Tables | None = None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.loader_args = dict(
+            num_workers=num_workers,
+            pin_memory=pin_memory and torch.cuda.is_available(),
+            persistent_workers=persistent_workers and num_workers > 0,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """The tables, once (Lightning calls this for each stage; the run first, to size the model): unreadable
+        images left out, validation classes split off, classes without a positive pair left out, the feedback's
+        photos and pairs added, every split checked non-empty."""
+        if self._tables is not None:
+            return
+        splits = without_unreadable(self.splits, self.on_bad_image)
         if len(splits.train) == 0:
             raise LookalikeError("The training split is empty: check data.root and the class split settings")
         if splits.val is None:
-            if not val_classes or val_classes <= 0:
+            if not self.val_classes or self.val_classes <= 0:
                 raise LookalikeError("data.val_classes must be > 0: validation classes choose the best checkpoint")
-            train, val = split_off_classes(splits.train, val_classes, seed)
+            train, val = split_off_classes(splits.train, self.val_classes, self.seed)
         else:
             train, val = splits.train, splits.val
-        self.instances = instances
-        kept = trainable(train, instances)
+        kept = trainable(train, self.instances)
         if len(kept) == 0 and len(train) > 0:
             raise LookalikeError("No training class has two images, so there is no positive pair: for a catalogue "
                                  "without labels use data.instances=true (experiment=selfsup_catalog) or give it "
                                  "classes (data.source.pseudo_labels=CSV of lookalike pseudo-labels)")
         test, pairs = splits.test, []
-        if feedback:
-            added = with_feedback(kept, read_feedback(feedback), held_out=set(val.label_names()))
+        if self.feedback:
+            added = with_feedback(kept, read_feedback(self.feedback), held_out=set(val.label_names()))
             log.info(added.summary)
             kept, pairs = added.table, added.hard_pairs
             photos = {os.path.realpath(p) for p in added.photos}
@@ -162,27 +194,33 @@ class RetrievalDataModule(L.LightningDataModule):
             if trained:
                 log.warning("feedback trains on %d test class(es): the test report is not zero-shot for them "
                             "(its photos are left out of the test queries)", len(trained))
-        self.train_table: ImageTable = kept.relabelled()
-        label_of = dict(zip(self.train_table.label_names(), self.train_table.labels.tolist()))
-        self.hard_pairs = [(label_of[a], label_of[b]) for a, b in pairs]
-        self.feedback_pairs = feedback_pairs
-        self.val_table: ImageTable = val
-        self.test_table: ImageTable = test
-        for name, table in (("training", self.train_table), ("validation", val), ("test", splits.test)):
+        train_table = kept.relabelled()
+        label_of = dict(zip(train_table.label_names(), train_table.labels.tolist()))
+        for name, table in (("training", train_table), ("validation", val), ("test", splits.test)):
             if len(table) == 0:
                 raise LookalikeError(f"The {name} split is empty: check data.root and the class split settings")
-        self.preprocessing = preprocessing
-        self.sampler = sampler
-        self.augment = augment
-        self.seed = seed
-        self._resumed_epoch: int | None = None
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.loader_args = dict(
-            num_workers=num_workers,
-            pin_memory=pin_memory and torch.cuda.is_available(),
-            persistent_workers=persistent_workers and num_workers > 0,
-        )
+        self._tables = _Tables(train_table, val, test, [(label_of[a], label_of[b]) for a, b in pairs])
+
+    def _ready(self) -> _Tables:
+        self.setup()
+        return self._tables
+
+    @property
+    def train_table(self) -> ImageTable:
+        return self._ready().train
+
+    @property
+    def val_table(self) -> ImageTable:
+        return self._ready().val
+
+    @property
+    def test_table(self) -> ImageTable:
+        return self._ready().test
+
+    @property
+    def hard_pairs(self) -> list[tuple[int, int]]:
+        """Class pairs (training labels) the feedback confused, put into every batch."""
+        return self._ready().hard_pairs
 
     @property
     def num_train_classes(self) -> int:
