@@ -293,7 +293,7 @@ def loader_alone(overrides: list[str], model: str, size: int, steps: int, warmup
     """Images/s of lookalike's training DataLoader with no model behind it (the config of a lookalike run):
     what the loader workers can deliver at most."""
     from lookalike.config import compose
-    from lookalike.train import build_datamodule
+    from lookalike.data.datamodule import build_datamodule
 
     datamodule = build_datamodule(compose("train", overrides), _embedder(model, size).preprocessing)
     loader = datamodule.train_dataloader()

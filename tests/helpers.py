@@ -55,7 +55,7 @@ def module_and_data(cfg: DictConfig) -> tuple:
     from omegaconf import OmegaConf
 
     from lookalike.models.lit_embedder import LitEmbedder
-    from lookalike.train import build_datamodule
+    from lookalike.data.datamodule import build_datamodule
 
     dm = build_datamodule(cfg)
     module = LitEmbedder(OmegaConf.to_container(cfg, resolve=True), dm.num_train_classes)

@@ -12,10 +12,10 @@ import torch
 
 from lookalike.cli.search import main as search_main
 from lookalike.data.images import load_rgb
-from lookalike.data.composites import Composites, _paste
+from lookalike.boxes.composites import Composites, _paste
 from lookalike.errors import LookalikeError
 from lookalike.boxes.finder import BoxFinder
-from lookalike.models.box import box_losses
+from lookalike.boxes.net import box_losses
 from lookalike.train import run
 from tests.helpers import INLINE, TINY_DATA, compose_config, tiny_overrides, write_image
 

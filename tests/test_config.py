@@ -60,3 +60,13 @@ def test_configs_read_from_files_may_name_only_the_targets_of_conf(monkeypatch: 
     monkeypatch.setenv("LOOKALIKE_TRUSTED_TARGETS", "my_pkg.MyLoss, other.Thing")
     mine = {"loss": {"_target_": "my_pkg.MyLoss"}}
     assert trusted_config(mine, "f.ckpt") == mine
+
+
+def test_a_run_trains_what_its_runner_names(tmp_path: Path) -> None:
+    from lookalike.train import RUNNERS, run
+    from tests.helpers import tiny_overrides
+
+    assert set(RUNNERS) == {"embedder", "box"}
+    assert compose_config(["experiment=box"]).runner == "box" and compose_config([]).runner == "embedder"
+    with pytest.raises(LookalikeError, match="runner=nope: choose one of embedder, box"):
+        run(compose_config(tiny_overrides(tmp_path / "cache", tmp_path / "run") + ["runner=nope"]))

@@ -10,7 +10,8 @@ import pytest
 from omegaconf import DictConfig, open_dict
 
 from lookalike.config import config_dir
-from lookalike.train import build_datamodule, run
+from lookalike.data.datamodule import build_datamodule
+from lookalike.train import run
 from tests.helpers import TINY_DATA, TINY_MODEL, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))

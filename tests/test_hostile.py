@@ -157,7 +157,7 @@ def test_no_file_gets_code_run_through_the_configs_it_carries(name: str, trained
     training config runs nothing on any path that reads it: refused wherever something is built from that config
     (a checkpoint's loss and miner, evaluate's data set, a resumed run), never used where nothing is."""
     from lookalike.boxes.finder import save_box_file
-    from lookalike.models.box import BoxNet
+    from lookalike.boxes.net import BoxNet
     from lookalike.train import run
     from tests.helpers import compose_config, tiny_overrides
 
@@ -611,7 +611,7 @@ def test_fields_of_files_are_checked_before_use(trained: dict, catalogue, tmp_pa
     within bounds, or one message (a box file's image_size=30000 once made a search allocate 21 GB)."""
     from lookalike.boxes.finder import BoxFinder, save_box_file
     from lookalike.embedder.file import load_embedder
-    from lookalike.models.box import BoxNet
+    from lookalike.boxes.net import BoxNet
 
     def embedder_with(edit) -> Path:
         return _reloaded(Path(trained["embedder"]), tmp_path / "e.pt", edit)

@@ -18,7 +18,7 @@ from lookalike.data.unlabeled import unlabeled_folder
 from lookalike.errors import LookalikeError
 from lookalike.embedder.file import save_embedder
 from lookalike.models.embedder import Embedder
-from lookalike.train import build_datamodule
+from lookalike.data.datamodule import build_datamodule
 from tests.helpers import TINY_MODEL, write_image
 
 

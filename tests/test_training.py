@@ -21,7 +21,8 @@ from lookalike.profiling import HostReads
 from lookalike.retrieval import retrieval_metrics
 from lookalike.errors import LookalikeError
 from lookalike.models.wise import choose_alpha
-from lookalike.train import build_datamodule, choose_weights, run
+from lookalike.data.datamodule import build_datamodule
+from lookalike.train import choose_weights, run
 from tests.helpers import TINY_MODEL, compose_config, module_and_data, tiny_overrides
 
 LOSSES = ["triplet", "contrastive", "multi_similarity", "proxy_anchor", "arcface"]

@@ -15,17 +15,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
-from lookalike.config import build, config_targets
-from lookalike.data.composites import Composites
-from lookalike.data.datamodule import RetrievalDataModule, datamodule_from_config
+from lookalike.boxes.training import train_boxes
+from lookalike.config import config_targets
+from lookalike.data.datamodule import RetrievalDataModule, build_datamodule
 from lookalike.errors import LookalikeError
 from lookalike.files import link_latest
-from lookalike.boxes.finder import save_box_file
+from lookalike.fitting import best_score, build_trainer, finish_loggers
 from lookalike.embedder.embed import embed_loader
 from lookalike.embedder.file import save_embedder
-from lookalike.models.box import LitBoxNet, evaluate_boxes
 from lookalike.models.lit_embedder import LitEmbedder, read_checkpoint
 from lookalike.models.wise import choose_alpha, interpolated
 from lookalike.provenance import provenance
@@ -34,24 +32,7 @@ from lookalike.retrieval.grid import retrieval_grid
 
 log = logging.getLogger(__name__)
 
-# trainer.* keys of configs written before these switches moved to model.* (reruns of old run folders)
 REPORT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
-
-
-def build_datamodule(cfg: DictConfig, preprocessing: dict | None = None) -> RetrievalDataModule:
-    """The training data: the data set's DataModule with the configured sampler and augmentation."""
-    return datamodule_from_config(
-        cfg.data, cfg.seed, cfg.paths.cache_dir, preprocessing,
-        sampler=build(cfg.sampler, "the sampler (sampler=...)") if cfg.get("sampler") else None,
-        augment=build(cfg.augment, "the augmentation (augment=...)") if cfg.get("augment") else None,
-    )
-
-
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Lightning Trainer with the configured callbacks and loggers."""
-    callbacks = [build(c, "a callback (callbacks=...)") for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [build(c, "a logger (logger=...)") for c in (cfg.get("logger") or {}).values()]
-    return build(cfg.trainer, "the trainer (trainer=...)", callbacks=callbacks, logger=loggers or False)
 
 
 def format_report(rows: dict[str, dict[str, float]], title: str) -> str:
@@ -87,10 +68,16 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate as ``cfg`` says; returns the report (test rows, best checkpoint and score, files).
-    A config with a ``box`` section (``experiment=box``) trains the box model instead (:func:`run_box`)."""
-    if cfg.get("box") is not None:
-        return run_box(cfg)
+    """Train what ``cfg.runner`` names (:data:`RUNNERS`: the embedder, or the box model with experiment=box) and
+    evaluate it; returns the report (test rows, best checkpoint and score, files)."""
+    runner = RUNNERS.get(cfg.get("runner", "embedder"))
+    if runner is None:
+        raise LookalikeError(f"runner={cfg.runner}: choose one of {', '.join(RUNNERS)}")
+    return runner(cfg)
+
+
+def train_embedder(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune the embedder (see the module's text) and report it on the test classes."""
     started = time.time()
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resume_checkpoint(cfg)
@@ -143,7 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rows[selection["name"]] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
     report = {"test": rows, "best_checkpoint": best, "optimized_metric": cfg.optimized_metric,
-              "best_val": _best_score(trainer), "test_set": datamodule.test_table.describe(),
+              "best_val": best_score(trainer), "test_set": datamodule.test_table.describe(),
               "selection": selection, "duration_s": round(time.time() - started, 1)}
     if trainer.is_global_zero:
         _save_grid(module, datamodule, trainer, output_dir / "retrieval_grid.png")
@@ -160,45 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(f"\nTest classes ({report['test_set']}):\n{format_report(rows, 'model')}")
         print(f"\nbest checkpoint: {best or '(none saved)'}\nembedder file:   {embedder_file}"
               f"\nrun folder:      {output_dir}")
-    _finish_wandb(trainer)
-    return report
-
-
-def run_box(cfg: DictConfig) -> dict[str, Any]:
-    """The box model: fitted on composites of the training classes' pictures (:mod:`lookalike.data.composites`),
-    its best epoch chosen on the validation classes' composites (``val/iou``), reported on the test classes'
-    (IoU, confidence, ms per photo); written as ``box.pt`` in the run folder."""
-    started = time.time()
-    L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    box = cfg.box
-
-    def loader(table: Any, length: int, seed: int, shuffle: bool = False) -> DataLoader:
-        pictures = table.subset(table.is_gallery)  # the catalogue pictures (photos are queries, not objects)
-        data = Composites(pictures.paths, box.image_size, length, seed, pictures.boxes, box.empty_share)
-        return DataLoader(data, batch_size=cfg.data.batch_size, shuffle=shuffle, num_workers=cfg.data.num_workers)
-
-    module = LitBoxNet(config)
-    trainer = build_trainer(cfg)
-    trainer.fit(module, loader(datamodule.train_table, box.samples_per_epoch, cfg.seed, shuffle=True),
-                loader(datamodule.val_table, box.eval_samples, cfg.seed + 1))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        module.load_state_dict(read_checkpoint(best, trusted=config_targets(cfg))["state_dict"])
-    test = evaluate_boxes(module.net, loader(datamodule.test_table, box.eval_samples, cfg.seed + 2))
-    report = {"test": {"box model": test}, "best_checkpoint": best, "optimized_metric": cfg.optimized_metric,
-              "best_val": _best_score(trainer), "test_set": f"composites of {datamodule.test_table.describe()}",
-              "duration_s": round(time.time() - started, 1)}
-    if trainer.is_global_zero:
-        report["box_file"] = str(save_box_file(module.net, output_dir / "box.pt", box.min_confidence,
-                                               training_config=config, metrics=report, **provenance(cfg.seed)))
-        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        print(f"\nTest classes, {report['test_set']}:\n" + "\n".join(f"  {k}: {v:.4g}" for k, v in test.items())
-              + f"\nbox file: {report['box_file']}\nrun folder: {output_dir}")
-    _finish_wandb(trainer)
+    finish_loggers(trainer)
     return report
 
 
@@ -275,17 +224,7 @@ def _log_artifact(trainer: L.Trainer, path: Path, name: str) -> None:
             logger.experiment.log_artifact(artifact)
 
 
-def _finish_wandb(trainer: L.Trainer) -> None:
-    """Close wandb runs, so that each run (or sweep trial in the same process) is its own wandb run."""
-    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-        import wandb
-
-        wandb.finish()
-
-
-def _best_score(trainer: L.Trainer) -> float | None:
-    cb = trainer.checkpoint_callback
-    return float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
+RUNNERS = {"embedder": train_embedder, "box": train_boxes}
 
 
 def train_task(cfg: DictConfig) -> float | None:

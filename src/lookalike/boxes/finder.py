@@ -21,7 +21,7 @@ from lookalike.data.table import ImageTable
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_INPUT_SIDE, atomic_write, number_field, text_field
 from lookalike.embedder.file import read_payload
-from lookalike.models.box import BoxNet
+from lookalike.boxes.net import BoxNet
 
 FORMAT = "lookalike-box/1"
 BOX_FILE = "box.pt"

@@ -305,3 +305,13 @@ def datamodule_from_config(data: DictConfig, seed: int, cache_dir: str, preproce
     if data.get("resize_cache"):
         splits = resized_splits(splits, int(data.resize_cache), cache_dir)
     return RetrievalDataModule(splits, preprocessing, seed=seed, **{**settings, **options})
+
+
+def build_datamodule(cfg: DictConfig, preprocessing: dict | None = None) -> RetrievalDataModule:
+    """The training data of a run's config: the data set's DataModule with the configured sampler and
+    augmentation."""
+    return datamodule_from_config(
+        cfg.data, cfg.seed, cfg.paths.cache_dir, preprocessing,
+        sampler=build(cfg.sampler, "the sampler (sampler=...)") if cfg.get("sampler") else None,
+        augment=build(cfg.augment, "the augmentation (augment=...)") if cfg.get("augment") else None,
+    )

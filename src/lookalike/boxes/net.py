@@ -2,7 +2,7 @@
 
 A light timm backbone (pooled features) and a linear head of five numbers: the box's centre, width and height as
 fractions of the side (sigmoids) and a confidence logit that there is an object at all. Trained on
-:mod:`lookalike.data.composites` with an L1 and a generalised-IoU loss on the boxes (torchvision's) and binary
+:mod:`lookalike.boxes.composites` with an L1 and a generalised-IoU loss on the boxes (torchvision's) and binary
 cross-entropy on the confidence.
 """
 
