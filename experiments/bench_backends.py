@@ -79,7 +79,7 @@ def items(n: int) -> list[dict]:
 def child_build(backend: str, factory: str, vectors_path: str, target: str) -> dict:
     """Build one catalogue from the saved vectors; insert rate and disk."""
     from lookalike.catalogue.file import FORMAT, FileCatalogue
-    from lookalike.catalogue.milvus import MilvusCatalog
+    from lookalike.catalogue.milvus import MilvusCatalogue
     from lookalike.retrieval.knn import FaissIndex, default_search_params
 
     vectors = np.load(vectors_path, mmap_mode="r")
@@ -94,7 +94,7 @@ def child_build(backend: str, factory: str, vectors_path: str, target: str) -> d
         index.add_vectors([{**it, "id": i} for i, it in enumerate(listed)], np.asarray(vectors))
         index.save(target)
     else:
-        MilvusCatalog.create(target, "bench", listed, np.asarray(vectors), "bench", "none", factory).close()
+        MilvusCatalogue.create(target, "bench", listed, np.asarray(vectors), "bench", "none", factory).close()
     seconds = time.perf_counter() - started
     disk = sum(f.stat().st_size for f in Path(target).rglob("*") if f.is_file()) if Path(target).is_dir() \
         else Path(target).stat().st_size

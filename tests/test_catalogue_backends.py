@@ -114,3 +114,18 @@ def test_editing_takes_turns_and_keeps_the_change(both: dict[str, Catalogue], tm
         again = open_catalogue(tmp_path / name, backend)
         assert again.count() == 4 and not again.ids_of([str((tmp_path / "pictures" / "1.jpg").resolve())])
         both[backend] = again
+
+
+def test_the_commands_take_either_backend(both: dict[str, Catalogue], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from lookalike.cli import main as lookalike
+
+    answers = {}
+    for backend, name in WHERE.items():
+        both[backend].close()  # a Milvus Lite file is one client's at a time
+        lookalike(["confusers", "--index", str(tmp_path / name), "--backend", backend, "--top", "3", "--json"])
+        answers[backend] = [sorted((p["a"]["path"], p["b"]["path"])) for p in json.loads(capsys.readouterr().out)]
+        both[backend] = open_catalogue(tmp_path / name, backend)
+    assert answers["faiss"] == answers["milvus"] and len(answers["faiss"]) == 3

@@ -26,7 +26,7 @@ from lookalike.files import atomic_write
 from lookalike.catalogue.file import FileCatalogue
 from lookalike.models.lit_embedder import load_checkpoint
 from tests.helpers import INLINE, free_port
-from tests.test_filters import flat_catalogue
+from tests.test_catalogue_filters import flat_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 

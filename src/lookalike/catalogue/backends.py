@@ -14,7 +14,7 @@ from lookalike.errors import LookalikeError
 from lookalike.catalogue.base import Catalogue
 from lookalike.catalogue.build import BuildOptions, finish, partial_folder
 from lookalike.catalogue.file import FileCatalogue
-from lookalike.catalogue.milvus import MilvusCatalog, edit, is_remote
+from lookalike.catalogue.milvus import MilvusCatalogue, edit, is_remote
 from lookalike.files import atomic_write
 
 
@@ -29,7 +29,7 @@ def open_catalogue(location: str | Path, backend: str = "faiss", collection: str
     _check(backend)
     if backend == "faiss":
         return FileCatalogue.load(location)
-    return MilvusCatalog.open(str(location), collection or DEFAULT_COLLECTION)
+    return MilvusCatalogue.open(str(location), collection or DEFAULT_COLLECTION)
 
 
 @contextmanager
@@ -81,7 +81,7 @@ def build_catalogue(out: str | Path, embedder: str | Path, images: str | Path, b
     beside = Path.cwd() / collection if is_remote(str(out)) else Path(out).expanduser().resolve()
     beside = beside.with_name(f"{beside.name}.{collection}")  # one collection's work beside the database
     partial = partial_folder(beside)
-    catalogue = MilvusCatalog.build(str(out), embedder, images, collection, options, partial,
+    catalogue = MilvusCatalogue.build(str(out), embedder, images, collection, options, partial,
                                     options.processes(beside))
     if catalogue is not None:
         finish(partial)

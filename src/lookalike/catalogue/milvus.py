@@ -114,7 +114,7 @@ def connect(uri: str, token: str | None = None) -> Any:
         raise LookalikeError(f"Cannot open Milvus at {uri!r}: {e}. {hint}") from e
 
 
-class MilvusCatalog(Catalogue):
+class MilvusCatalogue(Catalogue):
     """Catalogue items in one Milvus collection (see the module's text)."""
 
     def __init__(self, client: Any, collection: str, meta: dict[str, Any], uri: str):
@@ -123,7 +123,7 @@ class MilvusCatalog(Catalogue):
         self._params = search_spec(meta.get("search_params", ""))
 
     @classmethod
-    def open(cls, uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None) -> MilvusCatalog:
+    def open(cls, uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None) -> MilvusCatalogue:
         """The catalogue in ``collection`` at ``uri``; refused unless lookalike built it and finished building."""
         client = connect(uri, token)
         try:
@@ -136,7 +136,7 @@ class MilvusCatalog(Catalogue):
     @classmethod
     def build(cls, uri: str, embedder_path: str | Path, images: str | Path, collection: str = DEFAULT_COLLECTION,
               options: BuildOptions = BuildOptions(), checkpoint: Path | None = None,
-              processes: Processes | None = None, token: str | None = None) -> MilvusCatalog | None:
+              processes: Processes | None = None, token: str | None = None) -> MilvusCatalogue | None:
         """Embed the catalogue images as ``options`` say and insert them into a new collection; the same call after
         an interruption continues (embeddings saved in ``checkpoint``, rows already inserted skipped). Under DDP
         (``processes``) only rank 0 inserts and gets the catalogue; the others None."""
@@ -166,7 +166,7 @@ class MilvusCatalog(Catalogue):
     @classmethod
     def create(cls, uri: str, collection: str, items: list[dict[str, Any]], vectors: np.ndarray, embedder: str,
                embedder_path: str, factory: str = "Flat", search_params: str | None = None, token: str | None = None,
-               key: str = "", threshold: float | None = None, boxes: str | None = None) -> MilvusCatalog:
+               key: str = "", threshold: float | None = None, boxes: str | None = None) -> MilvusCatalogue:
         """A collection of ``items`` (path, label, fields) and their embeddings made by the embedder of
         fingerprint ``embedder`` (``threshold``: its calibrated match threshold, kept for other readers of the
         collection; ``boxes``: the box file the images were cropped with); continues a collection left
@@ -395,11 +395,11 @@ def _writing(uri: str):
 
 
 @contextmanager
-def edit(uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None) -> Iterator[MilvusCatalog]:
+def edit(uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None) -> Iterator[MilvusCatalogue]:
     """``with edit(uri) as catalogue: ...``: open the collection to change it, taking turns with other writers
     of the same local file, and close it after."""
     with _writing(uri):
-        catalogue = MilvusCatalog.open(uri, collection, token)
+        catalogue = MilvusCatalogue.open(uri, collection, token)
         try:
             yield catalogue
         finally:

@@ -9,7 +9,7 @@ from lookalike.errors import LookalikeError
 from lookalike.catalogue.filters import parse_filter
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from tests.helpers import file_catalogue
-from tests.test_query import vector_catalogue
+from tests.test_catalogue_query import vector_catalogue
 
 COLUMNS = {"label", "brand", "price", "in_stock"}
 ITEMS = [{"label": "a", "brand": "acme", "price": "99.5", "in_stock": "true"},

@@ -19,18 +19,18 @@ from lookalike.errors import LookalikeError
 from lookalike.catalogue.backends import open_catalogue
 from lookalike.catalogue.file import FileCatalogue
 from lookalike.catalogue.filters import parse_filter
-from lookalike.catalogue.milvus import MilvusCatalog, index_spec, item_id
+from lookalike.catalogue.milvus import MilvusCatalogue, index_spec, item_id
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from tests.helpers import INLINE, file_catalogue
-from tests.test_catalog_maintenance import _shop
-from tests.test_query import unit, vector_catalogue
+from tests.test_catalogue_build import _shop
+from tests.test_catalogue_query import unit, vector_catalogue
 
 
-def _both(tmp_path: Path, factory: str = "Flat", **kwargs) -> tuple[FileCatalogue, MilvusCatalog, np.ndarray]:
+def _both(tmp_path: Path, factory: str = "Flat", **kwargs) -> tuple[FileCatalogue, MilvusCatalogue, np.ndarray]:
     """One set of embeddings in a FAISS file index and in a Milvus collection."""
     index, centres = vector_catalogue(**kwargs)
     items = [{k: v for k, v in it.items() if k != "id"} for it in index.items]
-    milvus = MilvusCatalog.create(str(tmp_path / "c.db"), "shop", items, index.vectors(), "x", "none", factory)
+    milvus = MilvusCatalogue.create(str(tmp_path / "c.db"), "shop", items, index.vectors(), "x", "none", factory)
     return index, milvus, centres
 
 
@@ -99,7 +99,7 @@ def test_filters_agree_between_the_backends_on_random_expressions(tmp_path: Path
         items.append({"path": f"/shop/{i}.jpg", "label": f"p{i % 9}",
                       "fields": {k: v for j, (k, v) in enumerate(fields.items()) if (i + j) % 7}})
     index = file_catalogue(items, vectors)
-    milvus = MilvusCatalog.create(str(tmp_path / "f.db"), "shop", items, vectors, "x", "none")
+    milvus = MilvusCatalogue.create(str(tmp_path / "f.db"), "shop", items, vectors, "x", "none")
     columns = index.columns()
     for _ in range(60):
         text = _random_expression(rng)
@@ -171,18 +171,18 @@ def test_catalogue_backends_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="--backend"):
         open_catalogue(tmp_path / "c.db", "qdrant")
     with pytest.raises(LookalikeError, match="rename the column"):
-        MilvusCatalog.create(str(tmp_path / "d.db"), "x", [{"path": "/a.jpg", "label": "a", "fields": {"id": "1"}}],
+        MilvusCatalogue.create(str(tmp_path / "d.db"), "x", [{"path": "/a.jpg", "label": "a", "fields": {"id": "1"}}],
                              centres[:1], "x", "none")
 
 
 CHILD = """
 import sys, numpy as np
-from lookalike.catalogue.milvus import MilvusCatalog
+from lookalike.catalogue.milvus import MilvusCatalogue
 rng = np.random.default_rng(0)
 v = rng.normal(size=(12000, 16)).astype(np.float32)
 v /= np.linalg.norm(v, axis=1, keepdims=True)
 items = [{"path": f"/shop/{i}.jpg", "label": f"p{i % 50}", "fields": {"n": str(i)}} for i in range(len(v))]
-MilvusCatalog.create(sys.argv[1], "shop", items, v, "x", "none", key="k")
+MilvusCatalogue.create(sys.argv[1], "shop", items, v, "x", "none", key="k")
 """
 
 
@@ -204,7 +204,7 @@ def test_a_build_killed_with_kill_9_while_inserting_continues_without_loss_or_du
     assert probe.returncode != 0 and "did not finish" in probe.stderr and "Traceback" not in probe.stderr
     done = subprocess.run([sys.executable, str(script), str(db)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    catalogue = MilvusCatalog.open(str(db), "shop")
+    catalogue = MilvusCatalogue.open(str(db), "shop")
     paths = [r["path"] for rows in catalogue._scan(["path"]) for r in rows]
     assert catalogue.count() == len(paths) == len(set(paths)) == 12000
     assert catalogue.search_vectors(catalogue.vectors_of([item_id("/shop/77.jpg")]), 1)[0][0].path == "/shop/77.jpg"
@@ -219,7 +219,7 @@ def test_the_page_searches_a_collection_like_the_file(trained: dict, catalogue, 
     from lookalike.serve.page import PageOptions
 
     FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(tmp_path / "c.lkidx")
-    MilvusCatalog.build(str(tmp_path / "c.db"), trained["embedder"], catalogue[0], "shop", INLINE).close()
+    MilvusCatalogue.build(str(tmp_path / "c.db"), trained["embedder"], catalogue[0], "shop", INLINE).close()
     photo = Path(catalogue[1][0]).read_bytes()
     answers = []
     for app in (create_app(tmp_path / "c.lkidx"),
@@ -244,7 +244,7 @@ def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the
              enumerate(values)]
     vectors = unit(np.random.default_rng(0).normal(size=(len(items), 8))).astype(np.float32)
     index = file_catalogue(items, vectors)
-    milvus = MilvusCatalog.create(str(tmp_path / "u.db"), "shop", items, vectors, "x", "none")
+    milvus = MilvusCatalogue.create(str(tmp_path / "u.db"), "shop", items, vectors, "x", "none")
     columns = index.columns()
     for value in values[:8]:
         for column in ("brand", "品牌"):
@@ -275,14 +275,14 @@ def test_a_build_stopped_right_after_creating_its_collection_is_finished_by_the_
 
     monkeypatch.setattr(MilvusClient, stop, killed)
     with pytest.raises(KeyboardInterrupt):
-        MilvusCatalog.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="k1")
+        MilvusCatalogue.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="k1")
     monkeypatch.setattr(MilvusClient, stop, real)
     with pytest.raises(LookalikeError, match="already exists"):  # another build of that name is still refused
-        MilvusCatalog.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="other")
-    finished = MilvusCatalog.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="k1")
+        MilvusCatalogue.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="other")
+    finished = MilvusCatalogue.create(str(tmp_path / "k.db"), "shop", items, index.vectors(), "x", "none", key="k1")
     assert finished.count() == len(items) and finished.meta["state"] == "ready"
     finished.close()
-    assert MilvusCatalog.open(str(tmp_path / "k.db"), "shop").count() == len(items)
+    assert MilvusCatalogue.open(str(tmp_path / "k.db"), "shop").count() == len(items)
 
 
 def test_confusers_agree_between_the_backends(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from lookalike.catalogue.file import FileCatalogue
 from lookalike.errors import LookalikeError
 from lookalike.embedder.file import load_embedder
 from lookalike.catalogue.filters import parse_filter
-from lookalike.catalogue.milvus import MilvusCatalog, item_id
+from lookalike.catalogue.milvus import MilvusCatalogue, item_id
 from lookalike.retrieval.knn import FaissIndex, default_search_params
 from tests.helpers import INLINE
 
@@ -193,7 +193,7 @@ def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, 
         assert two.items == one.items
         np.testing.assert_allclose(two.vectors(), one.vectors(), atol=1e-5)
     else:
-        two = MilvusCatalog.open(str(out))
+        two = MilvusCatalogue.open(str(out))
         ids = [item_id(it["path"]) for it in one.items]
         assert [(it["path"], it["label"]) for it in map(two.item, ids)] == [(it["path"], it["label"]) for it in one.items]
         np.testing.assert_allclose(two.vectors_of(ids), one.vectors(), atol=1e-5)
