@@ -343,7 +343,7 @@ def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest
 
     from lookalike.serve import guard, protocol
 
-    monkeypatch.setattr(guard, "BODY_IDLE_S", 1.0)
+    monkeypatch.setattr(guard, "BODY_IDLE_S", 3.0)
     monkeypatch.setattr(protocol, "HEADERS_S", 1.0)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
@@ -362,14 +362,15 @@ def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest
             sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
                          b"boundary=x\r\nContent-Length: 100000\r\n\r\n")
             stalled.append(sock)
-        time.sleep(0.3)
         files = {"image": ("p.png", photo.getvalue(), "image/png")}
-        assert httpx.post(url, files=files, timeout=10).status_code == 503  # every slot held
+        deadline = time.monotonic() + 2.5  # the four take their slots as soon as the server has read them
+        while httpx.post(url, files=files, timeout=10).status_code != 503:  # every slot held
+            assert time.monotonic() < deadline, "the stalled uploads never held the slots"
+            time.sleep(0.05)
         slow_headers = socket.create_connection(("127.0.0.1", port))  # headers that never end: no slot, and
         slow_headers.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # closed after their deadline
-        time.sleep(1.5)
         for sock in [*stalled, slow_headers]:
-            sock.settimeout(5)
+            sock.settimeout(10)
             assert b"408" in sock.recv(1000).split(b"\r\n", 1)[0]
             sock.close()
         assert httpx.post(url, files=files, timeout=30).status_code == 200
