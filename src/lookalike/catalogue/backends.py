@@ -18,7 +18,6 @@ from lookalike.catalogue.milvus import MilvusCatalogue, edit, is_remote
 from lookalike.files import atomic_write
 
 
-
 def _check(backend: str) -> None:
     if backend not in CATALOGUE_BACKENDS:
         raise LookalikeError(f"--backend {backend}: use one of {', '.join(CATALOGUE_BACKENDS)}")
@@ -82,7 +81,7 @@ def build_catalogue(out: str | Path, embedder: str | Path, images: str | Path, b
     beside = beside.with_name(f"{beside.name}.{collection}")  # one collection's work beside the database
     partial = partial_folder(beside)
     catalogue = MilvusCatalogue.build(str(out), embedder, images, collection, options, partial,
-                                    options.processes(beside))
+                                      options.processes(beside))
     if catalogue is not None:
         finish(partial)
     return catalogue

@@ -1,7 +1,7 @@
-"""What every catalogue backend offers the search, the page and the commands: results, the embedder check, counts
-and columns, vectors by id, and near-duplicate groups.
-
-Two backends derive from :class:`Catalogue`: the ``.lkidx`` file with its FAISS index
+"""The one interface every catalogue operation goes through (:class:`Catalogue`): reading (counts, columns, items,
+listing), searching (with filters), adding images, selecting and removing items, near-duplicate groups and
+confusers, and the checks of embedders, queries and meta. What is the same for both backends is written here once;
+each backend stores and searches its own way: the ``.lkidx`` file with its FAISS index
 (:mod:`lookalike.catalogue.file`, the default) and a Milvus collection (:mod:`lookalike.catalogue.milvus`).
 """
 
@@ -46,7 +46,7 @@ def item_value(item: dict[str, Any], column: str) -> str:
     return item.get("label", "") if column == "label" else (item.get("fields") or {}).get(column, "")
 
 
-MAX_ITEMS = 1 << 40
+MAX_ITEMS = 1 << 40  # items a catalogue's meta may claim
 
 
 def check_meta(meta: dict[str, Any], source: str) -> dict[str, Any]:

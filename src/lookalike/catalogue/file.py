@@ -33,7 +33,7 @@ META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "e
 # Members of a .lkidx are stored uncompressed (what reading one takes is bounded by the file's size); meta.json is
 # at most this large, items.json at most the file, the FAISS index at most what its count of items can take.
 MAX_META_BYTES = 1 << 20
-FILTER_CACHE = 32  # filter expressions whose matching ids an FileCatalogue keeps
+FILTER_CACHE = 32  # filter expressions whose matching ids a FileCatalogue keeps
 DEFAULT_RERANK = 200  # candidates a compressed index re-scores with the exact vectors (results/search.md)
 # A filter keeping at most this many items is searched exactly among them (approximate indexes lose most of a
 # small filtered set's neighbours: HNSW32 at 1% of 100k items kept 0.23-0.36 of exact recall@10, search.md)
@@ -120,8 +120,8 @@ class FileCatalogue(Catalogue):
     @classmethod
     @contextmanager
     def edit(cls, path: str | Path) -> Iterator[FileCatalogue]:
-        """``with FileCatalogue.edit(path) as index: ...``: load, change and save the index while holding its lock, so that
-        two processes changing one file lose nothing (the second waits for the first)."""
+        """``with FileCatalogue.edit(path) as index: ...``: load, change and save the index while holding its lock, so
+        that two processes changing one file lose nothing (the second waits for the first)."""
         with locked(path):
             index = cls.load(path)
             yield index

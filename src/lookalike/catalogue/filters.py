@@ -36,7 +36,6 @@ TEST: dict[str, Callable[[Any, Any], bool]] = {
 NUMBER, TRUTH = "__num", "__bool"  # suffixes of a column's typed copies in the vector database
 
 
-
 class Truth(enum.Enum):
     """The literals ``true`` / ``false``: a type of their own, so that no condition on them equals one on a
     number (Python's ``True == 1 == 1.0`` would make a cache of answers mix them up)."""

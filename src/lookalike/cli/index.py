@@ -27,8 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     reembed.add_argument("--index", required=True, help="the index whose items to embed anew")
     reembed.add_argument("--embedder", required=True, help="the new embedder file")
     reembed.add_argument("--out", required=True, help="the new index (.lkidx), or the Milvus file / URI")
-    reembed.add_argument("--out-collection", type=collection, help="--backend milvus: the new collection (default: --collection; "
-                         "another name when --out is the same file or server)")
+    reembed.add_argument("--out-collection", type=collection, help="--backend milvus: the new collection (default: "
+                         "--collection; another name when --out is the same file or server)")
     add_build_options(build, reembed)
     add = sub.add_parser("add", help="embed and add images not yet in the index")
     add.add_argument("--images", required=True, help="folder of images or manifest .csv")
@@ -66,7 +66,8 @@ def main(argv: list[str]) -> None:
                         build_options(args))
         print(f"embedded {index.count()} items anew into {args.out}")
         return
-    with editing(args.index, args.backend, args.collection) as index:  # another writer of the same file waits until this one has saved
+    # another writer of the same catalogue waits until this one has saved
+    with editing(args.index, args.backend, args.collection) as index:
         if args.action == "add":
             payload = index.check_embedder(args.embedder or index.meta["embedder"])
             changed = index.add_images(payload, args.images, args.batch_size, args.workers)

@@ -24,8 +24,9 @@ def main(argv: list[str]) -> None:
                         "catalog.feedback/ beside catalog.lkidx or catalog.db, <collection>.feedback/ here for a "
                         "server; train with data.feedback=FOLDER/feedback.csv)")
     parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
-    parser.add_argument("--qe", type=integer(0, MAX_K), default=0, help="alpha query expansion with this many nearest items for "
-                        "requests that do not say (0: off; database-side augmentation is an index build option)")
+    parser.add_argument("--qe", type=integer(0, MAX_K), default=0, help="alpha query expansion with this many "
+                        "nearest items for requests that do not say (0: off; database-side augmentation is an index "
+                        "build option)")
     parser.add_argument("--boxes", help="box model for crop=auto and the page's detected box (default: the one the "
                         "catalogue was cropped with, else box.pt beside the embedder file, if there is one; python "
                         "train.py experiment=box makes one)")

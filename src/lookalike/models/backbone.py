@@ -24,7 +24,6 @@ OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
 }
 
 
-
 class GeM(nn.Module):
     """Generalised-mean pooling (Radenović et al.) with a learnable exponent."""
 
@@ -102,7 +101,8 @@ def load_checkpoint_file(model: nn.Module, path: str | Path) -> None:
     except Exception as e:  # torch raises many types for foreign or corrupt files
         raise LookalikeError(f"model.backbone.checkpoint: '{path}' is not a readable PyTorch state dict ({e})") from e
     hp = state.get("hyper_parameters") if isinstance(state, dict) else None
-    if isinstance(hp, dict) and isinstance(hp.get("config"), dict):  # a training checkpoint: refused as everywhere when its config names code
+    if isinstance(hp, dict) and isinstance(hp.get("config"), dict):  # a training checkpoint: as everywhere, refused
+        # when its config names code lookalike's configs do not
         trusted_config(hp["config"], path)
     state = _unwrap(state)
     own = model.state_dict()

@@ -30,7 +30,7 @@ def add_routes(app: FastAPI, page: Page) -> None:
                                               "AVIF, GIF, BMP or TIFF); all together at most the upload limit"),
                k: int = Form(10, description="how many results"),
                fuse: str = Form("max", description="several photos: max (each item's best photo; measured better "
-                                 "on real photos) or mean (of the embeddings)"),
+                                "on real photos) or mean (of the embeddings)"),
                group_by: str = Form("", description="one result per value of this column: label or a manifest "
                                     "column (empty: one per picture)"),
                category: str = Form("", description="search only this category, or auto (decide it first)"),
@@ -67,4 +67,5 @@ def add_routes(app: FastAPI, page: Page) -> None:
     @app.get("/api/items/{item_id}/image", summary="A catalogue item's picture (JPEG, at most 256 px)",
              response_class=Response)
     def get_image(item_id: int) -> Response:
-        return Response(page.picture(item_id), media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+        return Response(page.picture(item_id), media_type="image/jpeg",
+                        headers={"Cache-Control": "public, max-age=3600"})
