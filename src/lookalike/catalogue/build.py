@@ -75,11 +75,17 @@ class BuildInputs:
         return cls(Path(embedder_path).resolve(), payload, finder, labelled_images(images))
 
     def meta(self, options: BuildOptions, dim: int) -> dict[str, Any]:
-        """The meta both backends keep: the embedder (fingerprint, file), the vectors' size, the index type and
-        search parameters, re-scoring and the box file."""
-        return {"embedder_hash": embedder_hash(self.payload), "dim": dim, "factory": options.factory,
-                "search_params": options.params, "embedder": str(self.embedder_path), "rerank": options.rerank or 0,
-                "boxes": self.finder and self.finder.path}
+        """:func:`catalogue_meta` of this build."""
+        return catalogue_meta(embedder_hash(self.payload), str(self.embedder_path), dim, options.factory,
+                              options.params, self.finder and self.finder.path)
+
+
+def catalogue_meta(embedder: str, embedder_path: str, dim: int, factory: str, search_params: str,
+                   boxes: str | None, rerank: int = 0) -> dict[str, Any]:
+    """The meta both backends keep: the embedder (fingerprint, file), the vectors' size, the index type and its
+    search parameters, re-scoring and the box file the images were cropped with."""
+    return {"embedder_hash": embedder, "embedder": embedder_path, "dim": dim, "factory": factory,
+            "search_params": search_params, "rerank": rerank, "boxes": boxes}
 
 
 def partial_folder(beside: Path) -> Path:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from lookalike.choices import DEFAULT_COLLECTION
 from lookalike.errors import LookalikeError
 from lookalike.files import locked
-from lookalike.catalogue.build import BuildInputs, BuildOptions, embed_catalogue
+from lookalike.catalogue.build import BuildInputs, BuildOptions, catalogue_meta, embed_catalogue
 from lookalike.embedder.file import calibrated_threshold, embedder_hash
 from lookalike.catalogue.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
 from lookalike.catalogue.sharded import Processes
@@ -173,10 +173,11 @@ class MilvusCatalogue(Catalogue):
         ``building`` with the same ``key``."""
         kind, build_params = index_spec(factory)
         search_params = default_search_params(factory) if search_params is None else search_params
-        meta = {"format": FORMAT, "embedder_hash": embedder, "dim": int(vectors.shape[1]), "factory": factory,
-                "search_params": search_params, "embedder": embedder_path, "rerank": 0, "threshold": threshold,
+        meta = {"format": FORMAT, **catalogue_meta(embedder, embedder_path, int(vectors.shape[1]), factory,
+                                                   search_params, boxes),
+                "threshold": threshold, "key": key,
                 "columns": sorted({"label", *(c for it in items for c in it.get("fields") or {})}),
-                "key": key, "state": "building", "index": {"type": kind, "params": build_params}, "boxes": boxes}
+                "state": "building", "index": {"type": kind, "params": build_params}}
         with _writing(uri):
             client = connect(uri, token)
             if _check_new(client, uri, collection, key):
