@@ -194,6 +194,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, table: ImageTable, transform: Callable[..., dict], min_side: int | None = None):
         self.table = table
+        self.is_catalogue = table.is_catalogue  # each row's role, for the samplers and losses that take it
         self.transform = transform
         self.min_side = min_side if table.boxes is None else None
 
@@ -230,7 +231,7 @@ class ImageDataset(Dataset):
             "index": i,
             "is_query": bool(t.is_query[i]),
             "is_gallery": bool(t.is_gallery[i]),
-            "is_catalogue": bool(t.is_gallery[i] and not t.is_query[i]),
+            "is_catalogue": bool(self.is_catalogue[i]),
         }
 
 
