@@ -17,10 +17,12 @@ import numpy as np
 from lookalike.boxes.finder import BoxFinder
 from lookalike.catalogue.build import embed_catalogue
 from lookalike.catalogue.filters import Condition
+from lookalike.catalogue.local import catalogue_features, feature_options
 from lookalike.data.listing import labelled_images
 from lookalike.embedder.file import embedder_hash, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_DIM, number_field, text_field
+from lookalike.verification.features import LocalFeatures
 
 
 @dataclass
@@ -34,6 +36,9 @@ class SearchHit:
     fields: dict[str, str] | None = None
     group: str | None = None  # grouped searches: the value of the grouping column
     pictures: int = 1  # grouped searches: this group's pictures among the candidates
+    verified: bool | None = None  # verified searches: whether local features confirm it (None: not checked)
+    inliers: int | None = None  # verified searches: matches agreeing on one transformation
+    quad: list[list[float]] | None = None  # the picture's outline where it was found in the photo (fractions)
 
 
 def hit_value(hit: SearchHit, column: str) -> str:
@@ -90,7 +95,10 @@ class Catalogue(ABC):
         if not new:
             return []
         new, vectors = embed_catalogue(payload, new, batch_size, num_workers, finder=self.box_finder())
-        return self.add_items(new, vectors)
+        local = None
+        if self.keeps_local:
+            local = catalogue_features([it["path"] for it in new], feature_options(self.meta["local"]))
+        return self.add_items(new, vectors, local)
 
     def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
         """The ids of the items named by id, by image path, or (``missing``) whose image file is gone."""
@@ -113,8 +121,10 @@ class Catalogue(ABC):
         """The item id of each of ``paths`` the catalogue has."""
 
     @abstractmethod
-    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray) -> list[dict[str, Any]]:
-        """Store new items (path, label, fields) with their embeddings; returns them with their ids."""
+    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray,
+                  local: list[LocalFeatures] | None = None) -> list[dict[str, Any]]:
+        """Store new items (path, label, fields) with their embeddings and (a catalogue that keeps them) their local
+        features; returns them with their ids."""
 
     @abstractmethod
     def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -144,6 +154,28 @@ class Catalogue(ABC):
     def search_vectors(self, vectors: np.ndarray, k: int = 10, where: Condition | None = None,
                        rerank: int | None = None) -> list[list[SearchHit]]:
         """Top-``k`` items for each query vector, only among those passing ``where``."""
+
+    @property
+    def keeps_local(self) -> bool:
+        """Whether the catalogue keeps its pictures' local features (built with them: the default)."""
+        return self.meta.get("local") is not None
+
+    def check_local(self) -> dict[str, Any]:
+        """The local features' meta, or one message for a catalogue built without them."""
+        if not self.keeps_local:
+            raise LookalikeError("This catalogue keeps no local features, so its matches cannot be verified: build it "
+                                 "again with `lookalike index build` (local features are on unless --no-local), or "
+                                 "search with --verify 0")
+        return self.meta["local"]
+
+    @abstractmethod
+    def local_features(self, ids: Sequence[int]) -> list[LocalFeatures]:
+        """The stored local features of the items ``ids``, in that order."""
+
+    @abstractmethod
+    def vote_candidates(self, query: LocalFeatures, top: int, where: Condition | None = None) -> list[tuple[int, int]]:
+        """The ``top`` items (among those passing ``where``) most voted for by the photo's descriptors, as (item id,
+        votes), most first (:class:`~lookalike.verification.votes.DescriptorVotes`)."""
 
     @abstractmethod
     def set_search_params(self, params: str) -> None:

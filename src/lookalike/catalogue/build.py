@@ -24,6 +24,7 @@ from lookalike.files import atomic_write, claim_folder, release_folder
 from lookalike.catalogue.sharded import Processes, embed_sharded
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.knn import default_search_params
+from lookalike.verification.features import FeatureOptions
 
 PARTIAL_MARKER = "key.json"  # in the <out>.partial/ folder of a build in progress: lookalike's own folder
 
@@ -34,7 +35,8 @@ class BuildOptions:
     :func:`~lookalike.retrieval.knn.default_search_params`), decoding and embedding, the file backend's re-scoring
     (``rerank``; default: 200 candidates for compressed types) and database-side augmentation (``dba_k`` nearest
     items, 0: off), the box file that cuts every image to its product (``boxes``: ``--crop auto``), and the
-    processes that embed (``devices`` x ``num_nodes``, Lightning's names)."""
+    processes that embed (``devices`` x ``num_nodes``, Lightning's names), and the local features kept for verified
+    matching (``local``; None: none)."""
 
     factory: str = "Flat"
     search_params: str | None = None
@@ -47,6 +49,7 @@ class BuildOptions:
     devices: int = 1
     num_nodes: int = 1
     accelerator: str = "auto"
+    local: FeatureOptions | None = FeatureOptions()
 
     @property
     def params(self) -> str:

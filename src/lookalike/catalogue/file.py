@@ -20,6 +20,7 @@ import numpy as np
 from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
 from lookalike.catalogue.build import BuildInputs, BuildOptions, embed_catalogue, finish, partial_folder
 from lookalike.catalogue.filters import Columns, Condition, mask
+from lookalike.catalogue.local import build_local, check_local_meta
 from lookalike.catalogue.sharded import Processes
 from lookalike.embedder.file import embedder_from_payload
 from lookalike.errors import LookalikeError
@@ -27,6 +28,9 @@ from lookalike.files import atomic_write, locked, text_field
 from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.expansion import database_augmentation
 from lookalike.retrieval.knn import FaissIndex, is_lossy, ivf_cells, rescore
+from lookalike.verification.features import LocalFeatures
+from lookalike.verification.store import ARRAYS, FeatureStore
+from lookalike.verification.votes import DescriptorVotes
 
 FORMAT = "lookalike-index/2"
 META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "embedder")
@@ -45,10 +49,12 @@ class FileCatalogue(Catalogue):
     made them. Items can be added and removed; ids are never reused."""
 
     def __init__(self, faiss_index: FaissIndex, items: list[dict[str, Any]], meta: dict[str, Any],
-                 exact: np.ndarray | None = None):
+                 exact: np.ndarray | None = None, local: FeatureStore | None = None,
+                 votes: DescriptorVotes | None = None):
         self.faiss = faiss_index
         self.meta = meta
         self.exact = exact  # float vectors in item order (a memory map once loaded), or None
+        self.local, self.votes = local, votes  # local features in item order and their vote index, or None
         self._set_items(items)
 
     @classmethod
@@ -80,12 +86,26 @@ class FileCatalogue(Catalogue):
                 "count": len(items), "next_id": len(items),
                 "dba": {"k": options.dba_k, "alpha": options.dba_alpha} if options.dba_k else None}
         built = cls(index, [], meta, np.zeros((0, vectors.shape[1]), np.float32) if rerank else None)
-        built.add_vectors(items, vectors)
+        local = None
+        if options.local is not None:
+            local, built.votes, meta["local"] = build_local(range(len(items)), [it["path"] for it in items],
+                                                            options.local, checkpoint, options.num_workers)
+            built.local = FeatureStore.empty()
+        built.add_vectors(items, vectors, local, votes=False)
         return built
 
-    def add_vectors(self, items: list[dict[str, Any]], vectors: np.ndarray) -> None:
-        """Add items (with their ``id``) and their embeddings; with database-side augmentation (``meta["dba"]``)
-        each new vector is first augmented with its nearest items among the catalogue and the new ones."""
+    def add_vectors(self, items: list[dict[str, Any]], vectors: np.ndarray, local: list[LocalFeatures] | None = None,
+                    votes: bool = True) -> None:
+        """Add items (with their ``id``), their embeddings and (a catalogue that keeps them) their local features
+        (``votes``: into the vote index too; a new one holds them already); with database-side augmentation
+        (``meta["dba"]``) each new vector is first augmented with its nearest items among the catalogue and the new
+        ones."""
+        if self.keeps_local:
+            if local is None or len(local) != len(items):
+                raise LookalikeError("This catalogue keeps local features: new items need theirs")
+            self.local = self.local.appended(local)
+            if votes:
+                self.votes.add(np.array([it["id"] for it in items], np.int64), local)
         dba = self.meta.get("dba")
         if dba and len(vectors):
             vectors = self._augmented(vectors, dba["k"], dba["alpha"])
@@ -130,10 +150,11 @@ class FileCatalogue(Catalogue):
     def known_paths(self, paths: Sequence[str]) -> set[str]:
         return {it["path"] for it in self.items} & set(paths)
 
-    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray) -> list[dict[str, Any]]:
+    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray,
+                  local: list[LocalFeatures] | None = None) -> list[dict[str, Any]]:
         for i, item in enumerate(items, self.meta["next_id"]):
             item["id"] = i
-        self.add_vectors(items, vectors)
+        self.add_vectors(items, vectors, local)
         self.meta["next_id"] = items[-1]["id"] + 1
         return items
 
@@ -147,6 +168,9 @@ class FileCatalogue(Catalogue):
         keep = ~np.isin(self.ids, np.array(list(ids), dtype=np.int64))
         if self.exact is not None:
             self.exact = np.asarray(self.exact)[keep]
+        if self.local is not None:
+            self.local = self.local.kept(keep)
+            self.votes.remove(np.array(list(ids), dtype=np.int64))
         self._set_items([it for it, kept in zip(self.items, keep) if kept])
         return removed
 
@@ -172,9 +196,13 @@ class FileCatalogue(Catalogue):
                 z.writestr("meta.json", json.dumps(self.meta))
                 z.writestr("items.json", json.dumps(self.items))
                 z.writestr("index.faiss", blob)
-                if self.exact is not None:
-                    with z.open("vectors.npy", "w", force_zip64=True) as f:
-                        np.lib.format.write_array(f, np.ascontiguousarray(self.exact, dtype=np.float32))
+                arrays = {"vectors": self.exact} if self.exact is not None else {}
+                if self.local is not None:
+                    arrays.update({f"local_{name}": a for name, a in self.local.arrays().items()})
+                    z.writestr("votes.faiss", self.votes.to_bytes())
+                for name, array in arrays.items():
+                    with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                        np.lib.format.write_array(f, np.ascontiguousarray(array))
 
         return atomic_write(path, write)
 
@@ -198,7 +226,11 @@ class FileCatalogue(Catalogue):
                 text_field(meta["factory"], "factory", path)
                 items = json.loads(_member(z, "items.json", path.stat().st_size))
                 blob = _member(z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
-                exact = _vectors_member(path, z, count, dim) if "vectors.npy" in z.namelist() else None
+                exact = _mapped(path, z, "vectors.npy", (count, dim), np.float32) if "vectors.npy" in z.namelist() \
+                    else None
+                local = votes = None
+                if meta.get("local") is not None:
+                    local, votes = _local_members(path, z, check_local_meta(meta["local"], str(path)), count)
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise LookalikeError(f"'{path}' is not a readable lookalike index ({e})") from e
         if not isinstance(items, list) or len(items) != count or not all(map(_well_formed, items)):
@@ -212,7 +244,7 @@ class FileCatalogue(Catalogue):
             raise LookalikeError(f"'{path}' is a damaged lookalike index ({index.ntotal} vectors for {count} items)")
         if [it["id"] for it in items] != sorted({it["id"] for it in items}):
             raise LookalikeError(f"'{path}' is a damaged lookalike index (item ids not unique and ascending)")
-        return cls(index, items, meta, exact)
+        return cls(index, items, meta, exact, local, votes)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, where: Condition | None = None,
                        rerank: int | None = None) -> list[list[SearchHit]]:
@@ -287,6 +319,16 @@ class FileCatalogue(Catalogue):
             self._matching[where] = self.ids[mask(where, self._values)]
         return self._matching[where]
 
+    def local_features(self, ids: Sequence[int]) -> list[LocalFeatures]:
+        """The stored local features of the items ``ids``, in that order."""
+        self.check_local()
+        return self.local.features(np.searchsorted(self.ids, np.asarray(ids, dtype=np.int64)))
+
+    def vote_candidates(self, query: LocalFeatures, top: int, where: Condition | None = None) -> list[tuple[int, int]]:
+        self.check_local()
+        allowed = None if where is None else self.matching(where)
+        return self.votes.candidates(query, top, allowed)
+
     def search(self, embedder: Embedder, images: Sequence[ImageLike], k: int = 10) -> list[list[SearchHit]]:
         """Embed ``images`` with ``embedder`` and search the catalogue."""
         self.check_query(k)
@@ -332,17 +374,17 @@ def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return z.read(info)
 
 
-def _vectors_member(path: Path, z: zipfile.ZipFile, count: int, dim: int) -> np.ndarray:
-    """``vectors.npy`` memory-mapped in place (its pages are read only when a search touches them); refused unless
-    it is stored uncompressed and holds exactly ``count`` float32 vectors of ``dim``."""
-    info = z.getinfo("vectors.npy")
+def _mapped(path: Path, z: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The array member ``name`` memory-mapped in place (its pages are read only when a search touches them);
+    refused unless it is stored uncompressed and holds exactly ``shape`` of ``dtype``."""
+    info = z.getinfo(name)
     if info.compress_type != zipfile.ZIP_STORED:
-        raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy is compressed)")
+        raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} is compressed)")
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)
         if len(local) < 30 or local[:4] != b"PK\x03\x04":
-            raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy has no header)")
+            raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} has no header)")
         f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
         try:
             version = np.lib.format.read_magic(f)
@@ -350,14 +392,38 @@ def _vectors_member(path: Path, z: zipfile.ZipFile, count: int, dim: int) -> np.
                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             if read_header is None:
                 raise ValueError(f"format version {version}")
-            shape, fortran, dtype = read_header(f)
+            found, fortran, found_dtype = read_header(f)
         except ValueError as e:
-            raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy: {e})") from e
+            raise LookalikeError(f"'{path}' is a damaged lookalike index ({name}: {e})") from e
         offset = f.tell()
-    if shape != (count, dim) or fortran or dtype != np.float32 or offset + 4 * count * dim > path.stat().st_size:
-        raise LookalikeError(f"'{path}' is a damaged lookalike index (vectors.npy holds {shape} {dtype}, "
-                             f"not {count} x {dim} float32)")
-    return np.memmap(path, np.float32, "r", offset, (count, dim)) if count else np.zeros((0, dim), np.float32)
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if found != shape or fortran or found_dtype != np.dtype(dtype) or offset + size > path.stat().st_size:
+        raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} holds {found} {found_dtype}, "
+                             f"not {shape} {np.dtype(dtype)})")
+    return np.memmap(path, dtype, "r", offset, shape) if size else np.zeros(shape, dtype)
+
+
+def _local_members(path: Path, z: zipfile.ZipFile, meta: dict[str, Any], count: int
+                   ) -> tuple[FeatureStore, DescriptorVotes]:
+    """The local features (memory-mapped) and their vote index, each checked against the ``count`` items."""
+    names = {"local_counts.npy", "local_sizes.npy", "local_xy.npy", "local_descriptors.npy", "votes.faiss"}
+    if not names <= set(z.namelist()):
+        raise LookalikeError(f"'{path}' is a damaged lookalike index (it lacks {sorted(names - set(z.namelist()))})")
+    counts = np.array(_mapped(path, z, "local_counts.npy", (count,), np.int32))
+    if len(counts) and (counts.min() < 0 or counts.max() > meta["count"]):
+        raise LookalikeError(f"'{path}' is a damaged lookalike index (local_counts.npy)")
+    total = int(counts.sum())
+    arrays = {name: _mapped(path, z, f"local_{name}.npy", (rows, *shape), dtype)
+              for name, (dtype, shape), rows in zip(ARRAYS, ARRAYS.values(), (count, count, total, total))}
+    store = FeatureStore.checked(arrays, count, str(path))
+    try:
+        votes = DescriptorVotes.from_bytes(_member(z, "votes.faiss", (1 << 26) + total * 256))
+    except LookalikeError as e:
+        raise LookalikeError(f"'{path}' is a damaged lookalike index: {e}") from e
+    if votes.index.ntotal != total:
+        raise LookalikeError(f"'{path}' is a damaged lookalike index ({votes.index.ntotal} descriptors in votes.faiss "
+                             f"for {total} local features)")
+    return store, votes
 
 
 def max_index_bytes(factory: str, dim: int, count: int) -> int:

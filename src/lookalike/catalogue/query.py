@@ -21,7 +21,10 @@ from lookalike.choices import FUSIONS
 from lookalike.errors import LookalikeError
 from lookalike.catalogue.filters import Condition, restriction
 from lookalike.catalogue.base import Catalogue, SearchHit, hit_value
+from lookalike.catalogue.verified import verified_hits, verify_count
 from lookalike.retrieval.expansion import expand
+from lookalike.verification.features import LocalFeatures
+from lookalike.verification.matching import VerifyOptions
 
 CANDIDATES_PER_GROUP = 4  # candidates searched per requested group before searching wider
 
@@ -32,7 +35,9 @@ class SearchOptions:
     its own answer); ``group_by`` one result per value of this column; ``category`` a value of ``category_by``
     to search within, or ``auto`` to decide it by the vote of the ``votes`` nearest items (among the items
     ``filter`` keeps: an expression of :mod:`lookalike.catalogue.filters`); ``qe`` > 0: alpha query expansion
-    with that many nearest items; ``rerank``: candidates re-scored exactly (None: the index's)."""
+    with that many nearest items; ``rerank``: candidates re-scored exactly (None: the index's); ``verify``: this
+    many candidates of the embedding and as many of the descriptor votes verified geometrically against the photo
+    (None: 50 where the catalogue keeps local features; 0: off), as ``verification`` says."""
 
     k: int = 10
     fuse: str | None = None
@@ -44,6 +49,8 @@ class SearchOptions:
     qe_alpha: float = 3.0
     rerank: int | None = None
     filter: str | None = None
+    verify: int | None = None
+    verification: VerifyOptions = VerifyOptions()
 
     def check(self) -> SearchOptions:
         """Refuse options that cannot be searched with, before any embedding work."""
@@ -51,6 +58,9 @@ class SearchOptions:
             raise LookalikeError(f"fuse={self.fuse!r}: use one of {', '.join(FUSIONS)}")
         if self.votes < 1 or self.qe < 0 or (self.rerank is not None and self.rerank < 0):
             raise LookalikeError("votes must be at least 1, qe and rerank 0 (off) or more")
+        if self.verify is not None and self.verify < 0:
+            raise LookalikeError(f"verify={self.verify}: 0 (off) or a number of candidates to verify")
+        self.verification.check()
         return self
 
 
@@ -63,26 +73,33 @@ class Answer:
     category_confidence: float | None = None  # share of the vote, for category=auto
 
 
-def search_catalogue(index: Catalogue, vectors: np.ndarray, options: SearchOptions) -> list[Answer]:
-    """Search ``vectors`` (one row per photo): one answer per photo, or one for all with ``options.fuse``."""
+def search_catalogue(index: Catalogue, vectors: np.ndarray, options: SearchOptions,
+                     photos: Sequence[LocalFeatures] | None = None) -> list[Answer]:
+    """Search ``vectors`` (one row per photo; ``photos``: their local features, for verified searches): one answer
+    per photo, or one for all with ``options.fuse``."""
     options.check()
     index.check_query(options.k)
     index.check_columns(options.group_by, options.category_by if options.category else None)
     where = restriction(options.filter, index.columns())  # a bad expression is refused before searching
+    options = replace(options, verify=verify_count(index, options.verify))
+    if options.verify and (photos is None or len(photos) != len(vectors)):
+        raise LookalikeError("A verified search needs the local features of every photo (verification.features)")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if options.fuse is None:
-        return [_answer(index, vectors[i:i + 1], options, where) for i in range(len(vectors))]
-    if options.fuse == "mean":
-        vectors = _normalized(vectors.mean(0, keepdims=True))
-    return [_answer(index, vectors, options, where)]
+        return [_answer(index, vectors[i:i + 1], options, where, photos[i:i + 1] if options.verify else [])
+                for i in range(len(vectors))]
+    queries = _normalized(vectors.mean(0, keepdims=True)) if options.fuse == "mean" else vectors
+    return [_answer(index, queries, options, where, list(photos) if options.verify else [])]
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _answer(index: Catalogue, queries: np.ndarray, options: SearchOptions, where: Condition | None) -> Answer:
-    """One answer for ``queries``: one photo, or several to fuse by their best score per item."""
+def _answer(index: Catalogue, queries: np.ndarray, options: SearchOptions, where: Condition | None,
+            photos: Sequence[LocalFeatures]) -> Answer:
+    """One answer for ``queries``: one photo, or several to fuse by their best score per item (``photos``: their
+    local features where the search verifies)."""
     if options.qe:
         queries = _expanded(index, queries, options)
     category, confidence = options.category, None
@@ -95,7 +112,13 @@ def _answer(index: Catalogue, queries: np.ndarray, options: SearchOptions, where
         if index.count(where) == 0:
             raise LookalikeError(f"No catalogue item has the {options.category_by} {category!r}"
                                  + (" and matches the filter" if options.filter else ""))
-    return Answer(ranked(index, queries, options.k, options, where, options.group_by), category, confidence)
+    if not options.verify:
+        return Answer(ranked(index, queries, options.k, options, where, options.group_by), category, confidence)
+    hits = ranked(index, queries, max(options.k, options.verify), options, where)
+    hits = verified_hits(index, hits, queries, photos, options.verify, where, options.verification)
+    if options.group_by is not None:
+        hits = group(hits, options.group_by)
+    return Answer(hits[:options.k], category, confidence)
 
 
 def ranked(index: Catalogue, queries: np.ndarray, k: int, options: SearchOptions, where: Condition | None = None,

@@ -31,6 +31,10 @@ def add_search_options(parser: argparse.ArgumentParser) -> None:
                         "index's: 200 for compressed index types, 0 for the others)")
     parser.add_argument("--search-params", help="FAISS search parameters for this search instead of the index's, "
                         "e.g. efSearch=512 (more recall, slower)")
+    parser.add_argument("--verify", type=NON_NEGATIVE, help="verify this many candidates of the embedding and as "
+                        "many of the local descriptors' votes against the whole photo (local features and a "
+                        "homography); verified ones come first. Default: 50 where the catalogue keeps local "
+                        "features; 0: off")
 
 
 def options_from(args: argparse.Namespace) -> Any:
@@ -40,7 +44,7 @@ def options_from(args: argparse.Namespace) -> Any:
 
     return SearchOptions(k=args.k, fuse=args.fuse, group_by=args.group_by, category=args.category,
                          category_by=args.category_by, votes=args.votes, qe=args.qe, rerank=args.rerank,
-                         filter=args.filter).check()
+                         filter=args.filter, verify=args.verify).check()
 
 
 def main(argv: list[str]) -> None:
@@ -64,7 +68,9 @@ def main(argv: list[str]) -> None:
     from lookalike.catalogue.backends import open_catalogue
     from lookalike.boxes.finder import BoxFinder, resolve_box_file
     from lookalike.embedder.file import calibrated_threshold, embedder_from_payload
+    from lookalike.catalogue.local import photo_features
     from lookalike.catalogue.query import search_catalogue
+    from lookalike.catalogue.verified import verify_count
     from lookalike.retrieval.grid import search_grid
 
     options = options_from(args)
@@ -82,7 +88,10 @@ def main(argv: list[str]) -> None:
     else:
         photos = args.photos if box is None else [cut(load_rgb(p), box, f"--crop of {p}") for p in args.photos]
     vectors = embedder_from_payload(payload).embed(photos).numpy()
-    answers = search_catalogue(index, vectors, options)
+    local = None
+    if verify_count(index, options.verify):  # the whole photo: the crop helps the embedding, not the geometry
+        local = photo_features([load_rgb(p) for p in args.photos], index.meta["local"])
+    answers = search_catalogue(index, vectors, options, local)
     queries = [" + ".join(args.photos)] if options.fuse else args.photos
     if args.json:
         print(json.dumps([{"query": q, "category": a.category, "category_confidence": a.category_confidence,
@@ -96,6 +105,7 @@ def main(argv: list[str]) -> None:
                 print(f"  {options.category_by}: {answer.category}{share}")
             for rank, h in enumerate(answer.hits, 1):
                 flag = "" if threshold is None else ("  match" if h.score >= threshold else "")
+                flag += f"  verified ({h.inliers} inliers)" if h.verified else ""
                 pictures = f"  [{h.pictures} picture{'s' * (h.pictures > 1)}]" if h.group is not None else ""
                 print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}{pictures}{flag}")
     if args.out:

@@ -1,0 +1,111 @@
+"""A catalogue's local features (``index build`` extracts them by default): extracting them for the catalogue's
+pictures (threads, resumable in the build's ``<out>.partial/``), calibrating the inliers a verified match needs on
+the catalogue itself, and the meta both backends keep about them."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lookalike.data.images import load_rgb
+from lookalike.errors import LookalikeError
+from lookalike.files import atomic_write, number_field
+from lookalike.verification.calibration import Calibration, calibrate
+from lookalike.verification.features import MAX_FEATURES, MAX_SIDE, NONE, FeatureOptions, LocalFeatures, extract
+from lookalike.verification.store import ARRAYS, FeatureStore
+from lookalike.verification.votes import DescriptorVotes
+
+CHUNK = 1024  # pictures whose features are saved together during a build
+
+
+def picture_features(path: str, options: FeatureOptions) -> LocalFeatures:
+    """One catalogue picture's features (no features for a picture that cannot be read now)."""
+    try:
+        return extract(load_rgb(path), options)
+    except LookalikeError:
+        return NONE
+
+
+def catalogue_features(paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None = None,
+                       workers: int | None = None) -> list[LocalFeatures]:
+    """The local features of every picture, in threads (OpenCV and the decoders let go of the GIL), saved every
+    ``CHUNK`` pictures in ``checkpoint`` (the build's progress folder) and taken from there when a build
+    continues."""
+    found: list[LocalFeatures] = []
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc="local features", unit="picture",
+                                                   disable=None) as bar:
+        for start in range(0, len(paths), CHUNK):
+            chunk = paths[start:start + CHUNK]
+            saved = checkpoint / f"local_{start:012d}_{len(chunk)}.npz" if checkpoint is not None else None
+            if saved is not None and saved.is_file():
+                with np.load(saved) as z:
+                    store = FeatureStore.checked({k: z[k] for k in ARRAYS}, len(chunk), str(saved))
+                part = store.features(range(len(chunk)))
+            else:
+                part = list(pool.map(lambda p: picture_features(p, options), chunk))
+                if saved is not None:
+                    atomic_write(saved, lambda tmp: _save(tmp, FeatureStore.of(part)))
+            found += part
+            bar.update(len(chunk))
+    return found
+
+
+def _save(tmp: str, store: FeatureStore) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(f, **store.arrays())
+
+
+def build_local(ids: Sequence[int], paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None = None,
+                workers: int | None = None) -> tuple[list[LocalFeatures], DescriptorVotes, dict[str, Any]]:
+    """A new catalogue's local features: each picture's, their vote index, and the meta with the threshold
+    calibrated on them."""
+    features = catalogue_features(paths, options, checkpoint, workers)
+    votes = DescriptorVotes.build(np.asarray(ids, np.int64), features)
+    calibration = calibrated(ids, paths, FeatureStore.of(features), votes, options)
+    print(f"verification: {calibration.threshold} inliers make a match (calibrated on {calibration.photos} photos "
+          f"made of catalogue pictures: {calibration.true_rate:.0%} of them verified with their own picture, "
+          f"{calibration.false_rate:.1%} with a wrong one)")
+    return features, votes, local_meta(options, calibration)
+
+
+def calibrated(ids: Sequence[int], paths: Sequence[str], store: FeatureStore, votes: DescriptorVotes,
+               options: FeatureOptions) -> Calibration:
+    """The verification threshold of a catalogue (``ids`` and ``paths`` in the store's item order)."""
+    row = {int(i): r for r, i in enumerate(ids)}
+    by_path = dict(zip((int(i) for i in ids), paths))
+    return calibrate(list(row), lambda i: load_rgb(by_path[i]), lambda items: store.features([row[i] for i in items]),
+                     votes, options)
+
+
+def local_meta(options: FeatureOptions, calibration: Calibration) -> dict[str, Any]:
+    """What a catalogue keeps about its local features: how they were found and the calibrated threshold."""
+    return {"count": options.count, "max_side": options.max_side, **calibration.as_meta()}
+
+
+def check_local_meta(meta: Any, source: str) -> dict[str, Any]:
+    """The ``local`` meta of a catalogue, each field of its type and range."""
+    if not isinstance(meta, dict):
+        raise LookalikeError(f"'{source}' is a damaged lookalike index (its local features' meta is not a mapping)")
+    number_field(meta.get("count"), "local count", source, 8, MAX_FEATURES, integer=True)
+    number_field(meta.get("max_side"), "local max_side", source, 64, MAX_SIDE, integer=True)
+    number_field(meta.get("threshold"), "local threshold", source, 4, 1 << 20, integer=True)
+    for name in ("false_rate", "true_rate"):
+        number_field(meta.get(name), f"local {name}", source, 0, 1)
+    return meta
+
+
+def feature_options(meta: dict[str, Any]) -> FeatureOptions:
+    """The options a catalogue's features were found with (photos are matched with the same)."""
+    return FeatureOptions(int(meta["count"]), int(meta["max_side"]))
+
+
+def photo_features(photos: Sequence[np.ndarray], meta: dict[str, Any]) -> list[LocalFeatures]:
+    """The local features of query photos (RGB arrays), found as the catalogue's (``meta``: its ``local`` meta)."""
+    options = feature_options(meta)
+    return [extract(photo, options) for photo in photos]

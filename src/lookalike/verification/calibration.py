@@ -1,0 +1,95 @@
+"""The inliers a verified match needs, calibrated on the catalogue itself.
+
+Photos are made of catalogue pictures (each warped by a random perspective, scaled, turned, dimmed, blurred and
+pasted onto another catalogue picture), and each is verified against the candidates the descriptor votes give
+it, except its own picture and its background's: those are pairs of *different* products, and their inlier
+counts are what noise reaches in this catalogue (shared logos, print, natural texture). The threshold is the
+smallest count that at most ``rate`` of the photos reach with a wrong picture, and never below ``FLOOR``. The
+photos' own pictures give the share of right pairs verified at that threshold."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from lookalike.verification.features import FeatureOptions, LocalFeatures, extract
+from lookalike.verification.matching import VerifyOptions, verify
+from lookalike.verification.votes import DescriptorVotes
+
+FLOOR = 15  # inliers a match needs whatever the calibration finds
+RATE = 0.01  # the share of photos allowed a wrong picture at the threshold
+SAMPLE = 200  # photos made
+CANDIDATES = 20  # wrong pictures each photo is verified against
+COPY = 0.25  # a catalogue picture matching this share of another's features directly is a copy of it
+
+
+@dataclass
+class Calibration:
+    """The threshold (inliers), the share of made photos whose best wrong picture reached it (``false_rate``),
+    the share verified with their own picture (``true_rate``), and how many photos were made."""
+
+    threshold: int
+    false_rate: float
+    true_rate: float
+    photos: int
+
+    def as_meta(self) -> dict:
+        return asdict(self)
+
+
+def made_photo(picture: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``picture`` as a phone might see it, over ``background``: a random perspective, scale and turn, dimmer or
+    brighter, blurred, with noise."""
+    h, w = picture.shape[:2]
+    side = max(h, w)
+    canvas = cv2.resize(background, (side * 4 // 3, side)) if background is not None else np.full((side, side * 4 // 3, 3), 128, np.uint8)
+    ch, cw = canvas.shape[:2]
+    scale = rng.uniform(0.45, 0.8) * min(ch / h, cw / w)
+    angle = np.deg2rad(rng.uniform(-20, 20))
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32) - [w / 2, h / 2]
+    placed = corners @ np.array([[c, s], [-s, c]], np.float32).T + [cw / 2, ch / 2]
+    placed += rng.uniform(-0.08, 0.08, (4, 2)).astype(np.float32) * [w * scale, h * scale]
+    placed += rng.uniform(-0.1, 0.1, 2).astype(np.float32) * [cw, ch]
+    H = cv2.getPerspectiveTransform(np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32), placed.astype(np.float32))
+    warped = cv2.warpPerspective(picture, H, (cw, ch))
+    inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (cw, ch)) > 0
+    photo = np.where(inside[..., None], warped, canvas).astype(np.float32)
+    photo = photo * rng.uniform(0.5, 1.2) + rng.uniform(-20, 20)
+    photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2)) + rng.normal(0, 3, photo.shape)
+    return photo.clip(0, 255).astype(np.uint8)
+
+
+def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
+              features: Callable[[Sequence[int]], list[LocalFeatures]], votes: DescriptorVotes,
+              options: FeatureOptions, verifying: VerifyOptions = VerifyOptions(), sample: int = SAMPLE,
+              rate: float = RATE, seed: int = 0) -> Calibration:
+    """Calibrate the threshold on the catalogue items ``ids`` (``picture``: an item's image; ``features``: items'
+    stored features; ``votes``: the catalogue's descriptor index)."""
+    rng = np.random.default_rng(seed)
+    ids = list(ids)
+    chosen = [ids[i] for i in rng.permutation(len(ids))[:sample]]
+    wrong, right = [], []
+    for item in tqdm(chosen, desc="calibrating verification", unit="photo", leave=False, disable=None):
+        others = [i for i in ids if i != item]
+        background = int(others[rng.integers(len(others))]) if others else None
+        photo = made_photo(picture(item), picture(background) if background is not None else None, rng)
+        found = extract(photo, options)
+        skip = {item, background}
+        candidates = [i for i, _ in votes.candidates(found, CANDIDATES + 2) if i not in skip][:CANDIDATES]
+        pictures = features([item, *candidates])
+        copies = verify(pictures[0], pictures[1:], verifying)  # the same picture twice in the catalogue: not wrong
+        verdicts = verify(found, pictures, verifying)
+        right.append(verdicts[0].inliers)
+        wrong.append(max((v.inliers for v, c in zip(verdicts[1:], copies) if c.inliers < COPY * len(pictures[0])),
+                         default=0))
+    wrong_counts, right_counts = np.array(wrong), np.array(right)
+    allowed = int(np.floor(rate * len(wrong_counts)))
+    reached = np.sort(wrong_counts)[::-1]
+    threshold = max(FLOOR, int(reached[allowed]) + 1 if allowed < len(reached) else FLOOR)
+    return Calibration(threshold, float((wrong_counts >= threshold).mean()) if len(wrong) else 0.0,
+                       float((right_counts >= threshold).mean()) if len(right) else 0.0, len(chosen))

@@ -1,0 +1,86 @@
+"""Every catalogue item's local features in item order, as four arrays a backend can keep as they are: ``counts``
+(features per item), ``sizes`` (each picture's width and height as its features were found), ``xy`` (uint16,
+1/16 pixel) and ``descriptors`` (uint8), the last two memory-mapped from a catalogue file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+from lookalike.verification.features import DESCRIPTOR, MAX_FEATURES, LocalFeatures
+
+ARRAYS = {"counts": (np.int32, ()), "sizes": (np.uint16, (2,)), "xy": (np.uint16, (2,)),
+          "descriptors": (np.uint8, (DESCRIPTOR,))}  # name: dtype, shape of a row
+
+
+@dataclass
+class FeatureStore:
+    counts: np.ndarray
+    sizes: np.ndarray
+    xy: np.ndarray
+    descriptors: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+
+    @classmethod
+    def empty(cls) -> FeatureStore:
+        return cls(*(np.zeros((0, *shape), dtype) for dtype, shape in ARRAYS.values()))
+
+    @classmethod
+    def of(cls, features: Sequence[LocalFeatures]) -> FeatureStore:
+        """The store of these pictures' features, in this order."""
+        if not features:
+            return cls.empty()
+        return cls(np.array([len(f) for f in features], np.int32), np.array([f.size for f in features], np.uint16),
+                   np.concatenate([f.fixed_xy() for f in features]),
+                   np.concatenate([f.descriptors for f in features]))
+
+    @classmethod
+    def checked(cls, arrays: dict[str, np.ndarray], items: int, source: str) -> FeatureStore:
+        """A store read from a file or a database: every array of its type and shape, counts that add up."""
+        for name, (dtype, shape) in ARRAYS.items():
+            array = arrays.get(name)
+            if array is None or array.dtype != dtype or array.shape[1:] != shape:
+                raise LookalikeError(f"'{source}' holds damaged local features ({name}): build the catalogue again")
+        counts = arrays["counts"]
+        if len(counts) != items or len(arrays["sizes"]) != items or (len(counts) and (
+                counts.min() < 0 or counts.max() > MAX_FEATURES)) or int(counts.sum()) != len(arrays["xy"]) \
+                or len(arrays["xy"]) != len(arrays["descriptors"]):
+            raise LookalikeError(f"'{source}' holds damaged local features (their counts do not match its "
+                                 f"{items} items): build the catalogue again")
+        return cls(**{name: arrays[name] for name in ARRAYS})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in ARRAYS}
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def features(self, rows: Sequence[int]) -> list[LocalFeatures]:
+        """The features of the items at these rows (positions in item order)."""
+        out = []
+        for row in rows:
+            start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+            out.append(LocalFeatures.stored(np.asarray(self.xy[start:end]), np.asarray(self.descriptors[start:end]),
+                                            self.sizes[row]))
+        return out
+
+    def appended(self, features: Sequence[LocalFeatures]) -> FeatureStore:
+        """This store with more items' features after its own."""
+        more = FeatureStore.of(features)
+        return FeatureStore(*(np.concatenate([np.asarray(a), b]) for a, b in zip(self.arrays().values(),
+                                                                               more.arrays().values())))
+
+    def kept(self, keep: np.ndarray) -> FeatureStore:
+        """This store with only the items where ``keep`` (a mask in item order) is true."""
+        per_feature = np.repeat(keep, self.counts)
+        return FeatureStore(self.counts[keep], np.asarray(self.sizes)[keep], np.asarray(self.xy)[per_feature],
+                            np.asarray(self.descriptors)[per_feature])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(np.asarray(a).nbytes) for a in self.arrays().values())
