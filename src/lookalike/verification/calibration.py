@@ -2,10 +2,10 @@
 
 Photos are made of catalogue pictures (each warped by a random perspective, scaled, turned, dimmed, blurred and
 pasted onto another catalogue picture), and each is verified against the candidates the descriptor votes give
-it, except its own picture and its background's: those are pairs of *different* products, and their inlier
-counts are what noise reaches in this catalogue (shared logos, print, natural texture). The threshold is the
-smallest count that at most ``rate`` of the photos reach with a wrong picture, and never below ``FLOOR``. The
-photos' own pictures give the share of right pairs verified at that threshold."""
+it, except its own picture and its background's (and copies of its picture): those are pairs of *different*
+products, and their inlier counts are what noise reaches in this catalogue (shared logos, print, natural
+texture). The threshold is the smallest count that at most ``rate`` of these wrong pairs reach, and never below
+``FLOOR``. The photos' own pictures give the share of right pairs verified at that threshold."""
 
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ from lookalike.verification.matching import VerifyOptions, verify
 from lookalike.verification.votes import DescriptorVotes
 
 FLOOR = 15  # inliers a match needs whatever the calibration finds
-RATE = 0.01  # the share of photos allowed a wrong picture at the threshold
-SAMPLE = 200  # photos made
+RATE = 0.002  # the share of wrong pairs allowed to verify at the threshold
+SAMPLE = 200  # photos made (several of each picture in a catalogue of fewer)
 CANDIDATES = 20  # wrong pictures each photo is verified against
 COPY = 0.25  # a catalogue picture matching this share of another's features directly is a copy of it
 
 
 @dataclass
 class Calibration:
-    """The threshold (inliers), the share of made photos whose best wrong picture reached it (``false_rate``),
-    the share verified with their own picture (``true_rate``), and how many photos were made."""
+    """The threshold (inliers), the share of wrong pairs that reached it (``false_rate``), the share of made
+    photos verified with their own picture (``true_rate``), and how many photos were made."""
 
     threshold: int
     false_rate: float
@@ -72,7 +72,8 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
     stored features; ``votes``: the catalogue's descriptor index)."""
     rng = np.random.default_rng(seed)
     ids = list(ids)
-    chosen = [ids[i] for i in rng.permutation(len(ids))[:sample]]
+    order = np.concatenate([rng.permutation(len(ids)) for _ in range(-(-sample // max(1, len(ids))))])
+    chosen = [ids[i] for i in order[:sample]]  # a small catalogue: several photos of each picture
     wrong, right = [], []
     for item in tqdm(chosen, desc="calibrating verification", unit="photo", leave=False, disable=None):
         others = [i for i in ids if i != item]
@@ -85,8 +86,7 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         copies = verify(pictures[0], pictures[1:], verifying)  # the same picture twice in the catalogue: not wrong
         verdicts = verify(found, pictures, verifying)
         right.append(verdicts[0].inliers)
-        wrong.append(max((v.inliers for v, c in zip(verdicts[1:], copies) if c.inliers < COPY * len(pictures[0])),
-                         default=0))
+        wrong += [v.inliers for v, c in zip(verdicts[1:], copies) if c.inliers < COPY * len(pictures[0])]
     wrong_counts, right_counts = np.array(wrong), np.array(right)
     allowed = int(np.floor(rate * len(wrong_counts)))
     reached = np.sort(wrong_counts)[::-1]

@@ -13,15 +13,18 @@ from lookalike.retrieval.knn import FaissIndex
 from lookalike.verification.features import DESCRIPTOR, LocalFeatures
 
 NEIGHBOURS = 4  # catalogue descriptors each photo descriptor votes through
-PER_CELL = 256  # descriptors per inverted list, on average
+PER_CELL = 512  # descriptors per inverted list, on average
+MAX_CELLS = 4096  # lists at most (training more costs minutes on 2 cores)
+TRAIN_PER_CELL = 64  # training descriptors per list
+PQ_FROM = 1 << 20  # from this many descriptors on, 32-byte PQ codes instead of 128-byte SQ8 ones
 PROBE = 16  # lists searched per photo descriptor
 
 
 def vote_factory(descriptors: int) -> str:
-    """The index type for this many descriptors: inverted lists of about ``PER_CELL`` each (a power of two, up
-    to 65,536 lists), SQ8 codes (128 bytes a descriptor)."""
-    cells = 1 << max(0, min(16, int(math.log2(max(1, descriptors // PER_CELL)))))
-    return f"IVF{cells},SQ8"
+    """The index type for this many descriptors: inverted lists of about ``PER_CELL`` each (a power of two, at
+    most ``MAX_CELLS``), SQ8 codes (128 bytes a descriptor), PQ32 codes (32 bytes) for a million and more."""
+    cells = 1 << max(0, min(int(math.log2(MAX_CELLS)), int(math.log2(max(1, descriptors // PER_CELL)))))
+    return f"IVF{cells},{'PQ32' if descriptors >= PQ_FROM else 'SQ8'}"
 
 
 class DescriptorVotes:
@@ -32,22 +35,27 @@ class DescriptorVotes:
 
     @classmethod
     def build(cls, ids: np.ndarray, features: list[LocalFeatures]) -> DescriptorVotes:
-        """A new index trained on these items' descriptors (a sample of at most 256 per list) holding them all."""
+        """A new index trained on a sample of these items' descriptors (``TRAIN_PER_CELL`` a list, at least
+        65,536), holding them all."""
         total = sum(len(f) for f in features)
         factory = vote_factory(total)
         votes = cls(FaissIndex(DESCRIPTOR, factory, search_params=f"nprobe={PROBE}"))
         if total:
-            descriptors = np.concatenate([f.unit_descriptors() for f in features if len(f)])
-            sample = np.random.default_rng(0).permutation(total)[:PER_CELL * int(factory[3:].split(",")[0])]
-            votes.index.cpu_index.train(descriptors[np.sort(sample)])
+            wanted = max(TRAIN_PER_CELL * int(factory[3:].split(",")[0]), 1 << 16)
+            rng = np.random.default_rng(0)
+            share = min(1.0, wanted / total)
+            sample = [f.unit_descriptors()[rng.random(len(f)) < share] for f in features if len(f)]
+            votes.index.cpu_index.train(np.concatenate(sample))
         votes.add(ids, features)
         return votes
 
-    def add(self, ids: np.ndarray, features: list[LocalFeatures]) -> None:
-        """Index these items' descriptors (the index is trained)."""
-        owners = np.concatenate([np.full(len(f), i, np.int64) for i, f in zip(ids, features)] or [np.zeros(0, np.int64)])
-        if len(owners):
-            self.index.add(np.concatenate([f.unit_descriptors() for f in features if len(f)]), owners)
+    def add(self, ids: np.ndarray, features: list[LocalFeatures], chunk: int = 4096) -> None:
+        """Index these items' descriptors (the index is trained), ``chunk`` items at a time."""
+        for start in range(0, len(features), chunk):
+            part = [(i, f) for i, f in zip(ids[start:start + chunk], features[start:start + chunk]) if len(f)]
+            if part:
+                self.index.add(np.concatenate([f.unit_descriptors() for _, f in part]),
+                               np.concatenate([np.full(len(f), i, np.int64) for i, f in part]))
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop these items' descriptors."""

@@ -1,0 +1,175 @@
+"""Verified matching, measured on real photos: recall@1/@5 of embedding-only search and verified search at the
+default settings, recall@K of the candidate sources (embedding, descriptor votes, both), latency per photo
+(embedding + local features + search, p50/p99) at K = 20/50/100, build time per picture, and bytes per item.
+
+Data sets (each a catalogue built with ``lookalike index build``'s defaults and the pretrained Lite0 embedder):
+    dvd_catalogue_only  400 DVD-cover phone photos -> the 100 references
+    dvd_zero_shot       200 photos of items 051-100 -> their 50 references (no training: pretrained embedder)
+    dvd_distractors     400 photos -> 100 references + N distractor pictures (augmented flowers17 photos)
+    flowers17           the 720 test-class photos (09-17), each querying all the others (leave-one-out)
+    watches             the synthetic watches' photos -> their catalogue pictures (lookalike demo-data)
+
+    python experiments/bench_verify.py --dvd ../shared/datasets/dvd_covers --flowers ../shared/datasets/flowers17 \\
+        --sets dvd_catalogue_only dvd_zero_shot flowers17 watches
+    python experiments/bench_verify.py --dvd ../shared/datasets/dvd_covers --flowers ../shared/datasets/flowers17 \\
+        --sets dvd_distractors --distractors 20000
+
+Each set's result is appended as one JSON line to experiments/results/verify_runs.jsonl (a rerun skips sets
+already there unless --again) and printed as a markdown row for experiments/results/verify.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from common import machine
+
+from lookalike.catalogue.backends import build_catalogue
+from lookalike.catalogue.build import BuildOptions
+from lookalike.catalogue.local import photo_features
+from lookalike.catalogue.query import SearchOptions, search_catalogue
+from lookalike.data.images import load_rgb
+from lookalike.embedder.file import embedder_from_payload, read_embedder_file
+
+CAMERAS = ("canon", "droid", "e63", "palm")
+RUNS = Path(__file__).parent / "results" / "verify_runs.jsonl"
+
+
+def distractor_pictures(flowers: Path, count: int, folder: Path) -> list[str]:
+    """``count`` pictures made of flowers17 photos (random crop, turn, mirror, colour), written once to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(flowers.glob("*/*.jpg"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for n in range(count):
+        out = folder / f"d{n:06d}.jpg"
+        paths.append(str(out))
+        if out.is_file():
+            continue
+        im = Image.open(sources[n % len(sources)]).convert("RGB")
+        w, h = im.size
+        s = rng.uniform(0.6, 1.0)
+        x, y = rng.uniform(0, w * (1 - s)), rng.uniform(0, h * (1 - s))
+        im = im.crop((int(x), int(y), int(x + w * s), int(y + h * s))).rotate(rng.uniform(-25, 25), expand=False)
+        if rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        im = ImageEnhance.Color(im).enhance(rng.uniform(0.4, 1.6))
+        im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.7, 1.3))
+        im.resize((288, int(288 * im.size[1] / im.size[0]))).save(out, quality=85)
+    return paths
+
+
+def data_set(name: str, args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]], bool]:
+    """(catalogue (path, label), queries (path, label), leave-one-out) of a set."""
+    dvd = Path(args.dvd).resolve() if args.dvd else None
+    if name.startswith("dvd"):
+        items = range(51, 101) if name == "dvd_zero_shot" else range(1, 101)
+        refs = [(str(dvd / "reference" / f"{i:03d}.jpg"), f"{i:03d}") for i in items]
+        photos = [(str(dvd / c / f"{i:03d}.jpg"), f"{i:03d}") for c in CAMERAS for i in items]
+        if name == "dvd_distractors":
+            refs += [(p, "distractor") for p in distractor_pictures(Path(args.flowers), args.distractors,
+                                                                    work / "distractors")]
+        return refs, photos, False
+    if name == "flowers17":
+        pictures = [(str(p.resolve()), p.parent.name) for d in sorted(Path(args.flowers).iterdir())[8:] if d.is_dir()
+                    for p in sorted(d.glob("*.jpg"))]
+        return pictures, pictures, True
+    if name == "watches":
+        demo = work / "watches"
+        if not (demo / "photos").is_dir():
+            subprocess.run([sys.executable, "-m", "lookalike.cli", "demo-data", "--out", str(demo)], check=True)
+        listed = lambda folder: [(str(p.resolve()), p.parent.name) for p in sorted((demo / folder).glob("*/*"))]
+        return listed("catalogue"), listed("photos"), False
+    raise SystemExit(f"unknown set {name}")
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(1000 * float(np.percentile(times, 50)), 1),
+            "p99_ms": round(1000 * float(np.percentile(times, 99)), 1)}
+
+
+def run_set(name: str, args: argparse.Namespace, work: Path) -> dict:
+    catalogue, queries, leave_one_out = data_set(name, args, work)
+    listing = work / f"{name}.csv"
+    listing.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in catalogue))
+    out = work / f"{name}.lkidx"
+    out.unlink(missing_ok=True)
+    start = time.perf_counter()
+    index = build_catalogue(out, args.embedder, listing, options=BuildOptions())
+    build_s = time.perf_counter() - start
+    embedder = embedder_from_payload(read_embedder_file(args.embedder))
+    local_meta = index.meta["local"]
+    result = {"set": name, "catalogue": index.count(), "queries": len(queries), "build_s": round(build_s, 1),
+              "threshold": local_meta["threshold"], "calibration_true_rate": local_meta["true_rate"],
+              "bytes_per_item": round(index.local.nbytes / index.count()), "file_mb": round(out.stat().st_size / 2**20, 1)}
+    extra = 1 if leave_one_out else 0
+    found: dict[str, list[list[str]]] = {}
+    times: dict[str, list[float]] = {}
+    sources = {"embedding": [], "votes": [], "both": []}
+    settings = {"embedding": 0, **{f"verified_K{k}": k for k in args.ks}}
+    for qpath, qlabel in queries:
+        photo = load_rgb(qpath)
+        for setting, verify in settings.items():
+            t = time.perf_counter()
+            vector = embedder.embed([photo]).numpy()
+            local = photo_features([photo], local_meta) if verify else None
+            hits = search_catalogue(index, vector, SearchOptions(k=5 + extra, verify=verify), local)[0].hits
+            times.setdefault(setting, []).append(time.perf_counter() - t)
+            found.setdefault(setting, []).append([h.label for h in hits if h.path != qpath][:5])
+        # candidate recall@K of each source (K = 50, the default)
+        local = photo_features([photo], local_meta)
+        emb = {h.id: h.label for h in index.search_vectors(vector, 50 + extra)[0] if h.path != qpath}
+        votes = {i: index.item(i)["label"] for i, _ in index.vote_candidates(local[0], 50 + extra)
+                 if index.item(i)["path"] != qpath}
+        sources["embedding"].append(qlabel in list(emb.values())[:50])
+        sources["votes"].append(qlabel in list(votes.values())[:50])
+        sources["both"].append(qlabel in list(emb.values())[:50] + list(votes.values())[:50])
+    labels = [label for _, label in queries]
+    for setting in settings:
+        result[setting] = {"r@1": round(float(np.mean([l in f[:1] for l, f in zip(labels, found[setting])])), 4),
+                           "r@5": round(float(np.mean([l in f[:5] for l, f in zip(labels, found[setting])])), 4),
+                           **percentiles(times[setting])}
+    result["candidate_recall@50"] = {k: round(float(np.mean(v)), 4) for k, v in sources.items()}
+    result["machine"] = machine()
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dvd")
+    p.add_argument("--flowers")
+    p.add_argument("--sets", nargs="+", required=True)
+    p.add_argument("--distractors", type=int, default=20000)
+    p.add_argument("--ks", nargs="+", type=int, default=[20, 50, 100])
+    p.add_argument("--embedder", help="embedder file (default: lookalike pretrained, Lite0)")
+    p.add_argument("--work", default="/tmp/bench_verify")
+    p.add_argument("--again", action="store_true")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.embedder is None:
+        args.embedder = str(work / "lite0.pt")
+        if not Path(args.embedder).is_file():
+            subprocess.run([sys.executable, "-m", "lookalike.cli", "pretrained", "--out", args.embedder], check=True)
+    done = {json.loads(line)["set"] for line in RUNS.open()} if RUNS.is_file() else set()
+    for name in args.sets:
+        if name in done and not args.again:
+            print(f"{name}: in {RUNS} already (--again to rerun)")
+            continue
+        result = run_set(name, args, work)
+        result["command"] = "python " + " ".join(sys.argv)
+        with RUNS.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
