@@ -34,7 +34,10 @@ from lookalike.embedder.file import calibrated_threshold, embedder_hash
 from lookalike.catalogue.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
 from lookalike.catalogue.sharded import Processes
 from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
+from lookalike.catalogue.local import build_local, check_local_meta
 from lookalike.retrieval.knn import default_search_params
+from lookalike.verification.features import DESCRIPTOR, FIXED, NONE, SCALE, LocalFeatures
+from lookalike.verification.votes import NEIGHBOURS
 
 FORMAT = "lookalike-milvus/1"
 META = "lookalike.meta"
@@ -42,6 +45,8 @@ INSERT_BATCH = 1000  # rows per insert call
 MAX_TOP_K = 16384  # Milvus's limit on results per query
 MAX_PATH, MAX_LABEL = 4096, 1024
 RESERVED = {"id", "vector", "path", "label"}
+LOCAL = "_local"  # the collection of a catalogue's local features: <collection>_local, one row per feature
+LOCAL_ROWS = 16000  # feature rows read per query (Milvus answers at most 16,384)
 
 
 def item_id(path: str) -> int:
@@ -120,6 +125,8 @@ class MilvusCatalogue(Catalogue):
     def __init__(self, client: Any, collection: str, meta: dict[str, Any], uri: str):
         self.client, self.collection, self.meta, self.uri = client, collection, meta, uri
         client.load_collection(collection)  # a reopened collection starts released
+        if meta.get("local") is not None:
+            client.load_collection(collection + LOCAL)
         self._params = search_spec(meta.get("search_params", ""))
 
     @classmethod
@@ -159,33 +166,43 @@ class MilvusCatalogue(Catalogue):
         if embedded is None:
             return None
         items, vectors = embedded
+        local = None
+        if options.local is not None:
+            features, _, meta = build_local([item_id(it["path"]) for it in items], [it["path"] for it in items],
+                                            options.local, checkpoint, options.num_workers)
+            local = (features, meta)
         return cls.create(uri, collection, items, vectors, embedder_hash(inputs.payload), str(inputs.embedder_path),
                           options.factory, options.params, token, key, calibrated_threshold(inputs.payload),
-                          finder and finder.path)
+                          finder and finder.path, local)
 
     @classmethod
     def create(cls, uri: str, collection: str, items: list[dict[str, Any]], vectors: np.ndarray, embedder: str,
                embedder_path: str, factory: str = "Flat", search_params: str | None = None, token: str | None = None,
-               key: str = "", threshold: float | None = None, boxes: str | None = None) -> MilvusCatalogue:
+               key: str = "", threshold: float | None = None, boxes: str | None = None,
+               local: tuple[list[LocalFeatures], dict[str, Any]] | None = None) -> MilvusCatalogue:
         """A collection of ``items`` (path, label, fields) and their embeddings made by the embedder of
         fingerprint ``embedder`` (``threshold``: its calibrated match threshold, kept for other readers of the
-        collection; ``boxes``: the box file the images were cropped with); continues a collection left
-        ``building`` with the same ``key``."""
+        collection; ``boxes``: the box file the images were cropped with; ``local``: the items' local features
+        and their meta, kept in ``<collection>_local``); continues a collection left ``building`` with the same
+        ``key``."""
         kind, build_params = index_spec(factory)
         search_params = default_search_params(factory) if search_params is None else search_params
         meta = {"format": FORMAT, **catalogue_meta(embedder, embedder_path, int(vectors.shape[1]), factory,
                                                    search_params, boxes),
                 "threshold": threshold, "key": key,
                 "columns": sorted({"label", *(c for it in items for c in it.get("fields") or {})}),
-                "state": "building", "index": {"type": kind, "params": build_params}}
+                "state": "building", "index": {"type": kind, "params": build_params},
+                "local": None if local is None else local[1]}
         with _writing(uri):
             client = connect(uri, token)
             if _check_new(client, uri, collection, key):
                 _ensure_index(client, collection, meta)
             else:
                 _create(client, collection, meta)
+            if local is not None:
+                _create_local(client, collection + LOCAL)
             catalogue = cls(client, collection, meta, uri)
-            catalogue.insert(items, vectors, skip_present=True)
+            catalogue.insert(items, vectors, skip_present=True, local=None if local is None else local[0])
             meta["state"] = "ready"
             catalogue.save_meta()
         return catalogue
@@ -194,15 +211,21 @@ class MilvusCatalogue(Catalogue):
         """Write ``meta`` to the collection's property."""
         self.client.alter_collection_properties(self.collection, properties={META: json.dumps(self.meta)})
 
-    def insert(self, items: list[dict[str, Any]], vectors: np.ndarray, skip_present: bool = False) -> int:
-        """Insert items (path, label, fields) with their embeddings in batches, with progress; ``skip_present``:
-        leave out the ids already stored (a build continued). Returns how many were inserted."""
+    def insert(self, items: list[dict[str, Any]], vectors: np.ndarray, skip_present: bool = False,
+               local: list[LocalFeatures] | None = None) -> int:
+        """Insert items (path, label, fields) with their embeddings and (a catalogue that keeps them) their local
+        features in batches, with progress; ``skip_present``: leave out the ids already stored (a build continued).
+        Returns how many were inserted."""
         _check_columns(items)
+        if self.keeps_local and (local is None or len(local) != len(items)):
+            raise LookalikeError("This catalogue keeps local features: new items need theirs")
         inserted = 0
         with tqdm(total=len(items), desc="inserting into milvus", unit="item",
                   disable=len(items) < INSERT_BATCH) as bar:
             for start in range(0, len(items), INSERT_BATCH):
                 chunk, chunk_vectors = items[start:start + INSERT_BATCH], vectors[start:start + INSERT_BATCH]
+                if local is not None:  # the features first: an item is there once its row is
+                    self._insert_local([item_id(it["path"]) for it in chunk], local[start:start + INSERT_BATCH])
                 rows = [{"id": item_id(it["path"]), "vector": v.tolist(), "path": it["path"], "label": it["label"],
                          **milvus_fields({"label": it["label"], **(it.get("fields") or {})})}
                         for it, v in zip(chunk, chunk_vectors)]
@@ -225,8 +248,9 @@ class MilvusCatalogue(Catalogue):
     def known_paths(self, paths: Sequence[str]) -> set[str]:
         return set(self._stored_paths([item_id(p) for p in paths]).values()) & set(paths)
 
-    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray) -> list[dict[str, Any]]:
-        self.insert(items, vectors)
+    def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray,
+                  local: list[LocalFeatures] | None = None) -> list[dict[str, Any]]:
+        self.insert(items, vectors, local=local)
         return [{**it, "id": item_id(it["path"])} for it in items]
 
     def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -237,7 +261,51 @@ class MilvusCatalogue(Catalogue):
             raise LookalikeError(f"No catalogue item has the id(s) {unknown[:10]}")
         for start in range(0, len(ids), INSERT_BATCH):
             self.client.delete(self.collection, ids=list(ids[start:start + INSERT_BATCH]))
+            if self.keeps_local:
+                self.client.delete(self.collection + LOCAL, filter=f"item in {list(ids[start:start + INSERT_BATCH])}")
         return [found[i] for i in ids]
+
+    def _insert_local(self, ids: list[int], features: list[LocalFeatures]) -> None:
+        """Store these items' features, one row each (replacing what an interrupted build left of theirs)."""
+        self.client.delete(self.collection + LOCAL, filter=f"item in {ids}")
+        rows = [{"item": i, "place": place, "vector": d}
+                for i, f in zip(ids, features) if len(f)
+                for place, d in zip(_places(f).tolist(), (f.descriptors.astype(np.float32) / SCALE).tolist())]
+        for start in range(0, len(rows), LOCAL_ROWS):
+            self.client.insert(self.collection + LOCAL, rows[start:start + LOCAL_ROWS])
+
+    def local_features(self, ids: Sequence[int]) -> list[LocalFeatures]:
+        """The stored local features of the items ``ids`` (read back from their rows), in that order."""
+        self.check_local()
+        rows: dict[int, list[tuple[int, list[float]]]] = {}
+        most = max(1, LOCAL_ROWS // int(self.meta["local"]["count"]))
+        for start in range(0, len(ids), most):
+            part = [int(i) for i in ids[start:start + most]]
+            for row in self.client.query(self.collection + LOCAL, filter=f"item in {part}",
+                                         output_fields=["item", "place", "vector"], limit=LOCAL_ROWS):
+                rows.setdefault(int(row["item"]), []).append((int(row["place"]), row["vector"]))
+        return [_features(rows[i]) if i in rows else NONE for i in ids]
+
+    def vote_candidates(self, query: LocalFeatures, top: int, where: Condition | None = None) -> list[tuple[int, int]]:
+        """Milvus searches the photo's descriptors among the catalogue's; each votes for the items of its
+        nearest (as :class:`~lookalike.verification.votes.DescriptorVotes`), then ``where`` keeps the allowed."""
+        self.check_local()
+        if len(query) == 0:
+            return []
+        found = self.client.search(self.collection + LOCAL, data=(query.descriptors.astype(np.float32) / SCALE).tolist(),
+                                   limit=NEIGHBOURS, output_fields=["item"], anns_field="vector",
+                                   search_params={"metric_type": "IP", "params": {"nprobe": 16}})
+        counts: dict[int, int] = {}
+        for row in found:
+            for item in {int(hit["entity"]["item"]) for hit in row}:
+                counts[item] = counts.get(item, 0) + 1
+        ranked = sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+        if where is not None and ranked:
+            allowed = {int(r["id"]) for r in self.client.query(
+                self.collection, filter=f"id in {[i for i, _ in ranked]} and ({milvus_expression(where)})",
+                output_fields=["id"], limit=len(ranked))}
+            ranked = [c for c in ranked if c[0] in allowed]
+        return ranked[:top]
 
     def ids_of(self, paths: Sequence[str]) -> dict[str, int]:
         stored = self._stored_paths([item_id(p) for p in paths])
@@ -314,6 +382,40 @@ class MilvusCatalogue(Catalogue):
             iterator.close()
 
 
+def _places(features: LocalFeatures) -> np.ndarray:
+    """Each feature's x, y (1/16 pixel) and its picture's width and height, 16 bits each in one int64."""
+    xy = features.fixed_xy().astype(np.int64)
+    w, h = features.size
+    return xy[:, 0] | xy[:, 1] << 16 | int(w) << 32 | int(h) << 48
+
+
+def _features(rows: list[tuple[int, list[float]]]) -> LocalFeatures:
+    """One item's features from its rows."""
+    places = np.array([p for p, _ in rows], np.int64)
+    xy = np.stack([places & 0xFFFF, places >> 16 & 0xFFFF], 1)
+    descriptors = np.round(np.array([v for _, v in rows], np.float32).reshape(-1, DESCRIPTOR) * SCALE)
+    return LocalFeatures(xy.astype(np.float32) / FIXED, descriptors.clip(0, 255).astype(np.uint8),
+                         (int(places[0] >> 32 & 0xFFFF), int(places[0] >> 48 & 0xFFFF)))
+
+
+def _create_local(client: Any, name: str) -> None:
+    """The collection of a catalogue's local features (kept when a continued build finds it)."""
+    if client.has_collection(name):
+        return
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.INT64, is_primary=True)
+    schema.add_field("item", DataType.INT64)
+    schema.add_field("place", DataType.INT64)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DESCRIPTOR)
+    client.create_collection(name, schema=schema, consistency_level="Strong")
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": 128})
+    client.create_index(name, params)
+    client.load_collection(name)
+
+
 def _check_new(client: Any, uri: str, collection: str, key: str) -> bool:
     """Whether a build with ``key`` continues a collection it left unfinished (False: there is none yet); refused
     when another collection of that name exists."""
@@ -338,6 +440,11 @@ def _finished_meta(client: Any, uri: str, collection: str) -> dict[str, Any]:
     if meta.get("state") != "ready":
         raise LookalikeError(f"The build of collection {collection!r} at {uri!r} did not finish: run the same "
                              f"`lookalike index build` again to continue it")
+    if meta.get("local") is not None:
+        check_local_meta(meta["local"], f"{uri} ({collection})")
+        if not client.has_collection(collection + LOCAL):
+            raise LookalikeError(f"Collection {collection!r} at {uri!r} keeps local features, but its collection "
+                                 f"{collection + LOCAL!r} is gone: build the catalogue again")
     return check_meta(meta, f"{uri} ({collection})")
 
 

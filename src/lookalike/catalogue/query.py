@@ -37,7 +37,8 @@ class SearchOptions:
     ``filter`` keeps: an expression of :mod:`lookalike.catalogue.filters`); ``qe`` > 0: alpha query expansion
     with that many nearest items; ``rerank``: candidates re-scored exactly (None: the index's); ``verify``: this
     many candidates of the embedding and as many of the descriptor votes verified geometrically against the photo
-    (None: 50 where the catalogue keeps local features; 0: off), as ``verification`` says."""
+    (None: 50 where the catalogue keeps local features and the photos' are given; 0: off), as ``verification``
+    says."""
 
     k: int = 10
     fuse: str | None = None
@@ -81,9 +82,11 @@ def search_catalogue(index: Catalogue, vectors: np.ndarray, options: SearchOptio
     index.check_query(options.k)
     index.check_columns(options.group_by, options.category_by if options.category else None)
     where = restriction(options.filter, index.columns())  # a bad expression is refused before searching
-    options = replace(options, verify=verify_count(index, options.verify))
+    asked = 0 if options.verify is None and photos is None else options.verify  # no photos: by embedding alone
+    options = replace(options, verify=verify_count(index, asked))
     if options.verify and (photos is None or len(photos) != len(vectors)):
-        raise LookalikeError("A verified search needs the local features of every photo (verification.features)")
+        raise LookalikeError("A verified search needs the local features of every photo (catalogue.local."
+                             "photo_features)")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if options.fuse is None:
         return [_answer(index, vectors[i:i + 1], options, where, photos[i:i + 1] if options.verify else [])
