@@ -13,6 +13,7 @@ from lookalike.retrieval.knn import FaissIndex
 from lookalike.verification.features import DESCRIPTOR, LocalFeatures
 
 NEIGHBOURS = 4  # catalogue descriptors each photo descriptor votes through
+RATIO = 0.8  # a neighbour votes when it is this much nearer than the next after the voting ones
 PER_CELL = 512  # descriptors per inverted list, on average
 MAX_CELLS = 4096  # lists at most (training more costs minutes on 2 cores)
 TRAIN_PER_CELL = 64  # training descriptors per list
@@ -63,10 +64,14 @@ class DescriptorVotes:
 
     def candidates(self, query: LocalFeatures, top: int, allowed: np.ndarray | None = None) -> list[tuple[int, int]]:
         """The ``top`` items with the most votes of the photo's descriptors, as (item id, votes): each descriptor
-        gives one vote to each item among its ``NEIGHBOURS`` nearest catalogue descriptors."""
+        gives one vote to each item among its ``NEIGHBOURS`` nearest catalogue descriptors that is clearly nearer
+        than the next one (Lowe's ratio test, against the ``NEIGHBOURS + 1``-th: common patterns vote for no one)."""
         if len(query) == 0 or self.index.ntotal == 0 or top < 1:
             return []
-        _, owners = self.index.search(query.unit_descriptors(), NEIGHBOURS, allowed=allowed)
+        sims, owners = self.index.search(query.unit_descriptors(), NEIGHBOURS + 1, allowed=allowed)
+        dist = np.sqrt(np.clip(2 - 2 * sims, 0, None))
+        background = np.where(owners[:, -1:] >= 0, dist[:, -1:], np.inf)
+        owners = np.where((dist[:, :-1] < RATIO * background) & (owners[:, :-1] >= 0), owners[:, :-1], -1)
         owners = np.sort(owners, axis=1)
         first = np.ones_like(owners, dtype=bool)
         first[:, 1:] = owners[:, 1:] != owners[:, :-1]  # one vote per descriptor and item

@@ -1,0 +1,192 @@
+"""Verified matching on tiny generated pictures: a picture pasted into a photo under a known homography verifies
+(and its outline is found where it was pasted), unrelated textures do not, the descriptor votes find the picture,
+both catalogue backends keep the local features in step with adding and removing, and a damaged store is one
+message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.catalogue.backends import build_catalogue, editing, open_catalogue
+from lookalike.catalogue.local import photo_features
+from lookalike.catalogue.query import SearchOptions, search_catalogue
+from lookalike.data.images import load_rgb
+from lookalike.embedder.file import embedder_from_payload, read_embedder_file
+from lookalike.errors import LookalikeError
+from lookalike.verification.calibration import FLOOR
+from lookalike.verification.features import FeatureOptions, extract
+from lookalike.verification.matching import verify
+from lookalike.verification.votes import DescriptorVotes
+from tests.helpers import INLINE
+
+SIDE = 192
+PHOTO = (320, 240)  # width, height
+# where picture corners land in the photo: a perspective view, turned and shrunk
+PASTED = np.array([[40, 30], [250, 50], [235, 215], [60, 195]], np.float32)
+
+
+def texture(seed: int, side: int = SIDE) -> np.ndarray:
+    """A picture with print-like texture (shapes, lines, letters in many colours): what SIFT finds features in."""
+    rng = np.random.default_rng(seed)
+    im = np.full((side, side, 3), rng.integers(0, 256, 3), np.uint8)
+    for _ in range(90):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = (int(v) for v in rng.integers(0, side, 2))
+        shape = rng.integers(3)
+        if shape == 0:
+            cv2.rectangle(im, (x, y), (x + int(rng.integers(4, 30)), y + int(rng.integers(4, 30))), colour, -1)
+        elif shape == 1:
+            cv2.circle(im, (x, y), int(rng.integers(3, 15)), colour, -1)
+        else:
+            cv2.putText(im, chr(65 + int(rng.integers(26))), (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2)
+    return im
+
+
+def photo_of(picture: np.ndarray, background_seed: int = 99) -> np.ndarray:
+    """``picture`` pasted into a photo of another texture under the homography to ``PASTED``, a little dimmer."""
+    h, w = picture.shape[:2]
+    H = cv2.getPerspectiveTransform(np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32), PASTED)
+    canvas = cv2.resize(texture(background_seed), PHOTO)
+    warped = cv2.warpPerspective(picture, H, PHOTO)
+    inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, PHOTO) > 0
+    return (np.where(inside[..., None], warped, canvas) * 0.85).astype(np.uint8)
+
+
+def test_a_picture_pasted_under_a_known_homography_verifies_where_it_was_pasted() -> None:
+    picture = texture(1)
+    found = verify(extract(photo_of(picture)), [extract(picture)])[0]
+    assert found.inliers >= 2 * FLOOR
+    expected = PASTED / np.array(PHOTO, np.float32)
+    assert np.abs(np.array(found.quad) - expected).max() < 0.03
+
+
+def test_unrelated_textures_do_not_verify() -> None:
+    verdicts = verify(extract(photo_of(texture(1))), [extract(texture(seed)) for seed in range(2, 8)])
+    assert max(v.inliers for v in verdicts) < FLOOR
+
+
+def test_the_descriptor_votes_find_the_picture() -> None:
+    pictures = [extract(texture(seed)) for seed in range(6)]
+    votes = DescriptorVotes.build(np.arange(6) * 7, pictures)
+    ranked = votes.candidates(extract(photo_of(texture(4))), 3)
+    assert ranked[0][0] == 4 * 7 and ranked[0][1] > 2 * ranked[1][1]
+
+
+def test_a_picture_without_texture_has_few_features_and_verifies_nothing() -> None:
+    plain = np.full((SIDE, SIDE, 3), 128, np.uint8)
+    assert len(extract(plain)) == 0
+    assert verify(extract(plain), [extract(texture(1))])[0].inliers == 0
+
+
+@pytest.fixture
+def pictures(tmp_path: Path) -> Path:
+    """Six textured catalogue pictures, a folder (= label) each."""
+    for seed in range(6):
+        folder = tmp_path / "pictures" / f"p{seed}"
+        folder.mkdir(parents=True)
+        Image.fromarray(texture(seed)).save(folder / "a.png")
+    return tmp_path / "pictures"
+
+
+def _verified_search(catalogue, embedder, photo: np.ndarray, k: int = 3):
+    vectors = embedder.embed([photo]).numpy()
+    local = photo_features([photo], catalogue.meta["local"])
+    return search_catalogue(catalogue, vectors, SearchOptions(k=k), local)[0].hits
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_both_backends_keep_the_local_features_in_step(backend: str, trained: dict, pictures: Path,
+                                                       tmp_path: Path) -> None:
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
+    out = tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")
+    embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
+    photo = photo_of(texture(2))
+    build_catalogue(out, trained["embedder"], pictures, backend, options=INLINE).close()
+    catalogue = open_catalogue(out, backend)
+    assert catalogue.meta["local"]["threshold"] >= FLOOR
+    first = _verified_search(catalogue, embedder, photo)[0]
+    assert first.label == "p2" and first.verified and first.inliers >= FLOOR and len(first.quad) == 4
+    assert catalogue.local_features([first.id])[0].descriptors.tolist() == extract(texture(2)).descriptors.tolist()
+    catalogue.close()
+
+    with editing(out, backend) as catalogue:
+        catalogue.remove([first.id])
+    catalogue = open_catalogue(out, backend)
+    hits = _verified_search(catalogue, embedder, photo)
+    assert "p2" not in [h.label for h in hits] and not any(h.verified for h in hits)
+    kept = {it["label"]: it["id"] for it in catalogue.listing()}
+    for label, features in zip(kept, catalogue.local_features(list(kept.values()))):  # each item its own features
+        assert features.descriptors.tolist() == extract(texture(int(label[1:]))).descriptors.tolist()
+    catalogue.close()
+
+    with editing(out, backend) as catalogue:
+        catalogue.add_images(read_embedder_file(trained["embedder"]), pictures, num_workers=0)
+    catalogue = open_catalogue(out, backend)
+    first = _verified_search(catalogue, embedder, photo)[0]
+    assert first.label == "p2" and first.verified
+    catalogue.close()
+
+
+def test_a_catalogue_without_local_features_says_how_to_verify(trained: dict, pictures: Path,
+                                                              tmp_path: Path) -> None:
+    out = build_catalogue(tmp_path / "c.lkidx", trained["embedder"], pictures, options=replace(INLINE, local=None))
+    vectors = np.zeros((1, out.meta["dim"]), np.float32)
+    assert search_catalogue(out, vectors, SearchOptions(k=2))[0].hits  # by default: the embedding alone
+    with pytest.raises(LookalikeError, match="keeps no local features.*--verify 0"):
+        search_catalogue(out, vectors, SearchOptions(k=2, verify=10), [extract(texture(1))])
+
+
+@pytest.mark.parametrize("member,damage", [("local_counts.npy", "counts"), ("local_descriptors.npy", "shape"),
+                                           ("votes.faiss", "bytes")])
+def test_a_damaged_feature_store_is_one_message(member: str, damage: str, trained: dict, pictures: Path,
+                                                tmp_path: Path) -> None:
+    good = tmp_path / "c.lkidx"
+    build_catalogue(good, trained["embedder"], pictures, options=INLINE)
+    bad = tmp_path / "bad.lkidx"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == member:
+                if damage == "counts":
+                    counts = np.load(__import__("io").BytesIO(data))
+                    counts[0] += 7  # the counts no longer add up to the features kept
+                    buffer = __import__("io").BytesIO()
+                    np.save(buffer, counts)
+                    data = buffer.getvalue()
+                elif damage == "shape":
+                    buffer = __import__("io").BytesIO()
+                    np.save(buffer, np.zeros((3, 64), np.uint8))
+                    data = buffer.getvalue()
+                else:
+                    data = data[:len(data) // 2]
+            dst.writestr(info, data)
+    with pytest.raises(LookalikeError, match="damaged lookalike index"):
+        open_catalogue(bad)
+
+
+def test_search_command_shows_verified_hits(trained: dict, pictures: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.lkidx"
+    build_catalogue(out, trained["embedder"], pictures, options=INLINE)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(photo_of(texture(3))).save(photo)
+    run = [sys.executable, "-m", "lookalike.cli", "search", "--index", str(out), str(photo), "-k", "2"]
+    answer = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, check=True).stdout)
+    first = answer[0]["results"][0]
+    assert first["label"] == "p3" and first["verified"] and first["inliers"] >= FLOOR and len(first["quad"]) == 4
+    plain = json.loads(subprocess.run(run + ["--json", "--verify", "0"], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert all(r["verified"] is None for r in plain[0]["results"])
+    table = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert "verified (" in table
