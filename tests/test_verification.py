@@ -185,8 +185,34 @@ def test_search_command_shows_verified_hits(trained: dict, pictures: Path, tmp_p
     answer = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, check=True).stdout)
     first = answer[0]["results"][0]
     assert first["label"] == "p3" and first["verified"] and first["inliers"] >= FLOOR and len(first["quad"]) == 4
-    plain = json.loads(subprocess.run(run + ["--json", "--verify", "0"], capture_output=True, text=True,
-                                      check=True).stdout)
-    assert all(r["verified"] is None for r in plain[0]["results"])
     table = subprocess.run(run, capture_output=True, text=True, check=True).stdout
     assert "verified (" in table
+
+
+def test_the_page_answers_verified_hits_with_their_outline(trained: dict, pictures: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve.app import create_app
+    from lookalike.serve.page import PageOptions
+
+    out = tmp_path / "c.lkidx"
+    build_catalogue(out, trained["embedder"], pictures, options=INLINE)
+    client = TestClient(create_app(out, PageOptions()))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(photo_of(texture(5))).save(photo)
+
+    def search(**form) -> list[dict]:
+        with open(photo, "rb") as f:
+            answer = client.post("/api/search", files={"image": ("p.png", f, "image/png")}, data={"k": 3, **form})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["results"]
+
+    first = search()[0]
+    assert first["label"] == "p5" and first["verified"] and first["inliers"] >= FLOOR
+    assert np.abs(np.array(first["quad"]) - PASTED / np.array(PHOTO, np.float32)).max() < 0.03
+    cropped = search(crop="0,0,200,200")[0]  # the crop helps the embedding; verification sees the whole photo
+    assert cropped["verified"] and cropped["quad"] == first["quad"]
+    assert all(r["verified"] is None for r in search(verify=0))
+    assert client.post("/api/search", files={"image": ("p.png", photo.read_bytes(), "image/png")},
+                       data={"verify": -1}).status_code == 422
+    assert 'id="outline"' in client.get("/").text

@@ -22,7 +22,9 @@ from PIL import Image
 from lookalike.boxes.finder import BoxFinder, resolve_box_file
 from lookalike.catalogue.backends import open_catalogue
 from lookalike.catalogue.filters import restriction
+from lookalike.catalogue.local import photo_features
 from lookalike.catalogue.query import Answer, SearchOptions, search_catalogue
+from lookalike.catalogue.verified import verify_count
 from lookalike.choices import MAX_K
 from lookalike.data.feedback import PHOTO_SIDE, VERDICTS, FeedbackLog
 from lookalike.data.images import cut, load_rgb, parse_box
@@ -33,6 +35,7 @@ from lookalike.errors import LookalikeError
 THUMBNAIL = 256  # longest side of the pictures the page shows, in pixels
 MAX_PHOTOS = 8  # photos of one item searched together
 AUTO = "auto"  # the crop field's value for the box model's box
+VERIFY_SIDE = 480  # a photo's short side decoded at least, for its local features (a JPEG: DCT scaling above it)
 log = logging.getLogger(__name__)
 
 
@@ -123,7 +126,8 @@ class Page:
         threshold = self.threshold
         return {"threshold": threshold, "category": found.category, "category_confidence": found.category_confidence,
                 "results": [{**self.item_json(h.id, h.label, h.path), "score": h.score, "group": h.group,
-                             "pictures": h.pictures, "match": None if threshold is None else h.score >= threshold}
+                             "pictures": h.pictures, "match": None if threshold is None else h.score >= threshold,
+                             "verified": h.verified, "inliers": h.inliers, "quad": h.quad}
                             for h in found.hits]}
 
     def item(self, item_id: int) -> dict[str, Any]:
@@ -134,7 +138,7 @@ class Page:
 
     def search_options(self, k: int, fuse: str = "max", group_by: str | None = None, category: str | None = None,
                        category_by: str = "label", where: str | None = None,
-                       expand: int | None = None) -> SearchOptions:
+                       expand: int | None = None, verify: int | None = None) -> SearchOptions:
         """A request's search options, refused (422) before any upload is decoded."""
         most = self.options.max_k
         expand = self.options.qe if expand is None else expand
@@ -142,18 +146,26 @@ class Page:
             raise HTTPException(422, f"k must be between 1 and {most}")
         if not 0 <= expand <= most:
             raise HTTPException(422, f"qe must be between 0 (off) and {most}")
+        if verify is not None and not 0 <= verify <= most:
+            raise HTTPException(422, f"verify must be between 0 (off) and {most}")
         try:
             chosen = SearchOptions(k=k, fuse=fuse, group_by=group_by or None, category=category or None,
-                                   category_by=category_by, filter=where or None, qe=expand).check()
+                                   category_by=category_by, filter=where or None, qe=expand,
+                                   verify=verify).check()
             restriction(chosen.filter, self.live.index.columns())
             return chosen
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from e
 
-    def search(self, vectors: Any, options: SearchOptions) -> dict[str, Any]:
+    def search(self, vectors: Any, options: SearchOptions, wholes: list[Any] | None = None) -> dict[str, Any]:
+        """One answer; ``wholes``: the whole photos, for a verified search (where the catalogue keeps local
+        features)."""
         index = self.live.index
         try:
-            return self.answer(search_catalogue(index, vectors, options)[0])
+            photos = None
+            if wholes is not None and verify_count(index, options.verify):
+                photos = photo_features(wholes, index.meta["local"])
+            return self.answer(search_catalogue(index, vectors, options, photos)[0])
         except LookalikeError as e:  # an empty catalogue, an unknown column or category
             raise HTTPException(409 if not index.count() else 422, str(e)) from e
 
@@ -184,8 +196,8 @@ class Page:
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from e
 
-    def decoded(self, image: UploadFile, budget: int, side: int | None, box: Any = None) -> tuple[Any, int]:
-        """One upload as an RGB array (cut to ``box``) within ``budget`` bytes, and its size."""
+    def decoded(self, image: UploadFile, budget: int, side: int | None, box: Any = None) -> tuple[Any, Any, int]:
+        """One upload as an RGB array (cut to ``box``) within ``budget`` bytes, the whole photo, and its size."""
         data = image.file.read(budget + 1)
         if len(data) > budget:
             raise HTTPException(413, f"Upload larger than {self.options.max_upload_mb:g} MB")
@@ -196,28 +208,34 @@ class Page:
             raise HTTPException(415, f"Not an image this server can read: {e}") from e
         except (cv2.error, ValueError, MemoryError) as e:
             raise HTTPException(415, "Not an image this server can prepare for search") from e
+        whole = array
         if box is not None:
             try:
                 array = self.finder.crop([array])[0] if box == AUTO else cut(array, box)
             except LookalikeError as e:
                 raise HTTPException(422, str(e)) from e
-        return array, len(data)
+        return array, whole, len(data)
 
-    def photos(self, uploads: list[UploadFile], side: int | None = None, boxes: list[Any] | None = None) -> list[Any]:
-        """Several uploads of one item, all together within the upload limit."""
+    def photos(self, uploads: list[UploadFile], side: int | None = None, boxes: list[Any] | None = None
+               ) -> tuple[list[Any], list[Any]]:
+        """Several uploads of one item, all together within the upload limit: as searched (cut to their boxes)
+        and whole (what verification matches: the crop helps the embedding, the geometry wants the whole photo)."""
         if len(uploads) > MAX_PHOTOS:
             raise HTTPException(422, f"At most {MAX_PHOTOS} photos at once")
-        arrays, budget = [], self.options.upload_limit
+        if side is None:  # decoded large enough for local features where the catalogue keeps them
+            side = max(self.decode_side, VERIFY_SIDE) if self.live.index.keeps_local else self.decode_side
+        arrays, wholes, budget = [], [], self.options.upload_limit
         for upload, box in zip(uploads, boxes or [None] * len(uploads)):
-            array, size = self.decoded(upload, budget, self.decode_side if side is None else side, box)
+            array, whole, size = self.decoded(upload, budget, side, box)
             arrays.append(array)
+            wholes.append(whole)
             budget -= size
-        return arrays
+        return arrays, wholes
 
     def find_box(self, image: UploadFile) -> dict[str, Any]:
         if self.finder is None:
             raise HTTPException(404, "This server has no box model (lookalike serve --boxes FILE)")
-        array, _ = self.decoded(image, self.options.upload_limit, side=None)
+        array, _, _ = self.decoded(image, self.options.upload_limit, side=None)
         [((x, y, w, h), confidence)] = self.finder.find([array])
         return {"box": [round(x), round(y), round(w), round(h)], "confidence": confidence,
                 "found": confidence >= self.finder.min_confidence and w >= 2 and h >= 2}
@@ -228,7 +246,7 @@ class Page:
         if verdict not in VERDICTS:
             raise HTTPException(422, "verdict must be same or different")
         try:
-            rows = self.marks.record(self.photos(uploads, PHOTO_SIDE), self.item(item_id), verdict)
+            rows = self.marks.record(self.photos(uploads, PHOTO_SIDE)[0], self.item(item_id), verdict)
         except LookalikeError as e:  # the folder is full, or its lock is held too long
             log.error("feedback not kept in %s: %s", self.options.feedback, e)  # the log names the folder
             raise HTTPException(507, "The server cannot keep this mark now (its feedback folder is full, its disk is "

@@ -41,9 +41,15 @@ def add_routes(app: FastAPI, page: Page) -> None:
                                       "search with that part of it, auto (the box model's box; the whole photo "
                                       "where it is not sure), or empty (the whole photo)"),
                qe: int | None = Form(None, description="alpha query expansion with this many nearest items "
-                                     "(0: off; default: the server's --qe)")) -> dict[str, Any]:
-        chosen = page.search_options(k, fuse, group_by, category, category_by, filter, qe)
-        return page.search(page.embed(page.photos(image, boxes=page.crops(crop, len(image)))), chosen)
+                                     "(0: off; default: the server's --qe)"),
+               verify: int | None = Form(None, description="verify this many candidates of the embedding and of the "
+                                         "local descriptors' votes against the whole photo (0: off; default: 50 "
+                                         "where the catalogue keeps local features); results then carry verified, "
+                                         "inliers and quad (the picture's corners in the photo, as fractions of its "
+                                         "width and height)")) -> dict[str, Any]:
+        chosen = page.search_options(k, fuse, group_by, category, category_by, filter, qe, verify)
+        searched, wholes = page.photos(image, boxes=page.crops(crop, len(image)))
+        return page.search(page.embed(searched), chosen, wholes)
 
     @app.post("/api/box", summary="Where the product is in a photo (the box model), to crop the search to it")
     def find_box(image: UploadFile = File(..., description="one photo")) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from lookalike.verification.votes import DescriptorVotes
 FLOOR = 15  # inliers a match needs whatever the calibration finds
 RATE = 0.002  # the share of wrong pairs allowed to verify at the threshold
 SAMPLE = 200  # photos made (several of each picture in a catalogue of fewer)
+SMALLEST = 60  # photos made at least (a catalogue of fewer than 50 pictures: 4 of each, at least this many)
 CANDIDATES = 20  # wrong pictures each photo is verified against
 COPY = 0.25  # a catalogue picture matching this share of another's features directly is a copy of it
 
@@ -72,6 +73,7 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
     stored features; ``votes``: the catalogue's descriptor index)."""
     rng = np.random.default_rng(seed)
     ids = list(ids)
+    sample = min(sample, max(SMALLEST, 4 * len(ids)))
     order = np.concatenate([rng.permutation(len(ids)) for _ in range(-(-sample // max(1, len(ids))))])
     chosen = [ids[i] for i in order[:sample]]  # a small catalogue: several photos of each picture
     wrong, right = [], []

@@ -75,11 +75,11 @@ def ratio_matches(query: LocalFeatures, candidates: Sequence[LocalFeatures], rat
         stacked = np.zeros((len(group), width, q.shape[1]), np.float32)  # padding scores 0: never a nearest match
         for j, c in enumerate(group):
             stacked[j, :len(c)] = c.unit_descriptors()
-        sims = torch.einsum("qd,cnd->cqn", q, torch.from_numpy(stacked).to(at))
-        best, rows = sims.topk(2, dim=2)
+        sims = (q @ torch.from_numpy(stacked.reshape(-1, q.shape[1])).to(at).T).view(len(q), len(group), width)
+        best, rows = sims.topk(2, dim=2)  # photo descriptor x candidate: the two nearest of its descriptors
         dist = torch.sqrt(torch.clamp(2 - 2 * best, min=0))
-        passed = (dist[..., 0] < ratio * dist[..., 1]).cpu().numpy()
-        rows = rows[..., 0].cpu().numpy()
+        passed = (dist[..., 0] < ratio * dist[..., 1]).T.cpu().numpy()
+        rows = rows[..., 0].T.cpu().numpy()
         for j, c in enumerate(group):
             ok = passed[j] & (rows[j] < len(c))
             found[start + j] = (np.flatnonzero(ok), rows[j][ok])
