@@ -216,3 +216,23 @@ def test_the_page_answers_verified_hits_with_their_outline(trained: dict, pictur
     assert client.post("/api/search", files={"image": ("p.png", photo.read_bytes(), "image/png")},
                        data={"verify": -1}).status_code == 422
     assert 'id="outline"' in client.get("/").text
+
+
+def test_evaluate_puts_a_verified_row_beside_each_embedding_row(trained: dict, tmp_path: Path) -> None:
+    from lookalike.evaluate import evaluate
+    from tests.helpers import compose_config
+
+    rows = ["path,label,split,role"]
+    for seed in range(10):
+        split = "test" if seed < 6 else "train"
+        picture, photo = tmp_path / f"{seed}_picture.png", tmp_path / f"{seed}_photo.png"
+        Image.fromarray(texture(seed)).save(picture)
+        Image.fromarray(photo_of(texture(seed), background_seed=100 + seed)).save(photo)
+        rows += [f"{picture},p{seed},{split},gallery", f"{photo},p{seed},{split},query"]
+    (tmp_path / "shop.csv").write_text("\n".join(rows) + "\n")
+    report = evaluate(compose_config([f"ckpt={trained['embedder']}", "data=manifest", f"data.root={tmp_path / 'shop.csv'}",
+                                      f"paths.output_dir={tmp_path / 'eval'}", "grid.queries=0", "num_workers=0",
+                                      "device=cpu", "ks=[1,2]"], name="eval"))
+    plain, verified = report["rows"]
+    assert verified["checkpoint"].endswith(" + verified") and verified["verified"]["threshold"] >= FLOOR
+    assert verified["metrics"]["recall@1"] == 1.0 >= plain["metrics"]["recall@1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ from lookalike.embedder.embed import embed_loader
 from lookalike.embedder.source import load_source
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.grid import retrieval_grid
-from lookalike.retrieval.metrics import clustering_nmi, metrics_from_neighbors, search
+from lookalike.retrieval.metrics import Neighbors, clustering_nmi, metrics_from_neighbors, search
+from lookalike.catalogue.local import build_local
+from lookalike.data.images import load_rgb
+from lookalike.data.table import ImageTable
+from lookalike.verification.features import FeatureOptions, LocalFeatures, extract
+from lookalike.verification.matching import verified_order, verify
+from lookalike.verification.votes import DescriptorVotes
 
 
 def _device(name: str) -> torch.device:
@@ -28,13 +35,15 @@ def _device(name: str) -> torch.device:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """Aligned lines: metric names, then each source's values (named when there are several)."""
+    """Aligned lines: metric names, then each source's values (named when there are several; ``-`` where a row
+    has no such metric: NMI of a verified row)."""
     keys = [k for k in rows[0]["metrics"] if k not in ("queries", "queries_without_relevant")]
     width = max(len(Path(r["checkpoint"]).name) for r in rows) if len(rows) > 1 else 0
     lines = [" " * width + "  ".join(f"{k:>11}" for k in keys)]
     for r in rows:
         name = f"{Path(r['checkpoint']).name:<{width}}" if width else ""
-        lines.append(name + "  ".join(f"{r['metrics'][k]:>11.4f}" for k in keys))
+        lines.append(name + "  ".join(f"{r['metrics'][k]:>11.4f}" if k in r["metrics"] else f"{'-':>11}"
+                                      for k in keys))
     return "\n".join(lines)
 
 
@@ -63,6 +72,45 @@ def _cropped(cfg: DictConfig, first: str) -> dict[str, Any] | None:
     if crop == "none":
         return None
     return {"boxes": str(resolve_box_file(cfg.get("boxes"), first, required=True))}
+
+
+@dataclass
+class GalleryFeatures:
+    """The gallery's local features by table row, their vote index and the threshold calibrated on them."""
+
+    by_row: dict[int, LocalFeatures]
+    votes: DescriptorVotes
+    threshold: int
+
+    @classmethod
+    def of(cls, table: ImageTable, workers: int | None = None) -> GalleryFeatures:
+        rows = [int(r) for r in np.flatnonzero(table.is_gallery)]
+        features, votes, meta = build_local(rows, [table.paths[r] for r in rows], FeatureOptions(), workers=workers)
+        return cls(dict(zip(rows, features)), votes, int(meta["threshold"]))
+
+
+def verified_neighbors(nb: Neighbors, table: ImageTable, embeddings: torch.Tensor, gallery: GalleryFeatures,
+                       count: int) -> Neighbors:
+    """``nb`` with each query's ``count`` first results and the ``count`` most voted gallery pictures verified
+    against its whole photo and put in verified order (as ``lookalike search`` does), the rest after them."""
+    emb, width, queries = embeddings.float(), nb.retrieved.shape[1], nb.queries.cpu()
+    retrieved, sims = [], []
+    for query, found in zip(queries.tolist(), nb.retrieved.tolist()):
+        photo = extract(load_rgb(table.paths[query]))
+        candidates = found[:count]
+        voted = [r for r, _ in gallery.votes.candidates(photo, count + 1) if r != query and r not in candidates]
+        candidates += voted[:count]
+        verdicts = verify(photo, [gallery.by_row[r] for r in candidates], needed=gallery.threshold)
+        scores = (emb[candidates] @ emb[query]).tolist()
+        order = [candidates[i] for i in verified_order(scores, [v.inliers for v in verdicts], gallery.threshold)]
+        ranked = (order + [r for r in found if r not in set(order)])[:width]
+        retrieved.append(ranked)
+        sims.append((emb[ranked] @ emb[query]).tolist())
+    rows = torch.tensor(retrieved, dtype=torch.long).reshape(nb.retrieved.shape)
+    labels = torch.as_tensor(table.labels)[rows]
+    query_labels = torch.as_tensor(table.labels)[queries]
+    return Neighbors(queries, rows, torch.tensor(sims).reshape(nb.similarities.shape),
+                     labels == query_labels[:, None], nb.relevant.cpu(), nb.skipped, labels, nb.shared_labels)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -96,7 +144,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         crop["queries"] = int(table.is_query.sum())
 
     device = _device(cfg.device)
-    rows = []
+    rows, gallery = [], None
     for i, (name, embedder, _) in enumerate(sources):
         suffix = "" if len(sources) == 1 else f"_{i}"
         dm.preprocessing = embedder.preprocessing  # each embedder's own image size and normalisation
@@ -108,6 +156,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if cfg.nmi:
             metrics["nmi"] = clustering_nmi(data["embeddings"], data["label"], seed=seed)
         rows.append({"checkpoint": name, "metrics": metrics})
+        if cfg.verify:  # the same search with verified matching, side by side
+            gallery = gallery or GalleryFeatures.of(table, cfg.num_workers or None)
+            checked = verified_neighbors(nb, table, data["embeddings"].cpu(), gallery, cfg.verify)
+            rows.append({"checkpoint": f"{name} + verified", "metrics": metrics_from_neighbors(checked, cfg.ks),
+                         "verified": {"candidates": cfg.verify, "threshold": gallery.threshold}})
         if cfg.save_embeddings:
             save_embeddings(out, data, table.paths, suffix)
         if cfg.grid.queries > 0:

@@ -16,7 +16,7 @@ from lookalike.catalogue.base import Catalogue, SearchHit
 from lookalike.catalogue.filters import Condition
 from lookalike.errors import LookalikeError
 from lookalike.verification.features import LocalFeatures
-from lookalike.verification.matching import Verdict, VerifyOptions, verify
+from lookalike.verification.matching import Verdict, VerifyOptions, verified_order, verify
 
 VERIFY_K = 50  # candidates verified per photo by default: the embedding's best 50 and the votes' best 50
 
@@ -58,7 +58,6 @@ def verified_hits(index: Catalogue, hits: list[SearchHit], queries: np.ndarray, 
         for j, verdict in enumerate(verify(photo, pictures, options, needed=threshold)):
             if verdict.inliers > best[j].inliers:
                 best[j] = verdict
-    checked = [replace(h, verified=v.inliers >= threshold, inliers=v.inliers,
-                       quad=v.quad if v.inliers >= threshold else None) for h, v in zip(hits, best)]
-    confirmed = sorted((h for h in checked if h.verified), key=lambda h: (-h.inliers, -h.score))
-    return confirmed + sorted((h for h in checked if not h.verified), key=lambda h: -h.score)
+    order = verified_order([h.score for h in hits], [v.inliers for v in best], threshold)
+    return [replace(hits[i], verified=best[i].inliers >= threshold, inliers=best[i].inliers,
+                    quad=best[i].quad if best[i].inliers >= threshold else None) for i in order]

@@ -129,3 +129,11 @@ def _plausible(quad: np.ndarray) -> bool:
     turns = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
     area = 0.5 * abs(float(np.dot(quad[:, 0], np.roll(quad[:, 1], -1)) - np.dot(quad[:, 1], np.roll(quad[:, 0], -1))))
     return bool((np.all(turns > 0) or np.all(turns < 0)) and area >= 64)
+
+
+def verified_order(scores: Sequence[float], inliers: Sequence[int], threshold: int) -> list[int]:
+    """Positions of candidates in their verified order: those with at least ``threshold`` inliers first, most
+    inliers first, then the others by embedding ``scores``, best first."""
+    verified = sorted((i for i in range(len(scores)) if inliers[i] >= threshold), key=lambda i: (-inliers[i], -scores[i]))
+    rest = sorted((i for i in range(len(scores)) if inliers[i] < threshold), key=lambda i: -scores[i])
+    return verified + rest
