@@ -236,3 +236,23 @@ def test_evaluate_puts_a_verified_row_beside_each_embedding_row(trained: dict, t
     plain, verified = report["rows"]
     assert verified["checkpoint"].endswith(" + verified") and verified["verified"]["threshold"] >= FLOOR
     assert verified["metrics"]["recall@1"] == 1.0 >= plain["metrics"]["recall@1"]
+
+
+def test_duplicates_are_confirmed_geometrically(trained: dict, pictures: Path, tmp_path: Path) -> None:
+    """A re-upload and a crop of one picture are confirmed; a group's look-alike that is another picture is not."""
+    shop = tmp_path / "shop"
+    shutil.copytree(pictures, shop)
+    (shop / "p1" / "again.png").write_bytes((shop / "p1" / "a.png").read_bytes())  # re-uploaded
+    Image.fromarray(texture(1)[20:170, 10:160]).save(shop / "p1" / "crop.png")
+    out = tmp_path / "c.lkidx"
+    build_catalogue(out, trained["embedder"], shop, options=INLINE)
+    catalogue = open_catalogue(out)
+    ids = {Path(it["path"]).name + it["label"]: it["id"] for it in catalogue.listing()}
+    inliers = catalogue.confirm([ids["a.pngp1"], ids["again.pngp1"], ids["crop.pngp1"], ids["a.pngp2"]])
+    needed = catalogue.meta["local"]["threshold"]
+    assert min(inliers[:3]) >= needed and inliers[3] < needed
+    answer = subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "--index", str(out), "--threshold",
+                             "-1", "--json"], capture_output=True, text=True, check=True)
+    [group] = json.loads(answer.stdout)  # everything is one group at similarity -1: only p1's three confirmed
+    assert {Path(it["path"]).name + it["label"] for it in group if it["verified"]} == {"a.pngp1", "again.pngp1",
+                                                                                      "crop.pngp1"}

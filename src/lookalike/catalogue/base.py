@@ -23,6 +23,7 @@ from lookalike.embedder.file import embedder_hash, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_DIM, number_field, text_field
 from lookalike.verification.features import LocalFeatures
+from lookalike.verification.matching import verify
 
 
 @dataclass
@@ -52,6 +53,7 @@ def item_value(item: dict[str, Any], column: str) -> str:
 
 
 MAX_ITEMS = 1 << 40  # items a catalogue's meta may claim
+CONFIRMED = 64  # pictures of a near-duplicate group matched with one another
 
 
 def check_meta(meta: dict[str, Any], source: str) -> dict[str, Any]:
@@ -247,6 +249,18 @@ class Catalogue(ABC):
         for i in sorted(parent):
             groups.setdefault(root(i), []).append(i)
         return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
+
+    def confirm(self, group: Sequence[int]) -> list[int]:
+        """Geometric confirmation of a group of near-duplicates: each item's most inliers with another picture of
+        the group (the first ``CONFIRMED`` of a larger one), so that re-uploads and crops of one picture show many
+        and look-alikes few (the catalogue's calibrated threshold confirms)."""
+        pictures = self.local_features(group[:CONFIRMED])
+        needed = int(self.check_local()["threshold"])
+        best = [0] * len(group)
+        for i, picture in enumerate(pictures):
+            for j, verdict in enumerate(verify(picture, pictures[i + 1:], needed=needed), i + 1):
+                best[i], best[j] = max(best[i], verdict.inliers), max(best[j], verdict.inliers)
+        return best
 
     def confusers(self, column: str = "label", top: int = 50, k: int = 10) -> list[tuple[float, int, int]]:
         """The ``top`` most similar pairs of items whose ``column`` differs, as (similarity, id, id), most similar

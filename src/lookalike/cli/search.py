@@ -119,6 +119,9 @@ def main_duplicates(argv: list[str]) -> None:
     parser.add_argument("--index", required=True, help="catalogue index (.lkidx), or the Milvus file / URI")
     add_backend_options(parser)
     parser.add_argument("--threshold", type=float, help="similarity (default: the embedder's calibrated threshold)")
+    parser.add_argument("--no-verify", action="store_true", help="do not confirm the groups with local features "
+                        "(by default, where the catalogue keeps them, the pictures of a group are matched with one "
+                        "another: re-uploads and crops of one picture agree on one transformation)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from lookalike.catalogue.backends import open_catalogue
@@ -130,14 +133,22 @@ def main_duplicates(argv: list[str]) -> None:
         raise LookalikeError("No threshold: pass --threshold, or run `lookalike calibrate` on the embedder first")
     groups = index.duplicate_groups(threshold)
     items = [[index.item(i) for i in g] for g in groups]
+    if index.keeps_local and not args.no_verify:  # re-uploads and crops of one picture share its geometry
+        needed = index.meta["local"]["threshold"]
+        for group, found in zip(groups, items):
+            for item, inliers in zip(found, index.confirm(group)):
+                item.update(inliers=inliers, verified=inliers >= needed)
     if args.json:
         print(json.dumps(items, indent=2))
         return
     print(f"{len(groups)} groups of near-duplicates (similarity >= {threshold:.4f}) among {index.count()} items")
     for n, group in enumerate(items, 1):
-        print(f"group {n}:")
+        confirmed = sum(bool(it.get("verified")) for it in group)
+        shown = f" ({confirmed} of {len(group)} confirmed by local features)" if "verified" in group[0] else ""
+        print(f"group {n}:{shown}")
         for item in group:
-            print(f"  {item['path']}  {item['label']}")
+            mark = f"  [{item['inliers']} matches]" if "inliers" in item else ""
+            print(f"  {item['path']}  {item['label']}{mark}")
 
 
 def main_confusers(argv: list[str]) -> None:
