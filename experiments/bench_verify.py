@@ -34,6 +34,7 @@ from common import machine
 
 from lookalike.catalogue.backends import build_catalogue
 from lookalike.catalogue.build import BuildOptions
+from lookalike.catalogue.file import FileCatalogue
 from lookalike.catalogue.local import photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.data.images import load_rgb
@@ -100,20 +101,32 @@ def run_set(name: str, args: argparse.Namespace, work: Path) -> dict:
     catalogue, queries, leave_one_out = data_set(name, args, work)
     listing = work / f"{name}.csv"
     listing.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in catalogue))
-    out = work / f"{name}.lkidx"
-    out.unlink(missing_ok=True)
-    start = time.perf_counter()
-    index = build_catalogue(out, args.embedder, listing, options=BuildOptions())
-    build_s = time.perf_counter() - start
+    out, timing = work / f"{name}.lkidx", work / f"{name}.build.json"
+    if args.reuse and out.is_file() and timing.is_file():  # built by --build-only before: the queries alone now
+        index, build_s = FileCatalogue.load(out), json.loads(timing.read_text())["build_s"]
+    else:
+        out.unlink(missing_ok=True)
+        start = time.perf_counter()
+        index = build_catalogue(out, args.embedder, listing, options=BuildOptions())
+        build_s = time.perf_counter() - start
+        timing.write_text(json.dumps({"build_s": build_s}))
+    if args.build_only:
+        return {}
+    plain_s = None
+    if len(catalogue) <= 1000:  # the same build without local features: what they cost per picture
+        start = time.perf_counter()
+        build_catalogue(work / f"{name}.plain.lkidx", args.embedder, listing, options=BuildOptions(local=None))
+        plain_s = time.perf_counter() - start
     embedder = embedder_from_payload(read_embedder_file(args.embedder))
     local_meta = index.meta["local"]
     result = {"set": name, "catalogue": index.count(), "queries": len(queries), "build_s": round(build_s, 1),
               "threshold": local_meta["threshold"], "calibration_true_rate": local_meta["true_rate"],
-              "bytes_per_item": round(index.local.nbytes / index.count()), "file_mb": round(out.stat().st_size / 2**20, 1)}
+              "bytes_per_item": round(index.local.nbytes / index.count()), "file_mb": round(out.stat().st_size / 2**20, 1),
+              "local_ms_per_picture": None if plain_s is None else round(1000 * (build_s - plain_s) / index.count(), 1)}
     extra = 1 if leave_one_out else 0
     found: dict[str, list[list[str]]] = {}
     times: dict[str, list[float]] = {}
-    sources = {"embedding": [], "votes": [], "both": []}
+    sources: dict[str, dict[int, list[bool]]] = {"embedding": {}, "votes": {}, "both": {}}
     settings = {"embedding": 0, **{f"verified_K{k}": k for k in args.ks}}
     for qpath, qlabel in queries:
         photo = load_rgb(qpath)
@@ -124,35 +137,67 @@ def run_set(name: str, args: argparse.Namespace, work: Path) -> dict:
             hits = search_catalogue(index, vector, SearchOptions(k=5 + extra, verify=verify), local)[0].hits
             times.setdefault(setting, []).append(time.perf_counter() - t)
             found.setdefault(setting, []).append([h.label for h in hits if h.path != qpath][:5])
-        # candidate recall@K of each source (K = 50, the default)
+        # candidate recall@K of each source, and of both together (K of each)
         local = photo_features([photo], local_meta)
-        emb = {h.id: h.label for h in index.search_vectors(vector, 50 + extra)[0] if h.path != qpath}
-        votes = {i: index.item(i)["label"] for i, _ in index.vote_candidates(local[0], 50 + extra)
-                 if index.item(i)["path"] != qpath}
-        sources["embedding"].append(qlabel in list(emb.values())[:50])
-        sources["votes"].append(qlabel in list(votes.values())[:50])
-        sources["both"].append(qlabel in list(emb.values())[:50] + list(votes.values())[:50])
+        most = max(args.ks)
+        emb = [h.label for h in index.search_vectors(vector, most + extra)[0] if h.path != qpath]
+        votes = [index.item(i)["label"] for i, _ in index.vote_candidates(local[0], most + extra)
+                 if index.item(i)["path"] != qpath]
+        for k in args.ks:
+            sources["embedding"].setdefault(k, []).append(qlabel in emb[:k])
+            sources["votes"].setdefault(k, []).append(qlabel in votes[:k])
+            sources["both"].setdefault(k, []).append(qlabel in emb[:k] + votes[:k])
     labels = [label for _, label in queries]
     for setting in settings:
         result[setting] = {"r@1": round(float(np.mean([l in f[:1] for l, f in zip(labels, found[setting])])), 4),
                            "r@5": round(float(np.mean([l in f[:5] for l, f in zip(labels, found[setting])])), 4),
                            **percentiles(times[setting])}
-    result["candidate_recall@50"] = {k: round(float(np.mean(v)), 4) for k, v in sources.items()}
+    result["candidate_recall"] = {name: {k: round(float(np.mean(v)), 4) for k, v in by_k.items()}
+                                  for name, by_k in sources.items()}
     result["machine"] = machine()
     return result
+
+
+def report(runs: list[dict]) -> str:
+    """The markdown tables of verify.md from the runs (the last run of each set)."""
+    last = {r["set"]: r for r in runs}
+    lines = ["| set | catalogue | queries | embedding r@1 / r@5 | verified (K=50) r@1 / r@5 | threshold | "
+             "p50 / p99 ms, embedding | p50 / p99 ms, verified K=20 / 50 / 100 |", "|---|---:|---:|---|---|---:|---|---|"]
+    for r in last.values():
+        e, v = r["embedding"], r["verified_K50"]
+        ks = " / ".join(f"{r[f'verified_K{k}']['p50_ms']:.0f}-{r[f'verified_K{k}']['p99_ms']:.0f}"
+                        for k in (20, 50, 100) if f"verified_K{k}" in r)
+        lines.append(f"| {r['set']} | {r['catalogue']:,} | {r['queries']} | {e['r@1']:.3f} / {e['r@5']:.3f} | "
+                     f"**{v['r@1']:.3f} / {v['r@5']:.3f}** | {r['threshold']} | {e['p50_ms']:.0f} / {e['p99_ms']:.0f} | "
+                     f"{ks} |")
+    lines += ["", "| set | candidates' recall@20 / 50 / 100: embedding | descriptor votes | both | bytes / item | "
+              "file MB | build s | local features ms / picture |", "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in last.values():
+        c = r["candidate_recall"]
+        cells = [" / ".join(f"{c[name][k]:.3f}" for k in sorted(c[name], key=int)) for name in ("embedding", "votes", "both")]
+        lines.append(f"| {r['set']} | {' | '.join(cells)} | {r['bytes_per_item']:,} | {r['file_mb']} | {r['build_s']} | "
+                     f"{r.get('local_ms_per_picture')} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dvd")
     p.add_argument("--flowers")
-    p.add_argument("--sets", nargs="+", required=True)
+    p.add_argument("--sets", nargs="+", default=[])
     p.add_argument("--distractors", type=int, default=20000)
     p.add_argument("--ks", nargs="+", type=int, default=[20, 50, 100])
     p.add_argument("--embedder", help="embedder file (default: lookalike pretrained, Lite0)")
     p.add_argument("--work", default="/tmp/bench_verify")
     p.add_argument("--again", action="store_true")
+    p.add_argument("--build-only", action="store_true", help="build the sets' catalogues and stop (the long part "
+                   "of a scale run: its queries are then timed with --reuse on an idle machine)")
+    p.add_argument("--reuse", action="store_true", help="search the catalogues a --build-only run made")
+    p.add_argument("--report", action="store_true", help="print the tables of the runs so far and stop")
     args = p.parse_args()
+    if args.report:
+        print(report([json.loads(line) for line in RUNS.open()]))
+        return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.embedder is None:
@@ -165,6 +210,8 @@ def main() -> None:
             print(f"{name}: in {RUNS} already (--again to rerun)")
             continue
         result = run_set(name, args, work)
+        if not result:
+            continue
         result["command"] = "python " + " ".join(sys.argv)
         with RUNS.open("a") as f:
             f.write(json.dumps(result) + "\n")

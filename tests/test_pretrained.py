@@ -60,7 +60,8 @@ def test_evaluate_reports_pretrained_and_trained_embedders_side_by_side(trained:
     lookalike(["pretrained", "--image-size", "64", "--out", str(pretrained)])  # offline Lite0 weights
     capsys.readouterr()
     cfg = compose_config([f"ckpt=[{pretrained},{trained['embedder']},{trained['best_checkpoint']}]",
-                          f"paths.output_dir={tmp_path / 'eval'}", "num_workers=0", "grid.queries=2"], name="eval")
+                          f"paths.output_dir={tmp_path / 'eval'}", "num_workers=0", "grid.queries=2", "verify=0"],
+                         name="eval")
     report = evaluate(cfg)  # no data=: the data the trained ones were trained on
     printed = capsys.readouterr().out
     assert [Path(r["checkpoint"]).name for r in report["rows"]] == ["pretrained.pt", "embedder.pt", "best.ckpt"]

@@ -68,10 +68,16 @@ def build_local(ids: Sequence[int], paths: Sequence[str], options: FeatureOption
     features = catalogue_features(paths, options, checkpoint, workers)
     votes = DescriptorVotes.build(np.asarray(ids, np.int64), features)
     calibration = calibrated(ids, paths, FeatureStore.of(features), votes, options)
-    print(f"verification: {calibration.threshold} inliers make a match (calibrated on {calibration.photos} photos "
-          f"made of catalogue pictures: {calibration.true_rate:.0%} of them verified with their own picture, "
-          f"{calibration.false_rate:.1%} with a wrong one)")
     return features, votes, local_meta(options, calibration)
+
+
+def describe_local(meta: dict[str, Any] | None) -> str:
+    """One line about a catalogue's local features and its calibrated threshold."""
+    if meta is None:
+        return "no local features kept (searches rank by the embedding alone)"
+    return (f"local features: up to {meta['count']} a picture; {meta['threshold']} inliers verify a match (calibrated "
+            f"on {meta['photos']} photos made of catalogue pictures: {meta['true_rate']:.0%} verified with their own "
+            f"picture, {meta['false_rate']:.1%} of wrong pairs)")
 
 
 def calibrated(ids: Sequence[int], paths: Sequence[str], store: FeatureStore, votes: DescriptorVotes,

@@ -21,7 +21,7 @@ from lookalike.choices import FUSIONS
 from lookalike.errors import LookalikeError
 from lookalike.catalogue.filters import Condition, restriction
 from lookalike.catalogue.base import Catalogue, SearchHit, hit_value
-from lookalike.catalogue.verified import verified_hits, verify_count
+from lookalike.catalogue.verified import MAX_VERIFY, verified_hits, verify_count
 from lookalike.retrieval.expansion import expand
 from lookalike.verification.features import LocalFeatures
 from lookalike.verification.matching import VerifyOptions
@@ -59,8 +59,8 @@ class SearchOptions:
             raise LookalikeError(f"fuse={self.fuse!r}: use one of {', '.join(FUSIONS)}")
         if self.votes < 1 or self.qe < 0 or (self.rerank is not None and self.rerank < 0):
             raise LookalikeError("votes must be at least 1, qe and rerank 0 (off) or more")
-        if self.verify is not None and self.verify < 0:
-            raise LookalikeError(f"verify={self.verify}: 0 (off) or a number of candidates to verify")
+        if self.verify is not None and not 0 <= self.verify <= MAX_VERIFY:
+            raise LookalikeError(f"verify={self.verify}: 0 (off) or up to {MAX_VERIFY} candidates to verify")
         self.verification.check()
         return self
 

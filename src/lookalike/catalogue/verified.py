@@ -19,6 +19,7 @@ from lookalike.verification.features import LocalFeatures
 from lookalike.verification.matching import Verdict, VerifyOptions, verified_order, verify
 
 VERIFY_K = 50  # candidates verified per photo by default: the embedding's best 50 and the votes' best 50
+MAX_VERIFY = 1000  # candidates of each source one search may verify (the work of a query stays bounded)
 
 
 def verify_count(index: Catalogue, asked: int | None) -> int:

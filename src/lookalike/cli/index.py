@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     from lookalike.boxes.finder import resolve_box_file
     from lookalike.catalogue.backends import build_catalogue, editing, reembed
+    from lookalike.catalogue.local import describe_local
 
     if args.action == "build":
         boxes = resolve_box_file(args.boxes, args.embedder, required=True) if args.crop == "auto" else None
@@ -60,11 +61,13 @@ def main(argv: list[str]) -> None:
         params += f", re-scoring {index.meta['rerank']} candidates" if index.meta["rerank"] else ""
         print(f"indexed {index.count()} images ({index.meta['factory']}{params}, {index.meta['dim']}-d) "
               f"into {args.out}" + (f", collection {args.collection}" if args.backend == "milvus" else ""))
+        print(describe_local(index.meta.get("local")))
         return
     if args.action == "reembed":
         index = reembed(args.index, args.embedder, args.out, args.backend, args.collection, args.out_collection,
                         build_options(args))
         print(f"embedded {index.count()} items anew into {args.out}")
+        print(describe_local(index.meta.get("local")))
         return
     # another writer of the same catalogue waits until this one has saved
     with editing(args.index, args.backend, args.collection) as index:

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from lookalike.retrieval.knn import FaissIndex
+from lookalike.retrieval.knn import FaissIndex, faiss_module
 from lookalike.verification.features import DESCRIPTOR, LocalFeatures
 
 NEIGHBOURS = 4  # catalogue descriptors each photo descriptor votes through
@@ -46,7 +46,9 @@ class DescriptorVotes:
             rng = np.random.default_rng(0)
             share = min(1.0, wanted / total)
             sample = [f.unit_descriptors()[rng.random(len(f)) < share] for f in features if len(f)]
-            votes.index.cpu_index.train(np.concatenate(sample))
+            ivf = faiss_module().extract_index_ivf(votes.index.cpu_index)
+            ivf.cp.min_points_per_centroid = 1  # a small catalogue's few descriptors train its one or few lists
+            ivf.train(np.concatenate(sample))
         votes.add(ids, features)
         return votes
 
