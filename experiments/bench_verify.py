@@ -68,7 +68,10 @@ def distractor_pictures(flowers: Path, count: int, folder: Path) -> list[str]:
     return paths
 
 
-def data_set(name: str, args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]], bool]:
+Listed = list[tuple[str, str]]  # (path, label) of each picture
+
+
+def data_set(name: str, args: argparse.Namespace, work: Path) -> tuple[Listed, Listed, bool]:
     """(catalogue (path, label), queries (path, label), leave-one-out) of a set."""
     dvd = Path(args.dvd).resolve() if args.dvd else None
     if name.startswith("dvd"):
@@ -87,8 +90,9 @@ def data_set(name: str, args: argparse.Namespace, work: Path) -> tuple[list[tupl
         demo = work / "watches"
         if not (demo / "photos").is_dir():
             subprocess.run([sys.executable, "-m", "lookalike.cli", "demo-data", "--out", str(demo)], check=True)
-        listed = lambda folder: [(str(p.resolve()), p.parent.name) for p in sorted((demo / folder).glob("*/*"))]
-        return listed("catalogue"), listed("photos"), False
+        catalogue, photos = ([(str(p.resolve()), p.parent.name) for p in sorted((demo / folder).glob("*/*"))]
+                             for folder in ("catalogue", "photos"))
+        return catalogue, photos, False
     raise SystemExit(f"unknown set {name}")
 
 
@@ -121,7 +125,8 @@ def run_set(name: str, args: argparse.Namespace, work: Path) -> dict:
     local_meta = index.meta["local"]
     result = {"set": name, "catalogue": index.count(), "queries": len(queries), "build_s": round(build_s, 1),
               "threshold": local_meta["threshold"], "calibration_true_rate": local_meta["true_rate"],
-              "bytes_per_item": round(index.local.nbytes / index.count()), "file_mb": round(out.stat().st_size / 2**20, 1),
+              "bytes_per_item": round(index.local.nbytes / index.count()),
+              "file_mb": round(out.stat().st_size / 2**20, 1),
               "local_ms_per_picture": None if plain_s is None else round(1000 * (build_s - plain_s) / index.count(), 1)}
     extra = 1 if leave_one_out else 0
     found: dict[str, list[list[str]]] = {}
@@ -149,9 +154,9 @@ def run_set(name: str, args: argparse.Namespace, work: Path) -> dict:
             sources["both"].setdefault(k, []).append(qlabel in emb[:k] + votes[:k])
     labels = [label for _, label in queries]
     for setting in settings:
-        result[setting] = {"r@1": round(float(np.mean([l in f[:1] for l, f in zip(labels, found[setting])])), 4),
-                           "r@5": round(float(np.mean([l in f[:5] for l, f in zip(labels, found[setting])])), 4),
-                           **percentiles(times[setting])}
+        result[setting] = {f"r@{k}": round(float(np.mean([y in f[:k] for y, f in zip(labels, found[setting])])), 4)
+                           for k in (1, 5)}
+        result[setting].update(percentiles(times[setting]))
     result["candidate_recall"] = {name: {k: round(float(np.mean(v)), 4) for k, v in by_k.items()}
                                   for name, by_k in sources.items()}
     result["machine"] = machine()
@@ -162,20 +167,24 @@ def report(runs: list[dict]) -> str:
     """The markdown tables of verify.md from the runs (the last run of each set)."""
     last = {r["set"]: r for r in runs}
     lines = ["| set | catalogue | queries | embedding r@1 / r@5 | verified (K=50) r@1 / r@5 | threshold | "
-             "p50 / p99 ms, embedding | p50 / p99 ms, verified K=20 / 50 / 100 |", "|---|---:|---:|---|---|---:|---|---|"]
+             "p50 / p99 ms, embedding | p50 / p99 ms, verified K=20 / 50 / 100 |",
+             "|---|---:|---:|---|---|---:|---|---|"]
     for r in last.values():
         e, v = r["embedding"], r["verified_K50"]
         ks = " / ".join(f"{r[f'verified_K{k}']['p50_ms']:.0f}-{r[f'verified_K{k}']['p99_ms']:.0f}"
                         for k in (20, 50, 100) if f"verified_K{k}" in r)
         lines.append(f"| {r['set']} | {r['catalogue']:,} | {r['queries']} | {e['r@1']:.3f} / {e['r@5']:.3f} | "
-                     f"**{v['r@1']:.3f} / {v['r@5']:.3f}** | {r['threshold']} | {e['p50_ms']:.0f} / {e['p99_ms']:.0f} | "
+                     f"**{v['r@1']:.3f} / {v['r@5']:.3f}** | {r['threshold']} | "
+                     f"{e['p50_ms']:.0f} / {e['p99_ms']:.0f} | "
                      f"{ks} |")
     lines += ["", "| set | candidates' recall@20 / 50 / 100: embedding | descriptor votes | both | bytes / item | "
               "file MB | build s | local features ms / picture |", "|---|---|---|---|---:|---:|---:|---:|"]
     for r in last.values():
         c = r["candidate_recall"]
-        cells = [" / ".join(f"{c[name][k]:.3f}" for k in sorted(c[name], key=int)) for name in ("embedding", "votes", "both")]
-        lines.append(f"| {r['set']} | {' | '.join(cells)} | {r['bytes_per_item']:,} | {r['file_mb']} | {r['build_s']} | "
+        cells = [" / ".join(f"{c[name][k]:.3f}" for k in sorted(c[name], key=int))
+                 for name in ("embedding", "votes", "both")]
+        lines.append(f"| {r['set']} | {' | '.join(cells)} | {r['bytes_per_item']:,} | {r['file_mb']} | "
+                     f"{r['build_s']} | "
                      f"{r.get('local_ms_per_picture')} |")
     return "\n".join(lines)
 

@@ -21,11 +21,10 @@ from PIL import Image
 from lookalike.catalogue.backends import build_catalogue, editing, open_catalogue
 from lookalike.catalogue.local import photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
-from lookalike.data.images import load_rgb
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.verification.calibration import FLOOR
-from lookalike.verification.features import FeatureOptions, extract
+from lookalike.verification.features import extract
 from lookalike.verification.matching import verify
 from lookalike.verification.votes import DescriptorVotes
 from tests.helpers import INLINE
@@ -139,8 +138,7 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
     catalogue.close()
 
 
-def test_a_catalogue_without_local_features_says_how_to_verify(trained: dict, pictures: Path,
-                                                              tmp_path: Path) -> None:
+def test_a_catalogue_without_local_features_says_how_to_verify(trained: dict, pictures: Path, tmp_path: Path) -> None:
     out = build_catalogue(tmp_path / "c.lkidx", trained["embedder"], pictures, options=replace(INLINE, local=None))
     vectors = np.zeros((1, out.meta["dim"]), np.float32)
     assert search_catalogue(out, vectors, SearchOptions(k=2))[0].hits  # by default: the embedding alone
@@ -230,9 +228,9 @@ def test_evaluate_puts_a_verified_row_beside_each_embedding_row(trained: dict, t
         Image.fromarray(photo_of(texture(seed), background_seed=100 + seed)).save(photo)
         rows += [f"{picture},p{seed},{split},gallery", f"{photo},p{seed},{split},query"]
     (tmp_path / "shop.csv").write_text("\n".join(rows) + "\n")
-    report = evaluate(compose_config([f"ckpt={trained['embedder']}", "data=manifest", f"data.root={tmp_path / 'shop.csv'}",
-                                      f"paths.output_dir={tmp_path / 'eval'}", "grid.queries=0", "num_workers=0",
-                                      "device=cpu", "ks=[1,2]"], name="eval"))
+    overrides = [f"ckpt={trained['embedder']}", "data=manifest", f"data.root={tmp_path / 'shop.csv'}",
+                 f"paths.output_dir={tmp_path / 'eval'}", "grid.queries=0", "num_workers=0", "device=cpu", "ks=[1,2]"]
+    report = evaluate(compose_config(overrides, name="eval"))
     plain, verified = report["rows"]
     assert verified["checkpoint"].endswith(" + verified") and verified["verified"]["threshold"] >= FLOOR
     assert verified["metrics"]["recall@1"] == 1.0 >= plain["metrics"]["recall@1"]
@@ -254,5 +252,5 @@ def test_duplicates_are_confirmed_geometrically(trained: dict, pictures: Path, t
     answer = subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "--index", str(out), "--threshold",
                              "-1", "--json"], capture_output=True, text=True, check=True)
     [group] = json.loads(answer.stdout)  # everything is one group at similarity -1: only p1's three confirmed
-    assert {Path(it["path"]).name + it["label"] for it in group if it["verified"]} == {"a.pngp1", "again.pngp1",
-                                                                                      "crop.pngp1"}
+    confirmed = {Path(it["path"]).name + it["label"] for it in group if it["verified"]}
+    assert confirmed == {"a.pngp1", "again.pngp1", "crop.pngp1"}

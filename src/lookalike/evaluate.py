@@ -149,7 +149,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         suffix = "" if len(sources) == 1 else f"_{i}"
         dm.preprocessing = embedder.preprocessing  # each embedder's own image size and normalisation
         data = embed_loader(embedder.to(device), dm.eval_dataloader(table),
-                            dtype=torch.float16 if cfg.half_embeddings else torch.float32, desc=f"embedding {cfg.split}")
+                            dtype=torch.float16 if cfg.half_embeddings else torch.float32,
+                            desc=f"embedding {cfg.split}")
         nb = search(data["embeddings"].to(device), data["label"], data["is_query"], data["is_gallery"],
                     max(cfg.ks), **cfg.knn, **cfg.expansion)
         metrics = metrics_from_neighbors(nb, cfg.ks)

@@ -385,7 +385,8 @@ def _mapped(path: Path, z: zipfile.ZipFile, name: str, shape: tuple[int, ...], d
         local = f.read(30)
         if len(local) < 30 or local[:4] != b"PK\x03\x04":
             raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} has no header)")
-        f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        names = int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        f.seek(info.header_offset + 30 + names)
         try:
             version = np.lib.format.read_magic(f)
             read_header = {(1, 0): np.lib.format.read_array_header_1_0,

@@ -37,7 +37,7 @@ from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
 from lookalike.catalogue.local import build_local, check_local_meta
 from lookalike.retrieval.knn import default_search_params
 from lookalike.verification.features import DESCRIPTOR, FIXED, NONE, SCALE, LocalFeatures
-from lookalike.verification.votes import NEIGHBOURS
+from lookalike.verification.votes import NEIGHBOURS, PROBE
 
 FORMAT = "lookalike-milvus/1"
 META = "lookalike.meta"
@@ -292,9 +292,10 @@ class MilvusCatalogue(Catalogue):
         self.check_local()
         if len(query) == 0:
             return []
-        found = self.client.search(self.collection + LOCAL, data=(query.descriptors.astype(np.float32) / SCALE).tolist(),
-                                   limit=NEIGHBOURS, output_fields=["item"], anns_field="vector",
-                                   search_params={"metric_type": "IP", "params": {"nprobe": 16}})
+        descriptors = (query.descriptors.astype(np.float32) / SCALE).tolist()
+        found = self.client.search(self.collection + LOCAL, data=descriptors, limit=NEIGHBOURS,
+                                   output_fields=["item"], anns_field="vector",
+                                   search_params={"metric_type": "IP", "params": {"nprobe": PROBE}})
         counts: dict[int, int] = {}
         for row in found:
             for item in {int(hit["entity"]["item"]) for hit in row}:

@@ -47,7 +47,8 @@ def made_photo(picture: np.ndarray, background: np.ndarray, rng: np.random.Gener
     brighter, blurred, with noise."""
     h, w = picture.shape[:2]
     side = max(h, w)
-    canvas = cv2.resize(background, (side * 4 // 3, side)) if background is not None else np.full((side, side * 4 // 3, 3), 128, np.uint8)
+    canvas = np.full((side, side * 4 // 3, 3), 128, np.uint8) if background is None \
+        else cv2.resize(background, (side * 4 // 3, side))
     ch, cw = canvas.shape[:2]
     scale = rng.uniform(0.45, 0.8) * min(ch / h, cw / w)
     angle = np.deg2rad(rng.uniform(-20, 20))

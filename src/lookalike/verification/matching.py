@@ -33,8 +33,8 @@ class VerifyOptions:
 
     def check(self) -> VerifyOptions:
         if not 0 < self.ratio < 1 or not 0 < self.pixels <= 100 or (self.threshold is not None and self.threshold < 4):
-            raise LookalikeError(f"verification: ratio={self.ratio} (0-1), pixels={self.pixels} (0-100) and a threshold "
-                                 f"of at least 4 inliers ({self.threshold})")
+            raise LookalikeError(f"verification: ratio={self.ratio} (0-1), pixels={self.pixels} (0-100) and a "
+                                 f"threshold of at least 4 inliers ({self.threshold})")
         return self
 
 
@@ -134,6 +134,7 @@ def _plausible(quad: np.ndarray) -> bool:
 def verified_order(scores: Sequence[float], inliers: Sequence[int], threshold: int) -> list[int]:
     """Positions of candidates in their verified order: those with at least ``threshold`` inliers first, most
     inliers first, then the others by embedding ``scores``, best first."""
-    verified = sorted((i for i in range(len(scores)) if inliers[i] >= threshold), key=lambda i: (-inliers[i], -scores[i]))
-    rest = sorted((i for i in range(len(scores)) if inliers[i] < threshold), key=lambda i: -scores[i])
+    positions = range(len(scores))
+    verified = sorted((i for i in positions if inliers[i] >= threshold), key=lambda i: (-inliers[i], -scores[i]))
+    rest = sorted((i for i in positions if inliers[i] < threshold), key=lambda i: -scores[i])
     return verified + rest

@@ -72,8 +72,8 @@ class FeatureStore:
     def appended(self, features: Sequence[LocalFeatures]) -> FeatureStore:
         """This store with more items' features after its own."""
         more = FeatureStore.of(features)
-        return FeatureStore(*(np.concatenate([np.asarray(a), b]) for a, b in zip(self.arrays().values(),
-                                                                               more.arrays().values())))
+        pairs = zip(self.arrays().values(), more.arrays().values())
+        return FeatureStore(*(np.concatenate([np.asarray(a), b]) for a, b in pairs))
 
     def kept(self, keep: np.ndarray) -> FeatureStore:
         """This store with only the items where ``keep`` (a mask in item order) is true."""
