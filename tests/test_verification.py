@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from lookalike.catalogue.backends import build_catalogue, editing, open_catalogue
+from lookalike.catalogue.filters import restriction
 from lookalike.catalogue.local import photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
@@ -254,3 +255,17 @@ def test_duplicates_are_confirmed_geometrically(trained: dict, pictures: Path, t
     [group] = json.loads(answer.stdout)  # everything is one group at similarity -1: only p1's three confirmed
     confirmed = {Path(it["path"]).name + it["label"] for it in group if it["verified"]}
     assert confirmed == {"a.pngp1", "again.pngp1", "crop.pngp1"}
+
+
+def test_both_backends_vote_alike(trained: dict, pictures: Path, tmp_path: Path) -> None:
+    pytest.importorskip("milvus_lite")
+    photo = extract(photo_of(texture(3)))
+    answers = []
+    for backend, name in (("faiss", "c.lkidx"), ("milvus", "c.db")):
+        catalogue = build_catalogue(tmp_path / name, trained["embedder"], pictures, backend, options=INLINE)
+        by_label = {it["id"]: it["label"] for it in catalogue.listing()}
+        answers.append([by_label[i] for i, _ in catalogue.vote_candidates(photo, 3)])
+        assert [by_label[i] for i, _ in catalogue.vote_candidates(photo, 3, restriction('label != "p3"',
+                                                                                        {"label"}))][0] != "p3"
+        catalogue.close()
+    assert answers[0][0] == answers[1][0] == "p3"

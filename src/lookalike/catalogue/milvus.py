@@ -37,7 +37,7 @@ from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
 from lookalike.catalogue.local import build_local, check_local_meta
 from lookalike.retrieval.knn import default_search_params
 from lookalike.verification.features import DESCRIPTOR, FIXED, NONE, SCALE, LocalFeatures
-from lookalike.verification.votes import NEIGHBOURS, PROBE
+from lookalike.verification.votes import NEIGHBOURS, PROBE, tally
 
 FORMAT = "lookalike-milvus/1"
 META = "lookalike.meta"
@@ -287,20 +287,22 @@ class MilvusCatalogue(Catalogue):
         return [_features(rows[i]) if i in rows else NONE for i in ids]
 
     def vote_candidates(self, query: LocalFeatures, top: int, where: Condition | None = None) -> list[tuple[int, int]]:
-        """Milvus searches the photo's descriptors among the catalogue's; each votes for the items of its
-        nearest (as :class:`~lookalike.verification.votes.DescriptorVotes`), then ``where`` keeps the allowed."""
+        """Milvus searches the photo's descriptors among the catalogue's; they vote as in
+        :class:`~lookalike.verification.votes.DescriptorVotes` (:func:`~lookalike.verification.votes.tally`), then
+        ``where`` keeps the allowed items."""
         self.check_local()
         if len(query) == 0:
             return []
         descriptors = (query.descriptors.astype(np.float32) / SCALE).tolist()
-        found = self.client.search(self.collection + LOCAL, data=descriptors, limit=NEIGHBOURS,
+        found = self.client.search(self.collection + LOCAL, data=descriptors, limit=NEIGHBOURS + 1,
                                    output_fields=["item"], anns_field="vector",
                                    search_params={"metric_type": "IP", "params": {"nprobe": PROBE}})
-        counts: dict[int, int] = {}
-        for row in found:
-            for item in {int(hit["entity"]["item"]) for hit in row}:
-                counts[item] = counts.get(item, 0) + 1
-        ranked = sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+        sims = np.full((len(found), NEIGHBOURS + 1), -1.0, np.float32)
+        owners = np.full((len(found), NEIGHBOURS + 1), -1, np.int64)
+        for i, row in enumerate(found):
+            for j, hit in enumerate(row):
+                sims[i, j], owners[i, j] = hit["distance"], hit["entity"]["item"]
+        ranked = tally(sims, owners, len(owners) * NEIGHBOURS)
         if where is not None and ranked:
             allowed = {int(r["id"]) for r in self.client.query(
                 self.collection, filter=f"id in {[i for i, _ in ranked]} and ({milvus_expression(where)})",

@@ -71,16 +71,7 @@ class DescriptorVotes:
         if len(query) == 0 or self.index.ntotal == 0 or top < 1:
             return []
         sims, owners = self.index.search(query.unit_descriptors(), NEIGHBOURS + 1, allowed=allowed)
-        dist = np.sqrt(np.clip(2 - 2 * sims, 0, None))
-        background = np.where(owners[:, -1:] >= 0, dist[:, -1:], np.inf)
-        owners = np.where((dist[:, :-1] < RATIO * background) & (owners[:, :-1] >= 0), owners[:, :-1], -1)
-        owners = np.sort(owners, axis=1)
-        first = np.ones_like(owners, dtype=bool)
-        first[:, 1:] = owners[:, 1:] != owners[:, :-1]  # one vote per descriptor and item
-        voted = owners[first & (owners >= 0)]
-        items, counts = np.unique(voted, return_counts=True)
-        order = np.lexsort((items, -counts))[:top]
-        return [(int(items[i]), int(counts[i])) for i in order]
+        return tally(sims, owners, top)
 
     def to_bytes(self) -> bytes:
         return self.index.to_bytes()
@@ -90,3 +81,17 @@ class DescriptorVotes:
         """Rebuild from :meth:`to_bytes` (a damaged blob: one message, from :class:`FaissIndex`)."""
         index = FaissIndex.from_bytes(blob, DESCRIPTOR, "IVF", search_params=f"nprobe={PROBE}")
         return cls(index)
+
+
+def tally(sims: np.ndarray, owners: np.ndarray, top: int) -> list[tuple[int, int]]:
+    """The votes of photo descriptors, from the similarities and item ids (-1: none) of each one's
+    ``NEIGHBOURS + 1`` nearest catalogue descriptors: the ``top`` items with most votes, as (item id, votes)."""
+    dist = np.sqrt(np.clip(2 - 2 * sims, 0, None))
+    background = np.where(owners[:, -1:] >= 0, dist[:, -1:], np.inf)
+    owners = np.where((dist[:, :-1] < RATIO * background) & (owners[:, :-1] >= 0), owners[:, :-1], -1)
+    owners = np.sort(owners, axis=1)
+    first = np.ones_like(owners, dtype=bool)
+    first[:, 1:] = owners[:, 1:] != owners[:, :-1]  # one vote per descriptor and item
+    items, counts = np.unique(owners[first & (owners >= 0)], return_counts=True)
+    order = np.lexsort((items, -counts))[:top]
+    return [(int(items[i]), int(counts[i])) for i in order]
