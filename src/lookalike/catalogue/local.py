@@ -4,6 +4,8 @@ the catalogue itself, and the meta both backends keep about them."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,9 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from lookalike.catalogue.build import PARTIAL_MARKER
 from lookalike.data.images import load_rgb
 from lookalike.errors import LookalikeError
-from lookalike.files import atomic_write, number_field
+from lookalike.files import atomic_write, claim_folder, number_field
 from lookalike.verification.calibration import Calibration, calibrate
 from lookalike.verification.features import MAX_FEATURES, MAX_SIDE, NONE, FeatureOptions, LocalFeatures, extract
 from lookalike.verification.store import ARRAYS, FeatureStore
@@ -38,11 +41,14 @@ def catalogue_features(paths: Sequence[str], options: FeatureOptions, checkpoint
     continues."""
     found: list[LocalFeatures] = []
     workers = workers or min(8, os.cpu_count() or 1)
+    if checkpoint is not None:
+        claim_folder(checkpoint, PARTIAL_MARKER, "build in progress (a build keeps its progress in <out>.partial/)")
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc="local features", unit="picture",
                                                    disable=None) as bar:
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
-            saved = checkpoint / f"local_{start:012d}_{len(chunk)}.npz" if checkpoint is not None else None
+            key = hashlib.sha256(json.dumps([chunk, options.count, options.max_side]).encode()).hexdigest()[:24]
+            saved = checkpoint / f"local_{key}.npz" if checkpoint is not None else None  # these pictures' only
             if saved is not None and saved.is_file():
                 with np.load(saved) as z:
                     store = FeatureStore.checked({k: z[k] for k in ARRAYS}, len(chunk), str(saved))
