@@ -25,7 +25,7 @@ from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.verification.calibration import FLOOR
-from lookalike.verification.features import extract
+from lookalike.verification.features import FeatureOptions, extract
 from lookalike.verification.matching import verify
 from lookalike.verification.votes import DescriptorVotes
 from tests.helpers import INLINE
@@ -269,3 +269,17 @@ def test_both_backends_vote_alike(trained: dict, pictures: Path, tmp_path: Path)
                                                                                         {"label"}))][0] != "p3"
         catalogue.close()
     assert answers[0][0] == answers[1][0] == "p3"
+
+
+def test_local_features_of_a_build_are_resumed_from_its_progress_folder(pictures: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import lookalike.catalogue.local as local
+
+    paths = sorted(str(p) for p in pictures.rglob("*.png"))
+    partial = tmp_path / "c.lkidx.partial"
+    first = local.catalogue_features(paths, FeatureOptions(), partial, workers=1)
+    monkeypatch.setattr(local, "picture_features", lambda *a: pytest.fail("extracted again"))
+    again = local.catalogue_features(paths, FeatureOptions(), partial, workers=1)  # from the saved chunk
+    assert [f.descriptors.tolist() for f in again] == [f.descriptors.tolist() for f in first]
+    with pytest.raises(pytest.fail.Exception):  # other pictures: not taken from the chunk of these
+        local.catalogue_features(paths[:3], FeatureOptions(), partial, workers=1)
