@@ -110,7 +110,9 @@ def main(argv: list[str]) -> None:
                 print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}{pictures}{flag}")
     if args.out:
         firsts = args.photos[:1] if options.fuse else args.photos
-        search_grid(firsts, [[(h.path, h.label, h.score) for h in a.hits] for a in answers]).save(args.out)
+        search_grid(firsts, [[(h.path, h.label, h.score) for h in a.hits] for a in answers],
+                    verified=[[bool(h.verified) for h in a.hits] for a in answers],
+                    outlines=[next((h.quad for h in a.hits if h.verified), None) for a in answers]).save(args.out)
 
 
 def main_duplicates(argv: list[str]) -> None:
@@ -175,4 +177,3 @@ def main_confusers(argv: list[str]) -> None:
     for s, a, b in pairs:
         print(f"  {s:.4f}  {item_value(items[a], args.by):<16} {items[a]['path']}")
         print(f"          {item_value(items[b], args.by):<16} {items[b]['path']}")
-

@@ -10,14 +10,21 @@ from PIL import Image, ImageDraw, ImageOps
 from lookalike.retrieval.metrics import Neighbors
 
 QUERY, HIT, MISS, NEUTRAL, PAPER = (40, 90, 220), (30, 170, 60), (215, 40, 40), (150, 150, 150), (255, 255, 255)
+VERIFIED = (123, 47, 244)  # a verified result's frame, and its outline on the photo
 
 
-def _tile(path: str, size: int, frame: tuple[int, int, int], caption: str) -> Image.Image:
+def _tile(path: str, size: int, frame: tuple[int, int, int], caption: str,
+          outline: Sequence[Sequence[float]] | None = None) -> Image.Image:
+    """A framed, captioned picture; with ``outline`` (corners as fractions of the picture) the whole picture, the
+    outline drawn on it."""
     with Image.open(path) as im:
-        pic = ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (size - 8, size - 8))
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        pic = ImageOps.fit(im, (size - 8, size - 8)) if outline is None else ImageOps.contain(im, (size - 8, size - 8))
+    if outline is not None:
+        ImageDraw.Draw(pic).polygon([(x * pic.width, y * pic.height) for x, y in outline], outline=VERIFIED, width=3)
     tile = Image.new("RGB", (size, size + 14), PAPER)
     ImageDraw.Draw(tile).rectangle([0, 0, size - 1, size - 1], fill=frame)
-    tile.paste(pic, (4, 4))
+    tile.paste(pic, (4 + (size - 8 - pic.width) // 2, 4 + (size - 8 - pic.height) // 2))
     ImageDraw.Draw(tile).text((3, size), caption[: size // 6], fill=(0, 0, 0))
     return tile
 
@@ -53,14 +60,17 @@ def retrieval_grid(paths: Sequence[str], labels: Sequence, nb: Neighbors, n_quer
     return canvas
 
 
-def search_grid(queries: Sequence[str], results: Sequence[Sequence[tuple[str, str, float]]],
-                size: int = 112) -> Image.Image:
-    """One row per query photo (blue frame), then its results as (path, label, score), grey frames."""
+def search_grid(queries: Sequence[str], results: Sequence[Sequence[tuple[str, str, float]]], size: int = 112,
+                verified: Sequence[Sequence[bool]] | None = None,
+                outlines: Sequence[Sequence[Sequence[float]] | None] | None = None) -> Image.Image:
+    """One row per query photo (blue frame), then its results as (path, label, score), grey frames; ``verified``
+    results framed purple, and each photo's ``outlines`` (its first verified result's corners) drawn on it."""
     k = max((len(r) for r in results), default=0)
     canvas = Image.new("RGB", ((k + 1) * (size + 6) + 10, max(1, len(queries)) * (size + 20)), PAPER)
     for r, (query, hits) in enumerate(zip(queries, results)):
         y = r * (size + 20)
-        canvas.paste(_tile(query, size, QUERY, "query"), (0, y))
+        canvas.paste(_tile(query, size, QUERY, "query", outlines[r] if outlines else None), (0, y))
         for j, (path, label, score) in enumerate(hits):
-            canvas.paste(_tile(path, size, NEUTRAL, f"{score:.2f} {label}"), (10 + (j + 1) * (size + 6), y))
+            frame = VERIFIED if verified and verified[r][j] else NEUTRAL
+            canvas.paste(_tile(path, size, frame, f"{score:.2f} {label}"), (10 + (j + 1) * (size + 6), y))
     return canvas
