@@ -200,7 +200,7 @@ class MilvusCatalogue(Catalogue):
             else:
                 _create(client, collection, meta)
             if local is not None:
-                _create_local(client, collection + LOCAL)
+                _create_local(client, collection + LOCAL, is_remote(uri))
             catalogue = cls(client, collection, meta, uri)
             catalogue.insert(items, vectors, skip_present=True, local=None if local is None else local[0])
             meta["state"] = "ready"
@@ -401,8 +401,9 @@ def _features(rows: list[tuple[int, list[float]]]) -> LocalFeatures:
                          (int(places[0] >> 32 & 0xFFFF), int(places[0] >> 48 & 0xFFFF)))
 
 
-def _create_local(client: Any, name: str) -> None:
-    """The collection of a catalogue's local features (kept when a continued build finds it)."""
+def _create_local(client: Any, name: str, remote: bool) -> None:
+    """The collection of a catalogue's local features (kept when a continued build finds it): inverted lists on a
+    server, exact search in Milvus Lite (its small catalogues; its IVF would train on a handful of rows)."""
     if client.has_collection(name):
         return
     from pymilvus import DataType, MilvusClient
@@ -414,7 +415,8 @@ def _create_local(client: Any, name: str) -> None:
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DESCRIPTOR)
     client.create_collection(name, schema=schema, consistency_level="Strong")
     params = client.prepare_index_params()
-    params.add_index("vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": 128})
+    params.add_index("vector", index_type="IVF_FLAT" if remote else "FLAT", metric_type="IP",
+                     params={"nlist": 1024} if remote else {})
     client.create_index(name, params)
     client.load_collection(name)
 
