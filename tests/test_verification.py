@@ -283,3 +283,23 @@ def test_local_features_of_a_build_are_resumed_from_its_progress_folder(pictures
     assert [f.descriptors.tolist() for f in again] == [f.descriptors.tolist() for f in first]
     with pytest.raises(pytest.fail.Exception):  # other pictures: not taken from the chunk of these
         local.catalogue_features(paths[:3], FeatureOptions(), partial, workers=1)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_recalibrate_keeps_a_new_threshold(backend: str, trained: dict, pictures: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    from lookalike.cli.index import main as index_main
+
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
+    out = tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")
+    build_catalogue(out, trained["embedder"], pictures, backend, options=INLINE).close()
+    with editing(out, backend) as catalogue:
+        catalogue.meta["local"]["threshold"] = 999  # as if calibrated on other pictures
+        catalogue.save_meta()
+    index_main(["recalibrate", "--index", str(out), "--backend", backend])  # in this process: Milvus Lite's one
+    answer = capsys.readouterr().out
+    catalogue = open_catalogue(out, backend)
+    assert FLOOR <= catalogue.meta["local"]["threshold"] < 999
+    assert f"{catalogue.meta['local']['threshold']} inliers verify a match" in answer
+    catalogue.close()

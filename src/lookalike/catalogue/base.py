@@ -17,7 +17,7 @@ import numpy as np
 from lookalike.boxes.finder import BoxFinder
 from lookalike.catalogue.build import embed_catalogue
 from lookalike.catalogue.filters import Condition
-from lookalike.catalogue.local import catalogue_features, feature_options
+from lookalike.catalogue.local import calibrated, catalogue_features, feature_options, local_meta
 from lookalike.data.listing import labelled_images
 from lookalike.embedder.file import embedder_hash, read_embedder_file
 from lookalike.errors import LookalikeError
@@ -261,6 +261,20 @@ class Catalogue(ABC):
             for j, verdict in enumerate(verify(picture, pictures[i + 1:], needed=needed), i + 1):
                 best[i], best[j] = max(best[i], verdict.inliers), max(best[j], verdict.inliers)
         return best
+
+    def recalibrate(self) -> dict[str, Any]:
+        """Calibrate the verification threshold anew on the catalogue as it is now (after many items were added
+        or removed); returns the new ``local`` meta, kept with the catalogue."""
+        options = feature_options(self.check_local())
+        items = list(self.listing())
+        calibration = calibrated([it["id"] for it in items], [it["path"] for it in items], self.local_features,
+                                 self.vote_candidates, options)
+        self.meta["local"] = local_meta(options, calibration)
+        self.save_meta()
+        return self.meta["local"]
+
+    def save_meta(self) -> None:
+        """Keep a change of ``meta`` (the file catalogue writes it with the rest when it is saved)."""
 
     def confusers(self, column: str = "label", top: int = 50, k: int = 10) -> list[tuple[float, int, int]]:
         """The ``top`` most similar pairs of items whose ``column`` differs, as (similarity, id, id), most similar

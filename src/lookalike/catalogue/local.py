@@ -9,7 +9,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -73,7 +73,9 @@ def build_local(ids: Sequence[int], paths: Sequence[str], options: FeatureOption
     calibrated on them."""
     features = catalogue_features(paths, options, checkpoint, workers)
     votes = DescriptorVotes.build(np.asarray(ids, np.int64), features)
-    calibration = calibrated(ids, paths, FeatureStore.of(features), votes, options)
+    store, row = FeatureStore.of(features), {int(i): r for r, i in enumerate(ids)}
+    calibration = calibrated(ids, paths, lambda items: store.features([row[i] for i in items]), votes.candidates,
+                             options)
     return features, votes, local_meta(options, calibration)
 
 
@@ -86,13 +88,13 @@ def describe_local(meta: dict[str, Any] | None) -> str:
             f"picture, {meta['false_rate']:.1%} of wrong pairs)")
 
 
-def calibrated(ids: Sequence[int], paths: Sequence[str], store: FeatureStore, votes: DescriptorVotes,
-               options: FeatureOptions) -> Calibration:
-    """The verification threshold of a catalogue (``ids`` and ``paths`` in the store's item order)."""
-    row = {int(i): r for r, i in enumerate(ids)}
-    by_path = dict(zip((int(i) for i in ids), paths))
-    return calibrate(list(row), lambda i: load_rgb(by_path[i]), lambda items: store.features([row[i] for i in items]),
-                     votes, options)
+def calibrated(ids: Sequence[int], paths: Sequence[str], features: Callable[[Sequence[int]], list[LocalFeatures]],
+               candidates: Callable[[LocalFeatures, int], list[tuple[int, int]]], options: FeatureOptions
+               ) -> Calibration:
+    """The verification threshold of a catalogue of the items ``ids`` with these image ``paths`` (``features`` and
+    ``candidates``: its stored features and its descriptor votes)."""
+    by_id = dict(zip((int(i) for i in ids), paths))
+    return calibrate(list(by_id), lambda i: load_rgb(by_id[i]), features, candidates, options)
 
 
 def local_meta(options: FeatureOptions, calibration: Calibration) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``lookalike index build|add|remove``: make and maintain a catalogue index (a .lkidx file, or a Milvus
+"""``lookalike index build|reembed|add|remove|recalibrate``: make and maintain a catalogue index (a .lkidx file, or a Milvus
 collection with ``--backend milvus``)."""
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--ids", type=int, nargs="+", default=[])
     remove.add_argument("--paths", nargs="+", default=[])
     remove.add_argument("--missing", action="store_true", help="remove items whose image file no longer exists")
+    recalibrate = sub.add_parser("recalibrate", help="calibrate anew how many local-feature matches verify a match "
+                                 "(after many items were added or removed)")
     add_embedding_options(add)
-    for p in (add, remove):
+    for p in (add, remove, recalibrate):
         p.add_argument("--index", required=True, help="index file to update (rewritten atomically), or the Milvus "
                        "file / URI")
-    add_backend_options(build, reembed, add, remove)
+    add_backend_options(build, reembed, add, remove, recalibrate)
     add.add_argument("--embedder", help="embedder file (default: the one the index was built with)")
     return parser
 
@@ -71,6 +73,9 @@ def main(argv: list[str]) -> None:
         return
     # another writer of the same catalogue waits until this one has saved
     with editing(args.index, args.backend, args.collection) as index:
+        if args.action == "recalibrate":
+            print(describe_local(index.recalibrate()))
+            return
         if args.action == "add":
             payload = index.check_embedder(args.embedder or index.meta["embedder"])
             changed = index.add_images(payload, args.images, args.batch_size, args.workers)

@@ -2,8 +2,8 @@
 
 Photos are made of catalogue pictures (each warped by a random perspective, scaled, turned, dimmed, blurred and
 pasted onto another catalogue picture), and each is verified against the candidates the descriptor votes give
-it, except its own picture and its background's (and copies of its picture): those are pairs of *different*
-products, and their inlier counts are what noise reaches in this catalogue (shared logos, print, natural
+it, except its own picture and its background's (and copies of its picture: pictures that match it directly
+about as well as the photo does): those are pairs of *different* products, and their inlier counts are what noise reaches in this catalogue (shared logos, print, natural
 texture). The threshold is the smallest count that at most ``rate`` of these wrong pairs reach, and never below
 ``FLOOR``. The photos' own pictures give the share of right pairs verified at that threshold."""
 
@@ -18,14 +18,14 @@ from tqdm.auto import tqdm
 
 from lookalike.verification.features import FeatureOptions, LocalFeatures, extract
 from lookalike.verification.matching import VerifyOptions, verify
-from lookalike.verification.votes import DescriptorVotes
 
 FLOOR = 15  # inliers a match needs whatever the calibration finds
 RATE = 0.002  # the share of wrong pairs allowed to verify at the threshold
 SAMPLE = 200  # photos made (several of each picture in a catalogue of fewer)
 SMALLEST = 60  # photos made at least (a catalogue of fewer than 50 pictures: 4 of each, at least this many)
 CANDIDATES = 20  # wrong pictures each photo is verified against
-COPY = 0.25  # a catalogue picture matching this share of another's features directly is a copy of it
+COPY = 0.5  # a catalogue picture matching another directly with this share of the inliers a photo of that other
+# gets is a copy of it (a re-upload, a crop, an edit), not a different product
 
 
 @dataclass
@@ -67,11 +67,12 @@ def made_photo(picture: np.ndarray, background: np.ndarray, rng: np.random.Gener
 
 
 def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
-              features: Callable[[Sequence[int]], list[LocalFeatures]], votes: DescriptorVotes,
-              options: FeatureOptions, verifying: VerifyOptions = VerifyOptions(), sample: int = SAMPLE,
-              rate: float = RATE, seed: int = 0) -> Calibration:
+              features: Callable[[Sequence[int]], list[LocalFeatures]],
+              candidates: Callable[[LocalFeatures, int], list[tuple[int, int]]], options: FeatureOptions,
+              verifying: VerifyOptions = VerifyOptions(), sample: int = SAMPLE, rate: float = RATE,
+              seed: int = 0) -> Calibration:
     """Calibrate the threshold on the catalogue items ``ids`` (``picture``: an item's image; ``features``: items'
-    stored features; ``votes``: the catalogue's descriptor index)."""
+    stored features; ``candidates``: the items a photo's descriptors vote for, as (id, votes))."""
     rng = np.random.default_rng(seed)
     ids = list(ids)
     sample = min(sample, max(SMALLEST, 4 * len(ids)))
@@ -84,12 +85,13 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         photo = made_photo(picture(item), picture(background) if background is not None else None, rng)
         found = extract(photo, options)
         skip = {item, background}
-        candidates = [i for i, _ in votes.candidates(found, CANDIDATES + 2) if i not in skip][:CANDIDATES]
-        pictures = features([item, *candidates])
-        copies = verify(pictures[0], pictures[1:], verifying)  # the same picture twice in the catalogue: not wrong
+        voted = [i for i, _ in candidates(found, CANDIDATES + 2) if i not in skip][:CANDIDATES]
+        pictures = features([item, *voted])
         verdicts = verify(found, pictures, verifying)
         right.append(verdicts[0].inliers)
-        wrong += [v.inliers for v, c in zip(verdicts[1:], copies) if c.inliers < COPY * len(pictures[0])]
+        copy = max(FLOOR, COPY * verdicts[0].inliers)  # matching the photo's own picture as well as the photo does:
+        direct = verify(pictures[0], pictures[1:], verifying)  # the same picture (or a crop of it) twice, not wrong
+        wrong += [v.inliers for v, c in zip(verdicts[1:], direct) if c.inliers < copy]
     wrong_counts, right_counts = np.array(wrong), np.array(right)
     allowed = int(np.floor(rate * len(wrong_counts)))
     reached = np.sort(wrong_counts)[::-1]
