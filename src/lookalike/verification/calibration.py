@@ -1,11 +1,12 @@
 """The inliers a verified match needs, calibrated on the catalogue itself.
 
 Photos are made of catalogue pictures (each warped by a random perspective, scaled, turned, dimmed, blurred and
-pasted onto another catalogue picture), and each is verified against the candidates the descriptor votes give
-it, except its own picture and its background's (and copies of its picture: pictures that match it directly
-about as well as the photo does): those are pairs of *different* products, and their inlier counts are what noise reaches in this catalogue (shared logos, print, natural
-texture). The threshold is the smallest count that at most ``rate`` of these wrong pairs reach, and never below
-``FLOOR``. The photos' own pictures give the share of right pairs verified at that threshold."""
+pasted onto another catalogue picture), and each is verified against the candidates the descriptor votes give it,
+except its own picture and its background's, and except pictures whose matches with the photo are explained by
+content they share with those two (a direct match with at least half as many inliers: copies, crops, edits).
+What is left are pairs of *different* pictures, and their inlier counts are what chance reaches in this catalogue
+(repeated print, natural texture). The threshold is the smallest count that at most ``rate`` of these wrong pairs
+reach, and never below ``FLOOR``. The photos' own pictures give the share of right pairs verified at it."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ RATE = 0.002  # the share of wrong pairs allowed to verify at the threshold
 SAMPLE = 200  # photos made (several of each picture in a catalogue of fewer)
 SMALLEST = 60  # photos made at least (a catalogue of fewer than 50 pictures: 4 of each, at least this many)
 CANDIDATES = 20  # wrong pictures each photo is verified against
-COPY = 0.5  # a catalogue picture matching another directly with this share of the inliers a photo of that other
-# gets is a copy of it (a re-upload, a crop, an edit), not a different product
+COPY = 0.5  # a candidate matching the photo's source pictures directly with at least this share of its inliers with
+# the photo shares their content (a re-upload, a crop, an edit): not a wrong pair
 
 
 @dataclass
@@ -89,9 +90,12 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         pictures = features([item, *voted])
         verdicts = verify(found, pictures, verifying)
         right.append(verdicts[0].inliers)
-        copy = max(FLOOR, COPY * verdicts[0].inliers)  # matching the photo's own picture as well as the photo does:
-        direct = verify(pictures[0], pictures[1:], verifying)  # the same picture (or a crop of it) twice, not wrong
-        wrong += [v.inliers for v, c in zip(verdicts[1:], direct) if c.inliers < copy]
+        # a picture whose matches with the photo are explained by content it shares with the photo's own picture or
+        # its background (the same picture twice, a crop, an edit) is not a wrong pair: wrong pairs are the matches
+        # that no shared content explains
+        direct = [verify(source, pictures[1:], verifying) for source in [pictures[0], *(
+            features([background]) if background is not None else [])]]
+        wrong += [v.inliers for j, v in enumerate(verdicts[1:]) if max(d[j].inliers for d in direct) < COPY * v.inliers]
     wrong_counts, right_counts = np.array(wrong), np.array(right)
     allowed = int(np.floor(rate * len(wrong_counts)))
     reached = np.sort(wrong_counts)[::-1]
