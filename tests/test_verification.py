@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -147,13 +145,18 @@ def test_a_catalogue_without_local_features_says_how_to_verify(trained: dict, pi
         search_catalogue(out, vectors, SearchOptions(k=2, verify=10), [extract(texture(1))])
 
 
-@pytest.mark.parametrize("member,damage", [("local_counts.npy", "counts"), ("local_descriptors.npy", "shape"),
-                                           ("votes.faiss", "bytes")])
-def test_a_damaged_feature_store_is_one_message(member: str, damage: str, trained: dict, pictures: Path,
-                                                tmp_path: Path) -> None:
+def test_a_damaged_feature_store_is_one_message(trained: dict, pictures: Path, tmp_path: Path) -> None:
     good = tmp_path / "c.lkidx"
     build_catalogue(good, trained["embedder"], pictures, options=INLINE)
-    bad = tmp_path / "bad.lkidx"
+    for member, damage in [("local_counts.npy", "counts"), ("local_descriptors.npy", "shape"), ("votes.faiss", "bytes")]:
+        _damaged(good, tmp_path / f"bad_{damage}.lkidx", member, damage)
+        with pytest.raises(LookalikeError, match="damaged lookalike index"):
+            open_catalogue(tmp_path / f"bad_{damage}.lkidx")
+
+
+def _damaged(good: Path, bad: Path, member: str, damage: str) -> None:
+    """A copy of the catalogue file ``good`` with ``member`` damaged: counts that do not add up, a wrong shape, or
+    cut in half."""
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
         for info in src.infolist():
             data = src.read(info)
@@ -171,21 +174,23 @@ def test_a_damaged_feature_store_is_one_message(member: str, damage: str, traine
                 else:
                     data = data[:len(data) // 2]
             dst.writestr(info, data)
-    with pytest.raises(LookalikeError, match="damaged lookalike index"):
-        open_catalogue(bad)
 
 
-def test_search_command_shows_verified_hits(trained: dict, pictures: Path, tmp_path: Path) -> None:
+def test_search_command_shows_verified_hits(trained: dict, pictures: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    from lookalike.cli.search import main as search_main
+
     out = tmp_path / "c.lkidx"
     build_catalogue(out, trained["embedder"], pictures, options=INLINE)
     photo = tmp_path / "photo.png"
     Image.fromarray(photo_of(texture(3))).save(photo)
-    run = [sys.executable, "-m", "lookalike.cli", "search", "--index", str(out), str(photo), "-k", "2"]
-    answer = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True, check=True).stdout)
-    first = answer[0]["results"][0]
+    run = ["--index", str(out), str(photo), "-k", "2"]
+    capsys.readouterr()
+    search_main(run + ["--json"])
+    first = json.loads(capsys.readouterr().out)[0]["results"][0]
     assert first["label"] == "p3" and first["verified"] and first["inliers"] >= FLOOR and len(first["quad"]) == 4
-    table = subprocess.run(run, capture_output=True, text=True, check=True).stdout
-    assert "verified (" in table
+    search_main(run + ["--out", str(tmp_path / "grid.png")])
+    assert "verified (" in capsys.readouterr().out and (tmp_path / "grid.png").stat().st_size > 0
 
 
 def test_the_page_answers_verified_hits_with_their_outline(trained: dict, pictures: Path, tmp_path: Path) -> None:
@@ -237,8 +242,11 @@ def test_evaluate_puts_a_verified_row_beside_each_embedding_row(trained: dict, t
     assert verified["metrics"]["recall@1"] == 1.0 >= plain["metrics"]["recall@1"]
 
 
-def test_duplicates_are_confirmed_geometrically(trained: dict, pictures: Path, tmp_path: Path) -> None:
+def test_duplicates_are_confirmed_geometrically(trained: dict, pictures: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
     """A re-upload and a crop of one picture are confirmed; a group's look-alike that is another picture is not."""
+    from lookalike.cli.search import main_duplicates
+
     shop = tmp_path / "shop"
     shutil.copytree(pictures, shop)
     (shop / "p1" / "again.png").write_bytes((shop / "p1" / "a.png").read_bytes())  # re-uploaded
@@ -250,9 +258,9 @@ def test_duplicates_are_confirmed_geometrically(trained: dict, pictures: Path, t
     inliers = catalogue.confirm([ids["a.pngp1"], ids["again.pngp1"], ids["crop.pngp1"], ids["a.pngp2"]])
     needed = catalogue.meta["local"]["threshold"]
     assert min(inliers[:3]) >= needed and inliers[3] < needed
-    answer = subprocess.run([sys.executable, "-m", "lookalike.cli", "duplicates", "--index", str(out), "--threshold",
-                             "-1", "--json"], capture_output=True, text=True, check=True)
-    [group] = json.loads(answer.stdout)  # everything is one group at similarity -1: only p1's three confirmed
+    capsys.readouterr()
+    main_duplicates(["--index", str(out), "--threshold", "-1", "--json"])
+    [group] = json.loads(capsys.readouterr().out)  # everything is one group at similarity -1: p1's three confirmed
     confirmed = {Path(it["path"]).name + it["label"] for it in group if it["verified"]}
     assert confirmed == {"a.pngp1", "again.pngp1", "crop.pngp1"}
 

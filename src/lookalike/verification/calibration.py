@@ -23,7 +23,7 @@ from lookalike.verification.matching import VerifyOptions, verify
 FLOOR = 15  # inliers a match needs whatever the calibration finds
 RATE = 0.002  # the share of wrong pairs allowed to verify at the threshold
 SAMPLE = 200  # photos made (several of each picture in a catalogue of fewer)
-SMALLEST = 60  # photos made at least (a catalogue of fewer than 50 pictures: 4 of each, at least this many)
+SMALLEST = 20  # photos made at least (a catalogue of fewer than 50 pictures: 4 of each, at least this many)
 CANDIDATES = 20  # wrong pictures each photo is verified against
 COPY = 0.5  # a candidate matching the photo's source pictures directly with at least this share of its inliers with
 # the photo shares their content (a re-upload, a crop, an edit): not a wrong pair
