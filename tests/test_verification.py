@@ -148,7 +148,8 @@ def test_a_catalogue_without_local_features_says_how_to_verify(trained: dict, pi
 def test_a_damaged_feature_store_is_one_message(trained: dict, pictures: Path, tmp_path: Path) -> None:
     good = tmp_path / "c.lkidx"
     build_catalogue(good, trained["embedder"], pictures, options=INLINE)
-    for member, damage in [("local_counts.npy", "counts"), ("local_descriptors.npy", "shape"), ("votes.faiss", "bytes")]:
+    damages = [("local_counts.npy", "counts"), ("local_descriptors.npy", "shape"), ("votes.faiss", "bytes")]
+    for member, damage in damages:
         _damaged(good, tmp_path / f"bad_{damage}.lkidx", member, damage)
         with pytest.raises(LookalikeError, match="damaged lookalike index"):
             open_catalogue(tmp_path / f"bad_{damage}.lkidx")
@@ -295,7 +296,7 @@ def test_local_features_of_a_build_are_resumed_from_its_progress_folder(pictures
 
 @pytest.mark.parametrize("backend", ["faiss", "milvus"])
 def test_recalibrate_keeps_a_new_threshold(backend: str, trained: dict, pictures: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+                                           capsys: pytest.CaptureFixture) -> None:
     from lookalike.cli.index import main as index_main
 
     if backend == "milvus":
