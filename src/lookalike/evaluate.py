@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +76,27 @@ def _cropped(cfg: DictConfig, first: str) -> dict[str, Any] | None:
 
 @dataclass
 class GalleryFeatures:
-    """The gallery's local features by table row, their vote index and the threshold calibrated on them."""
+    """The gallery's local features by table row, their vote index and the threshold calibrated on them; the query
+    photos' features as they are first asked for (every source of an evaluation verifies the same photos)."""
 
     by_row: dict[int, LocalFeatures]
     votes: DescriptorVotes
     threshold: int
+    photos: dict[int, LocalFeatures] = field(default_factory=dict)
 
     @classmethod
     def of(cls, table: ImageTable, workers: int | None = None) -> GalleryFeatures:
         rows = [int(r) for r in np.flatnonzero(table.is_gallery)]
         features, votes, meta = build_local(rows, [table.paths[r] for r in rows], FeatureOptions(), workers=workers)
         return cls(dict(zip(rows, features)), votes, int(meta["threshold"]))
+
+    def photo(self, row: int, path: str) -> LocalFeatures:
+        """The features of the table's photo ``row`` (a gallery picture's are its own), found once."""
+        if row in self.by_row:
+            return self.by_row[row]
+        if row not in self.photos:
+            self.photos[row] = extract(load_rgb(path))
+        return self.photos[row]
 
 
 def verified_neighbors(nb: Neighbors, table: ImageTable, embeddings: torch.Tensor, gallery: GalleryFeatures,
@@ -96,14 +106,15 @@ def verified_neighbors(nb: Neighbors, table: ImageTable, embeddings: torch.Tenso
     emb, width, queries = embeddings.float(), nb.retrieved.shape[1], nb.queries.cpu()
     retrieved, sims = [], []
     for query, found in zip(queries.tolist(), nb.retrieved.tolist()):
-        photo = extract(load_rgb(table.paths[query]))
+        photo = gallery.photo(query, table.paths[query])
         candidates = found[:count]
         voted = [r for r, _ in gallery.votes.candidates(photo, count + 1) if r != query and r not in candidates]
         candidates += voted[:count]
         verdicts = verify(photo, [gallery.by_row[r] for r in candidates], needed=gallery.threshold)
         scores = (emb[candidates] @ emb[query]).tolist()
         order = [candidates[i] for i in verified_order(scores, [v.inliers for v in verdicts], gallery.threshold)]
-        ranked = (order + [r for r in found if r not in set(order)])[:width]
+        checked = set(order)
+        ranked = (order + [r for r in found if r not in checked])[:width]
         retrieved.append(ranked)
         sims.append((emb[ranked] @ emb[query]).tolist())
     rows = torch.tensor(retrieved, dtype=torch.long).reshape(nb.retrieved.shape)

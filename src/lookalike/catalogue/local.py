@@ -73,9 +73,8 @@ def build_local(ids: Sequence[int], paths: Sequence[str], options: FeatureOption
     calibrated on them."""
     features = catalogue_features(paths, options, checkpoint, workers)
     votes = DescriptorVotes.build(np.asarray(ids, np.int64), features)
-    store, row = FeatureStore.of(features), {int(i): r for r, i in enumerate(ids)}
-    calibration = calibrated(ids, paths, lambda items: store.features([row[i] for i in items]), votes.candidates,
-                             options)
+    row = {int(i): r for r, i in enumerate(ids)}
+    calibration = calibrated(ids, paths, lambda items: [features[row[i]] for i in items], votes.candidates, options)
     return features, votes, local_meta(options, calibration)
 
 
