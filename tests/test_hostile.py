@@ -259,7 +259,7 @@ def test_a_body_is_refused_as_soon_as_it_passes_the_limit_and_never_reaches_the_
     assert reached == [{"type": "http.request", "body": b"abcd", "more_body": False}] and guard.busy == 0
 
 
-def test_searches_beyond_the_slots_are_answered_busy() -> None:
+def test_requests_beyond_what_the_guard_holds_are_answered_busy() -> None:
     from lookalike.serve.guard import UploadGuard
 
     release = asyncio.Event()
@@ -270,7 +270,7 @@ def test_searches_beyond_the_slots_are_answered_busy() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    guard = UploadGuard(slow_app, limit=1000, slots=1, too_large="too large")
+    guard = UploadGuard(slow_app, limit=1000, slots=1, too_large="too large", held=1)
 
     async def request() -> list[dict]:
         sent: list[dict] = []
@@ -287,7 +287,7 @@ def test_searches_beyond_the_slots_are_answered_busy() -> None:
     async def both() -> tuple[list[dict], list[dict]]:
         first = asyncio.create_task(request())
         await asyncio.sleep(0.01)
-        second = await request()  # the only slot is taken
+        second = await request()  # the only place is taken
         release.set()
         return await first, second
 
@@ -296,7 +296,7 @@ def test_searches_beyond_the_slots_are_answered_busy() -> None:
     assert (b"retry-after", b"1") in second[0]["headers"] and guard.busy == 0
 
 
-def test_more_like_this_takes_a_slot_and_cheap_reads_do_not() -> None:
+def test_more_like_this_takes_a_place_and_cheap_reads_do_not() -> None:
     from lookalike.serve.guard import UploadGuard
 
     release, reached = asyncio.Event(), []
@@ -308,7 +308,7 @@ def test_more_like_this_takes_a_slot_and_cheap_reads_do_not() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    guard = UploadGuard(slow_app, limit=1000, slots=1, too_large="too large", searching=("/similar",))
+    guard = UploadGuard(slow_app, limit=1000, slots=1, too_large="too large", searching=("/similar",), held=1)
 
     async def request(method: str, path: str) -> int:
         sent: list[dict] = []
@@ -334,8 +334,9 @@ def test_more_like_this_takes_a_slot_and_cheap_reads_do_not() -> None:
 
 
 def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Raw sockets that send a POST's headers and then nothing: they hold every slot only until the body's idle
-    timeout, after which a real upload is searched; one that never finishes its headers is closed after theirs."""
+    """Raw sockets that send a POST's headers and then nothing: they hold their client's share of the places to
+    read uploads in (the others are refused at once) only until the body's deadline, after which a real upload
+    from the same address is searched; one that never finishes its headers is closed after theirs."""
     import threading
 
     import httpx
@@ -357,24 +358,258 @@ def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest
     url = f"http://127.0.0.1:{port}/api/search"
     try:
         stalled = []
-        for _ in range(4):  # the app's 4 slots
+        for _ in range(4):  # the app's 4 slots: two for one client
             sock = socket.create_connection(("127.0.0.1", port))
             sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
                          b"boundary=x\r\nContent-Length: 100000\r\n\r\n")
             stalled.append(sock)
         files = {"image": ("p.png", photo.getvalue(), "image/png")}
         deadline = time.monotonic() + 2.5  # the four take their slots as soon as the server has read them
-        while httpx.post(url, files=files, timeout=10).status_code != 503:  # every slot held
+        while httpx.post(url, files=files, timeout=10).status_code != 503:  # this client's share held
             assert time.monotonic() < deadline, "the stalled uploads never held the slots"
             time.sleep(0.05)
         slow_headers = socket.create_connection(("127.0.0.1", port))  # headers that never end: no slot, and
         slow_headers.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # closed after their deadline
+        answered = []
         for sock in [*stalled, slow_headers]:
             sock.settimeout(10)
-            assert b"408" in sock.recv(1000).split(b"\r\n", 1)[0]
+            answered.append(sock.recv(1000).split(b"\r\n", 1)[0].split(b" ")[1])
             sock.close()
+        assert sorted(answered[:4]) == [b"408", b"408", b"503", b"503"] and answered[4] == b"408"
         assert httpx.post(url, files=files, timeout=30).status_code == 200
     finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+# -- the page's fair share: work admitted by its cost, uploads read a share per client -----------------------------
+def test_costly_requests_take_turns_between_clients_and_each_clients_own_wait_behind_it() -> None:
+    import threading
+
+    from lookalike.serve.admission import Admission, AdmissionOptions, Busy
+
+    admission = Admission(AdmissionOptions(slots=1, work=100, light=10, wait_s=5, per_client=2))
+    order, release = [], threading.Event()
+
+    def costly(client: str) -> None:
+        with admission.turn(client, 100):
+            order.append(client)
+            release.wait(5)
+
+    first = threading.Thread(target=costly, args=("x",))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    waiting = []
+    for client in ["a", "a", "b"]:  # a sends two before b sends one
+        waiting.append(threading.Thread(target=costly, args=(client,)))
+        waiting[-1].start()
+        time.sleep(0.05)
+    with pytest.raises(Busy):  # a has two waiting already: a third is refused at once
+        with admission.turn("a", 100):
+            pass
+    started = time.monotonic()
+    with admission.turn("c", 1):  # an ordinary request is not behind the costly ones
+        assert time.monotonic() - started < 0.1
+    release.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert order == ["x", "a", "b", "a"]
+
+
+def test_a_request_whose_turn_does_not_come_in_time_is_told_when_to_retry() -> None:
+    import threading
+
+    from lookalike.serve.admission import Admission, AdmissionOptions, Busy
+
+    admission = Admission(AdmissionOptions(slots=1, work=100, light=10, wait_s=0.3))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with admission.turn("x", 500):  # larger than the budget: runs alone
+            holding.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait(5)
+    started = time.monotonic()
+    with pytest.raises(Busy) as refused:
+        with admission.turn("y", 50):
+            pass
+    release.set()
+    thread.join(10)
+    assert 0.25 < time.monotonic() - started < 2 and refused.value.retry_after >= 1
+    with admission.turn("y", 50):  # the budget is free again
+        pass
+
+
+def test_one_photo_searches_pass_while_six_clients_send_eight_photo_verified_ones(app, monkeypatch) -> None:
+    """Searches that each take time in proportion to their verification work: six clients sending eight photos at
+    verify=100 wait their turns (or are told to retry), another client's one-photo searches are answered at once."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve import page as page_module
+
+    searched = page_module.search_catalogue
+
+    def slow(index, vectors, options, photos=None):
+        time.sleep(0.0008 * len(vectors) * (options.verify or 50))  # 8 x 100: 0.64 s, 1 x 50: 0.04 s
+        return searched(index, vectors, options, photos)
+
+    monkeypatch.setattr(page_module, "search_catalogue", slow)
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photo, "PNG")
+    eight = [("image", (f"p{i}.png", photo.getvalue(), "image/png")) for i in range(8)]
+    stop, heavy = time.monotonic() + 4, []
+
+    def costly(n: int) -> None:
+        client = TestClient(app, base_url="http://127.0.0.1", client=(f"10.0.0.{n}", 5000))
+        while time.monotonic() < stop:
+            r = client.post("/api/search", files=eight, data={"verify": "100"})
+            heavy.append((r.status_code, r.headers.get("retry-after")))
+            if r.status_code == 503:
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=costly, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # the costly ones have filled their budget
+    light = TestClient(app, base_url="http://127.0.0.1", client=("10.0.1.1", 5000))
+    answers = []
+    while time.monotonic() < stop:
+        started = time.monotonic()
+        status = light.post("/api/search", files=eight[:1]).status_code
+        answers.append((status, time.monotonic() - started))
+    for thread in threads:
+        thread.join(30)
+    assert answers and all(status == 200 for status, _ in answers), answers
+    assert sorted(s for _, s in answers)[int(0.95 * (len(answers) - 1))] < 2.0, answers
+    assert heavy and all(s == 200 or s == 503 and int(retry) >= 1 for s, retry in heavy), heavy
+    assert sum(s == 200 for s, _ in heavy) >= 3
+
+
+def _trickle(guard, client: str, pieces: int, every: float, proceed=None) -> tuple[int, float]:
+    """A POST of ``client`` through ``guard`` whose body comes in ``pieces`` of 100 bytes, one each ``every``
+    seconds (after ``proceed`` is set, when given): the status answered and the seconds it took."""
+    sent, read = [], 0
+
+    async def receive():
+        nonlocal read
+        if proceed is not None:
+            while not proceed.is_set():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(every)
+        read += 1
+        return {"type": "http.request", "body": b"x" * 100, "more_body": read < pieces}
+
+    async def send(message):
+        sent.append(message)
+
+    async def go():
+        started = time.monotonic()
+        await guard({"type": "http", "method": "POST", "headers": [], "client": (client, 1)}, receive, send)
+        return sent[0]["status"], time.monotonic() - started
+
+    return asyncio.run(go())
+
+
+def _ok_app():
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+    return app
+
+
+def test_a_trickling_upload_is_cut_within_seconds() -> None:
+    from lookalike.serve.guard import UploadGuard
+
+    guard = UploadGuard(_ok_app(), limit=100_000, slots=2, too_large="too large")
+    status, seconds = _trickle(guard, "a", pieces=40, every=0.3)  # 330 bytes a second, never idle for long
+    assert status == 408 and seconds < 4 and guard.busy == 0 and not guard.reading
+    assert _trickle(guard, "a", pieces=5, every=0.01)[0] == 200  # a body that keeps coming is read
+
+
+def test_one_client_reads_at_most_half_the_upload_places() -> None:
+    import threading
+
+    from lookalike.serve.guard import UploadGuard
+
+    guard, proceed = UploadGuard(_ok_app(), limit=100_000, slots=4, too_large="too large"), threading.Event()
+    answers: list = []
+
+    def post(client: str) -> None:
+        answers.append((client, _trickle(guard, client, 1, 0.01, proceed)[0]))
+
+    threads = [threading.Thread(target=post, args=(c,)) for c in ["a", "a", "a", "b"]]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    proceed.set()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(answers) == [("a", 200), ("a", 200), ("a", 503), ("b", 200)] and guard.busy == 0
+
+
+def test_a_client_reconnecting_slow_uploads_keeps_no_one_else_waiting(app) -> None:
+    """Four connections from 127.0.0.2 that send their body a byte a second, reconnecting as soon as they are cut:
+    uploads from 127.0.0.1 are still searched, each within 10 s."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from lookalike.serve import protocol
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                           http=protocol.HeaderDeadline))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    stop, cut = threading.Event(), []
+
+    def dribble() -> None:
+        while not stop.is_set():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.2", 0))
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                             b"boundary=x\r\nContent-Length: 100000\r\n\r\n")
+                sock.settimeout(1.0)
+                while not stop.is_set():
+                    try:
+                        if sock.recv(100):
+                            cut.append(1)
+                            break
+                    except socket.timeout:
+                        sock.sendall(b"x")
+                    except OSError:
+                        break
+
+    dribblers = [threading.Thread(target=dribble, daemon=True) for _ in range(4)]
+    for d in dribblers:
+        d.start()
+    photo = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(photo, "PNG")
+    files = {"image": ("p.png", photo.getvalue(), "image/png")}
+    try:
+        time.sleep(1.0)  # the dribblers hold what they can
+        waits = []
+        for _ in range(4):
+            started = time.monotonic()
+            while httpx.post(f"http://127.0.0.1:{port}/api/search", files=files, timeout=10).status_code != 200:
+                assert time.monotonic() - started < 10, "an upload waited behind the slow client for 10 s"
+                time.sleep(0.2)
+            waits.append(time.monotonic() - started)
+            time.sleep(1.0)
+        assert max(waits) < 10 and cut  # the slow bodies were cut (and reconnected)
+    finally:
+        stop.set()
         server.should_exit = True
         thread.join(10)
 

@@ -19,7 +19,12 @@ def main(argv: list[str]) -> None:
                         "0.0.0.0 exposes the page to the network)")
     parser.add_argument("--port", type=PORT, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=10.0)
-    parser.add_argument("--slots", type=POSITIVE, default=4, help="searches with an upload at once (more wait: 503)")
+    parser.add_argument("--slots", type=POSITIVE, default=4, help="ordinary searches at once, and uploads read at "
+                        "once (at most half of them one client address's); more wait their turn, fairly between "
+                        "clients, or get 503 with Retry-After")
+    parser.add_argument("--verify-budget", type=POSITIVE, default=800, help="verification work of costly searches "
+                        "at once, in photos x candidates (default 800: one search of 8 photos at --verify 100); "
+                        "a search of more than 100 is costly and waits its turn in this budget")
     parser.add_argument("--feedback", help="folder the page's 'same' / 'not the same' marks go to (default: "
                         "catalog.feedback/ beside catalog.lkidx or catalog.db, <collection>.feedback/ here for a "
                         "server; train with data.feedback=FOLDER/feedback.csv)")
@@ -34,6 +39,7 @@ def main(argv: list[str]) -> None:
     from lookalike.data.feedback import feedback_folder
     from lookalike.catalogue.milvus import is_remote
     from lookalike.serve.app import LOOPBACK_NAMES, create_app
+    from lookalike.serve.admission import AdmissionOptions
     from lookalike.serve.page import PageOptions
 
     if args.max_upload_mb <= 0:
@@ -42,7 +48,8 @@ def main(argv: list[str]) -> None:
     beside = Path(f"{args.collection}.lkidx") if args.backend == "milvus" and is_remote(args.index) else args.index
     feedback = None if args.no_feedback else (args.feedback or feedback_folder(beside))
     app = create_app(args.index, PageOptions(
-        embedder=args.embedder, max_upload_mb=args.max_upload_mb, slots=args.slots,
+        embedder=args.embedder, max_upload_mb=args.max_upload_mb,
+        admission=AdmissionOptions(slots=args.slots, work=args.verify_budget),
         allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback, qe=args.qe, backend=args.backend,
         collection=args.collection, boxes=args.boxes))
     try:

@@ -2,8 +2,9 @@
 
 The embedder and the catalogue load once at start (the catalogue file again whenever it changes). Safe by default:
 it binds to loopback (and then answers only requests addressed to a loopback name, against DNS rebinding), refuses
-uploads over the size limit while they arrive (413, chunked ones too) and drops those that stall (408), runs at most
-``slots`` searches at once (uploads and "more like this"; 503 with Retry-After beyond), refuses POSTs from other
+uploads over the size limit while they arrive (413, chunked ones too) and drops those that stall or trickle (408),
+reads a bounded share of uploads per client address, admits searches by their cost (verification work), fairly
+between clients (:mod:`~lookalike.serve.admission`; 503 with Retry-After when a turn does not come in time), refuses POSTs from other
 sites' pages (403), opens only the image formats users upload (415 for anything else), serves catalogue pictures
 by item id only (never by path, and never names server paths) and never writes to the catalogue: "same product" /
 "not the same" marks on results go to a feedback folder beside it (:mod:`lookalike.data.feedback`), when one is
@@ -40,7 +41,9 @@ def create_app(location: str | Path, options: Any = None) -> Any:
     page = Page(location, options)
     app = FastAPI(title="lookalike visual search", description=f"Search {page.live.index.count()} catalogue items "
                   "with a photo. Items are addressed by id.", version="1")
-    app.add_middleware(UploadGuard, limit=options.upload_limit + FORM_ROOM, slots=options.slots,
+    admission = options.admission  # bodies being read, and the requests its lanes hold
+    app.add_middleware(UploadGuard, limit=options.upload_limit + FORM_ROOM, slots=admission.slots,
+                       held=admission.slots + admission.requests,
                        searching=("/similar",), too_large=f"Upload larger than {options.max_upload_mb:g} MB")
     if options.allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts)

@@ -10,10 +10,11 @@ import io
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 from fastapi import HTTPException, UploadFile
@@ -31,6 +32,7 @@ from lookalike.data.images import cut, load_rgb, parse_box
 from lookalike.data.transforms import eval_resize
 from lookalike.embedder.file import calibrated_threshold, embedder_from_payload
 from lookalike.errors import LookalikeError
+from lookalike.serve.admission import Admission, AdmissionOptions, Busy
 
 THUMBNAIL = 256  # longest side of the pictures the page shows, in pixels
 MAX_PHOTOS = 8  # photos of one item searched together
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PageOptions:
     """How the page is served: ``embedder`` (default: the one the catalogue was built with), the upload limit,
-    the most results one request may ask for, ``slots`` (searches at once), ``allowed_hosts`` (the Host header
+    the most results one request may ask for, ``admission`` (searches at once by their cost), ``allowed_hosts`` (the Host header
     names answered; None: any), ``feedback`` (the folder marks go to; None: no marks), ``qe`` (alpha query
     expansion for requests that do not say; 0: off), the catalogue's ``backend`` and ``collection``, and
     ``boxes`` (the box model for ``crop=auto``; default: the catalogue's, else box.pt beside the embedder)."""
@@ -50,7 +52,7 @@ class PageOptions:
     embedder: str | Path | None = None
     max_upload_mb: float = 10.0
     max_k: int = MAX_K
-    slots: int = 4
+    admission: AdmissionOptions = field(default_factory=AdmissionOptions)
     allowed_hosts: list[str] | None = None
     feedback: str | Path | None = None
     qe: int = 0
@@ -116,6 +118,25 @@ class Page:
         self.decode_side = eval_resize(self.embedder.preprocessing)
         self.marks = None if options.feedback is None else FeedbackLog(options.feedback)
         self.thumbnail = lru_cache(maxsize=4096)(self._thumbnail)
+        self.admission = Admission(options.admission)
+
+    # -- admission -----------------------------------------------------------------------------------------------
+    def work(self, options: SearchOptions, photos: int) -> int:
+        """What a search costs: its photos times the candidates each is verified against (1 each unverified)."""
+        try:
+            return photos * max(1, verify_count(self.live.index, options.verify))
+        except LookalikeError as e:  # verify asked of a catalogue without local features
+            raise HTTPException(422, str(e)) from e
+
+    @contextmanager
+    def turn(self, client: str, work: int = 1) -> Iterator[None]:
+        """Hold the request's place while it decodes and searches (503 with Retry-After when it gets none in
+        time, see :mod:`lookalike.serve.admission`)."""
+        try:
+            with self.admission.turn(client, work):
+                yield
+        except Busy as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after)}) from e
 
     # -- answers -------------------------------------------------------------------------------------------------
     @staticmethod

@@ -5,7 +5,7 @@ documentation at /docs)."""
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
 from lookalike.serve.page import Page
@@ -26,7 +26,7 @@ def add_routes(app: FastAPI, page: Page) -> None:
 
     @app.post("/api/search", summary="The catalogue items most similar to an uploaded photo (or to several photos "
               "of one item, fused)")
-    def search(image: list[UploadFile] = File(..., description="one photo, or up to 8 of one item (JPEG, PNG, WebP, "
+    def search(request: Request, image: list[UploadFile] = File(..., description="one photo, or up to 8 of one item (JPEG, PNG, WebP, "
                                               "AVIF, GIF, BMP or TIFF); all together at most the upload limit"),
                k: int = Form(10, description="how many results"),
                fuse: str = Form("max", description="several photos: max (each item's best photo; measured better "
@@ -48,18 +48,22 @@ def add_routes(app: FastAPI, page: Page) -> None:
                                          "inliers and quad (the picture's corners in the photo, as fractions of its "
                                          "width and height)")) -> dict[str, Any]:
         chosen = page.search_options(k, fuse, group_by, category, category_by, filter, qe, verify)
-        searched, wholes = page.photos(image, boxes=page.crops(crop, len(image)))
-        return page.search(page.embed(searched), chosen, wholes)
+        boxes = page.crops(crop, len(image))
+        with page.turn(_client(request), page.work(chosen, len(image))):
+            searched, wholes = page.photos(image, boxes=boxes)
+            return page.search(page.embed(searched), chosen, wholes)
 
     @app.post("/api/box", summary="Where the product is in a photo (the box model), to crop the search to it")
-    def find_box(image: UploadFile = File(..., description="one photo")) -> dict[str, Any]:
-        return page.find_box(image)
+    def find_box(request: Request, image: UploadFile = File(..., description="one photo")) -> dict[str, Any]:
+        with page.turn(_client(request)):
+            return page.find_box(image)
 
     @app.post("/api/feedback", summary="Mark a result of a photo search: the same product as the photo(s), or not")
-    def mark(image: list[UploadFile] = File(..., description="the photo(s) searched with"),
+    def mark(request: Request, image: list[UploadFile] = File(..., description="the photo(s) searched with"),
              item: int = Form(..., description="the id of the result marked"),
              verdict: str = Form(..., description="same or different")) -> dict[str, Any]:
-        return page.mark(image, item, verdict)
+        with page.turn(_client(request), len(image)):
+            return page.mark(image, item, verdict)
 
     @app.get("/api/items/{item_id}", summary="One catalogue item")
     def get_item(item_id: int) -> dict[str, Any]:
@@ -67,11 +71,18 @@ def add_routes(app: FastAPI, page: Page) -> None:
         return page.item_json(item["id"], item["label"], item["path"])
 
     @app.get("/api/items/{item_id}/similar", summary="The items most similar to a catalogue item (more like this)")
-    def similar(item_id: int, k: int = 10, group_by: str = "", filter: str = "") -> dict[str, Any]:
-        return page.similar(item_id, page.search_options(k, group_by=group_by, where=filter))
+    def similar(request: Request, item_id: int, k: int = 10, group_by: str = "", filter: str = "") -> dict[str, Any]:
+        chosen = page.search_options(k, group_by=group_by, where=filter)
+        with page.turn(_client(request)):
+            return page.similar(item_id, chosen)
 
     @app.get("/api/items/{item_id}/image", summary="A catalogue item's picture (JPEG, at most 256 px)",
              response_class=Response)
     def get_image(item_id: int) -> Response:
         return Response(page.picture(item_id), media_type="image/jpeg",
                         headers={"Cache-Control": "public, max-age=3600"})
+
+
+def _client(request: Request) -> str:
+    """The address a request came from: the unit of fair shares (one address behind a proxy is one client)."""
+    return request.client.host if request.client else ""
