@@ -14,6 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -27,6 +28,7 @@ from lookalike.catalogue.file import FileCatalogue
 from lookalike.models.lit_embedder import load_checkpoint
 from tests.helpers import INLINE, free_port
 from tests.test_catalogue_filters import flat_catalogue
+from tests.test_verification import pictures  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -612,6 +614,129 @@ def test_a_client_reconnecting_slow_uploads_keeps_no_one_else_waiting(app) -> No
         stop.set()
         server.should_exit = True
         thread.join(10)
+
+
+# -- local features and votes that do not belong to the catalogue ------------------------------------------------
+def test_a_new_milvus_build_owns_its_local_features_collection(trained: dict, pictures: Path, tmp_path: Path) -> None:
+    """A catalogue dropped and built again under its name from other pictures gets local features of its own
+    pictures only (an earlier build's left-over collection is replaced); a ``<name>_local`` lookalike did not make
+    is neither used nor changed: the build is refused with one message."""
+    pytest.importorskip("milvus_lite")
+    from lookalike.catalogue.backends import build_catalogue, open_catalogue
+    from lookalike.catalogue.local import photo_features
+    from lookalike.catalogue.milvus import connect
+    from lookalike.catalogue.query import SearchOptions, search_catalogue
+    from lookalike.embedder.file import embedder_from_payload, read_embedder_file
+    from tests.test_verification import photo_of, texture
+
+    db = str(tmp_path / "c.db")
+    build_catalogue(db, trained["embedder"], pictures, "milvus", "shop", INLINE).close()
+    client = connect(db)
+    client.drop_collection("shop")  # the main collection only, as a user might
+    client.close()
+    other = tmp_path / "other"
+    for seed in range(20, 24):
+        (other / f"q{seed}").mkdir(parents=True)
+        Image.fromarray(texture(seed)).save(other / f"q{seed}" / "a.png")
+    build_catalogue(db, trained["embedder"], other, "milvus", "shop", INLINE).close()
+    catalogue = open_catalogue(db, "milvus", "shop")
+    ids = {it["id"] for it in catalogue.listing()}
+    owners = {r["item"] for r in catalogue.client.query("shop_local", filter="", output_fields=["item"], limit=16384)}
+    assert owners <= ids and len(owners) == 4
+    embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
+    photo = photo_of(texture(21))
+    found = search_catalogue(catalogue, embedder.embed([photo]).numpy(), SearchOptions(k=3),
+                             photo_features([photo], catalogue.meta["local"]))[0].hits
+    assert found[0].label == "q21" and found[0].verified
+    catalogue.close()
+
+    from pymilvus import DataType, MilvusClient
+    client = connect(db)
+    schema = MilvusClient.create_schema(auto_id=True)
+    schema.add_field("pk", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=128)
+    client.create_collection("mine_local", schema=schema)  # someone else's collection of that name
+    client.insert("mine_local", [{"vector": [0.5] * 128}] * 3)
+    client.close()
+    with pytest.raises(LookalikeError, match="'mine_local' already exists .* not this build's"):
+        build_catalogue(db, trained["embedder"], other, "milvus", "mine", INLINE)
+    client = connect(db)
+    assert not client.has_collection("mine") and client.query("mine_local", filter="", output_fields=["pk"],
+                                                              limit=10).__len__() == 3
+    client.close()
+
+
+def test_a_vote_index_holding_other_items_is_refused_and_unknown_candidates_are_skipped(
+        trained: dict, pictures: Path, tmp_path: Path) -> None:
+    from lookalike.catalogue.backends import build_catalogue
+    from lookalike.catalogue.local import photo_features
+    from lookalike.catalogue.query import SearchOptions, search_catalogue
+    from lookalike.embedder.file import embedder_from_payload, read_embedder_file
+    from lookalike.verification.votes import DescriptorVotes
+    from tests.test_verification import photo_of, texture
+
+    out = tmp_path / "c.lkidx"
+    catalogue = build_catalogue(out, trained["embedder"], pictures, options=INLINE)
+    ids = np.array([it["id"] for it in catalogue.items], np.int64)
+    foreign = DescriptorVotes.build(ids + 1000, catalogue.local.features(range(len(ids))))
+    with zipfile.ZipFile(out) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    members["votes.faiss"] = foreign.to_bytes()
+    damaged = tmp_path / "d.lkidx"
+    with zipfile.ZipFile(damaged, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(LookalikeError, match="votes.faiss holds descriptors of other items"):
+        FileCatalogue.load(damaged)
+
+    real = catalogue.vote_candidates
+    catalogue.vote_candidates = lambda *a: [(123_456, 99), *real(*a)]  # a vote for an id no item has
+    embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
+    photo = photo_of(texture(4))
+    hits = search_catalogue(catalogue, embedder.embed([photo]).numpy(), SearchOptions(k=6),
+                            photo_features([photo], catalogue.meta["local"]))[0].hits
+    assert hits[0].label == "p4" and hits[0].verified and 123_456 not in {h.id for h in hits}
+
+
+KILLED_BUILD = """
+import os, signal, sys
+from pymilvus import MilvusClient
+from lookalike.catalogue.backends import build_catalogue
+from lookalike.catalogue.build import BuildOptions
+
+real = MilvusClient.create_collection
+
+def create_then_die(self, name, *args, **kwargs):
+    real(self, name, *args, **kwargs)
+    if name == sys.argv[4]:
+        os.kill(os.getpid(), signal.SIGKILL)  # the window between creating a collection and the rest of its set-up
+
+MilvusClient.create_collection = create_then_die
+build_catalogue(sys.argv[1], sys.argv[2], sys.argv[3], "milvus", "shop", BuildOptions(num_workers=0)).close()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window", ["shop", "shop_local"])
+def test_a_milvus_build_killed_right_after_creating_a_collection_is_finished_by_the_same_build(
+        window: str, trained: dict, pictures: Path, tmp_path: Path) -> None:
+    pytest.importorskip("milvus_lite")
+    from lookalike.catalogue.backends import build_catalogue, open_catalogue
+
+    db, script = str(tmp_path / "k.db"), tmp_path / "child.py"
+    script.write_text(KILLED_BUILD)
+    child = subprocess.run([sys.executable, str(script), db, str(trained["embedder"]), str(pictures), window],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert child.returncode == -9, child.stderr[-2000:]
+    with pytest.raises(LookalikeError, match="did not finish: run the same"):
+        open_catalogue(db, "milvus", "shop")
+    build_catalogue(db, trained["embedder"], pictures, "milvus", "shop", INLINE).close()
+    catalogue = open_catalogue(db, "milvus", "shop")
+    assert catalogue.count() == 6 and catalogue.meta["state"] == "ready"
+    first = catalogue.vote_candidates(catalogue.local_features([next(catalogue.listing())["id"]])[0], 1)
+    assert first and first[0][0] == next(catalogue.listing())["id"]
+    catalogue.close()
 
 
 def test_posts_from_another_sites_page_are_refused(app) -> None:

@@ -228,22 +228,23 @@ class FileCatalogue(Catalogue):
                 blob = _member(z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
                 exact = _mapped(path, z, "vectors.npy", (count, dim), np.float32) if "vectors.npy" in z.namelist() \
                     else None
+                if not isinstance(items, list) or len(items) != count or not all(map(_well_formed, items)):
+                    raise LookalikeError(f"'{path}' is a damaged lookalike index (items.json does not match "
+                                         "meta.json, or an item is not an id, a path, a label and text columns)")
+                if [it["id"] for it in items] != sorted({it["id"] for it in items}):
+                    raise LookalikeError(f"'{path}' is a damaged lookalike index (item ids not unique and ascending)")
                 local = votes = None
                 if meta.get("local") is not None:
-                    local, votes = _local_members(path, z, check_local_meta(meta["local"], str(path)), count)
+                    local, votes = _local_members(path, z, check_local_meta(meta["local"], str(path)),
+                                                  np.array([it["id"] for it in items], np.int64))
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise LookalikeError(f"'{path}' is not a readable lookalike index ({e})") from e
-        if not isinstance(items, list) or len(items) != count or not all(map(_well_formed, items)):
-            raise LookalikeError(f"'{path}' is a damaged lookalike index (items.json does not match meta.json, or an "
-                                 "item is not an id, a path, a label and text columns)")
         try:
             index = FaissIndex.from_bytes(blob, dim, meta["factory"], meta.get("search_params", ""))
         except LookalikeError as e:
             raise LookalikeError(f"'{path}' is a damaged lookalike index: {e}") from e
         if index.ntotal != count:
             raise LookalikeError(f"'{path}' is a damaged lookalike index ({index.ntotal} vectors for {count} items)")
-        if [it["id"] for it in items] != sorted({it["id"] for it in items}):
-            raise LookalikeError(f"'{path}' is a damaged lookalike index (item ids not unique and ascending)")
         return cls(index, items, meta, exact, local, votes)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, where: Condition | None = None,
@@ -404,9 +405,11 @@ def _mapped(path: Path, z: zipfile.ZipFile, name: str, shape: tuple[int, ...], d
     return np.memmap(path, dtype, "r", offset, shape) if size else np.zeros(shape, dtype)
 
 
-def _local_members(path: Path, z: zipfile.ZipFile, meta: dict[str, Any], count: int
+def _local_members(path: Path, z: zipfile.ZipFile, meta: dict[str, Any], ids: np.ndarray
                    ) -> tuple[FeatureStore, DescriptorVotes]:
-    """The local features (memory-mapped) and their vote index, each checked against the ``count`` items."""
+    """The local features (memory-mapped) and their vote index, each checked against the items ``ids`` (the
+    vote index holds each item's descriptors under its id, as many as it has)."""
+    count = len(ids)
     names = {"local_counts.npy", "local_sizes.npy", "local_xy.npy", "local_descriptors.npy", "votes.faiss"}
     if not names <= set(z.namelist()):
         raise LookalikeError(f"'{path}' is a damaged lookalike index (it lacks {sorted(names - set(z.namelist()))})")
@@ -424,6 +427,10 @@ def _local_members(path: Path, z: zipfile.ZipFile, meta: dict[str, Any], count: 
     if votes.index.ntotal != total:
         raise LookalikeError(f"'{path}' is a damaged lookalike index ({votes.index.ntotal} descriptors in votes.faiss "
                              f"for {total} local features)")
+    owners, held = np.unique(votes.owners(), return_counts=True)
+    if not (np.array_equal(owners, ids[counts > 0]) and np.array_equal(held, counts[counts > 0])):
+        raise LookalikeError(f"'{path}' is a damaged lookalike index (votes.faiss holds descriptors of other items "
+                             f"than its local features)")
     return store, votes
 
 

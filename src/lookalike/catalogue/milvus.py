@@ -46,6 +46,7 @@ MAX_TOP_K = 16384  # Milvus's limit on results per query
 MAX_PATH, MAX_LABEL = 4096, 1024
 RESERVED = {"id", "vector", "path", "label"}
 LOCAL = "_local"  # the collection of a catalogue's local features: <collection>_local, one row per feature
+OWNER = "lookalike_local"  # the property of <collection>_local naming the build it belongs to (its key)
 LOCAL_ROWS = 16000  # feature rows read per query (Milvus answers at most 16,384)
 
 
@@ -160,6 +161,8 @@ class MilvusCatalogue(Catalogue):
             with _writing(uri):
                 client = connect(uri, token)  # refused now, before the embedding work
                 _check_new(client, uri, collection, key)
+                if options.local is not None:
+                    _claim_local(client, uri, collection, key)
                 client.close()
         embedded = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers, checkpoint,
                                    processes=processes, finder=finder)
@@ -195,12 +198,15 @@ class MilvusCatalogue(Catalogue):
                 "local": None if local is None else local[1]}
         with _writing(uri):
             client = connect(uri, token)
-            if _check_new(client, uri, collection, key):
+            continued = _check_new(client, uri, collection, key)
+            if local is not None:
+                _claim_local(client, uri, collection, key)
+            if continued:
                 _ensure_index(client, collection, meta)
             else:
                 _create(client, collection, meta)
             if local is not None:
-                _create_local(client, collection + LOCAL, is_remote(uri))
+                _create_local(client, collection + LOCAL, is_remote(uri), key)
             catalogue = cls(client, collection, meta, uri)
             catalogue.insert(items, vectors, skip_present=True, local=None if local is None else local[0])
             meta["state"] = "ready"
@@ -401,23 +407,51 @@ def _features(rows: list[tuple[int, list[float]]]) -> LocalFeatures:
                          (int(places[0] >> 32 & 0xFFFF), int(places[0] >> 48 & 0xFFFF)))
 
 
-def _create_local(client: Any, name: str, remote: bool) -> None:
-    """The collection of a catalogue's local features (kept when a continued build finds it): inverted lists on a
-    server, exact search in Milvus Lite (its small catalogues; its IVF would train on a handful of rows)."""
-    if client.has_collection(name):
+def _owner(client: Any, name: str) -> str | None:
+    """The key of the build a ``<collection>_local`` belongs to; None where lookalike did not mark it."""
+    properties = client.describe_collection(name).get("properties") or {}
+    try:
+        owner = json.loads(properties.get(OWNER, "null"))
+    except json.JSONDecodeError:
+        return None
+    return owner.get("key") if isinstance(owner, dict) and owner.get("format") == FORMAT else None
+
+
+def _claim_local(client: Any, uri: str, collection: str, key: str) -> None:
+    """Make way for the build ``key``'s ``<collection>_local``: one it left is continued, one an earlier build of a
+    catalogue since dropped left behind is dropped, anything else (another build's, or not lookalike's) refused."""
+    name = collection + LOCAL
+    if not client.has_collection(name):
         return
+    owner = _owner(client, name)
+    if owner == key:
+        return
+    if owner is not None and not client.has_collection(collection):
+        client.drop_collection(name)  # its catalogue is gone: its features would vote for items that are not
+        return
+    raise LookalikeError(f"Collection {name!r} already exists at {uri!r} and is not this build's: lookalike keeps "
+                         f"a catalogue's local features in <collection>{LOCAL}; build into another --collection")
+
+
+def _create_local(client: Any, name: str, remote: bool, key: str) -> None:
+    """The collection of a catalogue's local features, marked as the build ``key``'s (kept when a continued build
+    finds it): inverted lists on a server, exact search in Milvus Lite (its small catalogues; its IVF would train
+    on a handful of rows). A build killed between its steps left what the same build finishes."""
     from pymilvus import DataType, MilvusClient
 
-    schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
-    schema.add_field("pk", DataType.INT64, is_primary=True)
-    schema.add_field("item", DataType.INT64)
-    schema.add_field("place", DataType.INT64)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DESCRIPTOR)
-    client.create_collection(name, schema=schema, consistency_level="Strong")
-    params = client.prepare_index_params()
-    params.add_index("vector", index_type="IVF_FLAT" if remote else "FLAT", metric_type="IP",
-                     params={"nlist": 1024} if remote else {})
-    client.create_index(name, params)
+    if not client.has_collection(name):
+        schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.INT64, is_primary=True)
+        schema.add_field("item", DataType.INT64)
+        schema.add_field("place", DataType.INT64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DESCRIPTOR)
+        client.create_collection(name, schema=schema, consistency_level="Strong",
+                                 properties={OWNER: json.dumps({"format": FORMAT, "key": key})})
+    if not client.list_indexes(name):
+        params = client.prepare_index_params()
+        params.add_index("vector", index_type="IVF_FLAT" if remote else "FLAT", metric_type="IP",
+                         params={"nlist": 1024} if remote else {})
+        client.create_index(name, params)
     client.load_collection(name)
 
 
@@ -450,6 +484,9 @@ def _finished_meta(client: Any, uri: str, collection: str) -> dict[str, Any]:
         if not client.has_collection(collection + LOCAL):
             raise LookalikeError(f"Collection {collection!r} at {uri!r} keeps local features, but its collection "
                                  f"{collection + LOCAL!r} is gone: build the catalogue again")
+        if _owner(client, collection + LOCAL) != meta.get("key"):
+            raise LookalikeError(f"Collection {collection!r} at {uri!r} keeps local features, but "
+                                 f"{collection + LOCAL!r} holds another build's: build the catalogue again")
     return check_meta(meta, f"{uri} ({collection})")
 
 

@@ -44,15 +44,14 @@ def verified_hits(index: Catalogue, hits: list[SearchHit], queries: np.ndarray, 
     voted = []
     for photo in photos:
         for item, _ in index.vote_candidates(photo, count, where):
-            if item not in known:
+            found = None if item in known else index.item(item)
+            if found is not None:  # a vote for an id the catalogue does not hold is no candidate
                 known.add(item)
-                voted.append(item)
+                voted.append(found)
     if voted:
-        scores = (np.asarray(queries, np.float32) @ index.vectors_of(voted).T).max(0)
-        for item, score in zip(voted, scores):
-            found = index.item(item) or {}
-            hits.append(SearchHit(item, found.get("path", ""), found.get("label", ""), float(score),
-                                  found.get("fields")))
+        scores = (np.asarray(queries, np.float32) @ index.vectors_of([it["id"] for it in voted]).T).max(0)
+        hits += [SearchHit(it["id"], it["path"], it["label"], float(score), it.get("fields"))
+                 for it, score in zip(voted, scores)]
     pictures = index.local_features([h.id for h in hits])
     best = [Verdict() for _ in hits]
     for photo in photos:

@@ -73,6 +73,14 @@ class DescriptorVotes:
         sims, owners = self.index.search(query.unit_descriptors(), NEIGHBOURS + 1, allowed=allowed)
         return tally(sims, owners, top)
 
+    def owners(self) -> np.ndarray:
+        """The item id of every descriptor held, list by list (what a loaded index is checked against)."""
+        faiss = faiss_module()
+        lists = faiss.extract_index_ivf(self.index.cpu_index).invlists
+        found = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(lists.nlist) if lists.list_size(i)]
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
+
     def to_bytes(self) -> bytes:
         return self.index.to_bytes()
 
