@@ -56,6 +56,17 @@ def test_group_by_returns_one_hit_per_product_with_its_picture_count() -> None:
         search_catalogue(index, centres[:1], SearchOptions(group_by="brand"))
 
 
+def test_items_without_a_label_are_each_a_product_of_their_own_when_grouping() -> None:
+    """A flat folder's pictures have no label: grouping by label gives k results, not one."""
+    from tests.helpers import file_catalogue
+
+    vectors = unit(np.random.default_rng(0).normal(size=(12, 8))).astype(np.float32)
+    items = [{"path": f"/shop/{i:03d}.jpg", "label": "" if i < 10 else "pair"} for i in range(12)]
+    [grouped] = search_catalogue(file_catalogue(items, vectors), vectors[:1], SearchOptions(k=10, group_by="label"))
+    assert len(grouped.hits) == 10 and len({h.id for h in grouped.hits}) == 10
+    assert sum(h.label == "pair" for h in grouped.hits) == 1  # the two labelled ones are still one product
+
+
 def test_several_photos_fused_by_mean_or_best_photo() -> None:
     index, centres = vector_catalogue()
     photos = unit(centres[[4, 4]] + np.array([[0.2], [-0.2]], np.float32))

@@ -153,14 +153,15 @@ def _best_per_item(rows: Sequence[list[SearchHit]]) -> list[SearchHit]:
 
 def group(hits: list[SearchHit], column: str) -> list[SearchHit]:
     """One hit per value of ``column`` (a product's best picture), with ``pictures``: how many of its pictures
-    are among ``hits``."""
-    first: dict[str, SearchHit] = {}
-    counts: dict[str, int] = {}
+    are among ``hits``. An item without a value (a flat folder's pictures have no label) is a product of its own."""
+    first: dict[str | int, SearchHit] = {}
+    counts: dict[str | int, int] = {}
     for hit in hits:
-        value = hit_value(hit, column)
-        counts[value] = counts.get(value, 0) + 1
-        first.setdefault(value, hit)
-    return [replace(hit, group=value, pictures=counts[value]) for value, hit in first.items()]
+        key = hit_value(hit, column) or hit.id
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, hit)
+    return [replace(hit, group=key if isinstance(key, str) else "", pictures=counts[key])
+            for key, hit in first.items()]
 
 
 def vote(hits: list[SearchHit], column: str) -> tuple[str, float]:
