@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -60,6 +61,19 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
         return hydra_compose(config_name=config_name, overrides=overrides or [])
 
 
+def one_log() -> None:
+    """Each message once, in the job's one format (conf/hydra/default.yaml: the console and the run folder's
+    log): Lightning's loggers, which print through handlers of their own when imported before logging is set up,
+    hand their records to the root logger's handlers instead."""
+    import lightning.pytorch  # noqa: F401 (importing it adds the handlers taken off here)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def hydra_main(config_name: str, task: Callable[[DictConfig], Any], argv: list[str] | None = None,
                prog: str | None = None) -> None:
     """Run ``task`` on the config Hydra composes from ``config_name`` and the command line (``argv``, default
@@ -70,6 +84,7 @@ def hydra_main(config_name: str, task: Callable[[DictConfig], Any], argv: list[s
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
+        one_log()
         try:
             return task(cfg)
         except LookalikeError as e:

@@ -100,6 +100,7 @@ def train_embedder(cfg: DictConfig) -> dict[str, Any]:
                    f"test:  {datamodule.test_table.describe()}")
 
     rows: dict[str, dict[str, float]] = {}
+    headless = cfg.model.head.get("embedding_size") is None  # the embedding is the pooled features as they are
     if cfg.eval.baseline and trainer.is_global_zero:
         loader = datamodule.eval_dataloader(datamodule.test_table, distributed=False)
         data = embed_loader(module.embedder.to(trainer.strategy.root_device), loader, pooled=True,
@@ -107,10 +108,9 @@ def train_embedder(cfg: DictConfig) -> dict[str, Any]:
         rows["backbone pooled features (no training)"] = retrieval_metrics(
             data["embeddings"], data["label"], data["is_query"], data["is_gallery"], cfg.eval.ks, **cfg.knn)
         module.train()
-    if cfg.eval.before and cfg.eval.baseline and cfg.model.head.get("embedding_size") is None:
-        if rows:  # no head: the same model as the pooled features, not embedded again
-            rows["before training"] = dict(rows["backbone pooled features (no training)"])
-        rank_zero_info("before training: the backbone's pooled features (no head), the row above")
+    if cfg.eval.before and cfg.eval.baseline and headless:  # one model: one row
+        rank_zero_info("before training: no projection head, so the model as training starts is the backbone's "
+                       "pooled features (the table's first row)")
     elif cfg.eval.before:
         rows["before training"] = _test_metrics(trainer.test(module, datamodule=datamodule, verbose=False))
 
