@@ -1,6 +1,7 @@
 # Two commands for a newcomer, both safe to repeat: `make quickstart` trains the offline quickstart and
-# `make test` runs the whole test suite. Each creates .venv (once; again when pyproject.toml changes) with the
-# pinned torch and the project with every extra, as the README's step-by-step install does.
+# `make test` runs the whole test suite and builds the docs site (mkdocs.yml). Each creates .venv (once; again
+# when pyproject.toml changes) with the pinned torch and the project with every extra, as the README's
+# step-by-step install does.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,3 +30,4 @@ test: $(INSTALLED) browser
 	$(BIN)/lint-imports
 	$(BIN)/pytest
 	$(BIN)/pytest -m slow
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -249,3 +249,51 @@ def test_page_in_a_real_browser(served, trained: dict, tmp_path: Path) -> None:
         clicked = cards[1].get_attribute("data-id")  # read before the click: the click replaces the cards
         cards[1].click()  # more like this: the clicked item becomes the query and comes first
         wait.until(lambda b: b.execute_script(first) == clicked)  # one atomic read, no stale elements
+
+
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "assets" / "search_page.png"
+
+
+@pytest.mark.slow
+def test_a_flat_folder_catalogue_on_the_page_and_the_docs_screenshot(trained: dict, tmp_path: Path) -> None:
+    """A catalogue of a flat folder (no labels) shows k results with one result per product ticked; the page of a
+    search with a verified result and its outline, a filter and a mark is the screenshot the docs show."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lookalike.catalogue.backends import build_catalogue
+    from lookalike.serve.app import create_app
+    from lookalike.serve.page import PageOptions
+    from tests.test_verification import photo_of, texture
+
+    flat = tmp_path / "pictures"
+    flat.mkdir()
+    for seed in range(12):
+        Image.fromarray(texture(seed)).save(flat / f"{seed:03d}.png")
+    Image.fromarray(photo_of(texture(4), background_seed=60)).save(tmp_path / "photo.png")
+    build_catalogue(tmp_path / "flat.lkidx", trained["embedder"], flat, options=INLINE)
+    (tmp_path / "shop.csv").write_text("path,label,shelf\n" + "".join(
+        f"{flat / f'{seed:03d}.png'},,{'AB'[seed % 2]}\n" for seed in range(12)))
+    build_catalogue(tmp_path / "shop.lkidx", trained["embedder"], tmp_path / "shop.csv", options=INLINE)
+    cards = "#results .result"
+    with page_in_browser(create_app(tmp_path / "flat.lkidx")) as (browser, address):
+        browser.get(address)
+        assert browser.find_element(By.ID, "group").is_selected()  # one result per product, by default
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "photo.png"))
+        WebDriverWait(browser, 60).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, cards)) == 10)
+    with page_in_browser(create_app(tmp_path / "shop.lkidx", PageOptions(feedback=tmp_path / "fb"))) as (
+            browser, address):
+        browser.get(address)
+        browser.find_element(By.ID, "filter").send_keys('shelf == "A"')
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "photo.png"))
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, cards)) == 6)  # the six on shelf A
+        first = browser.find_elements(By.CSS_SELECTOR, cards)[0]
+        assert "verified" in first.get_attribute("class") and first.get_attribute("data-id") == "4"
+        first.find_element(By.CSS_SELECTOR, "button[data-verdict=same]").click()
+        wait.until(lambda b: "Thank you" in b.find_element(By.ID, "status").text)
+        wait.until(lambda b: b.execute_script(
+            "return [...document.images].filter(i => i.closest('.result')).every(i => i.complete && i.naturalWidth > 0)"))
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(DOCS_SCREENSHOT))
+    assert Image.open(DOCS_SCREENSHOT).size[0] >= 800
