@@ -70,6 +70,7 @@ def api_reference() -> str:
         parts = module.relative_to(package.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         out += [f"## {name}\n", f"::: {name}", "    options:", "      show_root_heading: false",
+                "      show_root_toc_entry: false",
                 "      members_order: source\n"]
     return "\n".join(out)
 
