@@ -243,27 +243,64 @@ def test_evaluate_puts_a_verified_row_beside_each_embedding_row(trained: dict, t
     assert verified["metrics"]["recall@1"] == 1.0 >= plain["metrics"]["recall@1"]
 
 
-def test_duplicates_are_confirmed_geometrically(trained: dict, pictures: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
-    """A re-upload and a crop of one picture are confirmed; a group's look-alike that is another picture is not."""
+def recoloured(picture: np.ndarray, degrees: int = 120) -> np.ndarray:
+    """``picture`` with its hue turned: a sibling of another colour, the same print."""
+    hsv = cv2.cvtColor(picture, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + degrees // 2) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_a_picture_and_its_recoloured_twin_each_rank_their_own_first(backend: str, trained: dict, pictures: Path,
+                                                                     tmp_path: Path) -> None:
+    """The twin shares every feature of the picture (inliers alike); the aligned comparison tells them apart: a
+    photo of either has its own first, verified, and the other, where it verifies too, as its look-alike."""
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
+    (pictures / "p2twin").mkdir()
+    Image.fromarray(recoloured(texture(2))).save(pictures / "p2twin" / "a.png")
+    out = tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")
+    catalogue = build_catalogue(out, trained["embedder"], pictures, backend, options=INLINE)
+    assert set(catalogue.meta["local"]["appearance"]) == {"structure", "colour", "margin", "copy"}
+    embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
+    answers = []
+    for label, picture in (("p2", texture(2)), ("p2twin", recoloured(texture(2)))):
+        hits = _verified_search(catalogue, embedder, photo_of(picture), k=4)
+        assert hits[0].label == label and hits[0].verified and hits[0].lookalike_of is None
+        assert not any(h.verified for h in hits[1:])  # the sibling is not a second verified match
+        twin = next((h for h in hits if h.inliers >= catalogue.meta["local"]["threshold"] and h is not hits[0]), None)
+        assert twin is None or twin.lookalike_of == hits[0].id
+        answers.append([(h.label, h.verified, h.lookalike_of is not None) for h in hits[:2]])
+    catalogue.close()
+    assert answers[0][0] == ("p2", True, False) and answers[1][0] == ("p2twin", True, False)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_duplicates_are_re_encodes_and_crops_and_variants_are_told_apart(
+        backend: str, trained: dict, pictures: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """With no threshold: a re-encode and a crop of one picture are its duplicates; its recoloured twin shares its
+    print (it verifies) but is a variant, never merged; unrelated pictures are neither."""
     from lookalike.cli.search import main_duplicates
 
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
     shop = tmp_path / "shop"
     shutil.copytree(pictures, shop)
-    (shop / "p1" / "again.png").write_bytes((shop / "p1" / "a.png").read_bytes())  # re-uploaded
-    Image.fromarray(texture(1)[20:170, 10:160]).save(shop / "p1" / "crop.png")
-    out = tmp_path / "c.lkidx"
-    build_catalogue(out, trained["embedder"], shop, options=INLINE)
-    catalogue = open_catalogue(out)
-    ids = {Path(it["path"]).name + it["label"]: it["id"] for it in catalogue.listing()}
-    inliers = catalogue.confirm([ids["a.pngp1"], ids["again.pngp1"], ids["crop.pngp1"], ids["a.pngp2"]])
-    needed = catalogue.meta["local"]["threshold"]
-    assert min(inliers[:3]) >= needed and inliers[3] < needed
+    encoded = cv2.imencode(".jpg", texture(1)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 40])[1].tobytes()
+    (shop / "p1" / "again.jpg").write_bytes(encoded)  # re-encoded
+    Image.fromarray(texture(1)[14:178, 12:180]).save(shop / "p1" / "crop.png")
+    (shop / "p1twin").mkdir()
+    Image.fromarray(recoloured(texture(1))).save(shop / "p1twin" / "a.png")
+    out = tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")
+    build_catalogue(out, trained["embedder"], shop, backend, options=INLINE).close()
     capsys.readouterr()
-    main_duplicates(["--index", str(out), "--threshold", "-1", "--json"])
-    [group] = json.loads(capsys.readouterr().out)  # everything is one group at similarity -1: p1's three confirmed
-    confirmed = {Path(it["path"]).name + it["label"] for it in group if it["verified"]}
-    assert confirmed == {"a.pngp1", "again.pngp1", "crop.pngp1"}
+    main_duplicates(["--index", str(out), "--backend", backend, "--json"])
+    found = json.loads(capsys.readouterr().out)
+    name = lambda item: f"{item['label']}/{Path(item['path']).name}"  # noqa: E731
+    duplicates = [sorted(map(name, f["items"])) for f in found if f["kind"] == "duplicates"]
+    variants = [sorted(map(name, f["items"])) for f in found if f["kind"] == "variants"]
+    assert duplicates == [["p1/a.png", "p1/again.jpg", "p1/crop.png"]]
+    assert ["p1/a.png", "p1twin/a.png"] in variants and all("p1twin/a.png" in v for v in variants)
 
 
 def test_both_backends_vote_alike(trained: dict, pictures: Path, tmp_path: Path) -> None:

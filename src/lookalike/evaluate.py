@@ -22,11 +22,12 @@ from lookalike.embedder.source import load_source
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.grid import retrieval_grid
 from lookalike.retrieval.metrics import Neighbors, clustering_nmi, metrics_from_neighbors, search
-from lookalike.catalogue.local import build_local
+from lookalike.catalogue.local import build_local, comparison_picture
 from lookalike.data.images import load_rgb
 from lookalike.data.table import ImageTable
 from lookalike.verification.features import FeatureOptions, LocalFeatures, extract
-from lookalike.verification.matching import verified_order, verify
+from lookalike.verification.appearance import Bounds
+from lookalike.verification.ranking import rank
 from lookalike.verification.votes import DescriptorVotes
 
 
@@ -82,20 +83,19 @@ class GalleryFeatures:
     by_row: dict[int, LocalFeatures]
     votes: DescriptorVotes
     threshold: int
+    bounds: Bounds
     photos: dict[int, LocalFeatures] = field(default_factory=dict)
 
     @classmethod
     def of(cls, table: ImageTable, workers: int | None = None) -> GalleryFeatures:
         rows = [int(r) for r in np.flatnonzero(table.is_gallery)]
         features, votes, meta = build_local(rows, [table.paths[r] for r in rows], FeatureOptions(), workers=workers)
-        return cls(dict(zip(rows, features)), votes, int(meta["threshold"]))
+        return cls(dict(zip(rows, features)), votes, int(meta["threshold"]), Bounds.of(meta["appearance"]))
 
     def photo(self, row: int, path: str) -> LocalFeatures:
-        """The features of the table's photo ``row`` (a gallery picture's are its own), found once."""
-        if row in self.by_row:
-            return self.by_row[row]
+        """The features of the table's photo ``row`` with its pixels (the aligned comparison's), found once."""
         if row not in self.photos:
-            self.photos[row] = extract(load_rgb(path))
+            self.photos[row] = extract(load_rgb(path), keep=True)
         return self.photos[row]
 
 
@@ -110,9 +110,10 @@ def verified_neighbors(nb: Neighbors, table: ImageTable, embeddings: torch.Tenso
         candidates = found[:count]
         voted = [r for r, _ in gallery.votes.candidates(photo, count + 1) if r != query and r not in candidates]
         candidates += voted[:count]
-        verdicts = verify(photo, [gallery.by_row[r] for r in candidates], needed=gallery.threshold)
-        scores = (emb[candidates] @ emb[query]).tolist()
-        order = [candidates[i] for i in verified_order(scores, [v.inliers for v in verdicts], gallery.threshold)]
+        pictures = [gallery.by_row[r] for r in candidates]
+        ranked = rank([photo], pictures, (emb[candidates] @ emb[query]).tolist(), gallery.threshold,
+                      lambda j: comparison_picture(table.paths[candidates[j]], pictures[j].size), bounds=gallery.bounds)
+        order = [candidates[i] for i in ranked.order]
         checked = set(order)
         ranked = (order + [r for r in found if r not in checked])[:width]
         retrieved.append(ranked)

@@ -13,17 +13,72 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lookalike.boxes.finder import BoxFinder
 from lookalike.catalogue.build import embed_catalogue
 from lookalike.catalogue.filters import Condition
-from lookalike.catalogue.local import calibrated, catalogue_features, feature_options, local_meta
+from lookalike.catalogue.local import calibrated, catalogue_features, comparison_picture, feature_options, local_meta
 from lookalike.data.listing import labelled_images
 from lookalike.embedder.file import embedder_hash, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.files import MAX_DIM, number_field, text_field
+from lookalike.verification.appearance import Bounds, covered, placed
 from lookalike.verification.features import LocalFeatures
-from lookalike.verification.matching import verify
+from lookalike.verification.matching import Verdict, verify
+
+
+DUPLICATE, VARIANT = "duplicate", "variant"
+COVER = 0.5  # a duplicate's pictures each cover at least this share of the other (a crop still does)
+PAIR_BATCH = 256  # pictures whose pairs are verified together
+
+
+@dataclass
+class Pair:
+    """Two catalogue pictures that verify against each other: ``inliers`` (the fewer of both ways), how much of
+    each other they disagree in after alignment (the larger share of cells), how much of each other they cover
+    (the smaller share) and their ``kind``: a duplicate (the same picture re-encoded, resized, cropped, with a
+    sticker) or a variant (they share print but differ: another colour, other words)."""
+
+    a: int
+    b: int
+    inliers: int
+    disagreement: float
+    cover: float
+    kind: str
+
+
+def groups_of(links: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """The groups of ids that ``links`` join (connected components of two or more), largest first."""
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        parent.setdefault(i, i)
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in links:
+        parent[root(b)] = root(a)
+    groups: dict[int, list[int]] = {}
+    for i in sorted(parent):
+        groups.setdefault(root(i), []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
+
+
+def _pair(first: dict[str, Any], own: LocalFeatures, second: dict[str, Any], other: LocalFeatures, there: Verdict,
+          back: Verdict, bounds: Bounds) -> Pair:
+    """Two pictures that verified (``there``: the second found in the first; ``back``: the first in the second),
+    compared after alignment both ways."""
+    shown = [comparison_picture(first["path"], own.size), comparison_picture(second["path"], other.size)]
+    if back.quad is None or there.quad is None or None in shown:
+        return Pair(first["id"], second["id"], min(there.inliers, back.inliers), 1.0, 0.0, VARIANT)
+    differ = max(placed(shown[1], other.size, shown[0], own.size, there.quad).disagreement(bounds),
+                 placed(shown[0], own.size, shown[1], other.size, back.quad).disagreement(bounds))
+    cover = min(covered(there.quad), covered(back.quad))
+    kind = DUPLICATE if differ <= bounds.copy and cover >= COVER else VARIANT
+    return Pair(first["id"], second["id"], min(there.inliers, back.inliers), differ, cover, kind)
 
 
 @dataclass
@@ -40,6 +95,8 @@ class SearchHit:
     verified: bool | None = None  # verified searches: whether local features confirm it (None: not checked)
     inliers: int | None = None  # verified searches: matches agreeing on one transformation
     quad: list[list[float]] | None = None  # the picture's outline where it was found in the photo (fractions)
+    lookalike_of: int | None = None  # verified searches: the item this one is a look-alike of (a sibling: it verifies
+    # where that one does, but its colours or words disagree with the photo), not verified itself
 
 
 def hit_value(hit: SearchHit, column: str) -> str:
@@ -53,7 +110,6 @@ def item_value(item: dict[str, Any], column: str) -> str:
 
 
 MAX_ITEMS = 1 << 40  # items a catalogue's meta may claim
-CONFIRMED = 64  # pictures of a near-duplicate group matched with one another
 
 
 def check_meta(meta: dict[str, Any], source: str) -> dict[str, Any]:
@@ -229,38 +285,36 @@ class Catalogue(ABC):
 
     def duplicate_groups(self, threshold: float, k: int = 20) -> list[list[int]]:
         """Groups of item ids linked by similarity >= ``threshold`` (each item to its ``k`` nearest), largest first."""
-        if not self.count():
-            return []
-        parent: dict[int, int] = {}
-
-        def root(i: int) -> int:
-            parent.setdefault(i, i)
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
+        links = []
         for item, found in self.neighbourhoods(k + 1):
-            root(item)
-            for hit in found:
-                if hit.id != item and hit.score >= threshold:
-                    parent[root(hit.id)] = root(item)
-        groups: dict[int, list[int]] = {}
-        for i in sorted(parent):
-            groups.setdefault(root(i), []).append(i)
-        return sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)
+            links += [(item, hit.id) for hit in found if hit.id != item and hit.score >= threshold]
+        return groups_of(links)
 
-    def confirm(self, group: Sequence[int]) -> list[int]:
-        """Geometric confirmation of a group of near-duplicates: each item's most inliers with another picture of
-        the group (the first ``CONFIRMED`` of a larger one), so that re-uploads and crops of one picture show many
-        and look-alikes few (the catalogue's calibrated threshold confirms)."""
-        pictures = self.local_features(group[:CONFIRMED])
-        needed = int(self.check_local()["threshold"])
-        best = [0] * len(group)
-        for i, picture in enumerate(pictures):
-            for j, verdict in enumerate(verify(picture, pictures[i + 1:], needed=needed), i + 1):
-                best[i], best[j] = max(best[i], verdict.inliers), max(best[j], verdict.inliers)
-        return best
+    def verified_pairs(self, votes: int = 5, k: int = 5, threshold: float | None = None) -> list[Pair]:
+        """Pairs of catalogue pictures that verify against each other, found without a similarity threshold: each
+        picture's descriptors vote for ``votes`` others and its ``k`` nearest by embedding (with similarity at
+        least ``threshold``, when given) join them; each pair is matched both ways and compared after alignment
+        (:class:`Pair`: a duplicate when they agree within the catalogue's copy bound and cover most of each other,
+        else a variant)."""
+        local = self.check_local()
+        needed, bounds = int(local["threshold"]), Bounds.of(local.get("appearance"))
+        items = {it["id"]: it for it in self.listing()}
+        ids = sorted(items)
+        wanted: dict[int, set[int]] = {i: set() for i in ids}
+        for item, found in self.neighbourhoods(k + 1):
+            wanted[item] |= {h.id for h in found if h.id != item and (threshold is None or h.score >= threshold)}
+        pairs = []
+        for start in tqdm(range(0, len(ids), PAIR_BATCH), desc="verifying pairs", unit="batch", disable=None):
+            batch = ids[start:start + PAIR_BATCH]
+            for item, own in zip(batch, self.local_features(batch)):
+                others = wanted[item] | {i for i, _ in self.vote_candidates(own, votes + 1) if i != item}
+                others = sorted(i for i in others if i > item and i in items)  # each pair once
+                pictures = self.local_features(others)
+                for other, picture, verdict in zip(others, pictures, verify(own, pictures, needed=needed)):
+                    if verdict.inliers >= needed:
+                        back = verify(picture, [own], needed=needed)[0]
+                        pairs.append(_pair(items[item], own, items[other], picture, verdict, back, bounds))
+        return sorted(pairs, key=lambda p: (p.kind != DUPLICATE, -p.inliers))
 
     def recalibrate(self) -> dict[str, Any]:
         """Calibrate the verification threshold anew on the catalogue as it is now (after many items were added

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,12 +19,14 @@ from lookalike.catalogue.build import PARTIAL_MARKER
 from lookalike.data.images import load_rgb
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, claim_folder, number_field
+from lookalike.verification.appearance import SIDE, Bounds, shrunk
 from lookalike.verification.calibration import Calibration, calibrate
 from lookalike.verification.features import MAX_FEATURES, MAX_SIDE, NONE, FeatureOptions, LocalFeatures, extract
 from lookalike.verification.store import ARRAYS, FeatureStore
 from lookalike.verification.votes import DescriptorVotes
 
 CHUNK = 1024  # pictures whose features are saved together during a build
+PICTURES = 256  # catalogue pictures kept decoded (small) for the aligned comparison
 
 
 def picture_features(path: str, options: FeatureOptions) -> LocalFeatures:
@@ -82,9 +85,13 @@ def describe_local(meta: dict[str, Any] | None) -> str:
     """One line about a catalogue's local features and its calibrated threshold."""
     if meta is None:
         return "no local features kept (searches rank by the embedding alone)"
-    return (f"local features: up to {meta['count']} a picture; {meta['threshold']} inliers verify a match (calibrated "
+    line = (f"local features: up to {meta['count']} a picture; {meta['threshold']} inliers verify a match (calibrated "
             f"on {meta['photos']} photos made of catalogue pictures: {meta['true_rate']:.0%} verified with their own "
-            f"picture, {meta['false_rate']:.1%} of wrong pairs)")
+            f"picture, {meta['false_rate']:.1%} of wrong pairs, siblings included)")
+    if meta.get("appearance"):
+        line += (f"; a verified picture disagreeing with the photo in {meta['appearance']['margin']:.0%} more of it "
+                 "than the best is a look-alike of it")
+    return line
 
 
 def calibrated(ids: Sequence[int], paths: Sequence[str], features: Callable[[Sequence[int]], list[LocalFeatures]],
@@ -110,6 +117,14 @@ def check_local_meta(meta: Any, source: str) -> dict[str, Any]:
     number_field(meta.get("threshold"), "local threshold", source, 4, 1 << 20, integer=True)
     for name in ("false_rate", "true_rate"):
         number_field(meta.get(name), f"local {name}", source, 0, 1)
+    appearance = meta.get("appearance")
+    if appearance is not None:  # catalogues built before the aligned comparison have none: its defaults then
+        if not isinstance(appearance, dict) or set(appearance) != set(Bounds.__dataclass_fields__):
+            raise LookalikeError(f"'{source}' is a damaged lookalike index (its appearance bounds)")
+        for name, value in appearance.items():
+            number_field(value, f"local appearance {name}", source, 0, 1000)
+    if meta.get("sibling_disagreement") is not None:
+        number_field(meta["sibling_disagreement"], "local sibling_disagreement", source, 0, 1)
     return meta
 
 
@@ -119,6 +134,25 @@ def feature_options(meta: dict[str, Any]) -> FeatureOptions:
 
 
 def photo_features(photos: Sequence[np.ndarray], meta: dict[str, Any]) -> list[LocalFeatures]:
-    """The local features of query photos (RGB arrays), found as the catalogue's (``meta``: its ``local`` meta)."""
+    """The local features of query photos (RGB arrays), found as the catalogue's (``meta``: its ``local`` meta),
+    each with the photo as they were found in (the aligned comparison's)."""
     options = feature_options(meta)
-    return [extract(photo, options) for photo in photos]
+    return [extract(photo, options, keep=True) for photo in photos]
+
+
+def comparison_picture(path: str, size: tuple[int, int]) -> tuple[np.ndarray, float] | None:
+    """A catalogue picture as the aligned comparison takes it (:func:`~lookalike.verification.appearance.shrunk`
+    from its features' frame ``size``); None where it cannot be read now."""
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return _comparison_picture(path, stamp, size)
+
+
+@lru_cache(maxsize=PICTURES)
+def _comparison_picture(path: str, stamp: int, size: tuple[int, int]) -> tuple[np.ndarray, float] | None:
+    try:
+        return shrunk(load_rgb(path, min_side=2 * SIDE), size)
+    except LookalikeError:
+        return None

@@ -3,7 +3,10 @@ by geometric verification; the verified ones first, ordered by their inliers, th
 
 A photo verifies a catalogue picture when at least the catalogue's calibrated threshold of matches agree on one
 transformation (:mod:`lookalike.verification.calibration`), so on pictures without texture (fruit, flowers, plain
-furniture) nothing verifies and the embedding's order stands."""
+furniture) nothing verifies and the embedding's order stands. Each verified picture is then compared with the
+photo where the fit puts it (:mod:`lookalike.verification.appearance`): of the candidates found over the same part
+of a photo, the one whose colours and print agree best comes first, and one that disagrees beyond the catalogue's
+calibrated bound is a look-alike of it (a sibling: another variant of the product), not a second verified match."""
 
 from __future__ import annotations
 
@@ -14,9 +17,12 @@ import numpy as np
 
 from lookalike.catalogue.base import Catalogue, SearchHit
 from lookalike.catalogue.filters import Condition
+from lookalike.catalogue.local import comparison_picture
 from lookalike.errors import LookalikeError
+from lookalike.verification.appearance import Bounds
 from lookalike.verification.features import LocalFeatures
-from lookalike.verification.matching import Verdict, VerifyOptions, verified_order, verify
+from lookalike.verification.matching import VerifyOptions
+from lookalike.verification.ranking import rank
 
 VERIFY_K = 50  # candidates verified per photo by default: the embedding's best 50 and the votes' best 50
 MAX_VERIFY = 1000  # candidates of each source one search may verify (the work of a query stays bounded)
@@ -37,8 +43,9 @@ def verify_count(index: Catalogue, asked: int | None) -> int:
 def verified_hits(index: Catalogue, hits: list[SearchHit], queries: np.ndarray, photos: Sequence[LocalFeatures],
                   count: int, where: Condition | None, options: VerifyOptions) -> list[SearchHit]:
     """``hits`` (the embedding's candidates, best first) with the ``count`` most voted items of each photo added,
-    every one verified against every photo (its best verdict kept) and ordered: verified first by inliers, then
-    the rest by embedding similarity to ``queries`` (each item by its best query)."""
+    every one verified against every photo (its best verdict kept), compared with the photo where it verified,
+    and ordered (:func:`~lookalike.verification.ranking.rank`): verified first, look-alikes after the one they look
+    like, then the rest by embedding similarity to ``queries`` (each item by its best query)."""
     threshold = options.threshold or int(index.check_local()["threshold"])
     known = {h.id for h in hits}
     voted = []
@@ -53,11 +60,9 @@ def verified_hits(index: Catalogue, hits: list[SearchHit], queries: np.ndarray, 
         hits += [SearchHit(it["id"], it["path"], it["label"], float(score), it.get("fields"))
                  for it, score in zip(voted, scores)]
     pictures = index.local_features([h.id for h in hits])
-    best = [Verdict() for _ in hits]
-    for photo in photos:
-        for j, verdict in enumerate(verify(photo, pictures, options, needed=threshold)):
-            if verdict.inliers > best[j].inliers:
-                best[j] = verdict
-    order = verified_order([h.score for h in hits], [v.inliers for v in best], threshold)
-    return [replace(hits[i], verified=best[i].inliers >= threshold, inliers=best[i].inliers,
-                    quad=best[i].quad if best[i].inliers >= threshold else None) for i in order]
+    bounds = Bounds.of(index.meta["local"].get("appearance"))
+    ranked = rank(photos, pictures, [h.score for h in hits], threshold,
+                  lambda j: comparison_picture(hits[j].path, pictures[j].size), options, bounds)
+    return [replace(hits[i], verified=i in ranked.verified, inliers=ranked.verdicts[i].inliers,
+                    quad=ranked.verdicts[i].quad if i in ranked.verified or i in ranked.rivals else None,
+                    lookalike_of=hits[ranked.rivals[i]].id if i in ranked.rivals else None) for i in ranked.order]

@@ -116,41 +116,65 @@ def main(argv: list[str]) -> None:
 
 
 def main_duplicates(argv: list[str]) -> None:
-    """``lookalike duplicates --index FILE.lkidx [--threshold T] [--json]``."""
-    parser = argparse.ArgumentParser(prog="lookalike duplicates", description="List near-duplicate catalogue images.")
+    """``lookalike duplicates --index FILE.lkidx [--threshold T] [--no-verify] [--json]``."""
+    parser = argparse.ArgumentParser(prog="lookalike duplicates", description="List near-duplicate catalogue images "
+                                     "(re-uploads, re-encodes, resizes, crops), and apart from them the variants: "
+                                     "pictures that share print but differ (another colour, other words).")
     parser.add_argument("--index", required=True, help="catalogue index (.lkidx), or the Milvus file / URI")
     add_backend_options(parser)
-    parser.add_argument("--threshold", type=float, help="similarity (default: the embedder's calibrated threshold)")
-    parser.add_argument("--no-verify", action="store_true", help="do not confirm the groups with local features "
-                        "(by default, where the catalogue keeps them, the pictures of a group are matched with one "
-                        "another: re-uploads and crops of one picture agree on one transformation)")
+    parser.add_argument("--threshold", type=float, help="embedding similarity: with local features, only neighbours "
+                        "at least this similar join the descriptor votes as candidate pairs (default: the 5 nearest "
+                        "whatever their similarity); --no-verify: groups of pictures this similar (default: the "
+                        "embedder's calibrated threshold)")
+    parser.add_argument("--no-verify", action="store_true", help="group by embedding similarity alone (the default, "
+                        "where the catalogue keeps local features, finds pairs by their descriptors' votes and the "
+                        "embedding, matches them geometrically and compares them after alignment)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from lookalike.catalogue.backends import open_catalogue
-    from lookalike.embedder.file import match_threshold
 
     index = open_catalogue(args.index, args.backend, args.collection)
-    threshold = args.threshold if args.threshold is not None else match_threshold(index.meta["embedder"])
-    if threshold is None:
-        raise LookalikeError("No threshold: pass --threshold, or run `lookalike calibrate` on the embedder first")
-    groups = index.duplicate_groups(threshold)
-    items = [[index.item(i) for i in g] for g in groups]
-    if index.keeps_local and not args.no_verify:  # re-uploads and crops of one picture share its geometry
-        needed = index.meta["local"]["threshold"]
-        for group, found in zip(groups, items):
-            for item, inliers in zip(found, index.confirm(group)):
-                item.update(inliers=inliers, verified=inliers >= needed)
+    found = _embedding_groups(index, args.threshold) if args.no_verify or not index.keeps_local else \
+        _verified_groups(index, args.threshold)
     if args.json:
-        print(json.dumps(items, indent=2))
+        print(json.dumps(found, indent=2))
         return
-    print(f"{len(groups)} groups of near-duplicates (similarity >= {threshold:.4f}) among {index.count()} items")
-    for n, group in enumerate(items, 1):
-        confirmed = sum(bool(it.get("verified")) for it in group)
-        shown = f" ({confirmed} of {len(group)} confirmed by local features)" if "verified" in group[0] else ""
-        print(f"group {n}:{shown}")
-        for item in group:
-            mark = f"  [{item['inliers']} matches]" if "inliers" in item else ""
-            print(f"  {item['path']}  {item['label']}{mark}")
+    duplicates = [f for f in found if f["kind"] == "duplicates"]
+    variants = [f for f in found if f["kind"] == "variants"]
+    how = "confirmed by local features and aligned comparison" if "disagreement" in json.dumps(found) or \
+        index.keeps_local and not args.no_verify else f"embedding similarity >= {args.threshold}"
+    print(f"{len(duplicates)} groups of near-duplicates ({how}) among {index.count()} items")
+    for n, group in enumerate(duplicates, 1):
+        print(f"group {n}:")
+        for item in group["items"]:
+            print(f"  {item['path']}  {item['label']}")
+    if index.keeps_local and not args.no_verify:
+        print(f"{len(variants)} pairs of variants (they share print but differ: not merged)")
+        for pair in variants:
+            a, b = pair["items"]
+            print(f"  {a['path']}  {a['label']}\n    ~ {b['path']}  {b['label']}  ({pair['inliers']} matches, "
+                  f"{pair['disagreement']:.0%} of the picture differs)")
+
+
+def _embedding_groups(index: Any, threshold: float | None) -> list[dict[str, Any]]:
+    from lookalike.embedder.file import match_threshold
+
+    threshold = threshold if threshold is not None else match_threshold(index.meta["embedder"])
+    if threshold is None:
+        raise LookalikeError("No threshold: pass --threshold, or run `lookalike calibrate` on the embedder first "
+                             "(or build the catalogue with local features: then none is needed)")
+    return [{"kind": "duplicates", "items": [index.item(i) for i in group]}
+            for group in index.duplicate_groups(threshold)]
+
+
+def _verified_groups(index: Any, threshold: float | None) -> list[dict[str, Any]]:
+    from lookalike.catalogue.base import DUPLICATE, groups_of
+
+    pairs = index.verified_pairs(threshold=threshold)
+    groups = groups_of([(p.a, p.b) for p in pairs if p.kind == DUPLICATE])
+    return [{"kind": "duplicates", "items": [index.item(i) for i in group]} for group in groups] + [
+        {"kind": "variants", "items": [index.item(p.a), index.item(p.b)], "inliers": p.inliers,
+         "disagreement": round(p.disagreement, 4), "cover": round(p.cover, 4)} for p in pairs if p.kind != DUPLICATE]
 
 
 def main_confusers(argv: list[str]) -> None:
@@ -168,12 +192,25 @@ def main_confusers(argv: list[str]) -> None:
     from lookalike.catalogue.base import item_value
 
     index = open_catalogue(args.index, args.backend, args.collection)
-    pairs = index.confusers(args.by, args.top)
-    items = {i: index.item(i) for _, a, b in pairs for i in (a, b)}
+    variants = []
+    if index.keeps_local:  # pictures that verify against each other and differ: the pairs a shop must show apart
+        from lookalike.catalogue.base import DUPLICATE
+
+        for p in index.verified_pairs():
+            a, b = index.item(p.a), index.item(p.b)
+            if p.kind != DUPLICATE and item_value(a, args.by) != item_value(b, args.by):
+                variants.append({"kind": "verified variants", "inliers": p.inliers,
+                                 "disagreement": round(p.disagreement, 4), "a": a, "b": b})
+    known = {(v["a"]["id"], v["b"]["id"]) for v in variants}
+    pairs = [{"kind": "similar", "similarity": s, "a": index.item(a), "b": index.item(b)}
+             for s, a, b in index.confusers(args.by, args.top) if (a, b) not in known]
+    found = (variants + pairs)[:args.top]
     if args.json:
-        print(json.dumps([{"similarity": s, "a": items[a], "b": items[b]} for s, a, b in pairs], indent=2))
+        print(json.dumps(found, indent=2))
         return
-    print(f"{len(pairs)} most similar pairs with different {args.by} among {index.count()} items")
-    for s, a, b in pairs:
-        print(f"  {s:.4f}  {item_value(items[a], args.by):<16} {items[a]['path']}")
-        print(f"          {item_value(items[b], args.by):<16} {items[b]['path']}")
+    print(f"{len(found)} pairs with different {args.by} among {index.count()} items: verified variants (they share "
+          "print) first, then the most similar by embedding")
+    for pair in found:
+        how = f"{pair['inliers']} matches" if "inliers" in pair else f"{pair['similarity']:.4f}"
+        print(f"  {how:<12} {item_value(pair['a'], args.by):<16} {pair['a']['path']}")
+        print(f"  {'':<12} {item_value(pair['b'], args.by):<16} {pair['b']['path']}")

@@ -1,12 +1,18 @@
-"""The inliers a verified match needs, calibrated on the catalogue itself.
+"""What a verified match needs, calibrated on the catalogue itself: the inliers, and the bounds of the aligned
+comparison (:mod:`lookalike.verification.appearance`).
 
-Photos are made of catalogue pictures (each warped by a random perspective, scaled, turned, dimmed, blurred and
-pasted onto another catalogue picture), and each is verified against the candidates the descriptor votes give it,
-except its own picture and its background's, and except pictures whose matches with the photo are explained by
-content they share with those two (a direct match with at least half as many inliers: copies, crops, edits).
-What is left are pairs of *different* pictures, and their inlier counts are what chance reaches in this catalogue
-(repeated print, natural texture). The threshold is the smallest count that at most ``rate`` of these wrong pairs
-reach, and never below ``FLOOR``. The photos' own pictures give the share of right pairs verified at it."""
+Photos are made of catalogue pictures (each warped by a random perspective, scaled, turned, its white balance and
+exposure shifted, blurred and pasted onto another catalogue picture), and each is verified against its own picture
+and the candidates the descriptor votes give it. The photo against its own picture gives the cells of right pairs:
+a cell disagrees beyond the 99th percentile of their lightness and chroma differences. Copies made of catalogue
+pictures (re-encoded, resized, cropped, a sticker on) against their own give what one picture disagrees with
+itself: the ``copy`` bound, which is also the ``margin`` by which a candidate must disagree more than the best to be
+a look-alike of it. The other candidates are wrong pairs, except true copies of the photo's own picture or its
+background (a picture that matches one of them and agrees with it after alignment within the copy bound): siblings
+that share print count. Their inlier counts are what chance and shared print reach in this catalogue; the
+threshold is the smallest count that at most ``rate`` of them reach, and never below ``FLOOR``, and the rate
+reported is that of the wrong pairs at it, siblings included. The photos' own pictures give the share of right pairs
+verified at it, and the wrong pairs that verify the disagreement of siblings."""
 
 from __future__ import annotations
 
@@ -17,27 +23,32 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from lookalike.verification.features import FeatureOptions, LocalFeatures, extract
-from lookalike.verification.matching import VerifyOptions, verify
+from lookalike.verification.appearance import OVERLAP, Bounds, Cells, overlap, placed, shrunk
+from lookalike.verification.features import FeatureOptions, LocalFeatures, extract, scaled
+from lookalike.verification.matching import Verdict, VerifyOptions, verify
 
 FLOOR = 15  # inliers a match needs whatever the calibration finds
 RATE = 0.002  # the share of wrong pairs allowed to verify at the threshold
 SAMPLE = 200  # photos made (several of each picture in a catalogue of fewer)
 SMALLEST = 20  # photos made at least (a catalogue of fewer than 50 pictures: 4 of each, at least this many)
 CANDIDATES = 20  # wrong pictures each photo is verified against
-COPY = 0.5  # a candidate matching the photo's source pictures directly with at least this share of its inliers with
-# the photo shares their content (a re-upload, a crop, an edit): not a wrong pair
+COPIES = 60  # copies made of catalogue pictures, at most
+SMALLEST_COPY = 3 / 64  # the copy bound at least: three cells of the 8 x 8
 
 
 @dataclass
 class Calibration:
-    """The threshold (inliers), the share of wrong pairs that reached it (``false_rate``), the share of made
-    photos verified with their own picture (``true_rate``), and how many photos were made."""
+    """The threshold (inliers), the share of wrong pairs that reached it (``false_rate``: siblings included), the
+    share of made photos verified with their own picture (``true_rate``), how many photos were made, the aligned
+    comparison's bounds (``appearance``) and the median disagreement of the wrong pairs that verified
+    (``sibling_disagreement``: None where none did)."""
 
     threshold: int
     false_rate: float
     true_rate: float
     photos: int
+    appearance: dict
+    sibling_disagreement: float | None = None
 
     def as_meta(self) -> dict:
         return asdict(self)
@@ -62,9 +73,30 @@ def made_photo(picture: np.ndarray, background: np.ndarray, rng: np.random.Gener
     warped = cv2.warpPerspective(picture, H, (cw, ch))
     inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (cw, ch)) > 0
     photo = np.where(inside[..., None], warped, canvas).astype(np.float32)
-    photo = photo * rng.uniform(0.5, 1.2) + rng.uniform(-20, 20)
+    photo = photo * rng.uniform(0.5, 1.2) * rng.uniform(0.85, 1.15, 3) + rng.uniform(-20, 20)  # exposure, white
     photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2)) + rng.normal(0, 3, photo.shape)
     return photo.clip(0, 255).astype(np.uint8)
+
+
+def made_copy(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``picture`` as a shop might upload it again: re-encoded, resized, cropped, or with a price sticker on."""
+    h, w = picture.shape[:2]
+    kind = int(rng.integers(4))
+    if kind == 0:
+        _, data = cv2.imencode(".jpg", picture[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 70))])
+        return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+    if kind == 1:
+        scale = rng.uniform(0.4, 0.8)
+        return cv2.resize(picture, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+    if kind == 2:
+        dx, dy = (int(v) for v in rng.uniform(0.03, 0.12, 2) * [w, h])
+        return picture[dy:h - dy, dx:w - dx].copy()
+    out = picture.copy()
+    sw, sh = int(w * rng.uniform(0.15, 0.25)), int(h * rng.uniform(0.1, 0.2))
+    x, y = int(rng.integers(0, w - sw)), int(rng.integers(0, h - sh))
+    out[y:y + sh, x:x + sw] = rng.integers(0, 256, 3)
+    cv2.putText(out, "$9.99", (x + 2, y + sh - 4), cv2.FONT_HERSHEY_SIMPLEX, sh / 40, (0, 0, 0), 2)
+    return out
 
 
 def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
@@ -72,33 +104,91 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
               candidates: Callable[[LocalFeatures, int], list[tuple[int, int]]], options: FeatureOptions,
               verifying: VerifyOptions = VerifyOptions(), sample: int = SAMPLE, rate: float = RATE,
               seed: int = 0) -> Calibration:
-    """Calibrate the threshold on the catalogue items ``ids`` (``picture``: an item's image; ``features``: items'
-    stored features; ``candidates``: the items a photo's descriptors vote for, as (id, votes))."""
+    """Calibrate the threshold and the comparison's bounds on the catalogue items ``ids`` (``picture``: an item's
+    image; ``features``: items' stored features; ``candidates``: the items a photo's descriptors vote for, as (id,
+    votes))."""
     rng = np.random.default_rng(seed)
     ids = list(ids)
     sample = min(sample, max(SMALLEST, 4 * len(ids)))
     order = np.concatenate([rng.permutation(len(ids)) for _ in range(-(-sample // max(1, len(ids))))])
     chosen = [ids[i] for i in order[:sample]]  # a small catalogue: several photos of each picture
-    wrong, right = [], []
-    for item in tqdm(chosen, desc="calibrating verification", unit="photo", leave=False, disable=None):
+    kept: dict[int, tuple[np.ndarray, float]] = {}
+
+    def small(item: int, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+        if item not in kept:
+            kept[item] = shrunk(scaled(picture(item), options.max_side), size)
+        return kept[item]
+
+    right, right_cells, copies, wrong = [], [], [], []
+    for n, item in enumerate(tqdm(chosen, desc="calibrating verification", unit="photo", leave=False,
+                                  disable=None)):
         others = [i for i in ids if i != item]
         background = int(others[rng.integers(len(others))]) if others else None
-        photo = made_photo(picture(item), picture(background) if background is not None else None, rng)
-        found = extract(photo, options)
-        skip = {item, background}
-        voted = [i for i, _ in candidates(found, CANDIDATES + 2) if i not in skip][:CANDIDATES]
-        pictures = features([item, *voted])
+        image = picture(item)
+        found = extract(made_photo(image, picture(background) if background is not None else None, rng), options,
+                        keep=True)
+        shown = [item] + ([background] if background is not None else [])  # the pictures in the photo
+        voted = [i for i, _ in candidates(found, CANDIDATES + 2) if i not in shown][:CANDIDATES]
+        pictures = features([*shown, *voted])
         verdicts = verify(found, pictures, verifying)
+        seen = (found.pixels, 1.0)
+        cells = [None if v.quad is None else placed(small(i, f.size), f.size, seen, found.size, v.quad)
+                 for i, f, v in zip([*shown, *voted], pictures, verdicts)]
         right.append(verdicts[0].inliers)
-        # a picture whose matches with the photo are explained by content it shares with the photo's own picture or
-        # its background (the same picture twice, a crop, an edit) is not a wrong pair: wrong pairs are the matches
-        # that no shared content explains
-        direct = [verify(source, pictures[1:], verifying) for source in [pictures[0], *(
-            features([background]) if background is not None else [])]]
-        wrong += [v.inliers for j, v in enumerate(verdicts[1:]) if max(d[j].inliers for d in direct) < COPY * v.inliers]
-    wrong_counts, right_counts = np.array(wrong), np.array(right)
+        if cells[0] is not None:
+            right_cells.append(cells[0])
+        if n < COPIES:  # a copy of the picture against it: what one picture disagrees with itself
+            copy = extract(made_copy(image, rng), options, keep=True)
+            [again] = verify(copy, pictures[:1], verifying)
+            if again.quad is not None:
+                copies.append(placed(small(item, pictures[0].size), pictures[0].size, (copy.pixels, 1.0), copy.size,
+                                     again.quad))
+        sources = list(zip(shown, pictures, verdicts, cells))
+        direct = [verify(own, pictures[len(shown):], verifying) for own in pictures[:len(shown)]]
+        for j, (candidate, stored, verdict, looks) in enumerate(zip(voted, pictures[len(shown):],
+                                                                   verdicts[len(shown):], cells[len(shown):])):
+            wrong.append((verdict, looks, candidate, stored, [(*source, d[j]) for source, d in zip(sources, direct)]))
+    bounds = _bounds(right_cells, copies)
+
+    def shown_apart(verdict: Verdict, looks: Cells | None, candidate: int, stored: LocalFeatures,
+                    sources: list) -> bool:
+        """Whether the search would not show this candidate as verified: a look-alike of a picture in the photo
+        (found over it, disagreeing beyond the margin more than it does), or a true copy of one (a re-upload, a
+        crop, a sticker on: it matches one directly and agrees with it after alignment). A sibling that the
+        comparison cannot tell apart is shown, and counts."""
+        for source, own, there, own_cells, direct in sources:
+            if looks is not None and own_cells is not None and verdict.quad is not None and there.quad is not None \
+                    and overlap(verdict.quad, there.quad) >= OVERLAP \
+                    and looks.disagreement(bounds) - own_cells.disagreement(bounds) > bounds.margin:
+                return True
+            if direct.quad is not None and direct.inliers >= FLOOR and placed(
+                    small(candidate, stored.size), stored.size, small(source, own.size), own.size, direct.quad
+            ).disagreement(bounds) <= bounds.copy:
+                return True
+        return False
+
+    counted = [verdict for verdict, looks, candidate, stored, sources in wrong
+               if not shown_apart(verdict, looks, candidate, stored, sources)]
+    wrong_counts, right_counts = np.array([v.inliers for v in counted]), np.array(right)
     allowed = int(np.floor(rate * len(wrong_counts)))
     reached = np.sort(wrong_counts)[::-1]
     threshold = max(FLOOR, int(reached[allowed]) + 1 if allowed < len(reached) else FLOOR)
-    return Calibration(threshold, float((wrong_counts >= threshold).mean()) if len(wrong) else 0.0,
-                       float((right_counts >= threshold).mean()) if len(right) else 0.0, len(chosen))
+    siblings = [looks.disagreement(bounds) for verdict, looks, *_ in wrong
+                if verdict.inliers >= threshold and looks is not None]
+    return Calibration(threshold, float((wrong_counts >= threshold).mean()) if len(wrong_counts) else 0.0,
+                       float((right_counts >= threshold).mean()) if len(right) else 0.0, len(chosen),
+                       bounds.as_meta(), float(np.median(siblings)) if siblings else None)
+
+
+def _bounds(right: list[Cells], copies: list[Cells]) -> Bounds:
+    """The comparison's bounds from the cells of right pairs and of copies against their own picture."""
+    default = Bounds()
+    cells = [c for c in right if c.valid.any()]
+    if not cells:
+        return default
+    structure = max(0.5, float(np.percentile(np.concatenate([c.structure[c.valid] for c in cells]), 99)))
+    colour = max(6.0, float(np.percentile(np.concatenate([c.colour[c.valid] for c in cells]), 99)))
+    found = Bounds(structure, colour, default.margin, default.copy)
+    shares = [c.disagreement(found) for c in copies if c.valid.any()]
+    copy = max(SMALLEST_COPY, float(np.percentile(shares, 99)) if shares else default.copy)
+    return Bounds(structure, colour, copy, copy)

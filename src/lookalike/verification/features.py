@@ -42,11 +42,13 @@ class FeatureOptions:
 @dataclass
 class LocalFeatures:
     """One picture's features: ``xy`` (n x 2, float32 pixels of the picture as found: scaled to ``max_side``),
-    ``descriptors`` (n x 128 uint8, RootSIFT x 512) and ``size`` (width, height of that picture)."""
+    ``descriptors`` (n x 128 uint8, RootSIFT x 512) and ``size`` (width, height of that picture); a photo's
+    features also carry that picture (``pixels``, RGB), which verification compares candidates with."""
 
     xy: np.ndarray
     descriptors: np.ndarray
     size: tuple[int, int]
+    pixels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -69,18 +71,26 @@ class LocalFeatures:
 NONE = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR), np.uint8), (1, 1))
 
 
-def extract(image: np.ndarray, options: FeatureOptions = FeatureOptions()) -> LocalFeatures:
-    """The local features of an RGB (H x W x 3) or gray (H x W) uint8 picture."""
+def scaled(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` scaled down to at most ``max_side`` pixels (never up), as features are found in it."""
+    scale = min(1.0, max_side / max(image.shape[:2]))
+    if scale >= 1.0:
+        return image
+    return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def extract(image: np.ndarray, options: FeatureOptions = FeatureOptions(), keep: bool = False) -> LocalFeatures:
+    """The local features of an RGB (H x W x 3) or gray (H x W) uint8 picture (``keep``: with the picture as they
+    were found in, RGB, for the aligned comparison of a photo)."""
+    image = scaled(image, options.max_side)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    scale = min(1.0, options.max_side / max(gray.shape[:2]))
-    if scale < 1.0:
-        gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
-                          interpolation=cv2.INTER_AREA)
+    pixels = (image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)) if keep else None
     keypoints, found = cv2.SIFT_create(nfeatures=options.count).detectAndCompute(gray, None)
     size = (int(gray.shape[1]), int(gray.shape[0]))
     if found is None or not keypoints:
-        return LocalFeatures(NONE.xy, NONE.descriptors, size)
+        return LocalFeatures(NONE.xy, NONE.descriptors, size, pixels)
     order = np.argsort([-k.response for k in keypoints], kind="stable")[:options.count]  # SIFT may return ties
     root = np.sqrt(found[order] / np.maximum(found[order].sum(1, keepdims=True), 1e-7))
     xy = np.array([keypoints[i].pt for i in order], np.float32)
-    return LocalFeatures(xy, np.round(np.minimum(root * SCALE, 255)).astype(np.uint8), size)
+    return LocalFeatures(xy, np.round(np.minimum(root * SCALE, 255)).astype(np.uint8), size, pixels)
