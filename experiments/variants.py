@@ -16,7 +16,8 @@ the first result has the photo's cover's label; "variant first": the first resul
 p50 latency per photo on each, and `lookalike duplicates --json` on ``duplicates`` with no threshold: true-duplicate
 pairs found and confirmed, variant pairs confirmed (must be none).
 
-    python experiments/variants.py --dvd ../shared/datasets/dvd_covers       # appends to results/variants_runs.jsonl
+    python experiments/variants.py --dvd ../shared/datasets/dvd_covers --baseline ../before/src
+                                                   # appends to results/variants_runs.jsonl
     python experiments/variants.py --report                                   # the tables of results/variants.md
 """
 
@@ -145,6 +146,7 @@ def duplicates(index_path: Path, rows: list[tuple[str, str]]) -> dict:
     if done.returncode != 0:
         return {"error": done.stderr.strip()[-500:]}
     groups = json.loads(done.stdout)
+    index_path.with_suffix(".duplicates.json").write_text(done.stdout)  # to look at
     confirmed = set()
     for group in groups:
         members = group["items"] if isinstance(group, dict) else group
@@ -156,6 +158,7 @@ def duplicates(index_path: Path, rows: list[tuple[str, str]]) -> dict:
     true_pairs = {frozenset((p, q)) for (p, a), (q, b) in itertools.combinations(rows, 2) if a == b}
     variant = [pair for pair in confirmed if len({label[p].split("~")[0] for p in pair}) == 1
                and len({label[p] for p in pair}) == 2]
+    print("variant pairs confirmed:", sorted(" ~ ".join(sorted(label[p] for p in pair)) for pair in variant))
     return {"true_pairs": len(true_pairs), "true_found": len(true_pairs & confirmed),
             "variant_pairs_confirmed": len(variant), "groups": len(groups),
             "other_pairs_confirmed": len(confirmed - true_pairs) - len(variant)}
@@ -175,8 +178,27 @@ def report(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(index: Path, embedder: str, photos: list[tuple[Path, str]], baseline: str, rounds: int = 2) -> dict:
+    """The same searches of ``index`` timed by this code and by the code at ``baseline`` (a ``src`` folder of
+    another checkout), each in its own process, alternately ``rounds`` times: p50 ms and recall@1 of each."""
+    import os
+
+    found: dict[str, list[dict]] = {"this code": [], "baseline": []}
+    for _ in range(rounds):
+        for name, path in (("this code", None), ("baseline", baseline)):
+            env = {**os.environ, **({"PYTHONPATH": path} if path else {})}
+            done = subprocess.run([sys.executable, __file__, "--time", str(index), "--embedder", embedder, "--dvd",
+                                   str(photos[0][0].parents[1])], capture_output=True, text=True, env=env, check=True)
+            found[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {name: {"p50_ms": round(float(np.median([r["p50_ms"] for r in runs])), 1), "r@1": runs[0]["r@1"]}
+            for name, runs in found.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", help="a src folder of another checkout: the plain catalogue's searches are timed "
+                   "with it and with this code alternately in one run (the latency comparison)")
+    p.add_argument("--time", type=Path, help=argparse.SUPPRESS)  # one process's timing of an index (side_by_side)
     p.add_argument("--dvd", type=Path)
     p.add_argument("--work", type=Path, default=Path("/tmp/variants"))
     p.add_argument("--embedder", help="embedder file (default: lookalike pretrained, Lite0)")
@@ -185,6 +207,11 @@ def main() -> None:
     a = p.parse_args()
     if a.report:
         print(report([json.loads(line) for line in RUNS.open()]))
+        return
+    if a.time:
+        timed = searched(a.time, a.embedder, [(a.dvd / c / f"{i:03d}.jpg", f"{i:03d}") for c in CAMERAS
+                                             for i in range(1, 101)])
+        print(json.dumps({"p50_ms": timed["p50_ms"], "r@1": timed["r@1"]}))
         return
     a.work.mkdir(parents=True, exist_ok=True)
     embedder = a.embedder or str(a.work / "lite0.pt")
@@ -199,6 +226,9 @@ def main() -> None:
         print(name, json.dumps(result[name]))
     result["duplicates"] = duplicates(build("duplicates", rows["duplicates"], embedder, a.work), rows["duplicates"])
     print("duplicates", json.dumps(result["duplicates"]))
+    if a.baseline:
+        result["side_by_side"] = side_by_side(a.work / "plain.lkidx", embedder, photos, a.baseline)
+        print("side by side", json.dumps(result["side_by_side"]))
     with RUNS.open("a") as f:
         f.write(json.dumps(result) + "\n")
 

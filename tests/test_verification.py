@@ -22,6 +22,7 @@ from lookalike.catalogue.local import photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
 from lookalike.errors import LookalikeError
+from lookalike.verification.appearance import Bounds
 from lookalike.verification.calibration import FLOOR
 from lookalike.verification.features import FeatureOptions, extract
 from lookalike.verification.matching import verify
@@ -153,6 +154,16 @@ def test_a_damaged_feature_store_is_one_message(trained: dict, pictures: Path, t
         _damaged(good, tmp_path / f"bad_{damage}.lkidx", member, damage)
         with pytest.raises(LookalikeError, match="damaged lookalike index"):
             open_catalogue(tmp_path / f"bad_{damage}.lkidx")
+    with zipfile.ZipFile(good) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    meta = json.loads(members["meta.json"])
+    for appearance in ({"__class__": 1}, {**meta["local"]["appearance"], "colour": "red"}, [1, 2]):
+        members["meta.json"] = json.dumps({**meta, "local": {**meta["local"], "appearance": appearance}}).encode()
+        with zipfile.ZipFile(tmp_path / "bad_meta.lkidx", "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        with pytest.raises(LookalikeError, match="damaged"):  # the comparison's bounds are checked, never passed on
+            open_catalogue(tmp_path / "bad_meta.lkidx")
 
 
 def _damaged(good: Path, bad: Path, member: str, damage: str) -> None:
@@ -261,7 +272,7 @@ def test_a_picture_and_its_recoloured_twin_each_rank_their_own_first(backend: st
     Image.fromarray(recoloured(texture(2))).save(pictures / "p2twin" / "a.png")
     out = tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")
     catalogue = build_catalogue(out, trained["embedder"], pictures, backend, options=INLINE)
-    assert set(catalogue.meta["local"]["appearance"]) == {"structure", "colour", "margin", "copy"}
+    assert set(catalogue.meta["local"]["appearance"]) == set(Bounds.__dataclass_fields__)
     embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
     answers = []
     for label, picture in (("p2", texture(2)), ("p2twin", recoloured(texture(2)))):

@@ -35,10 +35,10 @@ PAIR_BATCH = 256  # pictures whose pairs are verified together
 
 @dataclass
 class Pair:
-    """Two catalogue pictures that verify against each other: ``inliers`` (the fewer of both ways), how much of
-    each other they disagree in after alignment (the larger share of cells), how much of each other they cover
-    (the smaller share) and their ``kind``: a duplicate (the same picture re-encoded, resized, cropped, with a
-    sticker) or a variant (they share print but differ: another colour, other words)."""
+    """Two catalogue pictures that verify against each other: ``inliers`` (the fewer of both ways), the share of
+    their cells that differ after alignment (``disagreement``: the larger of both ways), how much of each other
+    they cover (the smaller share) and their ``kind``: a duplicate (the same picture re-encoded, resized,
+    cropped) or a variant (they share print but differ: another colour, other words)."""
 
     a: int
     b: int
@@ -74,8 +74,8 @@ def _pair(first: dict[str, Any], own: LocalFeatures, second: dict[str, Any], oth
     shown = [comparison_picture(first["path"], own.size), comparison_picture(second["path"], other.size)]
     if back.quad is None or there.quad is None or None in shown:
         return Pair(first["id"], second["id"], min(there.inliers, back.inliers), 1.0, 0.0, VARIANT)
-    differ = max(placed(shown[1], other.size, shown[0], own.size, there.quad).disagreement(bounds),
-                 placed(shown[0], own.size, shown[1], other.size, back.quad).disagreement(bounds))
+    differ = max(placed(shown[1], other.size, shown[0], own.size, there.quad).changed(bounds),
+                 placed(shown[0], own.size, shown[1], other.size, back.quad).changed(bounds))
     cover = min(covered(there.quad), covered(back.quad))
     kind = DUPLICATE if differ <= bounds.copy and cover >= COVER else VARIANT
     return Pair(first["id"], second["id"], min(there.inliers, back.inliers), differ, cover, kind)

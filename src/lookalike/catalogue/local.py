@@ -89,8 +89,8 @@ def describe_local(meta: dict[str, Any] | None) -> str:
             f"on {meta['photos']} photos made of catalogue pictures: {meta['true_rate']:.0%} verified with their own "
             f"picture, {meta['false_rate']:.1%} of wrong pairs, siblings included)")
     if meta.get("appearance"):
-        line += (f"; a verified picture disagreeing with the photo in {meta['appearance']['margin']:.0%} more of it "
-                 "than the best is a look-alike of it")
+        line += (f"; a verified picture disagreeing with the photo by {meta['appearance']['margin']:.2f} more than the "
+                 "best found over the same part of it is a look-alike of it")
     return line
 
 
@@ -124,7 +124,7 @@ def check_local_meta(meta: Any, source: str) -> dict[str, Any]:
         for name, value in appearance.items():
             number_field(value, f"local appearance {name}", source, 0, 1000)
     if meta.get("sibling_disagreement") is not None:
-        number_field(meta["sibling_disagreement"], "local sibling_disagreement", source, 0, 1)
+        number_field(meta["sibling_disagreement"], "local sibling_disagreement", source, 0, 1000)
     return meta
 
 

@@ -106,6 +106,8 @@ def main(argv: list[str]) -> None:
             for rank, h in enumerate(answer.hits, 1):
                 flag = "" if threshold is None else ("  match" if h.score >= threshold else "")
                 flag += f"  verified ({h.inliers} inliers)" if h.verified else ""
+                flag += f"  look-alike of item {h.lookalike_of} (shares its print, differs from the photo)" \
+                    if h.lookalike_of is not None else ""
                 pictures = f"  [{h.pictures} picture{'s' * (h.pictures > 1)}]" if h.group is not None else ""
                 print(f"  {rank:>3}. {h.score:.4f}  {h.label:<20} {h.path}{pictures}{flag}")
     if args.out:
@@ -153,7 +155,7 @@ def main_duplicates(argv: list[str]) -> None:
         for pair in variants:
             a, b = pair["items"]
             print(f"  {a['path']}  {a['label']}\n    ~ {b['path']}  {b['label']}  ({pair['inliers']} matches, "
-                  f"{pair['disagreement']:.0%} of the picture differs)")
+                  f"disagreeing by {pair['disagreement']:.2f})")
 
 
 def _embedding_groups(index: Any, threshold: float | None) -> list[dict[str, Any]]:

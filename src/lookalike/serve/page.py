@@ -148,7 +148,8 @@ class Page:
         return {"threshold": threshold, "category": found.category, "category_confidence": found.category_confidence,
                 "results": [{**self.item_json(h.id, h.label, h.path), "score": h.score, "group": h.group,
                              "pictures": h.pictures, "match": None if threshold is None else h.score >= threshold,
-                             "verified": h.verified, "inliers": h.inliers, "quad": h.quad}
+                             "verified": h.verified, "inliers": h.inliers, "quad": h.quad,
+                             "lookalike_of": h.lookalike_of}
                             for h in found.hits]}
 
     def item(self, item_id: int) -> dict[str, Any]:

@@ -45,8 +45,10 @@ def add_routes(app: FastAPI, page: Page) -> None:
                verify: int | None = Form(None, description="verify this many candidates of the embedding and of the "
                                          "local descriptors' votes against the whole photo (0: off; default: 50 "
                                          "where the catalogue keeps local features); results then carry verified, "
-                                         "inliers and quad (the picture's corners in the photo, as fractions of its "
-                                         "width and height)")) -> dict[str, Any]:
+                                         "inliers, quad (the picture's corners in the photo, as fractions of its "
+                                         "width and height) and lookalike_of (the id of the result this one is a "
+                                         "look-alike of: it shares that one's print but its colours or words "
+                                         "disagree with the photo)")) -> dict[str, Any]:
         chosen = page.search_options(k, fuse, group_by, category, category_by, filter, qe, verify)
         boxes = page.crops(crop, len(image))
         with page.turn(_client(request), page.work(chosen, len(image))):

@@ -1,13 +1,17 @@
 """Aligned comparison: once a fit says where a catalogue picture lies in a photo, the two are compared *there*, cell
-by cell, so that siblings (one brand's variants: another colour, a few other words) tell apart where inliers
+by cell, so that siblings (one brand's variants: another colour, other words or fields) tell apart where inliers
 cannot (they count the print both share).
 
 The picture is warped into the photo's frame over the box its outline covers, at most :data:`SIDE` pixels, and the
-box is cut into :data:`GRID` x :data:`GRID` cells. Both are compared in CIE Lab with each one's light taken out: the
-lightness as z-scores (exposure, contrast) and the chroma less its mean (white balance), over the pixels both show.
-A cell *disagrees* where its lightness differs by more than the calibrated ``structure`` bound on average (other
-words, another pattern) or its mean chroma by more than the ``colour`` bound (another colour). What is measured is
-the share of cells that disagree (:attr:`Cells.disagreement`) and the share of the box the picture covers.
+box is cut into :data:`GRID` x :data:`GRID` cells. Both are read in CIE Lab with each one's light taken out over the
+pixels both show: the lightness as z-scores (exposure, contrast) and the chroma less its mean (white balance). Each
+cell that the picture covers is described by its mean lightness, its contrast (the lightness's spread) and its mean
+chroma, statistics that a few pixels of misalignment, blur and noise barely move, and each difference is measured
+in units of the catalogue's calibrated bound (what a made photo of a picture differs from it in one cell of a
+hundred). Against a photo, a cell's difference is the larger of its contrast's and its chroma's (the light of a
+photo varies across the picture too much for the mean lightness) and the disagreement is their mean, each capped at
+:data:`CAP` (an occluded or glaring cell counts as much as any other that differs entirely); between two catalogue
+pictures the mean lightness counts too, and what is measured is the share of cells that differ beyond the bounds.
 OpenCV warps and converts; the cell statistics are a few array operations written here."""
 
 from __future__ import annotations
@@ -20,19 +24,27 @@ import numpy as np
 SIDE = 96  # the compared box's longest side, in pixels
 GRID = 8  # cells per side
 FULL = 0.8  # a cell counts where the picture covers at least this share of it
+CAP = 3.0  # a cell's difference counts at most this many bounds
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """A catalogue's calibrated bounds: a cell disagrees above ``structure`` (mean lightness difference, in
-    standard deviations) or ``colour`` (mean chroma difference, Lab units); a candidate disagreeing in ``margin``
-    more of its cells than the best candidate for the same part of a photo is a look-alike of it; two pictures
-    whose cells disagree in at most ``copy`` of them are one picture (re-encoded, resized, cropped, stickered)."""
+    """A catalogue's calibrated bounds: the differences of one cell's mean ``lightness`` and ``contrast`` (in
+    standard deviations of the picture's lightness) and mean chroma (``colour``, Lab units) that a made photo of a
+    picture reaches in one cell of a hundred; ``margin``: how much more a candidate must disagree with a photo than
+    the best candidate found over the same part of it to be a look-alike of it; ``copy``: two catalogue pictures
+    that differ beyond the ``picture_*`` bounds (what a copy of a picture differs from it in one cell of a hundred:
+    no light, white balance or blur between them) in at most this share of their cells are one picture
+    (re-encoded, resized, cropped)."""
 
-    structure: float = 0.9
+    lightness: float = 0.5
+    contrast: float = 0.5
     colour: float = 12.0
-    margin: float = 0.08
-    copy: float = 0.08
+    margin: float = 0.3
+    copy: float = 0.04
+    picture_lightness: float = 0.1
+    picture_contrast: float = 0.1
+    picture_colour: float = 3.0
 
     def as_meta(self) -> dict:
         return asdict(self)
@@ -44,20 +56,33 @@ class Bounds:
 
 @dataclass
 class Cells:
-    """Per cell of the compared box: whether it counts (``valid``), its mean lightness difference and its chroma
-    difference."""
+    """Per cell of the compared box: whether it counts (``valid``) and the differences of its mean lightness, its
+    contrast and its mean chroma."""
 
     valid: np.ndarray
-    structure: np.ndarray
+    lightness: np.ndarray
+    contrast: np.ndarray
     colour: np.ndarray
 
-    def disagreeing(self, bounds: Bounds) -> np.ndarray:
-        return self.valid & ((self.structure > bounds.structure) | (self.colour > bounds.colour))
-
     def disagreement(self, bounds: Bounds) -> float:
-        """The share of the counted cells that disagree (1.0 where none counts)."""
-        counted = int(self.valid.sum())
-        return float(self.disagreeing(bounds).sum() / counted) if counted else 1.0
+        """How much a picture disagrees with a photo: over the counted cells, the mean of each cell's contrast and
+        chroma differences in bounds, each capped at :data:`CAP`, added (a blurred or glaring cell that every
+        candidate differs in still shows which one's colours are right); :data:`CAP` twice where none counts. A
+        cell's mean lightness does not count: a photo's light changes across the picture (shade, glare, a lamp's
+        fall-off) far more than any cell of print differs."""
+        if not self.valid.any():
+            return 2 * CAP
+        found = np.minimum(self.contrast / bounds.contrast, CAP) + np.minimum(self.colour / bounds.colour, CAP)
+        return float(found[self.valid].mean())
+
+    def changed(self, bounds: Bounds) -> float:
+        """How much two catalogue pictures differ: the share of the counted cells whose mean lightness, contrast
+        or chroma differs beyond the ``picture_*`` bounds; 1.0 where none counts."""
+        if not self.valid.any():
+            return 1.0
+        beyond = (self.lightness > bounds.picture_lightness) | (self.contrast > bounds.picture_contrast) | \
+            (self.colour > bounds.picture_colour)
+        return float(beyond[self.valid].mean())
 
     @property
     def coverage(self) -> float:
@@ -65,7 +90,7 @@ class Cells:
         return float(self.valid.mean())
 
 
-NOTHING = Cells(np.zeros((GRID, GRID), bool), np.zeros((GRID, GRID)), np.zeros((GRID, GRID)))
+NOTHING = Cells(np.zeros((GRID, GRID), bool), *(np.zeros((GRID, GRID)) for _ in range(3)))
 
 
 def homography(source_size: tuple[int, int], quad: np.ndarray) -> np.ndarray:
@@ -97,17 +122,18 @@ def compare(picture: np.ndarray, photo: np.ndarray, to_photo: np.ndarray) -> Cel
         return NOTHING
     a, b = _normalised(shown, inside), _normalised(seen, inside)
     rows, cols = np.linspace(0, bh, GRID + 1).astype(int), np.linspace(0, bw, GRID + 1).astype(int)
-    valid, structure, colour = (np.zeros((GRID, GRID), bool), np.zeros((GRID, GRID)), np.zeros((GRID, GRID)))
+    found = Cells(np.zeros((GRID, GRID), bool), *(np.zeros((GRID, GRID)) for _ in range(3)))
     for i in range(GRID):
         for j in range(GRID):
             cell = inside[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
             if cell.size == 0 or cell.mean() < FULL:
                 continue
             pa, pb = a[rows[i]:rows[i + 1], cols[j]:cols[j + 1]][cell], b[rows[i]:rows[i + 1], cols[j]:cols[j + 1]][cell]
-            valid[i, j] = True
-            structure[i, j] = float(np.abs(pa[:, 0] - pb[:, 0]).mean())
-            colour[i, j] = float(np.linalg.norm(pa[:, 1:].mean(0) - pb[:, 1:].mean(0)))
-    return Cells(valid, structure, colour)
+            found.valid[i, j] = True
+            found.lightness[i, j] = abs(float(pa[:, 0].mean() - pb[:, 0].mean()))
+            found.contrast[i, j] = abs(float(pa[:, 0].std() - pb[:, 0].std()))
+            found.colour[i, j] = float(np.linalg.norm(pa[:, 1:].mean(0) - pb[:, 1:].mean(0)))
+    return found
 
 
 def shrunk(picture: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
@@ -139,13 +165,12 @@ def _normalised(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def overlap(first: list[list[float]], second: list[list[float]]) -> float:
-    """How much two outlines (quads, in the same units) overlap: the intersection over the smaller one's area."""
+    """How much two outlines (quads, in the same units) coincide: their intersection over their union (a logo's
+    outline inside a cover's is not the same place)."""
     a, b = np.asarray(first, np.float32), np.asarray(second, np.float32)
-    area = min(abs(cv2.contourArea(a)), abs(cv2.contourArea(b)))
-    if area <= 0:
-        return 0.0
     inter, _ = cv2.intersectConvexConvex(a, b)
-    return float(inter / area)
+    union = abs(cv2.contourArea(a)) + abs(cv2.contourArea(b)) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def covered(quad: list[list[float]]) -> float:
@@ -155,7 +180,7 @@ def covered(quad: list[list[float]]) -> float:
     return float(area)
 
 
-OVERLAP = 0.5  # outlines overlapping this much (of the smaller) show the same part of a photo
+OVERLAP = 0.5  # outlines overlapping this much (intersection over union) show the same part of a photo
 
 
 @dataclass
@@ -198,6 +223,6 @@ class Aligned:
         return group
 
 
-def cells_needed(disagreement: float | None) -> int:
-    """A disagreement as a number of cells (what ordering compares: a cell more is a difference, less is noise)."""
-    return GRID * GRID if disagreement is None else round(disagreement * GRID * GRID)
+def rounded(disagreement: float | None) -> float:
+    """A disagreement as ordering compares it: in steps of a tenth of a bound (finer is noise); None last."""
+    return 2 * CAP if disagreement is None else round(disagreement, 1)

@@ -5,18 +5,21 @@ Photos are made of catalogue pictures (each warped by a random perspective, scal
 exposure shifted, blurred and pasted onto another catalogue picture), and each is verified against its own picture
 and the candidates the descriptor votes give it. The photo against its own picture gives the cells of right pairs:
 a cell disagrees beyond the 99th percentile of their lightness and chroma differences. Copies made of catalogue
-pictures (re-encoded, resized, cropped, a sticker on) against their own give what one picture disagrees with
-itself: the ``copy`` bound, which is also the ``margin`` by which a candidate must disagree more than the best to be
-a look-alike of it. The other candidates are wrong pairs, except true copies of the photo's own picture or its
-background (a picture that matches one of them and agrees with it after alignment within the copy bound): siblings
-that share print count. Their inlier counts are what chance and shared print reach in this catalogue; the
-threshold is the smallest count that at most ``rate`` of them reach, and never below ``FLOOR``, and the rate
-reported is that of the wrong pairs at it, siblings included. The photos' own pictures give the share of right pairs
-verified at it, and the wrong pairs that verify the disagreement of siblings."""
+pictures (re-encoded, resized, cropped) against their own give the ``copy`` bound (the share of cells that may
+differ between one picture's copies); a copy put beside its picture in a photo gives the ``margin`` by which a
+candidate must disagree more than the best to be a look-alike. The other candidates are wrong pairs, siblings of
+the photo's own picture included, except what the search would not show as a wrong verified match: true copies of
+the photo's picture (they match it and agree with it after alignment), look-alikes the comparison sets apart, and
+pictures sharing print with the background (another product the photo shows). The threshold is the smallest
+count of inliers that at most ``rate`` of the chance pairs among them reach (those sharing no print with the
+photo's pictures: no count of inliers tells a sibling from its product, they share the print; the comparison
+does), never below ``FLOOR``; the rate reported is that of all the wrong pairs at it, siblings included: what
+users see. The photos' own pictures give the share of right pairs verified at it, and the wrong pairs that verify
+the median disagreement of siblings."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import cv2
@@ -33,7 +36,8 @@ SAMPLE = 200  # photos made (several of each picture in a catalogue of fewer)
 SMALLEST = 20  # photos made at least (a catalogue of fewer than 50 pictures: 4 of each, at least this many)
 CANDIDATES = 20  # wrong pictures each photo is verified against
 COPIES = 60  # copies made of catalogue pictures, at most
-SMALLEST_COPY = 3 / 64  # the copy bound at least: three cells of the 8 x 8
+SMALLEST_COPY = 2 / 64  # the copy bound at least: two cells of the 8 x 8 may differ
+SMALLEST_MARGIN = 0.1  # the margin at least (in cell bounds)
 
 
 @dataclass
@@ -79,24 +83,17 @@ def made_photo(picture: np.ndarray, background: np.ndarray, rng: np.random.Gener
 
 
 def made_copy(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``picture`` as a shop might upload it again: re-encoded, resized, cropped, or with a price sticker on."""
+    """``picture`` as a shop might upload it again: re-encoded, resized or cropped."""
     h, w = picture.shape[:2]
-    kind = int(rng.integers(4))
+    kind = int(rng.integers(3))
     if kind == 0:
         _, data = cv2.imencode(".jpg", picture[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 70))])
         return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
     if kind == 1:
         scale = rng.uniform(0.4, 0.8)
         return cv2.resize(picture, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
-    if kind == 2:
-        dx, dy = (int(v) for v in rng.uniform(0.03, 0.12, 2) * [w, h])
-        return picture[dy:h - dy, dx:w - dx].copy()
-    out = picture.copy()
-    sw, sh = int(w * rng.uniform(0.15, 0.25)), int(h * rng.uniform(0.1, 0.2))
-    x, y = int(rng.integers(0, w - sw)), int(rng.integers(0, h - sh))
-    out[y:y + sh, x:x + sw] = rng.integers(0, 256, 3)
-    cv2.putText(out, "$9.99", (x + 2, y + sh - 4), cv2.FONT_HERSHEY_SIMPLEX, sh / 40, (0, 0, 0), 2)
-    return out
+    dx, dy = (int(v) for v in rng.uniform(0.03, 0.12, 2) * [w, h])
+    return picture[dy:h - dy, dx:w - dx].copy()
 
 
 def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
@@ -119,7 +116,7 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
             kept[item] = shrunk(scaled(picture(item), options.max_side), size)
         return kept[item]
 
-    right, right_cells, copies, wrong = [], [], [], []
+    right, right_cells, copies, wrong, spread_cells = [], [], [], [], []
     for n, item in enumerate(tqdm(chosen, desc="calibrating verification", unit="photo", leave=False,
                                   disable=None)):
         others = [i for i in ids if i != item]
@@ -137,42 +134,49 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         right.append(verdicts[0].inliers)
         if cells[0] is not None:
             right_cells.append(cells[0])
-        if n < COPIES:  # a copy of the picture against it: what one picture disagrees with itself
+        if n < COPIES:  # a copy of the picture: what one picture disagrees with itself
             copy = extract(made_copy(image, rng), options, keep=True)
             [again] = verify(copy, pictures[:1], verifying)
             if again.quad is not None:
                 copies.append(placed(small(item, pictures[0].size), pictures[0].size, (copy.pixels, 1.0), copy.size,
                                      again.quad))
+            [there] = verify(found, [copy], verifying)  # and how much more than its picture a copy disagrees with
+            if there.quad is not None and cells[0] is not None:  # the photo: the margin
+                seen_copy = placed(shrunk(copy.pixels, copy.size), copy.size, seen, found.size, there.quad)
+                spread_cells.append((seen_copy, cells[0]))
         sources = list(zip(shown, pictures, verdicts, cells))
         direct = [verify(own, pictures[len(shown):], verifying) for own in pictures[:len(shown)]]
         for j, (candidate, stored, verdict, looks) in enumerate(zip(voted, pictures[len(shown):],
                                                                    verdicts[len(shown):], cells[len(shown):])):
             wrong.append((verdict, looks, candidate, stored, [(*source, d[j]) for source, d in zip(sources, direct)]))
-    bounds = _bounds(right_cells, copies)
+    bounds = _bounds(right_cells, copies, spread_cells)
 
     def shown_apart(verdict: Verdict, looks: Cells | None, candidate: int, stored: LocalFeatures,
                     sources: list) -> bool:
-        """Whether the search would not show this candidate as verified: a look-alike of a picture in the photo
-        (found over it, disagreeing beyond the margin more than it does), or a true copy of one (a re-upload, a
-        crop, a sticker on: it matches one directly and agrees with it after alignment). A sibling that the
-        comparison cannot tell apart is shown, and counts."""
-        for source, own, there, own_cells, direct in sources:
+        """Whether this candidate is no chance match the search would show as verified: a look-alike of a
+        picture in the photo (found over it, disagreeing beyond the margin more than it does), a true copy of the
+        photo's own picture (a re-upload, a re-encode, a crop: it matches it directly and agrees with it after
+        alignment), or a picture sharing print with the background (another product the photo shows). A sibling
+        of the photo's own picture that the comparison cannot tell apart is shown, and counts."""
+        for n, (source, own, there, own_cells, direct) in enumerate(sources):
             if looks is not None and own_cells is not None and verdict.quad is not None and there.quad is not None \
                     and overlap(verdict.quad, there.quad) >= OVERLAP \
                     and looks.disagreement(bounds) - own_cells.disagreement(bounds) > bounds.margin:
                 return True
-            if direct.quad is not None and direct.inliers >= FLOOR and placed(
+            if direct.quad is not None and direct.inliers >= FLOOR and (n > 0 or placed(
                     small(candidate, stored.size), stored.size, small(source, own.size), own.size, direct.quad
-            ).disagreement(bounds) <= bounds.copy:
-                return True
-        return False
+            ).changed(bounds) <= bounds.copy):
+                return True  # a copy of the photo's picture, or anything sharing print with its background: content
+        return False  # the photo shows (the background is another product, mostly hidden: its own match is weak)
 
-    counted = [verdict for verdict, looks, candidate, stored, sources in wrong
-               if not shown_apart(verdict, looks, candidate, stored, sources)]
-    wrong_counts, right_counts = np.array([v.inliers for v in counted]), np.array(right)
-    allowed = int(np.floor(rate * len(wrong_counts)))
-    reached = np.sort(wrong_counts)[::-1]
+    shown = [(verdict, sources) for verdict, looks, candidate, stored, sources in wrong
+             if not shown_apart(verdict, looks, candidate, stored, sources)]
+    chance = np.array([v.inliers for v, sources in shown if not any(  # no print shared with the photo's pictures
+        direct.quad is not None and direct.inliers >= FLOOR for *_, direct in sources)])
+    allowed = int(np.floor(rate * len(chance)))
+    reached = np.sort(chance)[::-1]
     threshold = max(FLOOR, int(reached[allowed]) + 1 if allowed < len(reached) else FLOOR)
+    wrong_counts, right_counts = np.array([v.inliers for v, _ in shown]), np.array(right)
     siblings = [looks.disagreement(bounds) for verdict, looks, *_ in wrong
                 if verdict.inliers >= threshold and looks is not None]
     return Calibration(threshold, float((wrong_counts >= threshold).mean()) if len(wrong_counts) else 0.0,
@@ -180,15 +184,25 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
                        bounds.as_meta(), float(np.median(siblings)) if siblings else None)
 
 
-def _bounds(right: list[Cells], copies: list[Cells]) -> Bounds:
-    """The comparison's bounds from the cells of right pairs and of copies against their own picture."""
+def _bounds(right: list[Cells], copies: list[Cells], spreads: list[tuple[Cells, Cells]]) -> Bounds:
+    """The comparison's bounds: each cell statistic's 99th percentile over the cells of right pairs (a made photo
+    against its own picture) and over the cells of copies against their own picture (the ``picture_*`` bounds);
+    the copy bound: the 99th percentile of the share of cells in which copies differ beyond the latter, at least
+    :data:`SMALLEST_COPY`; the margin: the 99th percentile of how much more than its picture a copy disagrees with a
+    photo of it (pairs of ``spreads``: the copy's cells in the photo, the picture's), at least
+    :data:`SMALLEST_MARGIN`."""
     default = Bounds()
-    cells = [c for c in right if c.valid.any()]
-    if not cells:
-        return default
-    structure = max(0.5, float(np.percentile(np.concatenate([c.structure[c.valid] for c in cells]), 99)))
-    colour = max(6.0, float(np.percentile(np.concatenate([c.colour[c.valid] for c in cells]), 99)))
-    found = Bounds(structure, colour, default.margin, default.copy)
-    shares = [c.disagreement(found) for c in copies if c.valid.any()]
+    right, copies = [c for c in right if c.valid.any()], [c for c in copies if c.valid.any()]
+
+    def bound(cells: list[Cells], name: str, least: float) -> float:
+        found = [getattr(c, name)[c.valid] for c in cells]
+        return max(least, float(np.percentile(np.concatenate(found), 99))) if found else getattr(default, name)
+
+    found = Bounds(bound(right, "lightness", 0.1), bound(right, "contrast", 0.1), bound(right, "colour", 3.0),
+                   default.margin, default.copy, *(bound(copies, name, least) for name, least in
+                                                   (("lightness", 0.05), ("contrast", 0.05), ("colour", 1.5))))
+    shares = [c.changed(found) for c in copies]
+    more = [a.disagreement(found) - b.disagreement(found) for a, b in spreads if a.valid.any() and b.valid.any()]
     copy = max(SMALLEST_COPY, float(np.percentile(shares, 99)) if shares else default.copy)
-    return Bounds(structure, colour, copy, copy)
+    margin = max(SMALLEST_MARGIN, float(np.percentile(more, 99)) if more else default.margin)
+    return replace(found, margin=margin, copy=copy)

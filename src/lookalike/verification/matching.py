@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lookalike.errors import LookalikeError
-from lookalike.verification.appearance import Aligned, cells_needed
+from lookalike.verification.appearance import Aligned, rounded
 from lookalike.verification.features import LocalFeatures
 
 MIN_FIT = 8  # matches needed to try a fit at all
@@ -148,14 +148,14 @@ def verified_order(scores: Sequence[float], inliers: Sequence[int], threshold: i
         most: dict[int, int] = {}
         for i in verified:
             most[place[i]] = max(most.get(place[i], 0), inliers[i])
-        verified.sort(key=lambda i: (-most[place[i]], place[i], cells_needed(aligned.disagreement.get(i)),
+        verified.sort(key=lambda i: (-most[place[i]], place[i], rounded(aligned.disagreement.get(i)),
                                      -inliers[i], -scores[i]))
     following: dict[int, list[int]] = {}
     for i, like in rivals.items():
         following.setdefault(like, []).append(i)
     ordered = []
     for i in verified:
-        ordered += [i, *sorted(following.get(i, []), key=lambda r: (cells_needed(aligned.disagreement.get(r)
+        ordered += [i, *sorted(following.get(i, []), key=lambda r: (rounded(aligned.disagreement.get(r)
                                                                                     if aligned else None), -inliers[r]))]
     rest = sorted((i for i in positions if inliers[i] < threshold and i not in rivals), key=lambda i: -scores[i])
     return ordered + rest
