@@ -295,14 +295,18 @@ class Catalogue(ABC):
         picture's descriptors vote for ``votes`` others and its ``k`` nearest by embedding (with similarity at
         least ``threshold``, when given) join them; each pair is matched both ways and compared after alignment
         (:class:`Pair`: a duplicate when they agree within the catalogue's copy bound and cover most of each other,
-        else a variant)."""
+        else a variant). Pictures too plain to verify (fewer features than the threshold's inliers) are duplicates
+        when their embeddings are at least ``threshold`` similar (none without one)."""
         local = self.check_local()
         needed, bounds = int(local["threshold"]), Bounds.of(local.get("appearance"))
         items = {it["id"]: it for it in self.listing()}
         ids = sorted(items)
         wanted: dict[int, set[int]] = {i: set() for i in ids}
+        similar: set[tuple[int, int]] = set()  # pairs at least ``threshold`` similar by embedding
         for item, found in self.neighbourhoods(k + 1):
             wanted[item] |= {h.id for h in found if h.id != item and (threshold is None or h.score >= threshold)}
+            if threshold is not None:
+                similar |= {(min(item, h.id), max(item, h.id)) for h in found if h.id != item and h.score >= threshold}
         pairs = []
         for start in tqdm(range(0, len(ids), PAIR_BATCH), desc="verifying pairs", unit="batch", disable=None):
             batch = ids[start:start + PAIR_BATCH]
@@ -314,6 +318,8 @@ class Catalogue(ABC):
                     if verdict.inliers >= needed:
                         back = verify(picture, [own], needed=needed)[0]
                         pairs.append(_pair(items[item], own, items[other], picture, verdict, back, bounds))
+                    elif min(len(own), len(picture)) < needed and (item, other) in similar:  # too plain to match:
+                        pairs.append(Pair(item, other, 0, 0.0, 1.0, DUPLICATE))  # the embedding alone decides
         return sorted(pairs, key=lambda p: (p.kind != DUPLICATE, -p.inliers))
 
     def recalibrate(self) -> dict[str, Any]:

@@ -124,10 +124,10 @@ def main_duplicates(argv: list[str]) -> None:
                                      "pictures that share print but differ (another colour, other words).")
     parser.add_argument("--index", required=True, help="catalogue index (.lkidx), or the Milvus file / URI")
     add_backend_options(parser)
-    parser.add_argument("--threshold", type=float, help="embedding similarity: with local features, only neighbours "
-                        "at least this similar join the descriptor votes as candidate pairs (default: the 5 nearest "
-                        "whatever their similarity); --no-verify: groups of pictures this similar (default: the "
-                        "embedder's calibrated threshold)")
+    parser.add_argument("--threshold", type=float, help="embedding similarity (default: the embedder's calibrated "
+                        "threshold, if it has one): with local features, only neighbours at least this similar join "
+                        "the descriptor votes as candidate pairs (without one: the 5 nearest), and pictures too plain "
+                        "to match are duplicates when this similar; --no-verify: groups of pictures this similar")
     parser.add_argument("--no-verify", action="store_true", help="group by embedding similarity alone (the default, "
                         "where the catalogue keeps local features, finds pairs by their descriptors' votes and the "
                         "embedding, matches them geometrically and compares them after alignment)")
@@ -136,21 +136,20 @@ def main_duplicates(argv: list[str]) -> None:
     from lookalike.catalogue.backends import open_catalogue
 
     index = open_catalogue(args.index, args.backend, args.collection)
-    found = _embedding_groups(index, args.threshold) if args.no_verify or not index.keeps_local else \
-        _verified_groups(index, args.threshold)
+    verified = index.keeps_local and not args.no_verify
+    found = _verified_groups(index, args.threshold) if verified else _embedding_groups(index, args.threshold)
     if args.json:
         print(json.dumps(found, indent=2))
         return
     duplicates = [f for f in found if f["kind"] == "duplicates"]
     variants = [f for f in found if f["kind"] == "variants"]
-    how = "confirmed by local features and aligned comparison" if "disagreement" in json.dumps(found) or \
-        index.keeps_local and not args.no_verify else f"embedding similarity >= {args.threshold}"
+    how = "matched by local features and compared after alignment" if verified else "by embedding similarity"
     print(f"{len(duplicates)} groups of near-duplicates ({how}) among {index.count()} items")
     for n, group in enumerate(duplicates, 1):
         print(f"group {n}:")
         for item in group["items"]:
             print(f"  {item['path']}  {item['label']}")
-    if index.keeps_local and not args.no_verify:
+    if verified:
         print(f"{len(variants)} pairs of variants (they share print but differ: not merged)")
         for pair in variants:
             a, b = pair["items"]
@@ -171,7 +170,13 @@ def _embedding_groups(index: Any, threshold: float | None) -> list[dict[str, Any
 
 def _verified_groups(index: Any, threshold: float | None) -> list[dict[str, Any]]:
     from lookalike.catalogue.base import DUPLICATE, groups_of
+    from lookalike.embedder.file import match_threshold
 
+    if threshold is None:
+        try:  # optional here: without one the plain pictures' duplicates are not looked for
+            threshold = match_threshold(index.meta["embedder"])
+        except LookalikeError:
+            threshold = None
     pairs = index.verified_pairs(threshold=threshold)
     groups = groups_of([(p.a, p.b) for p in pairs if p.kind == DUPLICATE])
     return [{"kind": "duplicates", "items": [index.item(i) for i in group]} for group in groups] + [
