@@ -198,16 +198,31 @@ class Aligned:
         return self.photo[i] == self.photo[j] and overlap(self.quad[i], self.quad[j]) >= OVERLAP
 
     def rivals(self, inliers: list[int], bounds: Bounds) -> dict[int, int]:
-        """The look-alikes among the candidates: each one found where another was that agrees with the photo
-        better by more than ``bounds.margin`` and matches it at least as well (as many inliers or more), mapped to
-        that candidate."""
+        """The look-alikes among the candidates: each one found where a better candidate was, whose cells disagree
+        with the photo in ``bounds.margin`` more of the picture than that one's, mapped to that candidate."""
         compared = sorted((i for i, d in self.disagreement.items() if d is not None),
                           key=lambda i: (self.disagreement[i], -inliers[i]))
         found: dict[int, int] = {}
         for n, i in enumerate(compared):
             for j in compared[:n]:
                 if j not in found and self.disagreement[i] - self.disagreement[j] > bounds.margin \
-                        and inliers[j] >= inliers[i] and self.same_place(i, j):
+                        and self.same_place(i, j):
                     found[i] = j
                     break
         return found
+
+    def places(self, candidates: list[int]) -> dict[int, int]:
+        """Each candidate's group of candidates found over the same part of a photo (named by its first member in
+        the order given)."""
+        group = {i: i for i in candidates}
+        for n, i in enumerate(candidates):
+            for j in candidates[:n]:
+                if self.same_place(i, j):
+                    group[i] = group[j]
+                    break
+        return group
+
+
+def rounded(disagreement: float | None) -> float:
+    """A disagreement as ordering compares it: in steps of a tenth of a bound (finer is noise); None last."""
+    return 2 * CAP if disagreement is None else round(disagreement, 1)

@@ -160,7 +160,7 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         of the photo's own picture that the comparison cannot tell apart is shown, and counts."""
         for n, (source, own, there, own_cells, direct) in enumerate(sources):
             if looks is not None and own_cells is not None and verdict.quad is not None and there.quad is not None \
-                    and overlap(verdict.quad, there.quad) >= OVERLAP and there.inliers >= verdict.inliers \
+                    and overlap(verdict.quad, there.quad) >= OVERLAP \
                     and looks.disagreement(bounds) - own_cells.disagreement(bounds) > bounds.margin:
                 return True
             if direct.quad is not None and direct.inliers >= FLOOR and (n > 0 or placed(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lookalike.errors import LookalikeError
+from lookalike.verification.appearance import Aligned, rounded
 from lookalike.verification.features import LocalFeatures
 
 MIN_FIT = 8  # matches needed to try a fit at all
@@ -131,21 +132,30 @@ def _plausible(quad: np.ndarray) -> bool:
     return bool((np.all(turns > 0) or np.all(turns < 0)) and area >= 64)
 
 
-def verified_order(scores: Sequence[float], inliers: Sequence[int], threshold: int,
+def verified_order(scores: Sequence[float], inliers: Sequence[int], threshold: int, aligned: Aligned | None = None,
                    rivals: dict[int, int] | None = None) -> list[int]:
     """Positions of candidates in their verified order: those with at least ``threshold`` inliers first, most
-    inliers first, then the others by embedding ``scores``, best first; each look-alike (``rivals``: position ->
-    the position it looks like, see :meth:`~lookalike.verification.appearance.Aligned.rivals`) follows the candidate
-    it looks like, no longer verified."""
+    inliers first, then the others by embedding ``scores``, best first. With the aligned comparison
+    (``aligned``), candidates found over the same part of a photo are ordered by the cells that disagree with it,
+    then by inliers, and each look-alike (``rivals``: position -> the position it looks like) follows the
+    candidate it looks like, no longer verified."""
     positions = range(len(scores))
     rivals = rivals or {}
     verified = sorted((i for i in positions if inliers[i] >= threshold and i not in rivals),
                       key=lambda i: (-inliers[i], -scores[i]))
+    if aligned is not None:
+        place = aligned.places(verified)
+        most: dict[int, int] = {}
+        for i in verified:
+            most[place[i]] = max(most.get(place[i], 0), inliers[i])
+        verified.sort(key=lambda i: (-most[place[i]], place[i], rounded(aligned.disagreement.get(i)),
+                                     -inliers[i], -scores[i]))
     following: dict[int, list[int]] = {}
     for i, like in rivals.items():
         following.setdefault(like, []).append(i)
     ordered = []
     for i in verified:
-        ordered += [i, *sorted(following.get(i, []), key=lambda r: -inliers[r])]
+        ordered += [i, *sorted(following.get(i, []), key=lambda r: (rounded(aligned.disagreement.get(r)
+                                                                                    if aligned else None), -inliers[r]))]
     rest = sorted((i for i in positions if inliers[i] < threshold and i not in rivals), key=lambda i: -scores[i])
     return ordered + rest

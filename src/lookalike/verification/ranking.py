@@ -42,7 +42,7 @@ def rank(photos: Sequence[LocalFeatures], pictures: Sequence[LocalFeatures], sco
     aligned = Aligned({j: seen[j] for j in found}, {j: best[j].quad for j in found},
                       {j: _disagreement(pictures[j], photos[seen[j]], best[j], shown(j), bounds) for j in found})
     rivals = aligned.rivals(inliers, bounds)
-    order = verified_order(scores, inliers, threshold, rivals)
+    order = verified_order(scores, inliers, threshold, aligned, rivals)
     return Ranked(order, best, set(found) - set(rivals), rivals)
 
 
