@@ -186,8 +186,8 @@ OVERLAP = 0.5  # outlines overlapping this much (intersection over union) show t
 @dataclass
 class Aligned:
     """What the aligned comparison found for a search's verified candidates, by candidate position: the photo it
-    was found in, its outline there (fractions of that photo) and the share of its cells that disagree (None:
-    not compared: no picture to compare)."""
+    was found in, its outline there (fractions of that photo) and its disagreement with the photo
+    (:meth:`Cells.disagreement`; None: not compared, no picture to compare)."""
 
     photo: dict[int, int]
     quad: dict[int, list[list[float]]]
@@ -198,8 +198,8 @@ class Aligned:
         return self.photo[i] == self.photo[j] and overlap(self.quad[i], self.quad[j]) >= OVERLAP
 
     def rivals(self, inliers: list[int], bounds: Bounds) -> dict[int, int]:
-        """The look-alikes among the candidates: each one found where a better candidate was, whose cells disagree
-        with the photo in ``bounds.margin`` more of the picture than that one's, mapped to that candidate."""
+        """The look-alikes among the candidates: each one found where a better-agreeing candidate was, whose
+        disagreement with the photo exceeds that one's by more than ``bounds.margin``, mapped to that candidate."""
         compared = sorted((i for i, d in self.disagreement.items() if d is not None),
                           key=lambda i: (self.disagreement[i], -inliers[i]))
         found: dict[int, int] = {}
