@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -190,15 +191,43 @@ def test_a_larger_alpha_within_one_standard_error_over_classes_is_exported() -> 
     """The one-standard-error rule over validation classes: a lead the classes disagree on does not turn the
     export away from the fine-tuned end; a lead every class shows does; within_se 0 is the plain best."""
     classes = torch.tensor([0, 0, 1, 1])
-    disagree = {0.0: torch.tensor([0.9, 0.9, 0.7, 0.7]), 0.5: torch.tensor([0.88, 0.88, 0.71, 0.71]),
+    disagree = {0.0: torch.tensor([0.8, 0.8, 0.76, 0.76]), 0.5: torch.tensor([0.9, 0.9, 0.7, 0.7]),
                 1.0: torch.tensor([0.8, 0.8, 0.78, 0.78])}
-    assert choose_alpha(disagree, classes) == (1.0, 0.0)
-    assert choose_alpha(disagree, classes, within_se=0) == (0.0, 0.0)
+    assert choose_alpha(disagree, classes) == (1.0, 0.5)
+    assert choose_alpha(disagree, classes, within_se=0) == (0.5, 0.5)
+    # the start scores best and the fine-tuned end below it, within the error: the start stays (never an export
+    # that measured worse than the model training started from)
+    below_start = {0.0: torch.tensor([0.9, 0.9, 0.7, 0.7]), 0.75: torch.tensor([0.88, 0.88, 0.71, 0.71]),
+                   1.0: torch.tensor([0.8, 0.8, 0.78, 0.78])}
+    assert choose_alpha(below_start, classes) == (0.0, 0.0)
     agree = {0.0: torch.tensor([0.9, 0.8, 0.7, 0.6]), 1.0: torch.tensor([0.85, 0.76, 0.66, 0.55])}
     assert choose_alpha(agree, classes) == (0.0, 0.0)
     assert choose_alpha(agree, torch.zeros(4)) == (0.0, 0.0)  # one class: the best alone
     assert choose_alpha({0.0: torch.tensor([0.5, 0.6, 0.5, 0.6]), 1.0: torch.tensor([0.7, 0.9, 0.7, 0.9])},
                         classes) == (1.0, 1.0)
+
+
+def test_early_stopping_waits_for_its_share_of_the_epochs(tmp_path: Path) -> None:
+    """A flat validation metric stops a run only once min_share of max_epochs has run, then after patience."""
+    from hydra.utils import instantiate
+
+    class Flat(_TinyNet):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self(batch[0]).sum()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val/recall@1", 0.5)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 3, 8, 8)), batch_size=2)
+    stop = instantiate(compose_config(["optimized_metric=val/recall@1"]).callbacks.early_stopping)
+    stop.patience = 1
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, max_epochs=8, callbacks=[stop])
+    trainer.fit(Flat(), data, data)
+    assert trainer.current_epoch == 4  # flat from the first epoch: stopped at half of the 8, not after 2
 
 
 class _TinyNet(L.LightningModule):

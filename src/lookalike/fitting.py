@@ -4,11 +4,30 @@ the loggers that hold a run open."""
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from lookalike.config import build
+
+
+class PatientStopping(EarlyStopping):
+    """Lightning's early stopping, never before ``min_share`` of ``trainer.max_epochs``: a validation metric that
+    is flat early (the model still finding its way, or a validation set too easy to move) does not end a run
+    before its schedule has had a fair chance; past that share, ``patience`` validations without a gain stop it."""
+
+    def __init__(self, *args, min_share: float = 0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_share = min_share
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            least = math.ceil(self.min_share * trainer.max_epochs)
+            trainer.fit_loop.min_epochs = max(trainer.fit_loop.min_epochs or 0, least)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

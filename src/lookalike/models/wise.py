@@ -4,6 +4,8 @@ better on unseen data than either end, and the end at 0 is the pretrained model 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -27,14 +29,17 @@ def choose_alpha(per_query: dict[float, torch.Tensor], classes: torch.Tensor,
     of one size, the standard error of the per-class differences), so the rule is the one-standard-error rule of
     Breiman et al. (1984) over classes: a lead a few validation classes cannot tell from chance does not turn the
     export away from the fine-tuned model; a lead larger than the classes' spread does. ``within_se`` 0, or
-    fewer than two classes: the best mean alone."""
+    fewer than two classes: the best mean alone. A larger alpha that scores below the start (alpha 0, where it is
+    among the candidates) is never taken by the rule: when validation cannot tell the candidates apart, the export
+    is not one that measured worse than the model training started from."""
     means = {a: float(v.mean()) for a, v in per_query.items()}
     best = max(means, key=lambda a: (means[a], a))
     groups = torch.unique(classes, return_inverse=True)[1]
     count = int(groups.max()) + 1 if len(groups) else 0
     if within_se <= 0 or count < 2:
         return best, best
-    for alpha in sorted((a for a in per_query if a > best), reverse=True):
+    floor = means.get(0.0, -math.inf)
+    for alpha in sorted((a for a in per_query if a > best and means[a] >= floor), reverse=True):
         diff = (per_query[alpha] - per_query[best]).double()
         sums = torch.zeros(count, dtype=diff.dtype).index_add_(0, groups.cpu(), (diff - diff.mean()).cpu())
         error = float((sums.square().sum() * count / (count - 1)).sqrt()) / len(diff)
