@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -24,7 +25,8 @@ from lookalike.provenance import provenance
 
 
 def train_boxes(cfg: DictConfig) -> dict[str, Any]:
-    """The box model: fitted on composites of the training classes' pictures (:mod:`lookalike.boxes.composites`),
+    """The box model: fitted on composites of the training classes' pictures (:mod:`lookalike.boxes.composites`)
+    and on photos with known boxes (a manifest's, or harvested marks' with ``data.feedback=``),
     its best epoch chosen on the validation classes' composites (``val/iou``), reported on the test classes'
     (IoU, confidence, ms per photo); written as ``box.pt`` in the run folder."""
     started = time.time()
@@ -36,7 +38,9 @@ def train_boxes(cfg: DictConfig) -> dict[str, Any]:
     box = cfg.box
 
     def loader(table: Any, length: int, seed: int, shuffle: bool = False) -> DataLoader:
-        pictures = table.subset(table.is_gallery)  # the catalogue pictures (photos are queries, not objects)
+        # the catalogue pictures, and photos whose box is known (harvested ones): a photo is no object otherwise
+        boxed = np.isfinite(table.boxes).all(1) if table.boxes is not None else np.zeros(len(table), bool)
+        pictures = table.subset(table.is_gallery | boxed)
         data = Composites(pictures.paths, box.image_size, length, seed, pictures.boxes, box.empty_share)
         return DataLoader(data, batch_size=cfg.data.batch_size, shuffle=shuffle, num_workers=cfg.data.num_workers)
 

@@ -31,6 +31,8 @@ commands:
               lookalike serve --index catalog.lkidx [--port 8000]
   duplicates  groups of near-duplicate catalogue images: lookalike duplicates --index catalog.lkidx
   confusers   the most similar pictures with different labels: lookalike confusers --index catalog.lkidx
+  harvest     label your own photos by verified search; the unambiguous ones become training marks:
+              lookalike harvest --index catalog.lkidx --photos DIR [--into catalog.feedback]
   pseudo-labels
               cluster a catalogue without labels into pseudo-classes (FAISS k-means) for triplet training:
               lookalike pseudo-labels --embedder embedder.pt --images DIR --clusters 300 --out clusters.csv
@@ -56,6 +58,7 @@ COMMANDS = {
     "serve": ("serve", "main"),
     "duplicates": ("search", "main_duplicates"),
     "confusers": ("search", "main_confusers"),
+    "harvest": ("harvest", "main"),
     "pseudo-labels": ("pseudo_labels", "main"),
     "demo-data": ("demo_data", "main"),
     "runs": ("runs", "main"),

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from lookalike.config import build
 from lookalike.data.cache import resized_splits
-from lookalike.data.feedback import read_feedback, with_feedback
+from lookalike.data.feedback import held_out_photos, read_feedback, with_feedback
 from lookalike.data.images import ImageDataset, unreadable_images
 from lookalike.data.samplers import HardPairBatches
 from lookalike.data.table import ImageTable, Splits, role_arguments, split_off_classes
@@ -125,7 +125,10 @@ class RetrievalDataModule(L.LightningDataModule):
     its own class (self-supervised, see :mod:`lookalike.data.unlabeled`); the PK sampler then draws
     ``m`` augmented views of each image it picks. ``feedback``: a feedback CSV of marks on search results
     (:mod:`lookalike.data.feedback`), its photos added to training and ``feedback_pairs`` of its confused class
-    pairs put into every batch. Building one costs nothing; :meth:`setup` reads the images and makes the tables.
+    pairs put into every batch; ``feedback_val`` > 0: the photos of that share of its marked products are the
+    validation queries (photo -> catalogue) instead of the data set's validation; ``feedback_boxes``: harvested
+    photos come with their boxes (the box model's training). Building one costs nothing; :meth:`setup` reads the
+    images and makes the tables.
     """
 
     def __init__(
@@ -145,10 +148,13 @@ class RetrievalDataModule(L.LightningDataModule):
         instances: bool = False,
         feedback: str | None = None,
         feedback_pairs: int = 1,
+        feedback_val: float = 0.0,
+        feedback_boxes: bool = False,
     ):
         super().__init__()
         self.splits, self.on_bad_image, self.val_classes = splits, on_bad_image, val_classes
         self.instances, self.feedback, self.feedback_pairs = instances, feedback, feedback_pairs
+        self.feedback_val, self.feedback_boxes = feedback_val, feedback_boxes
         self.preprocessing = preprocessing
         self.sampler = sampler
         self.augment = augment
@@ -172,7 +178,14 @@ class RetrievalDataModule(L.LightningDataModule):
         splits = without_unreadable(self.splits, self.on_bad_image)
         if len(splits.train) == 0:
             raise LookalikeError("The training split is empty: check data.root and the class split settings")
-        if splits.val is None:
+        marks = read_feedback(self.feedback) if self.feedback else []
+        held_out = None
+        if self.feedback_val:
+            if not self.feedback:
+                raise LookalikeError("data.feedback_val holds out feedback photos: give data.feedback=CSV too")
+            train, val = splits.train, held_out_photos(splits.train, marks, self.feedback_val, self.seed)
+            held_out = set(val.subset(val.is_query).label_names())
+        elif splits.val is None:
             if not self.val_classes or self.val_classes <= 0:
                 raise LookalikeError("data.val_classes must be > 0: validation classes choose the best checkpoint")
             train, val = split_off_classes(splits.train, self.val_classes, self.seed)
@@ -185,7 +198,8 @@ class RetrievalDataModule(L.LightningDataModule):
                                  "classes (data.source.pseudo_labels=CSV of lookalike pseudo-labels)")
         test, pairs = splits.test, []
         if self.feedback:
-            added = with_feedback(kept, read_feedback(self.feedback), held_out=set(val.label_names()))
+            added = with_feedback(kept, marks, held_out=set(val.label_names()) if held_out is None else held_out,
+                                  boxes=self.feedback_boxes)
             log.info(added.summary)
             kept, pairs = added.table, added.hard_pairs
             photos = {os.path.realpath(p) for p in added.photos}
