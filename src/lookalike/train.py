@@ -204,7 +204,7 @@ def choose_weights(module: LitEmbedder, datamodule: RetrievalDataModule, cfg: Di
 def _save_grid(module: LitEmbedder, datamodule: RetrievalDataModule, trainer: L.Trainer, path: Path) -> None:
     """The test retrieval grid of the final model, as a file and in loggers that take images (wandb)."""
     nb = module.last_neighbors.get("test")
-    if nb is None:
+    if nb is None or nb.hits.shape[1] == 0:  # no query had another image to find
         return
     table = datamodule.test_table
     retrieval_grid(table.paths, table.label_names(), nb, seed=0).save(path)

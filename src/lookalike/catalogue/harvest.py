@@ -94,8 +94,9 @@ class Harvester:
 
     @property
     def candidates(self) -> int:
-        """Results a judged search returns: every candidate it verifies (the embedding's and the votes')."""
-        return max(1, min(self.index.count(), 2 * self.options.verify))
+        """Results a judged search returns: as many as the embedding's candidates it verifies (the verified ones and
+        their look-alikes come first; a search for more would verify more)."""
+        return max(1, min(self.index.count(), self.options.verify))
 
     def search(self, photo: np.ndarray) -> list[SearchHit]:
         """All the verified candidates of one photo (RGB), in order."""

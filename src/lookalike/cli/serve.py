@@ -29,6 +29,9 @@ def main(argv: list[str]) -> None:
                         "catalog.feedback/ beside catalog.lkidx or catalog.db, <collection>.feedback/ here for a "
                         "server; train with data.feedback=FOLDER/feedback.csv)")
     parser.add_argument("--no-feedback", action="store_true", help="take no marks (nothing is written)")
+    parser.add_argument("--learn", action="store_true", help="also keep the photo of every one-photo search whose "
+                        "first result verified unambiguously (as lookalike harvest does) as a harvested mark in the "
+                        "feedback folder, re-encoded, with its box; bounded like the marks (10,000 photos)")
     parser.add_argument("--qe", type=integer(0, MAX_K), default=0, help="alpha query expansion with this many "
                         "nearest items for requests that do not say (0: off; database-side augmentation is an index "
                         "build option)")
@@ -51,7 +54,7 @@ def main(argv: list[str]) -> None:
         embedder=args.embedder, max_upload_mb=args.max_upload_mb,
         admission=AdmissionOptions(slots=args.slots, work=args.verify_budget),
         allowed_hosts=LOOPBACK_NAMES if loopback else None, feedback=feedback, qe=args.qe, backend=args.backend,
-        collection=args.collection, boxes=args.boxes))
+        collection=args.collection, boxes=args.boxes, learn=args.learn))
     try:
         import uvicorn
 
@@ -61,5 +64,6 @@ def main(argv: list[str]) -> None:
     host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
     print(f"searching {args.index} at http://{host}:{args.port}/ (API docs: /docs)")
     if feedback is not None:
-        print(f"marks on results go to {feedback}/feedback.csv")
+        print(f"marks on results go to {feedback}/feedback.csv" + (", with the photos of unambiguous verified "
+                                                                  "searches (--learn)" if args.learn else ""))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", http=HeaderDeadline)

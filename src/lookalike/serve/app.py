@@ -48,4 +48,5 @@ def create_app(location: str | Path, options: Any = None) -> Any:
     if options.allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts)
     add_routes(app, page)
+    app.state.page = page
     return app

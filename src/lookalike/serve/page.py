@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,8 +23,9 @@ from PIL import Image
 from lookalike.boxes.finder import BoxFinder, resolve_box_file
 from lookalike.catalogue.backends import open_catalogue
 from lookalike.catalogue.filters import restriction
+from lookalike.catalogue.harvest import HarvestOptions, Harvester
 from lookalike.catalogue.local import photo_features
-from lookalike.catalogue.query import Answer, SearchOptions, search_catalogue
+from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.catalogue.verified import verify_count
 from lookalike.choices import MAX_K
 from lookalike.data.feedback import PHOTO_SIDE, VERDICTS, FeedbackLog
@@ -47,7 +48,9 @@ class PageOptions:
     the most results one request may ask for, ``admission`` (searches at once by their cost), ``allowed_hosts`` (the Host header
     names answered; None: any), ``feedback`` (the folder marks go to; None: no marks), ``qe`` (alpha query
     expansion for requests that do not say; 0: off), the catalogue's ``backend`` and ``collection``, and
-    ``boxes`` (the box model for ``crop=auto``; default: the catalogue's, else box.pt beside the embedder)."""
+    ``boxes`` (the box model for ``crop=auto``; default: the catalogue's, else box.pt beside the embedder) and
+    ``learn``: keep the photo of every one-photo search without a filter or category whose first result verified
+    unambiguously as a harvested mark in the feedback folder (:mod:`lookalike.catalogue.harvest`)."""
 
     embedder: str | Path | None = None
     max_upload_mb: float = 10.0
@@ -59,6 +62,7 @@ class PageOptions:
     backend: str = "faiss"
     collection: str | None = None
     boxes: str | Path | None = None
+    learn: bool = False
 
     @property
     def upload_limit(self) -> int:
@@ -117,6 +121,10 @@ class Page:
         self.threshold = calibrated_threshold(payload)
         self.decode_side = eval_resize(self.embedder.preprocessing)
         self.marks = None if options.feedback is None else FeedbackLog(options.feedback)
+        if options.learn and (self.marks is None or not index.keeps_local):
+            raise LookalikeError("--learn keeps verified searches' photos in the feedback folder: it needs one (not "
+                                 "--no-feedback) and a catalogue with local features (lookalike index build, the "
+                                 "default)")
         self.thumbnail = lru_cache(maxsize=4096)(self._thumbnail)
         self.admission = Admission(options.admission)
 
@@ -143,14 +151,15 @@ class Page:
     def item_json(item_id: int, label: str, path: str) -> dict[str, Any]:
         return {"id": item_id, "label": label, "name": Path(path).name, "image": f"/api/items/{item_id}/image"}
 
-    def answer(self, found: Answer) -> dict[str, Any]:
+    def answer(self, found: Any, k: int) -> dict[str, Any]:
+        """An :class:`~lookalike.catalogue.query.Answer` as JSON, its first ``k`` results."""
         threshold = self.threshold
         return {"threshold": threshold, "category": found.category, "category_confidence": found.category_confidence,
                 "results": [{**self.item_json(h.id, h.label, h.path), "score": h.score, "group": h.group,
                              "pictures": h.pictures, "match": None if threshold is None else h.score >= threshold,
                              "verified": h.verified, "inliers": h.inliers, "quad": h.quad,
                              "lookalike_of": h.lookalike_of}
-                            for h in found.hits]}
+                            for h in found.hits[:k]]}
 
     def item(self, item_id: int) -> dict[str, Any]:
         item = self.live.index.item(item_id)
@@ -187,9 +196,21 @@ class Page:
             photos = None
             if wholes is not None and verify_count(index, options.verify):
                 photos = photo_features(wholes, index.meta["local"])
-            return self.answer(search_catalogue(index, vectors, options, photos)[0])
+            learner = self._learner(index, options, photos)
+            asked = options if learner is None else replace(options, k=max(options.k, learner.candidates))
+            found = search_catalogue(index, vectors, asked, photos)[0]
+            if learner is not None:
+                learner.keep(wholes[0], found.hits)
+            return self.answer(found, options.k)
         except LookalikeError as e:  # an empty catalogue, an unknown column or category
             raise HTTPException(409 if not index.count() else 422, str(e)) from e
+
+    def _learner(self, index: Any, options: SearchOptions, photos: list[Any] | None) -> Harvester | None:
+        """The harvester that judges this search, where the page learns and the search is one whole verified photo
+        over the whole catalogue (a filter or a category could hide the product it would be confused with)."""
+        if not self.options.learn or photos is None or len(photos) != 1 or options.filter or options.category:
+            return None
+        return Harvester(index, self.embedder, self.marks, HarvestOptions(verify=verify_count(index, options.verify)))
 
     def embed(self, arrays: list[Any]) -> Any:
         try:
@@ -202,7 +223,7 @@ class Page:
             vector = self.embedder.embed([self.item(item_id)["path"]]).numpy()
         except LookalikeError as e:
             raise self.gone(item_id, e) from e
-        return self.search(vector, options)
+        return self.search(vector, options)  # no photo: nothing to learn
 
     # -- uploads -------------------------------------------------------------------------------------------------
     def crops(self, texts: list[str], count: int) -> list[Any]:
