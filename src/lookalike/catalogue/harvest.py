@@ -16,7 +16,6 @@ page's unambiguous one-photo searches the same way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -35,6 +34,7 @@ from lookalike.data.feedback import Evidence, FeedbackLog
 from lookalike.data.images import load_rgb
 from lookalike.data.listing import MANIFEST_SUFFIXES, list_image_files, read_rows
 from lookalike.errors import LookalikeError
+from lookalike.files import file_digest
 
 log = logging.getLogger(__name__)
 KEPT, UNVERIFIED, AMBIGUOUS, UNREADABLE, FULL = "kept", "unverified", "ambiguous", "unreadable", "full"
@@ -168,14 +168,6 @@ def photo_list(source: str | Path) -> list[tuple[str, str | None]]:
     return [(str(source.parent / line), None) for line in lines]
 
 
-def content_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _journal(folder: Path) -> dict[str, dict[str, Any]]:
     """The photos an earlier harvest into ``folder`` judged, by content hash (a line a killed run cut is skipped)."""
     seen = {}
@@ -201,7 +193,7 @@ def harvest(harvester: Harvester, photos: Iterable[tuple[str, str | None]], prog
     with open(folder / JOURNAL, "a") as journal:
         for path, label in tqdm(photos, desc="harvest", unit="photo", disable=not progress):
             try:
-                digest = content_hash(path)
+                digest = file_digest(path)
                 entry = seen.get(digest)
                 if entry is None:
                     judgement = harvester.keep(photo := load_rgb(path), harvester.search(photo))

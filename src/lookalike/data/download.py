@@ -6,7 +6,6 @@ Offline it fails at once with one message; an interrupted download continues whe
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 
 from lookalike.errors import LookalikeError
+from lookalike.files import file_digest
 from lookalike.net import connection_error
 
 
@@ -70,11 +70,7 @@ def _check_reachable(url: str, timeout: float = 5.0) -> None:
 
 
 def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def fetch(remote: Remote, folder: Path, timeout: float = 60.0) -> Path:
