@@ -19,7 +19,7 @@ print(sorted(m for m in ("torch", "timm", "lightning", "cv2", "faiss", "torchvis
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["search", "--help"], ["index", "build", "--help"], ["serve", "--help"],
-                                  ["export", "--help"], ["confusers", "--help"], ["serve", "--index", "x",
+                                  ["export", "--help"], ["confusers", "--help"], ["harvest", "--help"], ["serve", "--index", "x",
                                                                                   "--port", "0"]])
 def test_help_and_argument_errors_import_neither_torch_nor_timm(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60)

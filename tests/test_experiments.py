@@ -48,6 +48,12 @@ def _tiny(choice: str, tmp_path: Path, request: pytest.FixtureRequest) -> DictCo
             rows = [f"{p},{p.parent.name}" for p in sorted(Path(root).rglob("*.jpg"))]
             (tmp_path / "clusters.csv").write_text("\n".join(["path,label", *rows]))
             cfg.data.source.pseudo_labels = str(tmp_path / "clusters.csv")
+        if cfg.data.get("feedback_val") and not cfg.data.feedback:  # harvested marks: a photo of each product
+            folder = Path(root).parent
+            rows = [f"{folder}/img/{sku}_1.jpg,same,SKU-{sku:03d},{folder}/img/{sku}_0.jpg,harvested"
+                    for sku in range(8)]
+            (tmp_path / "feedback.csv").write_text("\n".join(["photo,verdict,label,path,source", *rows]) + "\n")
+            cfg.data.feedback = str(tmp_path / "feedback.csv")
         if "num_train_products" in cfg.data.source:
             cfg.data.source.update(TINY_DATA)
         if "box" in cfg:  # the box model's own backbone, as TINY_MODEL makes the embedder's
