@@ -207,27 +207,33 @@ def test_a_larger_alpha_within_one_standard_error_over_classes_is_exported() -> 
                         classes) == (1.0, 1.0)
 
 
-def test_early_stopping_waits_for_its_share_of_the_epochs(tmp_path: Path) -> None:
-    """A flat validation metric stops a run only once min_share of max_epochs has run, then after patience."""
+@pytest.mark.parametrize("curve, epochs, best", [
+    ([0.5] * 10, 10, 9),  # flat: a plateau never stops a run; of tied epochs the later is kept
+    ([0.5, 0.5, 0.6, 0.6, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], 7, 3),  # worse 3 times in a row after the best: stop
+    ([0.6, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4], 5, 0),  # worse from the start: not before half of 10
+])
+def test_early_stopping_stops_on_a_worsening_trend_after_its_share_of_the_epochs(
+        curve: list[float], epochs: int, best: int, tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
-    class Flat(_TinyNet):
+    class Curve(_TinyNet):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             return self(batch[0]).sum()
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val/recall@1", 0.5)
+            self.log("val/recall@1", curve[self.current_epoch])
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 3, 8, 8)), batch_size=2)
-    stop = instantiate(compose_config(["optimized_metric=val/recall@1"]).callbacks.early_stopping)
-    stop.patience = 1
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, max_epochs=8, callbacks=[stop])
-    trainer.fit(Flat(), data, data)
-    assert trainer.current_epoch == 4  # flat from the first epoch: stopped at half of the 8, not after 2
+    callbacks = compose_config(["optimized_metric=val/recall@1", f"paths.output_dir={tmp_path}"]).callbacks
+    stop, keep = instantiate(callbacks.early_stopping), instantiate(callbacks.model_checkpoint)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        max_epochs=10, callbacks=[stop, keep])
+    trainer.fit(Curve(), data, data)
+    assert trainer.current_epoch == epochs
+    assert torch.load(keep.best_model_path, weights_only=False)["epoch"] == best
 
 
 class _TinyNet(L.LightningModule):

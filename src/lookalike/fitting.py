@@ -7,27 +7,48 @@ from __future__ import annotations
 import math
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from lookalike.config import build
 
 
-class PatientStopping(EarlyStopping):
-    """Lightning's early stopping, never before ``min_share`` of ``trainer.max_epochs``: a validation metric that
-    is flat early (the model still finding its way, or a validation set too easy to move) does not end a run
-    before its schedule has had a fair chance; past that share, ``patience`` validations without a gain stop it."""
+TIE = 1e-6  # how near the best a validation is to tie with it (metrics are float32)
 
-    def __init__(self, *args, min_share: float = 0.5, **kwargs):
+
+class PatientStopping(EarlyStopping):
+    """Lightning's early stopping on a worsening trend, not on a plateau, and never before ``min_share`` of
+    ``trainer.max_epochs``: a validation that equals the best counts as no worse (``plateaus=False``), so a metric
+    too coarse to move (a few validation photos, renders the model already finds) does not end a run before its
+    schedule has had a fair chance; ``patience`` validations in a row below the best stop it."""
+
+    def __init__(self, *args, min_share: float = 0.5, plateaus: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.min_share = min_share
+        if not plateaus:  # a tie with the best is an improvement of nothing: the count starts again
+            self.min_delta = -TIE if self.monitor_op == torch.gt else TIE
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if trainer.max_epochs and trainer.max_epochs > 0:
             least = math.ceil(self.min_share * trainer.max_epochs)
             trainer.fit_loop.min_epochs = max(trainer.fit_loop.min_epochs or 0, least)
+
+
+class LatestBestCheckpoint(ModelCheckpoint):
+    """Lightning's checkpoint callback, keeping the later of two epochs that tie on the monitored metric: when
+    validation cannot tell them apart, the one that trained longer on the schedule (the start stays guarded by the
+    WiSE-FT choice, :func:`lookalike.train.choose_weights`)."""
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        if super().check_monitor_top_k(trainer, current):
+            return True
+        if current is None or self.save_top_k != 1 or not self.best_k_models:
+            return False
+        tie = bool(abs(float(current) - float(self.best_k_models[self.kth_best_model_path])) <= TIE)
+        return trainer.strategy.reduce_boolean_decision(tie)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
