@@ -50,10 +50,11 @@ def two_products() -> np.ndarray:
     return photo
 
 
-@pytest.fixture
-def shop(trained: dict, tmp_path: Path) -> dict:
+@pytest.fixture(scope="module")
+def shop(trained: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A catalogue of six textured pictures (a folder = a label each) and a folder of unlabeled photos: two of
     products 1 and 3, the first again under another name, one of nothing, one of two products, one unreadable."""
+    tmp_path = tmp_path_factory.mktemp("shop")
     for seed in range(6):
         (tmp_path / "pictures" / f"p{seed}").mkdir(parents=True)
         Image.fromarray(texture(seed)).save(tmp_path / "pictures" / f"p{seed}" / "a.png")
@@ -67,7 +68,7 @@ def shop(trained: dict, tmp_path: Path) -> dict:
     Image.fromarray(np.full((240, 320, 3), 120, np.uint8)).save(photos / "plain.png")
     Image.fromarray(two_products()).save(photos / "two.png")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
-    return {"index": index, "photos": photos, "embedder": trained["embedder"]}
+    return {"index": index, "photos": photos, "pictures": tmp_path / "pictures"}
 
 
 def test_harvest_keeps_each_unambiguous_photo_once_with_its_box_and_resumes(shop: dict, tmp_path: Path,
@@ -171,8 +172,8 @@ def test_train_py_on_a_harvested_folder(shop: dict, tmp_path: Path) -> None:
     for photos in (shop["photos"], extra):
         cli(["harvest", "--index", str(shop["index"]), "--photos", str(photos), "--into", str(folder)])
     manifest = tmp_path / "catalog.csv"
-    rows = [f"{p},{p.parent.name},train,gallery" for p in sorted((tmp_path / "pictures").rglob("*.png"))]
-    rows += [f"{p},{p.parent.name},test,gallery" for p in sorted((tmp_path / "pictures").rglob("*.png"))]
+    rows = [f"{p},{p.parent.name},train,gallery" for p in sorted(shop["pictures"].rglob("*.png"))]
+    rows += [f"{p},{p.parent.name},test,gallery" for p in sorted(shop["pictures"].rglob("*.png"))]
     rows += [f"{p},p{p.stem},test,query" for p in sorted(extra.glob("*.png"))]
     manifest.write_text("path,label,split,role\n" + "\n".join(rows) + "\n")
     run = tmp_path / "run"
