@@ -167,10 +167,13 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
         }
 
         def attack(name: str) -> tuple[str, int, bool]:
+            """One hostile request: its answer, or, for those refused only once decoded (inside a turn), 503 with
+            Retry-After when the client already has its share waiting (the attacker sends many at once)."""
             send, want, _ = hostile[name]
             answer = send()
             status = answer if isinstance(answer, int) else answer.status_code
-            return name, status, status == want
+            turned_away = status == 503 and want in (415, 200) and "retry-after" in answer.headers
+            return name, status, status == want or turned_away
         for photo in photos[:3]:  # warm-up: the memory baseline is that of a server that has searched
             normal(photo)()
         baseline = _rss_mb(server.pid, "VmRSS:")
@@ -217,7 +220,7 @@ def test_mixed_normal_and_hostile_load_gets_right_answers_in_bounded_memory(trai
         log = server.communicate(timeout=30)[0]
     wrong = [(name, status) for name, status, ok, _ in answers if not ok]
     wrong += [(kind, status) for kind, rows in timed.items() for status, _, ok, _ in rows if not ok]
-    errors = sum(status >= 500 for _, status, _, _ in answers)
+    errors = sum(status >= 500 and not (status == 503 and ok) for _, status, ok, _ in answers)
     errors += sum(status >= 500 and status != 503 for rows in timed.values() for status, *_ in rows)
     one, eight = timed["one photo"], timed["eight photos"]
     p95 = float(np.percentile([s for _, s, _, _ in one], 95))
