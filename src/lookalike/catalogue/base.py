@@ -304,9 +304,10 @@ class Catalogue(ABC):
         wanted: dict[int, set[int]] = {i: set() for i in ids}
         similar: set[tuple[int, int]] = set()  # pairs at least ``threshold`` similar by embedding
         for item, found in self.neighbourhoods(k + 1):
-            wanted[item] |= {h.id for h in found if h.id != item and (threshold is None or h.score >= threshold)}
+            near = {h.id for h in found if h.id != item and (threshold is None or h.score >= threshold)}
+            wanted[item] |= near
             if threshold is not None:
-                similar |= {(min(item, h.id), max(item, h.id)) for h in found if h.id != item and h.score >= threshold}
+                similar |= {(min(item, other), max(item, other)) for other in near}
         pairs = []
         for start in tqdm(range(0, len(ids), PAIR_BATCH), desc="verifying pairs", unit="batch", disable=None):
             batch = ids[start:start + PAIR_BATCH]
