@@ -85,13 +85,27 @@ def test_photos(root: Path) -> list[tuple[str, str]]:
     return [(str(root / camera / f"{i:03d}.jpg"), f"{i:03d}") for i in range(1, 101) for camera in TEST]
 
 
+HALVES = (("seen", lambda n: int(n) <= 50), ("unseen", lambda n: int(n) > 50))  # covers 001-050 were harvested
+
+
 def halves(right_at: list[int], labels: list[str]) -> dict[str, dict[str, float]]:
     """recall@k of the seen (001-050) and unseen (051-100) test photos from each photo's rank of its cover."""
     out = {}
-    for half, keep in (("seen", lambda n: int(n) <= 50), ("unseen", lambda n: int(n) > 50)):
+    for half, keep in HALVES:
         ranks = [r for r, n in zip(right_at, labels) if keep(n)]
         out[half] = {f"recall@{k}": float(np.mean([r < k for r in ranks])) for k in KS}
     return out
+
+
+def searcher(index_file: Path, embedder_file: str, work: Path):
+    """Verified search of a catalogue with its embedder (a harvester's search: every candidate, in order)."""
+    from lookalike.catalogue.backends import open_catalogue
+    from lookalike.catalogue.harvest import Harvester
+    from lookalike.data.feedback import FeedbackLog
+    from lookalike.embedder.file import load_embedder
+
+    return Harvester(open_catalogue(index_file, "faiss", None), load_embedder(embedder_file).eval(),
+                     FeedbackLog(work / "unused"))
 
 
 def embedding_only(embedder_file: str, root: Path) -> dict[str, dict[str, float]]:
@@ -108,22 +122,16 @@ def embedding_only(embedder_file: str, root: Path) -> dict[str, dict[str, float]
 
 def verified(embedder_file: str, root: Path, work: Path, name: str) -> dict[str, float]:
     """Verified recall@1 of the test photos, seen and unseen, on a catalogue built with ``embedder_file``."""
-    from lookalike.catalogue.backends import open_catalogue
-    from lookalike.catalogue.harvest import Harvester
-    from lookalike.data.feedback import FeedbackLog
     from lookalike.data.images import load_rgb
-    from lookalike.embedder.file import load_embedder
 
     index_file = work / f"{name}.lkidx"
     if not index_file.exists():
         lookalike("index", "build", "--embedder", embedder_file, "--images", str(work / "catalog.csv"),
                   "--out", str(index_file))
-    searcher = Harvester(open_catalogue(index_file, "faiss", None), load_embedder(embedder_file).eval(),
-                         FeedbackLog(work / "unused"))
+    search = searcher(index_file, embedder_file, work).search
     photos = test_photos(root)
-    firsts = [searcher.search(load_rgb(p))[0].label for p, _ in photos]
-    return {half: float(np.mean([f == n for f, (_, n) in zip(firsts, photos) if keep(n)]))
-            for half, keep in (("seen", lambda n: int(n) <= 50), ("unseen", lambda n: int(n) > 50))}
+    firsts = [search(load_rgb(p))[0].label for p, _ in photos]
+    return {half: float(np.mean([f == n for f, (_, n) in zip(firsts, photos) if keep(n)])) for half, keep in HALVES}
 
 
 def stage_harvest(root: Path, work: Path) -> dict:
@@ -144,7 +152,7 @@ def stage_harvest(root: Path, work: Path) -> dict:
             "products": len({e["label"] for e in kept}), "seconds": round(time.time() - started, 1)}
 
 
-def train(work: Path, name: str, seed: int, overrides: list[str]) -> tuple[dict, str, str]:
+def train(work: Path, name: str, seed: int, overrides: list[str]) -> tuple[dict, str]:
     out = work / f"{name}-seed{seed}"
     command = ["train.py", *overrides, f"seed={seed}", "logger=csv", "eval.before=false", "eval.ks=[1,5]",
                f"paths.cache_dir={work / 'cache'}", f"hydra.run.dir={out}"]
@@ -159,7 +167,7 @@ def train(work: Path, name: str, seed: int, overrides: list[str]) -> tuple[dict,
            "validation": {a: m.get(selection.get("metric", "recall@1")) for a, m in
                           (selection.get("validation") or {}).items()},
            "test_report": metrics["test"], "command": "python " + " ".join(command)}
-    return run, str(out / "embedder.pt"), str(out)
+    return run, str(out / "embedder.pt")
 
 
 def _epochs(out: Path) -> int:
@@ -178,7 +186,7 @@ def stage_model(root: Path, work: Path, name: str, seed: int | None, overrides: 
     if seed is None:
         embedder, run = str(work / "pretrained.pt"), {}
     else:
-        run, embedder, _ = train(work, name, seed, overrides)
+        run, embedder = train(work, name, seed, overrides)
     return {"run": f"{name}" + ("" if seed is None else f"-seed{seed}"), "model": name, "seed": seed, **run,
             "embedding": embedding_only(embedder, root),
             "verified_recall@1": verified(embedder, root, work, name if seed is None else f"{name}-seed{seed}")}
@@ -187,18 +195,13 @@ def stage_model(root: Path, work: Path, name: str, seed: int | None, overrides: 
 def stage_boxes(root: Path, work: Path, seed: int) -> dict:
     """The box model with and without the harvested boxes, IoU against verified outlines on the test photos."""
     from lookalike.boxes.finder import BoxFinder
-    from lookalike.catalogue.backends import open_catalogue
-    from lookalike.catalogue.harvest import Harvester
-    from lookalike.data.feedback import FeedbackLog
     from lookalike.data.images import load_rgb
-    from lookalike.embedder.file import load_embedder
 
-    searcher = Harvester(open_catalogue(work / "pretrained.lkidx", "faiss", None),
-                         load_embedder(str(work / "pretrained.pt")).eval(), FeedbackLog(work / "unused"))
+    search = searcher(work / "pretrained.lkidx", str(work / "pretrained.pt"), work).search
     outlines = {}
     for path, name in test_photos(root):
         photo = load_rgb(path)
-        first = searcher.search(photo)[0]
+        first = search(photo)[0]
         if first.verified and first.label == name:
             h, w = photo.shape[:2]
             quad = np.asarray(first.quad) * [w, h]
@@ -280,7 +283,7 @@ def main() -> None:
             elif stage == "flowers":
                 record(stage_flowers(a.flowers.resolve(), a.work))
             elif stage == "quickstart":
-                run, _, _ = train(a.work, "quickstart", seed, [])
+                run, _ = train(a.work, "quickstart", seed, [])
                 record({"run": name, "model": "quickstart", "seed": seed, **run})
 
 

@@ -17,7 +17,7 @@ from lookalike.catalogue.backends import build_catalogue
 from lookalike.catalogue.base import SearchHit
 from lookalike.catalogue.harvest import AMBIGUOUS, KEPT, UNVERIFIED, judge
 from lookalike.cli import main as cli
-from lookalike.data.feedback import held_out_photos, read_feedback, with_feedback
+from lookalike.data.feedback import Mark, held_out_photos, read_feedback, with_feedback
 from lookalike.data.table import ImageTable
 from tests.helpers import INLINE, TINY_MODEL
 from tests.test_verification import PASTED, PHOTO, photo_of, texture
@@ -131,8 +131,6 @@ def test_the_page_learns_exactly_its_unambiguous_verified_searches(shop: dict, t
 def test_held_out_photos_validate_and_the_rest_train(tmp_path: Path) -> None:
     """A share of the marked products' photos query the catalogue (validation); their marks leave training; the
     others' photos train as queries beside their pictures, harvested boxes only where asked."""
-    from lookalike.data.feedback import Mark
-
     pictures = [str(tmp_path / f"{n}.png") for n in "abcd"]
     for i, path in enumerate(pictures):
         Image.fromarray(texture(i, 32)).save(path)
