@@ -1,7 +1,8 @@
 """Look-alike variants on the DVD covers: verified search and duplicate finding when a catalogue holds siblings.
 
 For each of the 100 covers of ``dvd_covers/reference`` it writes two variants that are distinct items (products of
-their own): ``NNN~hue`` (the cover's hue turned by 60-120 degrees) and ``NNN~region`` (even covers: the top third,
+their own): ``NNN~hue`` (the cover's hue turned by 60-120 degrees; a black and white cover, 073, whose hue turn
+changes nothing, a warm colour cast instead) and ``NNN~region`` (even covers: the top third,
 where titles sit, recoloured; odd covers: a 35% x 40% patch of another cover pasted at a random place); and true
 duplicates of 90 covers (the same product: label ``NNN``): 001-030 re-encoded (JPEG quality 35), 031-060 resized
 to half, 061-090 cropped (6% off each side). Catalogues, each built with `lookalike index build`'s defaults and
@@ -53,6 +54,18 @@ def hue_turned(picture: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
+GREY = 2.0  # a picture whose mean chroma (Lab) is below this has no hue to turn: it gets a colour cast instead
+
+
+def recoloured(picture: np.ndarray, degrees: float) -> np.ndarray:
+    """The recoloured variant: the hue turned, or for a black and white picture (a hue turn changes no pixel of
+    it: cover 073) a warm colour cast, as a tinted edition."""
+    lab = cv2.cvtColor(picture.astype(np.float32) / 255, cv2.COLOR_BGR2LAB)
+    if float(np.linalg.norm(lab[..., 1:], axis=-1).mean()) >= GREY:
+        return hue_turned(picture, degrees)
+    return np.clip(picture.astype(np.float32) * [0.78, 0.93, 1.12], 0, 255).astype(np.uint8)
+
+
 def region_replaced(picture: np.ndarray, other: np.ndarray, index: int, rng: np.random.Generator) -> np.ndarray:
     out = picture.copy()
     h, w = out.shape[:2]
@@ -82,7 +95,7 @@ def make_pictures(dvd: Path, folder: Path) -> dict[str, list[tuple[str, str]]]:
         hue, region = folder / f"{path.stem}~hue.jpg", folder / f"{path.stem}~region.jpg"
         turn, other = rng.uniform(60, 120), covers[(index + 37) % len(covers)]
         if not hue.exists():
-            cv2.imwrite(str(hue), hue_turned(picture, turn), [cv2.IMWRITE_JPEG_QUALITY, 92])
+            cv2.imwrite(str(hue), recoloured(picture, turn), [cv2.IMWRITE_JPEG_QUALITY, 92])
         if not region.exists():
             cv2.imwrite(str(region), region_replaced(picture, read(other), index, np.random.default_rng(index)),
                         [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -135,7 +148,8 @@ def searched(index_path: Path, embedder: str, photos: list[tuple[Path, str]]) ->
     right = [first == label for label, first, _, _ in firsts]
     sibling = [first != label and first.split("~")[0] == label for label, first, _, _ in firsts]
     return {"r@1": round(float(np.mean(right)), 4), "variant_first": round(float(np.mean(sibling)), 4),
-            "p50_ms": round(1000 * float(np.median(times)), 1), "p99_ms": round(1000 * float(np.percentile(times, 99)), 1),
+            "p50_ms": round(1000 * float(np.median(times)), 1),
+            "p99_ms": round(1000 * float(np.percentile(times, 99)), 1),
             "meta": index.meta["local"]}
 
 

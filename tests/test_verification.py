@@ -22,7 +22,7 @@ from lookalike.catalogue.local import photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
 from lookalike.errors import LookalikeError
-from lookalike.verification.appearance import Bounds
+from lookalike.verification.appearance import Bounds, compare, standing
 from lookalike.verification.calibration import FLOOR
 from lookalike.verification.features import FeatureOptions, extract
 from lookalike.verification.matching import verify
@@ -360,3 +360,20 @@ def test_recalibrate_keeps_a_new_threshold(backend: str, trained: dict, pictures
     assert FLOOR <= catalogue.meta["local"]["threshold"] < 999
     assert f"{catalogue.meta['local']['threshold']} inliers verify a match" in answer
     catalogue.close()
+
+
+def test_the_comparison_fits_the_photos_light_and_sees_only_the_changed_field() -> None:
+    """A photo's light (exposure, contrast, a colour cast) is fitted away robustly, so the picture agrees with its
+    photo better than a variant with one field replaced does; between pictures, that variant differs in about the
+    field's cells only (a global normalisation would let the field move every cell), a recoloured twin in all, the
+    picture from itself in none; and a candidate lacking inliers stands worse."""
+    picture = texture(5)
+    variant = picture.copy()
+    variant[:64, :64] = texture(6)[:64, :64]  # the top left 3 x 3 of the 8 x 8 cells: another field
+    lit = np.clip(picture.astype(np.float32) * 0.75 + [25, 15, 5], 0, 255).astype(np.uint8)
+    bounds, same = Bounds(), np.eye(3)
+    assert compare(picture, lit, same).disagreement(bounds) < compare(variant, lit, same).disagreement(bounds) - 0.2
+    assert compare(picture, picture, same).changed(bounds) == 0.0
+    assert 8 / 64 <= compare(variant, picture, same).changed(bounds) <= 12 / 64
+    assert compare(recoloured(picture), picture, same).changed(bounds) > 0.9
+    assert standing(1.0, 50, 100) > standing(1.0, 100, 100) == 1.0

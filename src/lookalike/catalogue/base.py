@@ -74,8 +74,8 @@ def _pair(first: dict[str, Any], own: LocalFeatures, second: dict[str, Any], oth
     shown = [comparison_picture(first["path"], own.size), comparison_picture(second["path"], other.size)]
     if back.quad is None or there.quad is None or None in shown:
         return Pair(first["id"], second["id"], min(there.inliers, back.inliers), 1.0, 0.0, VARIANT)
-    differ = max(placed(shown[1], other.size, shown[0], own.size, there.quad).changed(bounds),
-                 placed(shown[0], own.size, shown[1], other.size, back.quad).changed(bounds))
+    differ = max(placed(shown[1], other.size, shown[0], own.size, there.quad, light=False).changed(bounds),
+                 placed(shown[0], own.size, shown[1], other.size, back.quad, light=False).changed(bounds))
     cover = min(covered(there.quad), covered(back.quad))
     kind = DUPLICATE if differ <= bounds.copy and cover >= COVER else VARIANT
     return Pair(first["id"], second["id"], min(there.inliers, back.inliers), differ, cover, kind)

@@ -3,16 +3,18 @@ by cell, so that siblings (one brand's variants: another colour, other words or 
 cannot (they count the print both share).
 
 The picture is warped into the photo's frame over the box its outline covers, at most :data:`SIDE` pixels, and the
-box is cut into :data:`GRID` x :data:`GRID` cells. Both are read in CIE Lab with each one's light taken out over the
-pixels both show: the lightness as z-scores (exposure, contrast) and the chroma less its mean (white balance). Each
-cell that the picture covers is described by its mean lightness, its contrast (the lightness's spread) and its mean
-chroma, statistics that a few pixels of misalignment, blur and noise barely move, and each difference is measured
-in units of the catalogue's calibrated bound (what a made photo of a picture differs from it in one cell of a
-hundred). Against a photo, a cell's difference is the larger of its contrast's and its chroma's (the light of a
-photo varies across the picture too much for the mean lightness) and the disagreement is their mean, each capped at
-:data:`CAP` (an occluded or glaring cell counts as much as any other that differs entirely); between two catalogue
-pictures the mean lightness counts too, and what is measured is the share of cells that differ beyond the bounds.
-OpenCV warps and converts; the cell statistics are a few array operations written here."""
+box is cut into :data:`GRID` x :data:`GRID` cells. Each cell that the picture covers is described, in CIE Lab, by
+its mean lightness, its contrast (the lightness's spread) and its mean chroma, statistics that a few pixels of
+misalignment, blur and noise barely move. The photo's light is then fitted to the picture's over the cells both
+show, robustly (medians, so that a variant's other field or a glare does not move the fit): a gain and an offset of
+the lightness (exposure, contrast) and a shift of the chroma (white balance). Each difference is measured in units
+of the catalogue's calibrated bound (what a made photo of a picture differs from it in one cell of a hundred).
+Against a photo, the disagreement is the mean over the cells of the contrast's and the chroma's differences, each
+capped at :data:`CAP` (an occluded or glaring cell counts as much as any other that differs entirely; the light of
+a photo varies across the picture too much for the mean lightness); a candidate's standing adds the share of
+inliers it lacks against the best candidate found over the same part of the photo. Between two catalogue
+pictures the mean lightness counts too, and what is measured is the share of cells that differ far beyond the
+bounds a copy reaches. OpenCV warps and converts; the cell statistics are a few array operations written here."""
 
 from __future__ import annotations
 
@@ -25,17 +27,19 @@ SIDE = 96  # the compared box's longest side, in pixels
 GRID = 8  # cells per side
 FULL = 0.8  # a cell counts where the picture covers at least this share of it
 CAP = 3.0  # a cell's difference counts at most this many bounds
+APART = 3.0  # a cell of one catalogue picture differs from another's beyond this many of the picture bounds (a
+# copy's cells reach one bound in one cell of a hundred, along its edges and fine print; another field, far more)
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """A catalogue's calibrated bounds: the differences of one cell's mean ``lightness`` and ``contrast`` (in
-    standard deviations of the picture's lightness) and mean chroma (``colour``, Lab units) that a made photo of a
-    picture reaches in one cell of a hundred; ``margin``: how much more a candidate must disagree with a photo than
-    the best candidate found over the same part of it to be a look-alike of it; ``copy``: two catalogue pictures
-    that differ beyond the ``picture_*`` bounds (what a copy of a picture differs from it in one cell of a hundred:
-    no light, white balance or blur between them) in at most this share of their cells are one picture
-    (re-encoded, resized, cropped)."""
+    """A catalogue's calibrated bounds: the differences of one cell's mean ``lightness`` and ``contrast`` (in standard
+    deviations of the picture's lightness) and mean chroma (``colour``, Lab units) that a made photo of a picture
+    reaches in one cell of a hundred; ``margin``: how much more a candidate must disagree with a photo than the best
+    candidate found over the same part of it to stand worse (:func:`standing`) to be a look-alike of it; ``copy``: two
+    catalogue pictures that differ beyond :data:`APART` times the ``picture_*`` bounds (what a copy of a picture differs
+    from it in one cell of a hundred: no light, white balance or blur between them) in at most this share of their cells
+    are one picture (re-encoded, resized, cropped)."""
 
     lightness: float = 0.5
     contrast: float = 0.5
@@ -77,11 +81,11 @@ class Cells:
 
     def changed(self, bounds: Bounds) -> float:
         """How much two catalogue pictures differ: the share of the counted cells whose mean lightness, contrast
-        or chroma differs beyond the ``picture_*`` bounds; 1.0 where none counts."""
+        or chroma differs beyond :data:`APART` times the ``picture_*`` bounds; 1.0 where none counts."""
         if not self.valid.any():
             return 1.0
-        beyond = (self.lightness > bounds.picture_lightness) | (self.contrast > bounds.picture_contrast) | \
-            (self.colour > bounds.picture_colour)
+        beyond = (self.lightness > APART * bounds.picture_lightness) | \
+            (self.contrast > APART * bounds.picture_contrast) | (self.colour > APART * bounds.picture_colour)
         return float(beyond[self.valid].mean())
 
     @property
@@ -100,9 +104,10 @@ def homography(source_size: tuple[int, int], quad: np.ndarray) -> np.ndarray:
     return cv2.getPerspectiveTransform(corners, np.asarray(quad, np.float32))
 
 
-def compare(picture: np.ndarray, photo: np.ndarray, to_photo: np.ndarray) -> Cells:
+def compare(picture: np.ndarray, photo: np.ndarray, to_photo: np.ndarray, light: bool = True) -> Cells:
     """``picture`` (RGB uint8) against ``photo`` (RGB uint8) where ``to_photo`` (3 x 3, picture pixels -> photo
-    pixels) puts it, over the box of the photo its outline covers."""
+    pixels) puts it, over the box of the photo its outline covers; ``light``: fit the photo's light to the
+    picture's (False: two catalogue pictures, whose colours are theirs: a tinted edition is not a copy)."""
     h, w = picture.shape[:2]
     outline = cv2.perspectiveTransform(np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float32), to_photo)[0]
     x0, y0 = np.floor(outline.min(0)).astype(int)
@@ -115,24 +120,54 @@ def compare(picture: np.ndarray, photo: np.ndarray, to_photo: np.ndarray) -> Cel
     bw, bh = max(GRID, round((x1 - x0) * scale)), max(GRID, round((y1 - y0) * scale))
     into_box = np.array([[bw / (x1 - x0), 0, -x0 * bw / (x1 - x0)], [0, bh / (y1 - y0), -y0 * bh / (y1 - y0)],
                          [0, 0, 1]]) @ to_photo
-    shown = cv2.warpPerspective(picture, into_box, (bw, bh), flags=cv2.INTER_AREA)
+    finer = np.diag([2.0, 2.0, 1.0]) @ into_box  # warped at twice the box's pixels, then averaged down as the photo;
+    # its edge repeated, not blended with black (the cells along it would differ from any copy of it)
+    shown = cv2.resize(cv2.warpPerspective(picture, finer, (2 * bw, 2 * bh), flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REPLICATE), (bw, bh),
+                       interpolation=cv2.INTER_AREA)
     inside = cv2.warpPerspective(np.full((h, w), 255, np.uint8), into_box, (bw, bh), flags=cv2.INTER_NEAREST) > 127
     seen = cv2.resize(photo[y0:y1, x0:x1], (bw, bh), interpolation=cv2.INTER_AREA)
     if inside.sum() < GRID * GRID:
         return NOTHING
-    a, b = _normalised(shown, inside), _normalised(seen, inside)
     rows, cols = np.linspace(0, bh, GRID + 1).astype(int), np.linspace(0, bw, GRID + 1).astype(int)
-    found = Cells(np.zeros((GRID, GRID), bool), *(np.zeros((GRID, GRID)) for _ in range(3)))
+    a, b = _lab(shown), _lab(seen)
+    valid = np.zeros((GRID, GRID), bool)
+    mine, theirs = np.zeros((GRID, GRID, 4)), np.zeros((GRID, GRID, 4))
     for i in range(GRID):
         for j in range(GRID):
             cell = inside[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
             if cell.size == 0 or cell.mean() < FULL:
                 continue
-            pa, pb = a[rows[i]:rows[i + 1], cols[j]:cols[j + 1]][cell], b[rows[i]:rows[i + 1], cols[j]:cols[j + 1]][cell]
-            found.valid[i, j] = True
-            found.lightness[i, j] = abs(float(pa[:, 0].mean() - pb[:, 0].mean()))
-            found.contrast[i, j] = abs(float(pa[:, 0].std() - pb[:, 0].std()))
-            found.colour[i, j] = float(np.linalg.norm(pa[:, 1:].mean(0) - pb[:, 1:].mean(0)))
+            valid[i, j] = True
+            mine[i, j] = _statistics(a[rows[i]:rows[i + 1], cols[j]:cols[j + 1]][cell])
+            theirs[i, j] = _statistics(b[rows[i]:rows[i + 1], cols[j]:cols[j + 1]][cell])
+    return _fitted(valid, mine, theirs, max(float(a[inside][:, 0].std()), 1.0), light)
+
+
+def _statistics(lab: np.ndarray) -> np.ndarray:
+    """A cell's mean lightness, its lightness's spread (contrast) and its mean chroma (a, b)."""
+    return np.array([lab[:, 0].mean(), lab[:, 0].std(), *lab[:, 1:].mean(0)])
+
+
+def _fitted(valid: np.ndarray, mine: np.ndarray, theirs: np.ndarray, spread: float, light: bool) -> Cells:
+    """The cells' differences, with the other side's light fitted to the picture's over the cells both show
+    (``light``), robustly (medians: cells that differ, a variant's other field, glare, do not move the fit): a
+    gain of the lightness (exposure, contrast: the median ratio of the cells' contrasts), an offset of it and a
+    shift of the chroma (white balance). Lightness differences are in the picture's lightness spreads
+    (``spread``)."""
+    found = Cells(valid, *(np.zeros((GRID, GRID)) for _ in range(3)))
+    if not valid.any():
+        return found
+    a, b = mine[valid], theirs[valid]
+    gain, offset, shift = 1.0, 0.0, np.zeros(2)
+    textured = a[:, 1] > 1.0
+    if light:
+        gain = float(np.clip(np.median(b[textured, 1] / a[textured, 1]), 0.05, 20)) if textured.any() else 1.0
+        offset = float(np.median(b[:, 0] - gain * a[:, 0]))
+        shift = np.median(b[:, 2:] - a[:, 2:], axis=0)
+    found.lightness[valid] = np.abs((b[:, 0] - offset) / gain - a[:, 0]) / spread
+    found.contrast[valid] = np.abs(b[:, 1] / gain - a[:, 1]) / spread
+    found.colour[valid] = np.linalg.norm(b[:, 2:] - shift - a[:, 2:], axis=1)
     return found
 
 
@@ -145,23 +180,18 @@ def shrunk(picture: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, floa
 
 
 def placed(picture: tuple[np.ndarray, float], size: tuple[int, int], seen: tuple[np.ndarray, float],
-           seen_size: tuple[int, int], quad: list[list[float]]) -> Cells:
+           seen_size: tuple[int, int], quad: list[list[float]], light: bool = True) -> Cells:
     """A picture (:func:`shrunk`, from its features' frame ``size``) against another picture or a photo (``seen``:
     its pixels and their scale from its features' frame ``seen_size``) where the fit's ``quad`` (fractions of
-    ``seen_size``) puts it."""
+    ``seen_size``) puts it; ``light``: as :func:`compare`'s."""
     (small, scale), (pixels, seen_scale) = picture, seen
     to_seen = np.diag([seen_scale, seen_scale, 1]) @ homography(size, np.asarray(quad) * seen_size) \
         @ np.diag([1 / scale, 1 / scale, 1])
-    return compare(small, pixels, to_seen)
+    return compare(small, pixels, to_seen, light)
 
 
-def _normalised(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Lab with its light taken out over ``mask``: lightness as z-scores, chroma less its mean."""
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    shown = lab[mask]
-    lab[..., 0] = (lab[..., 0] - shown[:, 0].mean()) / max(float(shown[:, 0].std()), 1.0)
-    lab[..., 1:] -= shown[:, 1:].mean(0)
-    return lab
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
 
 
 def overlap(first: list[list[float]], second: list[list[float]]) -> float:
@@ -181,32 +211,50 @@ def covered(quad: list[list[float]]) -> float:
 
 
 OVERLAP = 0.5  # outlines overlapping this much (intersection over union) show the same part of a photo
+MISSING = 0.5  # a candidate matching a share s fewer inliers than the best found at its place disagrees s x this more
+
+
+def standing(disagreement: float, inliers: int, most: int) -> float:
+    """How badly a candidate found over a part of a photo fits it, all told: its disagreement with the photo
+    (:meth:`Cells.disagreement`) and the share of inliers it lacks against the most any candidate found there
+    (``most``) times :data:`MISSING`. The inliers see what cells average away: a sibling's other words and
+    fields match no features of the photo, a recoloured one barely loses any (SIFT sees grey levels)."""
+    return disagreement + MISSING * (1 - inliers / most) if most > 0 else disagreement
 
 
 @dataclass
 class Aligned:
     """What the aligned comparison found for a search's verified candidates, by candidate position: the photo it
-    was found in, its outline there (fractions of that photo) and its disagreement with the photo
+    was found in, its outline there (fractions of that photo), its inliers and its disagreement with the photo
     (:meth:`Cells.disagreement`; None: not compared, no picture to compare)."""
 
     photo: dict[int, int]
     quad: dict[int, list[list[float]]]
+    inliers: dict[int, int]
     disagreement: dict[int, float | None]
 
     def same_place(self, i: int, j: int) -> bool:
         """Whether candidates ``i`` and ``j`` were found over the same part of the same photo."""
         return self.photo[i] == self.photo[j] and overlap(self.quad[i], self.quad[j]) >= OVERLAP
 
-    def rivals(self, inliers: list[int], bounds: Bounds) -> dict[int, int]:
-        """The look-alikes among the candidates: each one found where a better-agreeing candidate was, whose
-        disagreement with the photo exceeds that one's by more than ``bounds.margin``, mapped to that candidate."""
-        compared = sorted((i for i, d in self.disagreement.items() if d is not None),
-                          key=lambda i: (self.disagreement[i], -inliers[i]))
+    def standing(self, i: int) -> float | None:
+        """Candidate ``i``'s :func:`standing` against the candidates found over the same part of the photo (None:
+        not compared)."""
+        found = self.disagreement.get(i)
+        if found is None:
+            return None
+        most = max(self.inliers[j] for j in self.inliers if j == i or self.same_place(i, j))
+        return standing(found, self.inliers[i], most)
+
+    def rivals(self, bounds: Bounds) -> dict[int, int]:
+        """The look-alikes among the candidates: each one found where a better-standing candidate was, whose
+        standing is worse than that one's by more than ``bounds.margin``, mapped to that candidate."""
+        stands = {i: self.standing(i) for i in self.disagreement}
+        compared = sorted((i for i, d in stands.items() if d is not None), key=lambda i: (stands[i], -self.inliers[i]))
         found: dict[int, int] = {}
         for n, i in enumerate(compared):
             for j in compared[:n]:
-                if j not in found and self.disagreement[i] - self.disagreement[j] > bounds.margin \
-                        and self.same_place(i, j):
+                if j not in found and stands[i] - stands[j] > bounds.margin and self.same_place(i, j):
                     found[i] = j
                     break
         return found
@@ -223,6 +271,6 @@ class Aligned:
         return group
 
 
-def rounded(disagreement: float | None) -> float:
-    """A disagreement as ordering compares it: in steps of a tenth of a bound (finer is noise); None last."""
-    return 2 * CAP if disagreement is None else round(disagreement, 1)
+def rounded(standing: float | None) -> float:
+    """A standing as ordering compares it: in steps of a tenth of a bound (finer is noise); None last."""
+    return 2 * CAP if standing is None else round(standing, 1)

@@ -3,19 +3,18 @@ comparison (:mod:`lookalike.verification.appearance`).
 
 Photos are made of catalogue pictures (each warped by a random perspective, scaled, turned, its white balance and
 exposure shifted, blurred and pasted onto another catalogue picture), and each is verified against its own picture
-and the candidates the descriptor votes give it. The photo against its own picture gives the cells of right pairs:
-a cell disagrees beyond the 99th percentile of their lightness and chroma differences. Copies made of catalogue
-pictures (re-encoded, resized, cropped) against their own give the ``copy`` bound (the share of cells that may
-differ between one picture's copies); a copy put beside its picture in a photo gives the ``margin`` by which a
-candidate must disagree more than the best to be a look-alike. The other candidates are wrong pairs, siblings of
-the photo's own picture included, except what the search would not show as a wrong verified match: true copies of
-the photo's picture (they match it and agree with it after alignment), look-alikes the comparison sets apart, and
-pictures sharing print with the background (another product the photo shows). The threshold is the smallest
-count of inliers that at most ``rate`` of the chance pairs among them reach (those sharing no print with the
-photo's pictures: no count of inliers tells a sibling from its product, they share the print; the comparison
-does), never below ``FLOOR``; the rate reported is that of all the wrong pairs at it, siblings included: what
-users see. The photos' own pictures give the share of right pairs verified at it, and the wrong pairs that verify
-the median disagreement of siblings."""
+and the candidates the descriptor votes give it. The photo against its own picture gives the cells of right pairs: a
+cell disagrees beyond the 99th percentile of their lightness and chroma differences. Copies made of catalogue pictures
+(re-encoded, resized, cropped) against their own give the ``copy`` bound (the share of cells that may differ between one
+picture's copies); a copy put beside its picture in a photo gives the ``margin`` by which a candidate must stand worse
+than the best (disagree more, lack more inliers) to be a look-alike. The other candidates are wrong pairs, siblings of
+the photo's own picture included, except what the search would not show as a wrong verified match: true copies of the
+photo's picture (they match it and agree with it after alignment), look-alikes the comparison sets apart, and pictures
+sharing print with the background (another product the photo shows). The threshold is the smallest count of inliers that
+at most ``rate`` of the chance pairs among them reach (those sharing no print with the photo's pictures: no count of
+inliers tells a sibling from its product, they share the print; the comparison does), never below ``FLOOR``; the rate
+reported is that of all the wrong pairs at it, siblings included: what users see. The photos' own pictures give the
+share of right pairs verified at it, and the wrong pairs that verify the median disagreement of siblings."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from lookalike.verification.appearance import OVERLAP, Bounds, Cells, overlap, placed, shrunk
+from lookalike.verification.appearance import OVERLAP, Bounds, Cells, overlap, placed, shrunk, standing
 from lookalike.verification.features import FeatureOptions, LocalFeatures, extract, scaled
 from lookalike.verification.matching import Verdict, VerifyOptions, verify
 
@@ -139,11 +138,11 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
             [again] = verify(copy, pictures[:1], verifying)
             if again.quad is not None:
                 copies.append(placed(small(item, pictures[0].size), pictures[0].size, (copy.pixels, 1.0), copy.size,
-                                     again.quad))
+                                     again.quad, light=False))
             [there] = verify(found, [copy], verifying)  # and how much more than its picture a copy disagrees with
             if there.quad is not None and cells[0] is not None:  # the photo: the margin
                 seen_copy = placed(shrunk(copy.pixels, copy.size), copy.size, seen, found.size, there.quad)
-                spread_cells.append((seen_copy, cells[0]))
+                spread_cells.append(((seen_copy, there.inliers), (cells[0], verdicts[0].inliers)))
         sources = list(zip(shown, pictures, verdicts, cells))
         direct = [verify(own, pictures[len(shown):], verifying) for own in pictures[:len(shown)]]
         for j, (candidate, stored, verdict, looks) in enumerate(zip(voted, pictures[len(shown):],
@@ -161,11 +160,11 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         for n, (source, own, there, own_cells, direct) in enumerate(sources):
             if looks is not None and own_cells is not None and verdict.quad is not None and there.quad is not None \
                     and overlap(verdict.quad, there.quad) >= OVERLAP \
-                    and looks.disagreement(bounds) - own_cells.disagreement(bounds) > bounds.margin:
+                    and _worse(looks, verdict.inliers, own_cells, there.inliers, bounds) > bounds.margin:
                 return True
             if direct.quad is not None and direct.inliers >= FLOOR and (n > 0 or placed(
-                    small(candidate, stored.size), stored.size, small(source, own.size), own.size, direct.quad
-            ).changed(bounds) <= bounds.copy):
+                    small(candidate, stored.size), stored.size, small(source, own.size), own.size, direct.quad,
+                    light=False).changed(bounds) <= bounds.copy):
                 return True  # a copy of the photo's picture, or anything sharing print with its background: content
         return False  # the photo shows (the background is another product, mostly hidden: its own match is weak)
 
@@ -184,12 +183,20 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
                        bounds.as_meta(), float(np.median(siblings)) if siblings else None)
 
 
-def _bounds(right: list[Cells], copies: list[Cells], spreads: list[tuple[Cells, Cells]]) -> Bounds:
+def _worse(cells: Cells, inliers: int, best: Cells, best_inliers: int, bounds: Bounds) -> float:
+    """How much worse one candidate found over a part of a photo stands than another found there
+    (:func:`~lookalike.verification.appearance.standing`)."""
+    most = max(inliers, best_inliers)
+    return standing(cells.disagreement(bounds), inliers, most) - standing(best.disagreement(bounds), best_inliers, most)
+
+
+def _bounds(right: list[Cells], copies: list[Cells], spreads: list[tuple[tuple[Cells, int], tuple[Cells, int]]]
+            ) -> Bounds:
     """The comparison's bounds: each cell statistic's 99th percentile over the cells of right pairs (a made photo
     against its own picture) and over the cells of copies against their own picture (the ``picture_*`` bounds);
     the copy bound: the 99th percentile of the share of cells in which copies differ beyond the latter, at least
-    :data:`SMALLEST_COPY`; the margin: the 99th percentile of how much more than its picture a copy disagrees with a
-    photo of it (pairs of ``spreads``: the copy's cells in the photo, the picture's), at least
+    :data:`SMALLEST_COPY`; the margin: the 99th percentile of how much worse than its picture a copy stands in a
+    photo of it (pairs of ``spreads``: the copy's cells in the photo and its inliers, the picture's), at least
     :data:`SMALLEST_MARGIN`."""
     default = Bounds()
     right, copies = [c for c in right if c.valid.any()], [c for c in copies if c.valid.any()]
@@ -202,7 +209,7 @@ def _bounds(right: list[Cells], copies: list[Cells], spreads: list[tuple[Cells, 
                    default.margin, default.copy, *(bound(copies, name, least) for name, least in
                                                    (("lightness", 0.05), ("contrast", 0.05), ("colour", 1.5))))
     shares = [c.changed(found) for c in copies]
-    more = [a.disagreement(found) - b.disagreement(found) for a, b in spreads if a.valid.any() and b.valid.any()]
+    more = [_worse(*a, *b, found) for a, b in spreads if a[0].valid.any() and b[0].valid.any()]
     copy = max(SMALLEST_COPY, float(np.percentile(shares, 99)) if shares else default.copy)
     margin = max(SMALLEST_MARGIN, float(np.percentile(more, 99)) if more else default.margin)
     return replace(found, margin=margin, copy=copy)

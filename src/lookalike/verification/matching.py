@@ -134,10 +134,10 @@ def _plausible(quad: np.ndarray) -> bool:
 
 def verified_order(scores: Sequence[float], inliers: Sequence[int], threshold: int, aligned: Aligned | None = None,
                    rivals: dict[int, int] | None = None) -> list[int]:
-    """Positions of candidates in their verified order: those with at least ``threshold`` inliers first, most
-    inliers first, then the others by embedding ``scores``, best first. With the aligned comparison
-    (``aligned``), candidates found over the same part of a photo are ordered by the cells that disagree with it,
-    then by inliers, and each look-alike (``rivals``: position -> the position it looks like) follows the
+    """Positions of candidates in their verified order: those with at least ``threshold`` inliers first, most inliers
+    first, then the others by embedding ``scores``, best first. With the aligned comparison (``aligned``), candidates
+    found over the same part of a photo are ordered by their standing (the cells that disagree with it and the inliers
+    they lack), then by inliers, and each look-alike (``rivals``: position -> the position it looks like) follows the
     candidate it looks like, no longer verified."""
     positions = range(len(scores))
     rivals = rivals or {}
@@ -148,14 +148,14 @@ def verified_order(scores: Sequence[float], inliers: Sequence[int], threshold: i
         most: dict[int, int] = {}
         for i in verified:
             most[place[i]] = max(most.get(place[i], 0), inliers[i])
-        verified.sort(key=lambda i: (-most[place[i]], place[i], rounded(aligned.disagreement.get(i)),
+        verified.sort(key=lambda i: (-most[place[i]], place[i], rounded(aligned.standing(i)),
                                      -inliers[i], -scores[i]))
     following: dict[int, list[int]] = {}
     for i, like in rivals.items():
         following.setdefault(like, []).append(i)
     ordered = []
     for i in verified:
-        ordered += [i, *sorted(following.get(i, []), key=lambda r: (rounded(aligned.disagreement.get(r)
-                                                                                    if aligned else None), -inliers[r]))]
+        ordered += [i, *sorted(following.get(i, []), key=lambda r: (rounded(aligned.standing(r) if aligned
+                                                                                    else None), -inliers[r]))]
     rest = sorted((i for i in positions if inliers[i] < threshold and i not in rivals), key=lambda i: -scores[i])
     return ordered + rest

@@ -39,9 +39,9 @@ def rank(photos: Sequence[LocalFeatures], pictures: Sequence[LocalFeatures], sco
                 best[j], seen[j] = verdict, n
     inliers = [v.inliers for v in best]
     found = [j for j in range(len(pictures)) if inliers[j] >= threshold]
-    aligned = Aligned({j: seen[j] for j in found}, {j: best[j].quad for j in found},
+    aligned = Aligned({j: seen[j] for j in found}, {j: best[j].quad for j in found}, {j: inliers[j] for j in found},
                       {j: _disagreement(pictures[j], photos[seen[j]], best[j], shown(j), bounds) for j in found})
-    rivals = aligned.rivals(inliers, bounds)
+    rivals = aligned.rivals(bounds)
     order = verified_order(scores, inliers, threshold, aligned, rivals)
     return Ranked(order, best, set(found) - set(rivals), rivals)
 
