@@ -26,7 +26,7 @@ from lookalike.verification.appearance import Bounds, compare, standing
 from lookalike.verification.calibration import FLOOR
 from lookalike.verification.features import FeatureOptions, extract
 from lookalike.verification.matching import verify
-from lookalike.verification.votes import DescriptorVotes
+from lookalike.verification.votes import DescriptorVotes, vote_factory
 from tests.helpers import INLINE
 
 SIDE = 192
@@ -377,3 +377,33 @@ def test_the_comparison_fits_the_photos_light_and_sees_only_the_changed_field() 
     assert 8 / 64 <= compare(variant, picture, same).changed(bounds) <= 12 / 64
     assert compare(recoloured(picture), picture, same).changed(bounds) > 0.9
     assert standing(1.0, 50, 100) > standing(1.0, 100, 100) == 1.0
+
+
+def test_the_vote_index_grows_with_the_catalogue() -> None:
+    """Inverted lists in proportion to the descriptors, through an HNSW graph from thousands of lists on, PQ codes
+    from a million descriptors on; an index holding many times what it was trained for says it has outgrown it."""
+    assert vote_factory(2_000) == "IVF2,SQ8" and vote_factory(400_000) == "IVF512,SQ8"
+    assert vote_factory(40_000_000) == "IVF65536_HNSW32,PQ32" and vote_factory(4_000_000) == "IVF4096,PQ32"
+    assert vote_factory(10 ** 9) == "IVF65536_HNSW32,PQ32"
+    pictures = [extract(texture(seed)) for seed in range(6)]
+    votes = DescriptorVotes.build(np.arange(6), pictures)
+    assert votes.lists == 1 << int(np.log2(sum(map(len, pictures)) // 512)) and not votes.outgrown()
+    for n in range(1, 4):
+        votes.add(np.arange(6) + 10 * n, pictures)
+    assert votes.outgrown()
+
+
+def test_a_catalogue_that_outgrows_its_vote_index_trains_it_anew_from_its_features(
+        trained: dict, pictures: Path, tmp_path: Path) -> None:
+    out = tmp_path / "c.lkidx"
+    build_catalogue(out, trained["embedder"], pictures, "faiss", options=INLINE).close()
+    lists = open_catalogue(out, "faiss").votes.lists
+    for n in range(3):  # copies of the pictures: four times the descriptors the lists were trained for
+        shutil.copytree(pictures, tmp_path / f"again{n}")
+        with editing(out, "faiss") as catalogue:
+            catalogue.add_images(read_embedder_file(trained["embedder"]), tmp_path / f"again{n}", num_workers=0)
+    catalogue = open_catalogue(out, "faiss")
+    assert catalogue.votes.lists > lists and catalogue.votes.index.ntotal == len(catalogue.local.descriptors)
+    embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
+    first = _verified_search(catalogue, embedder, photo_of(texture(2)))[0]
+    assert first.label == "p2" and first.verified

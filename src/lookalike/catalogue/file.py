@@ -10,6 +10,7 @@ by another embedder than the one it was built with.
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,8 @@ from lookalike.retrieval.knn import FaissIndex, is_lossy, ivf_cells, rescore
 from lookalike.verification.features import LocalFeatures
 from lookalike.verification.store import ARRAYS, FeatureStore
 from lookalike.verification.votes import DescriptorVotes
+
+log = logging.getLogger(__name__)
 
 FORMAT = "lookalike-index/2"
 META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "embedder")
@@ -106,6 +109,12 @@ class FileCatalogue(Catalogue):
             self.local = self.local.appended(local)
             if votes:
                 self.votes.add(np.array([it["id"] for it in items], np.int64), local)
+                if self.votes.outgrown():  # trained anew from the stored features, not from the images
+                    lists = self.votes.lists
+                    self.votes = DescriptorVotes.build(np.array([it["id"] for it in self.items + items], np.int64),
+                                                       self.local)
+                    log.info("the descriptor vote index outgrew its %d lists: trained anew with %d", lists,
+                             self.votes.lists)
         dba = self.meta.get("dba")
         if dba and len(vectors):
             vectors = self._augmented(vectors, dba["k"], dba["alpha"])

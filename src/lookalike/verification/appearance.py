@@ -272,5 +272,6 @@ class Aligned:
 
 
 def rounded(standing: float | None) -> float:
-    """A standing as ordering compares it: in steps of a tenth of a bound (finer is noise); None last."""
-    return 2 * CAP if standing is None else round(standing, 1)
+    """A standing as ordering compares it: in hundredths of a bound (the inliers it adds already break what would
+    be ties of the cells alone); None last."""
+    return 2 * CAP if standing is None else round(standing, 2)

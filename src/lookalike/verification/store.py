@@ -60,6 +60,10 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self.counts)
 
+    def __getitem__(self, row: int) -> LocalFeatures:
+        """The features of the item at this row: the store is a lazy sequence of every item's features."""
+        return self.features([row])[0]
+
     def features(self, rows: Sequence[int]) -> list[LocalFeatures]:
         """The features of the items at these rows (positions in item order)."""
         out = []

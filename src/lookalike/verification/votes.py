@@ -6,26 +6,38 @@ low (clutter, a hand, glare), because a few dozen agreeing descriptors are enoug
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 
-from lookalike.retrieval.knn import FaissIndex, faiss_module
+from lookalike.errors import LookalikeError
+from lookalike.retrieval.knn import FaissIndex, faiss_module, ivf_cells
 from lookalike.verification.features import DESCRIPTOR, LocalFeatures
 
 NEIGHBOURS = 4  # catalogue descriptors each photo descriptor votes through
 RATIO = 0.8  # a neighbour votes when it is this much nearer than the next after the voting ones
 PER_CELL = 512  # descriptors per inverted list, on average
-MAX_CELLS = 4096  # lists at most (training more costs minutes on 2 cores)
-TRAIN_PER_CELL = 64  # training descriptors per list
+MAX_CELLS = 1 << 16  # lists at most
+HNSW_FROM = 1 << 13  # from this many lists on, the lists' centroids are found through an HNSW graph, not scanned
+TRAIN_PER_CELL = 32  # training descriptors per list
 PQ_FROM = 1 << 20  # from this many descriptors on, 32-byte PQ codes instead of 128-byte SQ8 ones
 PROBE = 16  # lists searched per photo descriptor
+OUTGROWN = 4  # an index holding this many times the descriptors its lists were trained for is trained anew
 
 
 def vote_factory(descriptors: int) -> str:
     """The index type for this many descriptors: inverted lists of about ``PER_CELL`` each (a power of two, at
-    most ``MAX_CELLS``), SQ8 codes (128 bytes a descriptor), PQ32 codes (32 bytes) for a million and more."""
+    most ``MAX_CELLS``), their centroids in an HNSW graph from ``HNSW_FROM`` lists on; SQ8 codes (128 bytes a
+    descriptor), PQ32 codes (32 bytes) for a million and more."""
     cells = 1 << max(0, min(int(math.log2(MAX_CELLS)), int(math.log2(max(1, descriptors // PER_CELL)))))
-    return f"IVF{cells},{'PQ32' if descriptors >= PQ_FROM else 'SQ8'}"
+    quantizer = f"IVF{cells}_HNSW32" if cells >= HNSW_FROM else f"IVF{cells}"
+    return f"{quantizer},{'PQ32' if descriptors >= PQ_FROM else 'SQ8'}"
+
+
+def search_params(lists: int) -> str:
+    """How an index of this many lists is searched: ``PROBE`` lists a descriptor, found through the HNSW graph
+    with a candidate list a few times as long where there is one."""
+    return f"nprobe={PROBE}" + (f",quantizer_efSearch={4 * PROBE}" if lists >= HNSW_FROM else "")
 
 
 class DescriptorVotes:
@@ -35,27 +47,57 @@ class DescriptorVotes:
         self.index = index
 
     @classmethod
-    def build(cls, ids: np.ndarray, features: list[LocalFeatures]) -> DescriptorVotes:
+    def new(cls, factory: str) -> DescriptorVotes:
+        """An empty, untrained index of this type (:func:`vote_factory`)."""
+        return cls(FaissIndex(DESCRIPTOR, factory, search_params=search_params(ivf_cells(factory))))
+
+    @property
+    def lists(self) -> int:
+        return int(self._ivf().nlist)
+
+    def _ivf(self):
+        return faiss_module().extract_index_ivf(self.index.cpu_index)
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train the lists (k-means; an HNSW graph finds each sample's nearest centroid from ``HNSW_FROM`` lists on,
+        FAISS's way of clustering into tens of thousands of lists on a CPU) and the codes on these unit
+        descriptors."""
+        faiss, ivf = faiss_module(), self._ivf()
+        ivf.cp.min_points_per_centroid = 1  # a small catalogue's few descriptors train its one or few lists
+        if ivf.nlist >= HNSW_FROM:
+            ivf.clustering_index = faiss.IndexHNSWFlat(DESCRIPTOR, 32)
+        ivf.train(np.ascontiguousarray(sample, np.float32))
+
+    @classmethod
+    def build(cls, ids: np.ndarray, features: Sequence[LocalFeatures]) -> DescriptorVotes:
         """A new index trained on a sample of these items' descriptors (``TRAIN_PER_CELL`` a list, at least
-        65,536), holding them all."""
-        total = sum(len(f) for f in features)
-        factory = vote_factory(total)
-        votes = cls(FaissIndex(DESCRIPTOR, factory, search_params=f"nprobe={PROBE}"))
+        65,536), holding them all. ``features`` may be a lazy sequence (a catalogue's stored features): each item
+        is read twice, for the sample and to be added, ``chunk`` at a time."""
+        total = sum(len(features[n]) for n in range(len(features)))
+        votes = cls.new(vote_factory(total))
         if total:
-            wanted = max(TRAIN_PER_CELL * int(factory[3:].split(",")[0]), 1 << 16)
+            wanted = max(TRAIN_PER_CELL * votes.lists, 1 << 16)
             rng = np.random.default_rng(0)
             share = min(1.0, wanted / total)
-            sample = [f.unit_descriptors()[rng.random(len(f)) < share] for f in features if len(f)]
-            ivf = faiss_module().extract_index_ivf(votes.index.cpu_index)
-            ivf.cp.min_points_per_centroid = 1  # a small catalogue's few descriptors train its one or few lists
-            ivf.train(np.concatenate(sample))
+            sample = []
+            for n in range(len(features)):
+                f = features[n]
+                if len(f):
+                    sample.append(f.unit_descriptors()[rng.random(len(f)) < share])
+            votes.train(np.concatenate(sample))
         votes.add(ids, features)
         return votes
 
-    def add(self, ids: np.ndarray, features: list[LocalFeatures], chunk: int = 4096) -> None:
+    def outgrown(self) -> bool:
+        """Whether the index holds ``OUTGROWN`` times the descriptors its lists were trained for and more lists
+        would serve them (its lists grow long: every search scans more)."""
+        return self.index.ntotal > OUTGROWN * PER_CELL * self.lists and self.lists < MAX_CELLS
+
+    def add(self, ids: np.ndarray, features: Sequence[LocalFeatures], chunk: int = 4096) -> None:
         """Index these items' descriptors (the index is trained), ``chunk`` items at a time."""
         for start in range(0, len(features), chunk):
-            part = [(i, f) for i, f in zip(ids[start:start + chunk], features[start:start + chunk]) if len(f)]
+            part = [(int(ids[n]), features[n]) for n in range(start, min(start + chunk, len(features)))]
+            part = [(i, f) for i, f in part if len(f)]
             if part:
                 self.index.add(np.concatenate([f.unit_descriptors() for _, f in part]),
                                np.concatenate([np.full(len(f), i, np.int64) for i, f in part]))
@@ -76,7 +118,7 @@ class DescriptorVotes:
     def owners(self) -> np.ndarray:
         """The item id of every descriptor held, list by list (what a loaded index is checked against)."""
         faiss = faiss_module()
-        lists = faiss.extract_index_ivf(self.index.cpu_index).invlists
+        lists = self._ivf().invlists
         found = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
                  for i in range(lists.nlist) if lists.list_size(i)]
         return np.concatenate(found) if found else np.zeros(0, np.int64)
@@ -87,8 +129,13 @@ class DescriptorVotes:
     @classmethod
     def from_bytes(cls, blob: bytes) -> DescriptorVotes:
         """Rebuild from :meth:`to_bytes` (a damaged blob: one message, from :class:`FaissIndex`)."""
-        index = FaissIndex.from_bytes(blob, DESCRIPTOR, "IVF", search_params=f"nprobe={PROBE}")
-        return cls(index)
+        found = cls(FaissIndex.from_bytes(blob, DESCRIPTOR, "IVF"))
+        try:
+            lists = found.lists
+        except RuntimeError as e:
+            raise LookalikeError("its vote index is no FAISS inverted-file index") from e
+        found.index.set_search_params(search_params(lists))
+        return found
 
 
 def tally(sims: np.ndarray, owners: np.ndarray, top: int) -> list[tuple[int, int]]:
