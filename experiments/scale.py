@@ -59,13 +59,14 @@ def pool(work: Path, dvd: Path, flowers: Path, count: int) -> dict[str, list[Loc
             arrays[f"{name}_descriptors"] = np.concatenate([f.descriptors for f in found])
         work.mkdir(parents=True, exist_ok=True)
         np.savez(cache, **arrays)
-    z = np.load(cache)
+    with np.load(cache) as z:
+        arrays = {name: z[name] for name in z.files}  # each read once (an npz reads a member on every access)
     out = {}
     for name in groups:
-        ends = np.cumsum(z[f"{name}_counts"])
-        starts = ends - z[f"{name}_counts"]
-        out[name] = [LocalFeatures(z[f"{name}_xy"][a:b], z[f"{name}_descriptors"][a:b], tuple(s))
-                     for a, b, s in zip(starts, ends, z[f"{name}_sizes"])]
+        ends = np.cumsum(arrays[f"{name}_counts"])
+        starts = ends - arrays[f"{name}_counts"]
+        out[name] = [LocalFeatures(arrays[f"{name}_xy"][a:b], arrays[f"{name}_descriptors"][a:b], tuple(s))
+                     for a, b, s in zip(starts, ends, arrays[f"{name}_sizes"])]
     return out
 
 
