@@ -35,11 +35,11 @@ APART = 3.0  # a cell of one catalogue picture differs from another's beyond thi
 class Bounds:
     """A catalogue's calibrated bounds: the differences of one cell's mean ``lightness`` and ``contrast`` (in standard
     deviations of the picture's lightness) and mean chroma (``colour``, Lab units) that a made photo of a picture
-    reaches in one cell of a hundred; ``margin``: how much more a candidate must disagree with a photo than the best
-    candidate found over the same part of it to stand worse (:func:`standing`) to be a look-alike of it; ``copy``: two
-    catalogue pictures that differ beyond :data:`APART` times the ``picture_*`` bounds (what a copy of a picture differs
-    from it in one cell of a hundred: no light, white balance or blur between them) in at most this share of their cells
-    are one picture (re-encoded, resized, cropped)."""
+    reaches in one cell of a hundred; ``margin``: how much worse than the best candidate found over the same part of a
+    photo a candidate must stand (:func:`standing`) to be a look-alike of it; ``copy``: two catalogue pictures that
+    differ beyond :data:`APART` times the ``picture_*`` bounds (what a copy of a picture differs from it in one cell of
+    a hundred: no light, white balance or blur between them) in at most this share of their cells are one picture (re-
+    encoded, resized, cropped)."""
 
     lightness: float = 0.5
     contrast: float = 0.5
