@@ -38,8 +38,8 @@ class Bounds:
     reaches in one cell of a hundred; ``margin``: how much worse than the best candidate found over the same part of a
     photo a candidate must stand (:func:`standing`) to be a look-alike of it; ``copy``: two catalogue pictures that
     differ beyond :data:`APART` times the ``picture_*`` bounds (what a copy of a picture differs from it in one cell of
-    a hundred: no light, white balance or blur between them) in at most this share of their cells are one picture (re-
-    encoded, resized, cropped)."""
+    a hundred: no light, white balance or blur between them) in at most this share of their cells are one picture
+    (re-encoded, resized, cropped)."""
 
     lightness: float = 0.5
     contrast: float = 0.5
