@@ -19,6 +19,7 @@ bounds a copy reaches. OpenCV warps and converts; the cell statistics are a few 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -160,8 +161,8 @@ def _fitted(valid: np.ndarray, mine: np.ndarray, theirs: np.ndarray, spread: flo
         return found
     a, b = mine[valid], theirs[valid]
     gain, offset, shift = 1.0, 0.0, np.zeros(2)
-    textured = a[:, 1] > 1.0
     if light:
+        textured = a[:, 1] > 1.0
         gain = float(np.clip(np.median(b[textured, 1] / a[textured, 1]), 0.05, 20)) if textured.any() else 1.0
         offset = float(np.median(b[:, 0] - gain * a[:, 0]))
         shift = np.median(b[:, 2:] - a[:, 2:], axis=0)
@@ -237,19 +238,24 @@ class Aligned:
         """Whether candidates ``i`` and ``j`` were found over the same part of the same photo."""
         return self.photo[i] == self.photo[j] and overlap(self.quad[i], self.quad[j]) >= OVERLAP
 
+    @cached_property
+    def standings(self) -> dict[int, float | None]:
+        """Each candidate's :func:`standing` against the candidates found over the same part of the photo (None:
+        not compared), found once: ordering and look-alikes ask for them again and again."""
+        found: dict[int, float | None] = {}
+        for i, disagreement in self.disagreement.items():
+            most = max(self.inliers[j] for j in self.inliers if j == i or self.same_place(i, j))
+            found[i] = None if disagreement is None else standing(disagreement, self.inliers[i], most)
+        return found
+
     def standing(self, i: int) -> float | None:
-        """Candidate ``i``'s :func:`standing` against the candidates found over the same part of the photo (None:
-        not compared)."""
-        found = self.disagreement.get(i)
-        if found is None:
-            return None
-        most = max(self.inliers[j] for j in self.inliers if j == i or self.same_place(i, j))
-        return standing(found, self.inliers[i], most)
+        """Candidate ``i``'s standing (:attr:`standings`; None: not compared)."""
+        return self.standings.get(i)
 
     def rivals(self, bounds: Bounds) -> dict[int, int]:
         """The look-alikes among the candidates: each one found where a better-standing candidate was, whose
         standing is worse than that one's by more than ``bounds.margin``, mapped to that candidate."""
-        stands = {i: self.standing(i) for i in self.disagreement}
+        stands = self.standings
         compared = sorted((i for i, d in stands.items() if d is not None), key=lambda i: (stands[i], -self.inliers[i]))
         found: dict[int, int] = {}
         for n, i in enumerate(compared):

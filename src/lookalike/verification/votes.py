@@ -72,7 +72,7 @@ class DescriptorVotes:
     def build(cls, ids: np.ndarray, features: Sequence[LocalFeatures]) -> DescriptorVotes:
         """A new index trained on a sample of these items' descriptors (``TRAIN_PER_CELL`` a list, at least
         65,536), holding them all. ``features`` may be a lazy sequence (a catalogue's stored features): each item
-        is read twice, for the sample and to be added, ``chunk`` at a time."""
+        is read once to count, once for the sample and once to be added, never all at a time."""
         total = sum(len(features[n]) for n in range(len(features)))
         votes = cls.new(vote_factory(total))
         if total:
