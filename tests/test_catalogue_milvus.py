@@ -186,6 +186,7 @@ MilvusCatalogue.create(sys.argv[1], "shop", items, v, "x", "none", key="k")
 """
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_a_build_killed_with_kill_9_while_inserting_continues_without_loss_or_duplicates(tmp_path: Path) -> None:
     db, script = tmp_path / "k.db", tmp_path / "child.py"
     script.write_text(CHILD)

@@ -34,6 +34,7 @@ def test_loader_workers_never_exceed_the_cores(monkeypatch: pytest.MonkeyPatch) 
     assert compose_config(["data=cub200", "data.root=x"]).data.num_workers == min(8, cores)
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_export_takes_a_source_and_out(trained: dict, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "lookalike.cli", "export"]
     new = subprocess.run([*cli, trained["best_checkpoint"], "--out", str(tmp_path / "a.pt")], capture_output=True,

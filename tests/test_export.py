@@ -51,6 +51,7 @@ def test_embed_accepts_paths_pil_arrays_and_tensors(trained: dict, tmp_path: Pat
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_export_errors(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="No embedder file"):
         export(tmp_path / "missing.pt", tmp_path / "out.pt")

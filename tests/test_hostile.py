@@ -115,6 +115,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                 data_cache: Path) -> None:
     marker = tmp_path / "ran"
@@ -446,6 +447,7 @@ def test_a_request_whose_turn_does_not_come_in_time_is_told_when_to_retry() -> N
         pass
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_one_photo_searches_pass_while_six_clients_send_eight_photo_verified_ones(app, monkeypatch) -> None:
     """Searches that each take time in proportion to their verification work: six clients sending eight photos at
     verify=100 wait their turns (or are told to retry), another client's one-photo searches are answered at once."""
@@ -556,6 +558,7 @@ def test_one_client_reads_at_most_half_the_upload_places() -> None:
     assert sorted(answers) == [("a", 200), ("a", 200), ("a", 503), ("b", 200)] and guard.busy == 0
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_a_client_reconnecting_slow_uploads_keeps_no_one_else_waiting(app) -> None:
     """Four connections from 127.0.0.2 that send their body a byte a second, reconnecting as soon as they are cut:
     uploads from 127.0.0.1 are still searched, each within 10 s."""
@@ -816,6 +819,7 @@ def test_an_empty_catalogue_answers_clearly(trained: dict, catalogue, tmp_path: 
 
 
 # -- 4. two writers at once --------------------------------------------------------------------------------------
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_two_processes_adding_to_one_index_lose_nothing(trained: dict, catalogue, tmp_path: Path) -> None:
     manifest, photos, labels = catalogue
     index = FileCatalogue.build(trained["embedder"], manifest, INLINE)

@@ -66,6 +66,28 @@ def test_knn_refuses_damaged_blobs_of_another_dimension() -> None:
         FaissIndex.from_bytes(index.to_bytes(), 8, "Flat")
 
 
+@pytest.mark.parametrize("factory", ["IVF16,PQ8", "HNSW32", "BFlat"])
+def test_an_index_read_in_place_from_a_memory_map_answers_alike_and_is_copied_before_it_changes(
+        factory: str, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = FaissIndex(32, factory, ids=True)
+    index.add(vectors, np.arange(len(vectors)))
+    pieces: list[bytes] = []
+    index.write(pieces.append)
+    (tmp_path / "i.faiss").write_bytes(b"".join(pieces))
+    assert b"".join(pieces) == index.to_bytes()
+    mapped = FaissIndex.from_bytes(np.memmap(tmp_path / "i.faiss", np.uint8, "r"), 32, factory, mapped=True)
+    assert np.array_equal(mapped.search(vectors[:20], 5)[1], index.search(vectors[:20], 5)[1])
+    for changed in (mapped, index):  # FAISS cannot grow arrays it reads in place: a copy grows
+        changed.add(vectors[:3], np.arange(3) + 5000)
+        changed.remove(np.arange(10))
+    assert mapped.ntotal == len(vectors) - 7
+    assert np.array_equal(mapped.search(vectors[:20], 5)[1], index.search(vectors[:20], 5)[1])
+    assert (tmp_path / "i.faiss").read_bytes() == b"".join(pieces)  # the file is as it was
+
+
 @pytest.mark.parametrize("factory, params", [("IVF64,Flat", "nprobe=16"), ("HNSW32", "efSearch=128")])
 def test_a_filtered_search_keeps_the_index_search_parameters(factory: str, params: str) -> None:
     """A filter that keeps every item answers as no filter: the id selector's search parameters carry the

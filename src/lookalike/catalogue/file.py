@@ -3,8 +3,11 @@
 A ``.lkidx`` file is a zip holding ``index.faiss`` (the FAISS index), ``items.json`` (id, path, label and
 manifest fields of each item), ``meta.json`` (format, embedder hash, dimension, index type) and, for compressed
 index types, ``vectors.npy``: the exact float embeddings in item order, stored uncompressed so that searches
-memory-map it and re-score their candidates with it. It is written atomically, and it refuses queries embedded
-by another embedder than the one it was built with.
+memory-map it and re-score their candidates with it. A catalogue that keeps local features adds their arrays
+(``local_*.npy``) and their vote index (``votes.faiss``). Every member is stored uncompressed and read in place: the
+arrays and both FAISS indexes are memory-mapped, so a search process holds only the pages it touches. It is written
+atomically, its large members a piece at a time, and it refuses queries embedded by another embedder than the one it
+was built with.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ META_KEYS = ("format", "embedder_hash", "dim", "factory", "count", "next_id", "e
 # Members of a .lkidx are stored uncompressed (what reading one takes is bounded by the file's size); meta.json is
 # at most this large, items.json at most the file, the FAISS index at most what its count of items can take.
 MAX_META_BYTES = 1 << 20
+# A loaded vote index's descriptors are checked to belong to its items in this many of its lists (all of them would
+# read every id: seconds at a million items; a vote for an id no item has is skipped at search time anyway)
+OWNERS_CHECKED = 64
 FILTER_CACHE = 32  # filter expressions whose matching ids a FileCatalogue keeps
 DEFAULT_RERANK = 200  # candidates a compressed index re-scores with the exact vectors (results/search.md)
 # A filter keeping at most this many items is searched exactly among them (approximate indexes lose most of a
@@ -197,18 +203,20 @@ class FileCatalogue(Catalogue):
         self._columns: set[str] | None = None
 
     def save(self, path: str | Path) -> Path:
-        """Write the ``.lkidx`` file atomically."""
-        blob = self.faiss.to_bytes()
+        """Write the ``.lkidx`` file atomically (its large members a piece at a time)."""
 
         def write(tmp: str) -> None:
-            with zipfile.ZipFile(tmp, "w") as z:  # members stored, not compressed: vectors.npy is memory-mapped
+            with zipfile.ZipFile(tmp, "w") as z:  # members stored, not compressed: they are memory-mapped
                 z.writestr("meta.json", json.dumps(self.meta))
                 z.writestr("items.json", json.dumps(self.items))
-                z.writestr("index.faiss", blob)
+                indexes = {"index.faiss": self.faiss, "votes.faiss": self.votes} if self.local is not None \
+                    else {"index.faiss": self.faiss}
+                for name, index in indexes.items():
+                    with z.open(name, "w", force_zip64=True) as f:
+                        index.write(f.write)
                 arrays = {"vectors": self.exact} if self.exact is not None else {}
                 if self.local is not None:
                     arrays.update({f"local_{name}": a for name, a in self.local.arrays().items()})
-                    z.writestr("votes.faiss", self.votes.to_bytes())
                 for name, array in arrays.items():
                     with z.open(f"{name}.npy", "w", force_zip64=True) as f:
                         np.lib.format.write_array(f, np.ascontiguousarray(array))
@@ -234,7 +242,7 @@ class FileCatalogue(Catalogue):
                 count, dim = check_meta(meta, str(path))["count"], meta["dim"]
                 text_field(meta["factory"], "factory", path)
                 items = json.loads(_member(z, "items.json", path.stat().st_size))
-                blob = _member(z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
+                blob = _in_place(path, z, "index.faiss", max_index_bytes(meta["factory"], dim, count))
                 exact = _mapped(path, z, "vectors.npy", (count, dim), np.float32) if "vectors.npy" in z.namelist() \
                     else None
                 if not isinstance(items, list) or len(items) != count or not all(map(_well_formed, items)):
@@ -249,7 +257,7 @@ class FileCatalogue(Catalogue):
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise LookalikeError(f"'{path}' is not a readable lookalike index ({e})") from e
         try:
-            index = FaissIndex.from_bytes(blob, dim, meta["factory"], meta.get("search_params", ""))
+            index = FaissIndex.from_bytes(blob, dim, meta["factory"], meta.get("search_params", ""), mapped=True)
         except LookalikeError as e:
             raise LookalikeError(f"'{path}' is a damaged lookalike index: {e}") from e
         if index.ntotal != count:
@@ -384,19 +392,37 @@ def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return z.read(info)
 
 
-def _mapped(path: Path, z: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """The array member ``name`` memory-mapped in place (its pages are read only when a search touches them);
-    refused unless it is stored uncompressed and holds exactly ``shape`` of ``dtype``."""
+def _data_offset(path: Path, z: zipfile.ZipFile, name: str) -> int:
+    """Where the bytes of the member ``name`` begin in the file; refused unless it is stored uncompressed."""
     info = z.getinfo(name)
     if info.compress_type != zipfile.ZIP_STORED:
         raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} is compressed)")
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)
-        if len(local) < 30 or local[:4] != b"PK\x03\x04":
-            raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} has no header)")
-        names = int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
-        f.seek(info.header_offset + 30 + names)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} has no header)")
+    offset = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    if offset + info.file_size > path.stat().st_size:
+        raise LookalikeError(f"'{path}' is a damaged lookalike index ({name} ends past the file)")
+    return offset
+
+
+def _in_place(path: Path, z: zipfile.ZipFile, name: str, limit: int) -> np.ndarray:
+    """The bytes of the member ``name`` memory-mapped where they lie (a FAISS index is read from them in place),
+    refused when larger than ``limit``."""
+    offset, size = _data_offset(path, z, name), z.getinfo(name).file_size
+    if size > limit:
+        raise LookalikeError(f"{name} would be {size:,} bytes, more than an index of its size holds ({limit:,}): "
+                             "not read")
+    return np.memmap(path, np.uint8, "r", offset, (size,)) if size else np.zeros(0, np.uint8)
+
+
+def _mapped(path: Path, z: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The array member ``name`` memory-mapped in place (its pages are read only when a search touches them);
+    refused unless it is stored uncompressed and holds exactly ``shape`` of ``dtype``."""
+    with open(path, "rb") as f:
+        f.seek(_data_offset(path, z, name))
         try:
             version = np.lib.format.read_magic(f)
             read_header = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -430,14 +456,13 @@ def _local_members(path: Path, z: zipfile.ZipFile, meta: dict[str, Any], ids: np
               for name, (dtype, shape), rows in zip(ARRAYS, ARRAYS.values(), (count, count, total, total))}
     store = FeatureStore.checked(arrays, count, str(path))
     try:
-        votes = DescriptorVotes.from_bytes(_member(z, "votes.faiss", (1 << 26) + total * 256))
+        votes = DescriptorVotes.from_bytes(_in_place(path, z, "votes.faiss", (1 << 26) + total * 256), mapped=True)
     except LookalikeError as e:
         raise LookalikeError(f"'{path}' is a damaged lookalike index: {e}") from e
     if votes.index.ntotal != total:
         raise LookalikeError(f"'{path}' is a damaged lookalike index ({votes.index.ntotal} descriptors in votes.faiss "
                              f"for {total} local features)")
-    owners, held = np.unique(votes.owners(), return_counts=True)
-    if not (np.array_equal(owners, ids[counts > 0]) and np.array_equal(held, counts[counts > 0])):
+    if not np.isin(votes.owners(OWNERS_CHECKED), ids[counts > 0]).all():
         raise LookalikeError(f"'{path}' is a damaged lookalike index (votes.faiss holds descriptors of other items "
                              f"than its local features)")
     return store, votes

@@ -15,7 +15,7 @@ import importlib.util
 import re
 import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -122,6 +122,7 @@ class FaissIndex:
             cpu_index = self._new_index(faiss, dim, factory, ids)
         self.cpu_index = cpu_index
         self.search_params = search_params
+        self._mapped: np.ndarray | None = None  # the memory map a mapped index is read from (:meth:`from_bytes`)
         self.use_gpu = not self.binary and (faiss_num_gpus() > 0 if gpu == "auto" else bool(gpu))
         self._index = None
         if search_params:
@@ -153,20 +154,48 @@ class FaissIndex:
         serialize = faiss.serialize_index_binary if self.binary else faiss.serialize_index
         return serialize(self.cpu_index).tobytes()
 
-    @classmethod
-    def from_bytes(cls, blob: bytes, dim: int, factory: str, search_params: str = "") -> FaissIndex:
-        """Rebuild an index from :meth:`to_bytes`. A damaged or hostile blob gets one error, and the rebuilding may
-        take no more than a few times the blob's size in memory (a header claiming more is refused)."""
+    def write(self, out: Callable[[bytes], Any]) -> None:
+        """The CPU index serialized by FAISS as :meth:`to_bytes`, handed to ``out`` a piece at a time (a large
+        index is never copied whole in memory)."""
         faiss = faiss_module()
-        deserialize = faiss.deserialize_index_binary if is_binary(factory) else faiss.deserialize_index
+        (faiss.write_index_binary if self.binary else faiss.write_index)(self.cpu_index, faiss.PyCallbackIOWriter(out))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes | np.ndarray, dim: int, factory: str, search_params: str = "",
+                   mapped: bool = False) -> FaissIndex:
+        """Rebuild an index from :meth:`to_bytes`. A damaged or hostile blob gets one error, and the rebuilding may
+        take no more than a few times the blob's size in memory (a header claiming more is refused). ``mapped``:
+        ``blob`` is a memory map (uint8) that the index's codes, ids and links are read in place from, not copied
+        (pages are read as searches touch them); the index keeps it open and is copied before it changes."""
+        faiss = faiss_module()
+        buffer = np.frombuffer(blob, dtype=np.uint8) if isinstance(blob, bytes) else blob
         try:
-            with _memory_bound(2 * len(blob) + (256 << 20)):
-                cpu_index = deserialize(np.frombuffer(blob, dtype=np.uint8))
+            with _memory_bound(2 * buffer.size + (256 << 20)):
+                if mapped:
+                    reader = faiss.ZeroCopyIOReader(faiss.swig_ptr(buffer), buffer.size)
+                    cpu_index = (faiss.read_index_binary if is_binary(factory) else faiss.read_index)(reader)
+                else:
+                    cpu_index = (faiss.deserialize_index_binary if is_binary(factory) else faiss.deserialize_index)(
+                        buffer)
         except (RuntimeError, MemoryError) as e:
             raise LookalikeError(f"its FAISS index cannot be read ({faiss_reason(e)})") from e
         if cpu_index.d != dim:
             raise LookalikeError(f"its FAISS index has {cpu_index.d} dimensions, not {dim}")
-        return cls(dim, factory, search_params=search_params, cpu_index=cpu_index)
+        index = cls(dim, factory, search_params=search_params, cpu_index=cpu_index)
+        index._mapped = buffer if mapped else None
+        return index
+
+    def _owned(self):
+        """The CPU index, made a copy of its own first if it is read in place from a memory map (FAISS cannot
+        change an index whose arrays it does not own)."""
+        if self._mapped is not None:
+            faiss = faiss_module()
+            self.cpu_index = (faiss.deserialize_index_binary if self.binary else faiss.deserialize_index)(
+                (faiss.serialize_index_binary if self.binary else faiss.serialize_index)(self.cpu_index))
+            self._mapped, self._index = None, None
+            if self.search_params:
+                self._apply_search_params(faiss.ParameterSpace(), self.cpu_index)
+        return self.cpu_index
 
     def set_search_params(self, params: str) -> None:
         """Search with other parameters (FAISS syntax, e.g. ``efSearch=512``) from the next search on."""
@@ -203,17 +232,18 @@ class FaissIndex:
     def add(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Train the index if its type needs it, then add the vectors (with ``ids``, or 0..n-1 in order)."""
         codes = self._codes(vectors)
-        if not self.cpu_index.is_trained:
+        index = self._owned()
+        if not index.is_trained:
             try:
-                self.cpu_index.train(codes)
+                index.train(codes)
             except RuntimeError as e:
                 raise LookalikeError(f"A {self.factory} index cannot be trained on {len(codes)} vectors "
                                      f"({faiss_reason(e)}): use Flat or HNSW32, or fewer IVF cells "
                                      f"(about 40 images per cell, e.g. IVF{max(1, len(codes) // 40)},Flat)") from e
         if ids is None:
-            self.cpu_index.add(codes)
+            index.add(codes)
         else:
-            self.cpu_index.add_with_ids(codes, np.ascontiguousarray(ids, dtype=np.int64))
+            index.add_with_ids(codes, np.ascontiguousarray(ids, dtype=np.int64))
         self._index = None
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
@@ -233,7 +263,7 @@ class FaissIndex:
         faiss = faiss_module()
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         try:
-            self.cpu_index.remove_ids(faiss.IDSelectorBatch(ids))
+            self._owned().remove_ids(faiss.IDSelectorBatch(ids))
         except RuntimeError:
             all_ids = faiss.vector_to_array(self.cpu_index.id_map)
             keep = all_ids[~np.isin(all_ids, ids)]

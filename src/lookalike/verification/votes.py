@@ -6,7 +6,7 @@ low (clutter, a hand, glare), because a few dozen agreeing descriptors are enoug
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -115,21 +115,28 @@ class DescriptorVotes:
         sims, owners = self.index.search(query.unit_descriptors(), NEIGHBOURS + 1, allowed=allowed)
         return tally(sims, owners, top)
 
-    def owners(self) -> np.ndarray:
-        """The item id of every descriptor held, list by list (what a loaded index is checked against)."""
-        faiss = faiss_module()
-        lists = self._ivf().invlists
-        found = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-                 for i in range(lists.nlist) if lists.list_size(i)]
+    def owners(self, lists: int | None = None) -> np.ndarray:
+        """The item ids of the descriptors held in ``lists`` inverted lists spread evenly over the index (None: in
+        all of them), list by list: what a loaded index is checked against without reading it all."""
+        faiss, invlists = faiss_module(), self._ivf().invlists
+        chosen = range(invlists.nlist) if lists is None else \
+            np.unique(np.linspace(0, invlists.nlist - 1, min(lists, invlists.nlist)).astype(np.int64))
+        found = [faiss.rev_swig_ptr(invlists.get_ids(int(i)), invlists.list_size(int(i))).copy()
+                 for i in chosen if invlists.list_size(int(i))]
         return np.concatenate(found) if found else np.zeros(0, np.int64)
 
     def to_bytes(self) -> bytes:
         return self.index.to_bytes()
 
+    def write(self, out: Callable[[bytes], Any]) -> None:
+        """What :meth:`to_bytes` gives, a piece at a time."""
+        self.index.write(out)
+
     @classmethod
-    def from_bytes(cls, blob: bytes) -> DescriptorVotes:
-        """Rebuild from :meth:`to_bytes` (a damaged blob: one message, from :class:`FaissIndex`)."""
-        found = cls(FaissIndex.from_bytes(blob, DESCRIPTOR, "IVF"))
+    def from_bytes(cls, blob: bytes | np.ndarray, mapped: bool = False) -> DescriptorVotes:
+        """Rebuild from :meth:`to_bytes` (``mapped``: read in place from a memory map, see
+        :meth:`FaissIndex.from_bytes`; a damaged blob: one message)."""
+        found = cls(FaissIndex.from_bytes(blob, DESCRIPTOR, "IVF", mapped=mapped))
         try:
             lists = found.lists
         except RuntimeError as e:
