@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,8 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from common import machine
+from lookalike.catalogue.backends import build_catalogue
+from lookalike.catalogue.file import FileCatalogue
+from lookalike.catalogue.local import photo_features
+from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.data.images import load_rgb
-from lookalike.verification.features import SCALE, FeatureOptions, LocalFeatures, extract
+from lookalike.embedder.file import embedder_from_payload, read_embedder_file
+from lookalike.retrieval.knn import FaissIndex
+from lookalike.verification.features import DESCRIPTOR, SCALE, FeatureOptions, LocalFeatures, extract
+from lookalike.verification.store import FeatureStore
 from lookalike.verification.votes import DescriptorVotes, vote_factory
 
 RUNS = Path(__file__).parent / "results" / "scale_runs.jsonl"
@@ -72,8 +80,15 @@ def pool(work: Path, dvd: Path, flowers: Path, count: int) -> dict[str, list[Loc
 
 def distractor(sources: list[LocalFeatures], item: int, noise: float) -> LocalFeatures:
     """Distractor ``item``'s features, the same on every call: a source picture's, perturbed (see the module)."""
+    return perturbed(sources, item, noise)[0]
+
+
+def perturbed(sources: list[LocalFeatures], item: int, noise: float) -> tuple[LocalFeatures, int, np.random.Generator]:
+    """Distractor ``item``'s features, the source picture they come from and the generator that made them (what
+    else is drawn for the item comes next from it)."""
     rng = np.random.default_rng(item)
-    own, other = (sources[i] for i in rng.integers(len(sources), size=2))
+    source, swapped = rng.integers(len(sources), size=2)
+    own, other = sources[source], sources[swapped]
     d = own.descriptors.astype(np.float32)
     swap = rng.random(len(d)) < 0.25
     if len(other):
@@ -85,7 +100,7 @@ def distractor(sources: list[LocalFeatures], item: int, noise: float) -> LocalFe
     turn = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
     w, h = own.size
     xy = (own.xy - [w / 2, h / 2]) @ turn.T + [w / 2, h / 2] + rng.uniform(-10, 10, 2)
-    return LocalFeatures(np.clip(xy, 0, None).astype(np.float32), d.astype(np.uint8), own.size)
+    return LocalFeatures(np.clip(xy, 0, None).astype(np.float32), d.astype(np.uint8), own.size), int(source), rng
 
 
 def votes_run(data: dict, items: int, factory: str, noise: float) -> dict:
@@ -124,40 +139,176 @@ def votes_run(data: dict, items: int, factory: str, noise: float) -> dict:
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
 
 
+def source_embeddings(work: Path, flowers: Path, embedder: Path) -> np.ndarray:
+    """The embeddings of flowers17's photos (the distractors' sources, in :func:`pool`'s order), found once."""
+    cache = work / f"sources_{embedder.stem}.npy"
+    if not cache.is_file():
+        model = embedder_from_payload(read_embedder_file(embedder))
+        paths = sorted(p for p in flowers.rglob("*.jpg"))
+        vectors = [model.embed([load_rgb(p) for p in paths[i:i + 32]]).numpy() for i in range(0, len(paths), 32)]
+        np.save(cache, np.concatenate(vectors).astype(np.float32))
+    return np.load(cache)
+
+
+def covers_catalogue(work: Path, dvd: Path, embedder: Path) -> FileCatalogue:
+    """The 100 covers as `lookalike index build` makes their catalogue (local features, calibration), built once."""
+    out = work / f"covers_{embedder.stem}.lkidx"
+    if not out.is_file():
+        listing = work / "covers.csv"
+        listing.write_text("path,label\n" + "".join(f"{dvd / 'reference' / f'{i:03d}.jpg'},{i:03d}\n"
+                                                   for i in range(1, COVERS + 1)))
+        build_catalogue(out, embedder, listing)
+    return FileCatalogue.load(out)
+
+
+def search_catalogue_file(data: dict, work: Path, items: int, a: argparse.Namespace) -> tuple[Path, dict]:
+    """The catalogue file of the 100 covers (their own features, embeddings and calibration) and ``items - 100``
+    distractors, each with a perturbed source picture's features and a jittered embedding of that picture (see
+    the module), built once and kept in ``work`` with its build times. Features go to disk as they are made, the
+    vote index is :meth:`DescriptorVotes.build` over them: the build never holds every item's features at once."""
+    out, record = work / f"search{items}_{a.count}.lkidx", work / f"search{items}_{a.count}.json"
+    if out.is_file() and record.is_file():
+        return out, json.loads(record.read_text())
+    covers = covers_catalogue(work, a.dvd, a.embedder)
+    sources = source_embeddings(work, a.flowers, a.embedder)
+    start = time.perf_counter()
+    counts, sizes = list(covers.local.counts), [tuple(s) for s in covers.local.sizes]
+    vectors = [covers.vectors()]
+    xy_file, descriptor_file = work / "search_xy.bin", work / "search_descriptors.bin"
+    with xy_file.open("wb") as xy, descriptor_file.open("wb") as descriptors:
+        np.asarray(covers.local.xy).tofile(xy)
+        np.asarray(covers.local.descriptors).tofile(descriptors)
+        for first in range(COVERS, items, CHUNK):
+            chunk = []
+            for item in range(first, min(first + CHUNK, items)):
+                features, source, rng = perturbed(data["sources"], item, a.noise)
+                v = sources[source] + a.embedding_noise / np.sqrt(sources.shape[1]) * rng.standard_normal(
+                    sources.shape[1])
+                chunk.append(v / np.linalg.norm(v))
+                counts.append(len(features))
+                sizes.append(features.size)
+                features.fixed_xy().tofile(xy)
+                features.descriptors.tofile(descriptors)
+            vectors.append(np.array(chunk, np.float32))
+            print(f"\rdistractors: {first + len(chunk)} of {items} items made", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    total = int(np.sum(counts))
+    store = FeatureStore(np.array(counts, np.int32), np.array(sizes, np.uint16),
+                         np.memmap(xy_file, np.uint16, "r", shape=(total, 2)),
+                         np.memmap(descriptor_file, np.uint8, "r", shape=(total, DESCRIPTOR)))
+    made = time.perf_counter() - start
+    ids = np.arange(items, dtype=np.int64)
+    start = time.perf_counter()
+    votes = DescriptorVotes.build(ids, store)
+    voted = time.perf_counter() - start
+    meta = {**covers.meta, "next_id": items}
+    index = FaissIndex(meta["dim"], meta["factory"], search_params=meta.get("search_params", ""), ids=True)
+    index.add(np.concatenate(vectors), ids)
+    listed = [{"id": it["id"], "path": it["path"], "label": it["label"], "fields": {}} for it in covers.items]
+    listed += [{"id": i, "path": f"distractor/{i:07d}.jpg", "label": f"d{i}", "fields": {}}
+               for i in range(COVERS, items)]
+    catalogue = FileCatalogue(index, listed, meta, None, store, votes)
+    start = time.perf_counter()
+    catalogue.save(out)
+    built = {"make_s": round(made, 1), "votes_s": round(voted, 1), "save_s": round(time.perf_counter() - start, 1),
+             "factory": vote_factory(total), "descriptors": total, "file_bytes": out.stat().st_size,
+             "build_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+    record.write_text(json.dumps(built))
+    xy_file.unlink()
+    descriptor_file.unlink()
+    return out, built
+
+
+def measure(catalogue_path: Path, embedder: Path, dvd: Path) -> dict:
+    """The verified search of the 400 DVD photos in the catalogue file, as `lookalike search` runs it (default
+    settings: 50 candidates of the embedding and 50 of the votes verified): recall@1/@5 of the photo's cover,
+    milliseconds per photo (embedding, local features and search; the photo decoded before), the loading time and
+    the peak memory of this process (run on its own: what a search process holds)."""
+    start = time.perf_counter()
+    catalogue = FileCatalogue.load(catalogue_path)
+    model = embedder_from_payload(read_embedder_file(embedder))
+    loaded = time.perf_counter() - start
+    meta, times, ranks = catalogue.meta["local"], [], []
+    for camera in CAMERAS:
+        for i in range(1, COVERS + 1):
+            photo = load_rgb(dvd / camera / f"{i:03d}.jpg")
+            start = time.perf_counter()
+            hits = search_catalogue(catalogue, model.embed([photo]).numpy(), SearchOptions(k=5),
+                                    photo_features([photo], meta))[0].hits
+            times.append(time.perf_counter() - start)
+            labels = [h.label for h in hits]
+            ranks.append(labels.index(f"{i:03d}") if f"{i:03d}" in labels else 5)
+    ranks = np.array(ranks)
+    return {"load_s": round(loaded, 1), "recall@1": round(float((ranks < 1).mean()), 4),
+            "recall@5": round(float((ranks < 5).mean()), 4),
+            "p50_ms": round(1000 * float(np.median(times)), 1), "p99_ms": round(1000 * float(np.percentile(times, 99)), 1),
+            "search_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+
+
+def search_run(data: dict, items: int, a: argparse.Namespace) -> dict:
+    """Build (or find) the catalogue file of ``items`` and measure its verified search in a process of its own."""
+    path, built = search_catalogue_file(data, a.work, items, a)
+    done = subprocess.run([sys.executable, __file__, "measure", "--catalogue", str(path), "--embedder",
+                           str(a.embedder), "--dvd", str(a.dvd)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the search process failed:\n{done.stderr[-3000:]}")
+    return {"items": items, **built, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
 def report(runs: list[dict]) -> str:
     rows = ["| items | features a picture | index | lists | train s | add s | MB | p50 ms | p99 ms | recall@1 | "
             "recall@5 | recall@50 |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in runs:
+    for r in (r for r in runs if r["stage"] == "votes"):
         rows.append(f"| {r['items']:,} | {r['count']} | {r['factory']} | {r['lists']} | {r['train_s']} | "
                     f"{r['add_s']} | {r['bytes'] / 2 ** 20:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r[f'recall@{TOP}']} |")
+    rows += ["", "| items | features a picture | vote index | build: make / votes / save s | file GB | load s | "
+             "recall@1 | recall@5 | p50 ms | p99 ms | search peak GB |", "|---:|---:|---|---|---:|---:|---:|---:|---:|"
+             "---:|---:|"]
+    for r in (r for r in runs if r["stage"] == "search"):
+        rows.append(f"| {r['items']:,} | {r['count']} | {r['factory']} | {r['make_s']} / {r['votes_s']} / "
+                    f"{r['save_s']} | {r['file_bytes'] / 2 ** 30:.2f} | {r['load_s']} | {r['recall@1']} | "
+                    f"{r['recall@5']} | {r['p50_ms']} | {r['p99_ms']} | {r['search_peak_rss_gb']} |")
     return "\n".join(rows)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", nargs="?", choices=["votes"])
+    p.add_argument("stage", nargs="?", choices=["votes", "search", "measure"],
+                   help="measure: one catalogue file's verified search (what `search` runs in a process of its own)")
     p.add_argument("--dvd", type=Path)
     p.add_argument("--flowers", type=Path)
+    p.add_argument("--embedder", type=Path, help="search: the embedder file (e.g. `lookalike pretrained`'s Lite0)")
+    p.add_argument("--catalogue", type=Path, help="measure: the catalogue file")
     p.add_argument("--work", type=Path, default=Path("/tmp/scale"))
     p.add_argument("--items", type=int, nargs="+", default=[10_000])
     p.add_argument("--factories", nargs="+", default=["auto"])
     p.add_argument("--count", type=int, default=400, help="local features a picture")
     p.add_argument("--noise", type=float, default=0.3, help="descriptor jitter, a share of their norm")
+    p.add_argument("--embedding-noise", type=float, default=0.5,
+                   help="search: a distractor's embedding is its source picture's plus this much noise (of its norm)")
     p.add_argument("--report", action="store_true")
     a = p.parse_args()
+    for name in ("dvd", "flowers", "embedder", "catalogue", "work"):
+        if getattr(a, name) is not None:
+            setattr(a, name, getattr(a, name).resolve())
     if a.report or a.stage is None:
         print(report([json.loads(line) for line in RUNS.open()]))
         return
-    done = {(r["items"], r["count"], r["requested"]) for r in map(json.loads, RUNS.open())} if RUNS.is_file() else set()
+    if a.stage == "measure":
+        print(json.dumps(measure(a.catalogue, a.embedder, a.dvd)))
+        return
+    runs = [json.loads(line) for line in RUNS.open()] if RUNS.is_file() else []
+    done = {(r["stage"], r["items"], r["count"], r.get("requested")) for r in runs}
     data = pool(a.work, a.dvd, a.flowers, a.count)
     for items in a.items:
-        for factory in a.factories:
-            if (items, a.count, factory) in done:
-                print(f"{items} items, {factory}: done already")
+        for factory in a.factories if a.stage == "votes" else [None]:
+            if (a.stage, items, a.count, factory) in done:
+                print(f"{a.stage}: {items} items, {factory or ''} done already")
                 continue
-            found = votes_run(data, items, factory, a.noise)
-            result = {"stage": a.stage, "requested": factory, "count": a.count, "noise": a.noise, **found,
+            found = votes_run(data, items, factory, a.noise) if a.stage == "votes" else search_run(data, items, a)
+            result = {"stage": a.stage, "requested": factory, "count": a.count, "noise": a.noise,
+                      **({"embedding_noise": a.embedding_noise} if a.stage == "search" else {}), **found,
                       "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": "python " + " ".join(sys.argv)}
             print(json.dumps(result), flush=True)
             with RUNS.open("a") as f:
