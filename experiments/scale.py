@@ -13,8 +13,17 @@ and whether the photo's cover is the first candidate, among the first 5, and amo
 search goes on to verify (``recall@1/@5/@50``). One line per size and type is appended to
 ``results/scale_runs.jsonl`` as it finishes; a size and type already there is skipped (resumable).
 
+Stage ``search`` measures the whole verified search, as `lookalike search` runs it, in a catalogue of the 100 covers
+(built by `lookalike index build`, calibrated on themselves) and ``items - 100`` distractors, each with its
+perturbed features and its source picture's embedding (``--embedder``'s) jittered: bytes on disk, build times,
+then in a process of its own (``measure``) recall@1/@5 of the photos, milliseconds per photo (embedding, local
+features, search) and that process's peak memory; ``--backend milvus``: a Milvus Lite database instead of the
+catalogue file. The catalogue is kept in ``--work`` and reused; one line per size appended as it finishes.
+
     python experiments/scale.py votes --dvd ../shared/datasets/dvd_covers --flowers ../shared/datasets/flowers17 \
         --items 10000 100000 --factories auto IVF4096,PQ32 --work /tmp/scale
+    python experiments/scale.py search --dvd ../shared/datasets/dvd_covers --flowers ../shared/datasets/flowers17 \
+        --embedder lite0.pt --items 10000 100000 --work /tmp/scale
     python experiments/scale.py --report
 """
 
@@ -22,16 +31,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from common import machine
-from lookalike.catalogue.backends import build_catalogue
+from lookalike.catalogue.backends import build_catalogue, open_catalogue
+from lookalike.catalogue.base import Catalogue
+from lookalike.catalogue.build import BuildOptions
 from lookalike.catalogue.file import FileCatalogue
 from lookalike.catalogue.local import photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
@@ -136,7 +148,7 @@ def votes_run(data: dict, items: int, factory: str, noise: float) -> dict:
             "train_s": round(trained, 1), "add_s": round(added, 1), "bytes": len(votes.to_bytes()),
             "p50_ms": round(1000 * float(np.median(times)), 1), "p99_ms": round(1000 * float(np.percentile(times, 99)), 1),
             **{f"recall@{k}": round(float((ranks < k).mean()), 4) for k in (1, 5, TOP)},
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+            "peak_rss_gb": round(peak_memory() / 2 ** 30, 2)}
 
 
 def source_embeddings(work: Path, flowers: Path, embedder: Path) -> np.ndarray:
@@ -150,48 +162,54 @@ def source_embeddings(work: Path, flowers: Path, embedder: Path) -> np.ndarray:
     return np.load(cache)
 
 
-def covers_catalogue(work: Path, dvd: Path, embedder: Path) -> FileCatalogue:
+def covers_catalogue(work: Path, dvd: Path, embedder: Path, count: int, backend: str) -> Catalogue:
     """The 100 covers as `lookalike index build` makes their catalogue (local features, calibration), built once."""
-    out = work / f"covers_{embedder.stem}.lkidx"
-    if not out.is_file():
+    out = work / f"covers_{embedder.stem}_{count}.{'lkidx' if backend == 'faiss' else 'db'}"
+    if not out.exists():
         listing = work / "covers.csv"
         listing.write_text("path,label\n" + "".join(f"{dvd / 'reference' / f'{i:03d}.jpg'},{i:03d}\n"
                                                    for i in range(1, COVERS + 1)))
-        build_catalogue(out, embedder, listing)
-    return FileCatalogue.load(out)
+        return build_catalogue(out, embedder, listing, backend, options=BuildOptions(local=FeatureOptions(count=count)))
+    return open_catalogue(out, backend)
 
 
-def search_catalogue_file(data: dict, work: Path, items: int, a: argparse.Namespace) -> tuple[Path, dict]:
-    """The catalogue file of the 100 covers (their own features, embeddings and calibration) and ``items - 100``
-    distractors, each with a perturbed source picture's features and a jittered embedding of that picture (see
-    the module), built once and kept in ``work`` with its build times. Features go to disk as they are made, the
-    vote index is :meth:`DescriptorVotes.build` over them: the build never holds every item's features at once."""
-    out, record = work / f"search{items}_{a.count}.lkidx", work / f"search{items}_{a.count}.json"
-    if out.is_file() and record.is_file():
-        return out, json.loads(record.read_text())
-    covers = covers_catalogue(work, a.dvd, a.embedder)
-    sources = source_embeddings(work, a.flowers, a.embedder)
+def distractors(data: dict, items: int, a: argparse.Namespace) -> Iterator[tuple[list[dict], np.ndarray, list]]:
+    """The distractor items 100 .. ``items - 1``, ``CHUNK`` at a time: (items, embeddings, local features); each
+    has a perturbed source picture's features and that picture's embedding jittered (see the module)."""
+    sources = source_embeddings(a.work, a.flowers, a.embedder)
+    for first in range(COVERS, items, CHUNK):
+        listed, vectors, local = [], [], []
+        for item in range(first, min(first + CHUNK, items)):
+            features, source, rng = perturbed(data["sources"], item, a.noise)
+            v = sources[source] + a.embedding_noise / np.sqrt(sources.shape[1]) * rng.standard_normal(sources.shape[1])
+            listed.append({"id": item, "path": f"distractor/{item:07d}.jpg", "label": f"d{item}", "fields": {}})
+            vectors.append(v / np.linalg.norm(v))
+            local.append(features)
+        print(f"\rdistractors: {first + len(listed)} of {items} items made", end="", file=sys.stderr, flush=True)
+        yield listed, np.array(vectors, np.float32), local
+    print(file=sys.stderr)
+
+
+def file_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> dict:
+    """The catalogue file of the covers and the distractors: features go to disk as they are made and the vote
+    index is :meth:`DescriptorVotes.build` over them, so the build never holds every item's features at once."""
+    covers = covers_catalogue(a.work, a.dvd, a.embedder, a.count, "faiss")
     start = time.perf_counter()
     counts, sizes = list(covers.local.counts), [tuple(s) for s in covers.local.sizes]
+    listed = [{"id": it["id"], "path": it["path"], "label": it["label"], "fields": {}} for it in covers.items]
     vectors = [covers.vectors()]
-    xy_file, descriptor_file = work / "search_xy.bin", work / "search_descriptors.bin"
+    xy_file, descriptor_file = a.work / "search_xy.bin", a.work / "search_descriptors.bin"
     with xy_file.open("wb") as xy, descriptor_file.open("wb") as descriptors:
         np.asarray(covers.local.xy).tofile(xy)
         np.asarray(covers.local.descriptors).tofile(descriptors)
-        for first in range(COVERS, items, CHUNK):
-            chunk = []
-            for item in range(first, min(first + CHUNK, items)):
-                features, source, rng = perturbed(data["sources"], item, a.noise)
-                v = sources[source] + a.embedding_noise / np.sqrt(sources.shape[1]) * rng.standard_normal(
-                    sources.shape[1])
-                chunk.append(v / np.linalg.norm(v))
+        for chunk, chunk_vectors, local in distractors(data, items, a):
+            listed += chunk
+            vectors.append(chunk_vectors)
+            for features in local:
                 counts.append(len(features))
                 sizes.append(features.size)
                 features.fixed_xy().tofile(xy)
                 features.descriptors.tofile(descriptors)
-            vectors.append(np.array(chunk, np.float32))
-            print(f"\rdistractors: {first + len(chunk)} of {items} items made", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
     total = int(np.sum(counts))
     store = FeatureStore(np.array(counts, np.int32), np.array(sizes, np.uint16),
                          np.memmap(xy_file, np.uint16, "r", shape=(total, 2)),
@@ -204,33 +222,60 @@ def search_catalogue_file(data: dict, work: Path, items: int, a: argparse.Namesp
     meta = {**covers.meta, "next_id": items}
     index = FaissIndex(meta["dim"], meta["factory"], search_params=meta.get("search_params", ""), ids=True)
     index.add(np.concatenate(vectors), ids)
-    listed = [{"id": it["id"], "path": it["path"], "label": it["label"], "fields": {}} for it in covers.items]
-    listed += [{"id": i, "path": f"distractor/{i:07d}.jpg", "label": f"d{i}", "fields": {}}
-               for i in range(COVERS, items)]
-    catalogue = FileCatalogue(index, listed, meta, None, store, votes)
     start = time.perf_counter()
-    catalogue.save(out)
-    built = {"make_s": round(made, 1), "votes_s": round(voted, 1), "save_s": round(time.perf_counter() - start, 1),
-             "factory": vote_factory(total), "descriptors": total, "file_bytes": out.stat().st_size,
-             "build_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
-    record.write_text(json.dumps(built))
+    FileCatalogue(index, listed, meta, None, store, votes).save(out)
+    saved = time.perf_counter() - start
     xy_file.unlink()
     descriptor_file.unlink()
+    return {"make_s": round(made, 1), "votes_s": round(voted, 1), "save_s": round(saved, 1),
+            "factory": vote_factory(total), "descriptors": total}
+
+
+def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> dict:
+    """The Milvus Lite database of the covers and the distractors: a copy of the covers' database, the
+    distractors added as `lookalike index add` adds items (their features as rows of ``<collection>_local``)."""
+    covers = covers_catalogue(a.work, a.dvd, a.embedder, a.count, "milvus")
+    covers.client.close()
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(a.work / f"covers_{a.embedder.stem}_{a.count}.db", out, ignore=shutil.ignore_patterns("LOCK"))
+    catalogue = open_catalogue(out, "milvus")
+    start = time.perf_counter()
+    total = 0
+    for chunk, vectors, local in distractors(data, items, a):
+        catalogue.add_items(chunk, vectors, local)
+        total += sum(map(len, local))
+    kind = catalogue.client.describe_index(catalogue.collection + "_local", "vector")["index_type"]
+    catalogue.client.close()
+    return {"make_s": round(time.perf_counter() - start, 1), "votes_s": 0.0, "save_s": 0.0,
+            "factory": f"Milvus Lite, {kind}", "descriptors": total}
+
+
+def search_catalogue_path(data: dict, items: int, a: argparse.Namespace) -> tuple[Path, dict]:
+    """The catalogue of ``items`` for ``a.backend``, built once and kept in ``a.work`` with its build record."""
+    out = a.work / f"search{items}_{a.count}.{'lkidx' if a.backend == 'faiss' else 'db'}"
+    record = out.with_name(out.name + ".json")
+    if out.exists() and record.is_file():
+        return out, json.loads(record.read_text())
+    built = (file_catalogue if a.backend == "faiss" else milvus_catalogue)(data, out, items, a)
+    built["file_bytes"] = sum(f.stat().st_size for f in ([out] if out.is_file() else out.rglob("*")) if f.is_file())
+    built["build_peak_rss_gb"] = round(peak_memory() / 2 ** 30, 2)
+    record.write_text(json.dumps(built))
     return out, built
 
 
-def measure(catalogue_path: Path, embedder: Path, dvd: Path) -> dict:
-    """The verified search of the 400 DVD photos in the catalogue file, as `lookalike search` runs it (default
+def measure(catalogue_path: Path, backend: str, embedder: Path, dvd: Path, photos: int) -> dict:
+    """The verified search of the DVD photos (the first ``photos`` of each camera) in the catalogue, as `lookalike
+    search` runs it (default
     settings: 50 candidates of the embedding and 50 of the votes verified): recall@1/@5 of the photo's cover,
     milliseconds per photo (embedding, local features and search; the photo decoded before), the loading time and
     the peak memory of this process (run on its own: what a search process holds)."""
     start = time.perf_counter()
-    catalogue = FileCatalogue.load(catalogue_path)
+    catalogue = open_catalogue(catalogue_path, backend)
     model = embedder_from_payload(read_embedder_file(embedder))
     loaded = time.perf_counter() - start
     meta, times, ranks = catalogue.meta["local"], [], []
     for camera in CAMERAS:
-        for i in range(1, COVERS + 1):
+        for i in range(1, photos + 1):
             photo = load_rgb(dvd / camera / f"{i:03d}.jpg")
             start = time.perf_counter()
             hits = search_catalogue(catalogue, model.embed([photo]).numpy(), SearchOptions(k=5),
@@ -238,20 +283,30 @@ def measure(catalogue_path: Path, embedder: Path, dvd: Path) -> dict:
             times.append(time.perf_counter() - start)
             labels = [h.label for h in hits]
             ranks.append(labels.index(f"{i:03d}") if f"{i:03d}" in labels else 5)
+            print(f"\r{len(times)} of {photos * len(CAMERAS)} photos, p50 {1000 * np.median(times):.0f} ms", end="",
+                  file=sys.stderr, flush=True)
     ranks = np.array(ranks)
-    return {"load_s": round(loaded, 1), "recall@1": round(float((ranks < 1).mean()), 4),
+    return {"photos": len(ranks), "load_s": round(loaded, 1), "recall@1": round(float((ranks < 1).mean()), 4),
             "recall@5": round(float((ranks < 5).mean()), 4),
             "p50_ms": round(1000 * float(np.median(times)), 1), "p99_ms": round(1000 * float(np.percentile(times, 99)), 1),
-            "search_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+            "search_peak_rss_gb": round(peak_memory() / 2 ** 30, 2)}
+
+
+def peak_memory() -> int:
+    """The most memory this process has held, in bytes (Linux's VmHWM: its own, where ``ru_maxrss`` counts the
+    parent's memory at the fork too)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def search_run(data: dict, items: int, a: argparse.Namespace) -> dict:
     """Build (or find) the catalogue file of ``items`` and measure its verified search in a process of its own."""
-    path, built = search_catalogue_file(data, a.work, items, a)
-    done = subprocess.run([sys.executable, __file__, "measure", "--catalogue", str(path), "--embedder",
-                           str(a.embedder), "--dvd", str(a.dvd)], capture_output=True, text=True)
+    path, built = search_catalogue_path(data, items, a)
+    done = subprocess.run([sys.executable, __file__, "measure", "--catalogue", str(path), "--backend", a.backend,
+                           "--embedder", str(a.embedder), "--dvd", str(a.dvd), "--photos", str(a.photos)],
+                          stdout=subprocess.PIPE, text=True)
     if done.returncode:
-        raise SystemExit(f"the search process failed:\n{done.stderr[-3000:]}")
+        raise SystemExit("the search process failed (its messages above)")
     return {"items": items, **built, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
@@ -262,11 +317,12 @@ def report(runs: list[dict]) -> str:
         rows.append(f"| {r['items']:,} | {r['count']} | {r['factory']} | {r['lists']} | {r['train_s']} | "
                     f"{r['add_s']} | {r['bytes'] / 2 ** 20:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r[f'recall@{TOP}']} |")
-    rows += ["", "| items | features a picture | vote index | build: make / votes / save s | file GB | load s | "
-             "recall@1 | recall@5 | p50 ms | p99 ms | search peak GB |", "|---:|---:|---|---|---:|---:|---:|---:|---:|"
-             "---:|---:|"]
+    rows += ["", "| backend | items | features a picture | vote index | build: make / votes / save s | disk GB | "
+             "load s | recall@1 | recall@5 | p50 ms | p99 ms | search peak GB |",
+             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in (r for r in runs if r["stage"] == "search"):
-        rows.append(f"| {r['items']:,} | {r['count']} | {r['factory']} | {r['make_s']} / {r['votes_s']} / "
+        rows.append(f"| {r['requested']} | {r['items']:,} | {r['count']} | {r['factory']} | {r['make_s']} / "
+                    f"{r['votes_s']} / "
                     f"{r['save_s']} | {r['file_bytes'] / 2 ** 30:.2f} | {r['load_s']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r['p50_ms']} | {r['p99_ms']} | {r['search_peak_rss_gb']} |")
     return "\n".join(rows)
@@ -287,6 +343,9 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.3, help="descriptor jitter, a share of their norm")
     p.add_argument("--embedding-noise", type=float, default=0.5,
                    help="search: a distractor's embedding is its source picture's plus this much noise (of its norm)")
+    p.add_argument("--backend", choices=["faiss", "milvus"], default="faiss",
+                   help="search: the catalogue file, or a Milvus Lite database")
+    p.add_argument("--photos", type=int, default=COVERS, help="search: the first this many photos of each camera")
     p.add_argument("--report", action="store_true")
     a = p.parse_args()
     for name in ("dvd", "flowers", "embedder", "catalogue", "work"):
@@ -296,13 +355,13 @@ def main() -> None:
         print(report([json.loads(line) for line in RUNS.open()]))
         return
     if a.stage == "measure":
-        print(json.dumps(measure(a.catalogue, a.embedder, a.dvd)))
+        print(json.dumps(measure(a.catalogue, a.backend, a.embedder, a.dvd, a.photos)))
         return
     runs = [json.loads(line) for line in RUNS.open()] if RUNS.is_file() else []
     done = {(r["stage"], r["items"], r["count"], r.get("requested")) for r in runs}
     data = pool(a.work, a.dvd, a.flowers, a.count)
     for items in a.items:
-        for factory in a.factories if a.stage == "votes" else [None]:
+        for factory in a.factories if a.stage == "votes" else [a.backend]:
             if (a.stage, items, a.count, factory) in done:
                 print(f"{a.stage}: {items} items, {factory or ''} done already")
                 continue
