@@ -240,7 +240,7 @@ def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -
     shutil.copytree(a.work / f"covers_{a.embedder.stem}_{a.count}.db", out, ignore=shutil.ignore_patterns("LOCK"))
     catalogue = open_catalogue(out, "milvus")
     start = time.perf_counter()
-    total = 0
+    total = sum(map(len, catalogue.local_features([it["id"] for it in catalogue.listing()])))
     for chunk, vectors, local in distractors(data, items, a):
         catalogue.add_items(chunk, vectors, local)
         total += sum(map(len, local))
@@ -318,12 +318,12 @@ def report(runs: list[dict]) -> str:
                     f"{r['add_s']} | {r['bytes'] / 2 ** 20:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r[f'recall@{TOP}']} |")
     rows += ["", "| backend | items | features a picture | vote index | build: make / votes / save s | disk GB | "
-             "load s | recall@1 | recall@5 | p50 ms | p99 ms | search peak GB |",
-             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "load s | photos | recall@1 | recall@5 | p50 ms | p99 ms | search peak GB |",
+             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in (r for r in runs if r["stage"] == "search"):
         rows.append(f"| {r['requested']} | {r['items']:,} | {r['count']} | {r['factory']} | {r['make_s']} / "
                     f"{r['votes_s']} / "
-                    f"{r['save_s']} | {r['file_bytes'] / 2 ** 30:.2f} | {r['load_s']} | {r['recall@1']} | "
+                    f"{r['save_s']} | {r['file_bytes'] / 1e9:.2f} | {r['load_s']} | {r['photos']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r['p50_ms']} | {r['p99_ms']} | {r['search_peak_rss_gb']} |")
     return "\n".join(rows)
 
