@@ -336,6 +336,7 @@ def test_more_like_this_takes_a_place_and_cheap_reads_do_not() -> None:
     assert asyncio.run(all_of_them()) == (200, 503, 503, 200) and guard.busy == 0
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_a_stalled_upload_frees_its_slot_within_seconds(app, monkeypatch: pytest.MonkeyPatch) -> None:
     """Raw sockets that send a POST's headers and then nothing: they hold their client's share of the places to
     read uploads in (the others are refused at once) only until the body's deadline, after which a real upload
@@ -528,6 +529,7 @@ def _ok_app():
     return app
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_a_trickling_upload_is_cut_within_seconds() -> None:
     from lookalike.serve.guard import UploadGuard
 
@@ -620,6 +622,7 @@ def test_a_client_reconnecting_slow_uploads_keeps_no_one_else_waiting(app) -> No
 
 
 # -- local features and votes that do not belong to the catalogue ------------------------------------------------
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_a_new_milvus_build_owns_its_local_features_collection(trained: dict, pictures: Path, tmp_path: Path) -> None:
     """A catalogue dropped and built again under its name from other pictures gets local features of its own
     pictures only (an earlier build's left-over collection is replaced); a ``<name>_local`` lookalike did not make
@@ -892,6 +895,7 @@ def _damaged(source: Path, out: Path, member: str, data: bytes, compression: int
     return out
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_damaged_and_hostile_index_files_get_one_message(trained: dict, catalogue, tmp_path: Path) -> None:
     good = tmp_path / "good.lkidx"
     FileCatalogue.build(trained["embedder"], catalogue[0], INLINE).save(good)

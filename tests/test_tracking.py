@@ -63,6 +63,7 @@ def test_grid_sweep_records_a_failed_trial_and_goes_on(data_cache: Path, tmp_pat
     assert summary.returncode == 0 and "loss.margin" in summary.stdout
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_wandb_logger_runs_offline(data_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -105,6 +105,7 @@ def separable(tmp_path: Path) -> Path:
     return tmp_path / "sep"
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_loss_falls_and_recall_rises_on_a_separable_set(separable: Path, tmp_path: Path) -> None:
     """A randomly initialised tiny model learns the stripe classes within a few dozen steps."""
     cfg = compose_config(TINY_MODEL + ["data=image_folder", f"data.root={separable}",

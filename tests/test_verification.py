@@ -29,6 +29,8 @@ from lookalike.verification.matching import verify
 from lookalike.verification.votes import DescriptorVotes, vote_factory
 from tests.helpers import INLINE
 
+# the Milvus half of tests that both backends pass alike runs in the slow suite (the contract suite keeps both fast)
+MILVUS_SLOW = pytest.param("milvus", marks=pytest.mark.slow)
 SIDE = 192
 PHOTO = (320, 240)  # width, height
 # where picture corners land in the photo: a perspective view, turned and shrunk
@@ -104,7 +106,7 @@ def _verified_search(catalogue, embedder, photo: np.ndarray, k: int = 3):
     return search_catalogue(catalogue, vectors, SearchOptions(k=k), local)[0].hits
 
 
-@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+@pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW])
 def test_both_backends_keep_the_local_features_in_step(backend: str, trained: dict, pictures: Path,
                                                        tmp_path: Path) -> None:
     if backend == "milvus":
@@ -261,7 +263,7 @@ def recoloured(picture: np.ndarray, degrees: int = 120) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+@pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW])
 def test_a_picture_and_its_recoloured_twin_each_rank_their_own_first(backend: str, trained: dict, pictures: Path,
                                                                      tmp_path: Path) -> None:
     """The twin shares every feature of the picture (inliers alike); the aligned comparison tells them apart: a
@@ -286,7 +288,7 @@ def test_a_picture_and_its_recoloured_twin_each_rank_their_own_first(backend: st
     assert answers[0][0] == ("p2", True, False) and answers[1][0] == ("p2twin", True, False)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+@pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW])
 def test_duplicates_are_re_encodes_and_crops_and_variants_are_told_apart(
         backend: str, trained: dict, pictures: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """With no threshold: a re-encode and a crop of one picture are its duplicates; its recoloured twin shares its
@@ -314,6 +316,7 @@ def test_duplicates_are_re_encodes_and_crops_and_variants_are_told_apart(
     assert ["p1/a.png", "p1twin/a.png"] in variants and all("p1twin/a.png" in v for v in variants)
 
 
+@pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_both_backends_vote_alike(trained: dict, pictures: Path, tmp_path: Path) -> None:
     pytest.importorskip("milvus_lite")
     photo = extract(photo_of(texture(3)))
@@ -342,7 +345,7 @@ def test_local_features_of_a_build_are_resumed_from_its_progress_folder(pictures
         local.catalogue_features(paths[:3], FeatureOptions(), partial, workers=1)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+@pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW])
 def test_recalibrate_keeps_a_new_threshold(backend: str, trained: dict, pictures: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     from lookalike.cli.index import main as index_main
