@@ -189,12 +189,8 @@ class FaissIndex:
         """The CPU index, made a copy of its own first if it is read in place from a memory map (FAISS cannot
         change an index whose arrays it does not own)."""
         if self._mapped is not None:
-            faiss = faiss_module()
-            self.cpu_index = (faiss.deserialize_index_binary if self.binary else faiss.deserialize_index)(
-                (faiss.serialize_index_binary if self.binary else faiss.serialize_index)(self.cpu_index))
+            self.cpu_index = FaissIndex.from_bytes(self.to_bytes(), self.dim, self.factory, self.search_params).cpu_index
             self._mapped, self._index = None, None
-            if self.search_params:
-                self._apply_search_params(faiss.ParameterSpace(), self.cpu_index)
         return self.cpu_index
 
     def set_search_params(self, params: str) -> None:

@@ -115,12 +115,11 @@ class DescriptorVotes:
         sims, owners = self.index.search(query.unit_descriptors(), NEIGHBOURS + 1, allowed=allowed)
         return tally(sims, owners, top)
 
-    def owners(self, lists: int | None = None) -> np.ndarray:
-        """The item ids of the descriptors held in ``lists`` inverted lists spread evenly over the index (None: in
-        all of them), list by list: what a loaded index is checked against without reading it all."""
+    def owners(self, lists: int) -> np.ndarray:
+        """The item ids of the descriptors held in ``lists`` inverted lists spread evenly over the index, list by
+        list: what a loaded index is checked against without reading it all."""
         faiss, invlists = faiss_module(), self._ivf().invlists
-        chosen = range(invlists.nlist) if lists is None else \
-            np.unique(np.linspace(0, invlists.nlist - 1, min(lists, invlists.nlist)).astype(np.int64))
+        chosen = np.unique(np.linspace(0, invlists.nlist - 1, min(lists, invlists.nlist)).astype(np.int64))
         found = [faiss.rev_swig_ptr(invlists.get_ids(int(i)), invlists.list_size(int(i))).copy()
                  for i in chosen if invlists.list_size(int(i))]
         return np.concatenate(found) if found else np.zeros(0, np.int64)
