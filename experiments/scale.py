@@ -45,11 +45,12 @@ from lookalike.catalogue.backends import build_catalogue, open_catalogue
 from lookalike.catalogue.base import Catalogue
 from lookalike.catalogue.build import BuildOptions
 from lookalike.catalogue.file import FileCatalogue
-from lookalike.catalogue.local import photo_features
+from lookalike.catalogue.local import local_codes, photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.data.images import load_rgb
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
 from lookalike.retrieval.knn import FaissIndex
+from lookalike.verification.codes import DescriptorCodes
 from lookalike.verification.features import DESCRIPTOR, SCALE, FeatureOptions, LocalFeatures, extract
 from lookalike.verification.store import FeatureStore
 from lookalike.verification.votes import DescriptorVotes, vote_factory
@@ -119,7 +120,7 @@ def votes_run(data: dict, items: int, factory: str, noise: float) -> dict:
     """Build the vote index of the covers and ``items - 100`` distractors with ``factory`` and search it."""
     total = sum(map(len, data["covers"])) + round((items - COVERS) * np.mean([len(f) for f in data["sources"]]))
     factory = vote_factory(total) if factory == "auto" else factory
-    votes = DescriptorVotes.new(factory)
+    votes = DescriptorVotes.new(factory, DESCRIPTOR)  # stage 1 measured RootSIFT whole
     rng = np.random.default_rng(0)
     wanted = max(32 * votes.lists, 1 << 16)
     sample_items = rng.choice(np.arange(COVERS, items), size=min(items - COVERS, max(1, wanted // 300)),
@@ -162,20 +163,28 @@ def source_embeddings(work: Path, flowers: Path, embedder: Path) -> np.ndarray:
     return np.load(cache)
 
 
-def covers_catalogue(work: Path, dvd: Path, embedder: Path, count: int, backend: str) -> Catalogue:
-    """The 100 covers as `lookalike index build` makes their catalogue (local features, calibration), built once."""
-    out = work / f"covers_{embedder.stem}_{count}.{'lkidx' if backend == 'faiss' else 'db'}"
+def covers_name(a: argparse.Namespace, backend: str) -> str:
+    return f"covers_{a.embedder.stem}_{a.count}_d{a.dims}.{'lkidx' if backend == 'faiss' else 'db'}"
+
+
+def covers_catalogue(a: argparse.Namespace, backend: str) -> Catalogue:
+    """The 100 covers as `lookalike index build` makes their catalogue (local features coded in ``a.dims``,
+    calibration), built once."""
+    out = a.work / covers_name(a, backend)
     if not out.exists():
-        listing = work / "covers.csv"
-        listing.write_text("path,label\n" + "".join(f"{dvd / 'reference' / f'{i:03d}.jpg'},{i:03d}\n"
+        listing = a.work / "covers.csv"
+        listing.write_text("path,label\n" + "".join(f"{a.dvd / 'reference' / f'{i:03d}.jpg'},{i:03d}\n"
                                                    for i in range(1, COVERS + 1)))
-        return build_catalogue(out, embedder, listing, backend, options=BuildOptions(local=FeatureOptions(count=count)))
+        return build_catalogue(out, a.embedder, listing, backend,
+                               options=BuildOptions(local=FeatureOptions(count=a.count, dims=a.dims)))
     return open_catalogue(out, backend)
 
 
-def distractors(data: dict, items: int, a: argparse.Namespace) -> Iterator[tuple[list[dict], np.ndarray, list]]:
-    """The distractor items 100 .. ``items - 1``, ``CHUNK`` at a time: (items, embeddings, local features); each
-    has a perturbed source picture's features and that picture's embedding jittered (see the module)."""
+def distractors(data: dict, items: int, a: argparse.Namespace, codes: DescriptorCodes
+                ) -> Iterator[tuple[list[dict], np.ndarray, list]]:
+    """The distractor items 100 .. ``items - 1``, ``CHUNK`` at a time: (items, embeddings, local features as
+    ``codes``, the covers' catalogue's, as `lookalike index add` codes them); each has a perturbed source picture's
+    features and that picture's embedding jittered (see the module)."""
     sources = source_embeddings(a.work, a.flowers, a.embedder)
     for first in range(COVERS, items, CHUNK):
         listed, vectors, local = [], [], []
@@ -184,7 +193,7 @@ def distractors(data: dict, items: int, a: argparse.Namespace) -> Iterator[tuple
             v = sources[source] + a.embedding_noise / np.sqrt(sources.shape[1]) * rng.standard_normal(sources.shape[1])
             listed.append({"id": item, "path": f"distractor/{item:07d}.jpg", "label": f"d{item}", "fields": {}})
             vectors.append(v / np.linalg.norm(v))
-            local.append(features)
+            local.append(codes.encode(features))
         print(f"\rdistractors: {first + len(listed)} of {items} items made", end="", file=sys.stderr, flush=True)
         yield listed, np.array(vectors, np.float32), local
     print(file=sys.stderr)
@@ -193,7 +202,7 @@ def distractors(data: dict, items: int, a: argparse.Namespace) -> Iterator[tuple
 def file_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> dict:
     """The catalogue file of the covers and the distractors: features go to disk as they are made and the vote
     index is :meth:`DescriptorVotes.build` over them, so the build never holds every item's features at once."""
-    covers = covers_catalogue(a.work, a.dvd, a.embedder, a.count, "faiss")
+    covers = covers_catalogue(a, "faiss")
     start = time.perf_counter()
     counts, sizes = list(covers.local.counts), [tuple(s) for s in covers.local.sizes]
     listed = [{"id": it["id"], "path": it["path"], "label": it["label"], "fields": {}} for it in covers.items]
@@ -202,7 +211,7 @@ def file_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> 
     with xy_file.open("wb") as xy, descriptor_file.open("wb") as descriptors:
         np.asarray(covers.local.xy).tofile(xy)
         np.asarray(covers.local.descriptors).tofile(descriptors)
-        for chunk, chunk_vectors, local in distractors(data, items, a):
+        for chunk, chunk_vectors, local in distractors(data, items, a, local_codes(covers.meta["local"])):
             listed += chunk
             vectors.append(chunk_vectors)
             for features in local:
@@ -213,11 +222,11 @@ def file_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> 
     total = int(np.sum(counts))
     store = FeatureStore(np.array(counts, np.int32), np.array(sizes, np.uint16),
                          np.memmap(xy_file, np.uint16, "r", shape=(total, 2)),
-                         np.memmap(descriptor_file, np.uint8, "r", shape=(total, DESCRIPTOR)))
+                         np.memmap(descriptor_file, np.int8, "r", shape=(total, a.dims)))
     made = time.perf_counter() - start
     ids = np.arange(items, dtype=np.int64)
     start = time.perf_counter()
-    votes = DescriptorVotes.build(ids, store)
+    votes = DescriptorVotes.build(ids, store, a.dims)
     voted = time.perf_counter() - start
     meta = {**covers.meta, "next_id": items}
     index = FaissIndex(meta["dim"], meta["factory"], search_params=meta.get("search_params", ""), ids=True)
@@ -234,14 +243,15 @@ def file_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> 
 def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> dict:
     """The Milvus Lite database of the covers and the distractors: a copy of the covers' database, the
     distractors added as `lookalike index add` adds items (their features as rows of ``<collection>_local``)."""
-    covers = covers_catalogue(a.work, a.dvd, a.embedder, a.count, "milvus")
+    covers = covers_catalogue(a, "milvus")
+    codes = local_codes(covers.meta["local"])
     covers.client.close()
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(a.work / f"covers_{a.embedder.stem}_{a.count}.db", out, ignore=shutil.ignore_patterns("LOCK"))
+    shutil.copytree(a.work / covers_name(a, "milvus"), out, ignore=shutil.ignore_patterns("LOCK"))
     catalogue = open_catalogue(out, "milvus")
     start = time.perf_counter()
     total = sum(map(len, catalogue.local_features([it["id"] for it in catalogue.listing()])))
-    for chunk, vectors, local in distractors(data, items, a):
+    for chunk, vectors, local in distractors(data, items, a, codes):
         catalogue.add_items(chunk, vectors, local)
         total += sum(map(len, local))
     kind = catalogue.client.describe_index(catalogue.collection + "_local", "vector")["index_type"]
@@ -252,7 +262,7 @@ def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -
 
 def search_catalogue_path(data: dict, items: int, a: argparse.Namespace) -> tuple[Path, dict]:
     """The catalogue of ``items`` for ``a.backend``, built once and kept in ``a.work`` with its build record."""
-    out = a.work / f"search{items}_{a.count}.{'lkidx' if a.backend == 'faiss' else 'db'}"
+    out = a.work / f"search{items}_{a.count}_d{a.dims}.{'lkidx' if a.backend == 'faiss' else 'db'}"
     record = out.with_name(out.name + ".json")
     if out.exists() and record.is_file():
         return out, json.loads(record.read_text())
@@ -317,11 +327,12 @@ def report(runs: list[dict]) -> str:
         rows.append(f"| {r['items']:,} | {r['count']} | {r['factory']} | {r['lists']} | {r['train_s']} | "
                     f"{r['add_s']} | {r['bytes'] / 2 ** 20:.0f} | {r['p50_ms']} | {r['p99_ms']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r[f'recall@{TOP}']} |")
-    rows += ["", "| backend | items | features a picture | vote index | build: make / votes / save s | disk GB | "
-             "load s | photos | recall@1 | recall@5 | p50 ms | p99 ms | search peak GB |",
-             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows += ["", "| backend | items | features a picture | descriptor bytes | vote index | build: make / votes / save "
+             "s | disk GB | load s | photos | recall@1 | recall@5 | p50 ms | p99 ms | search peak GB |",
+             "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in (r for r in runs if r["stage"] == "search"):
-        rows.append(f"| {r['requested']} | {r['items']:,} | {r['count']} | {r['factory']} | {r['make_s']} / "
+        code = f"{r['dims']} (codes)" if r.get("dims") else "128 (RootSIFT)"
+        rows.append(f"| {r['requested']} | {r['items']:,} | {r['count']} | {code} | {r['factory']} | {r['make_s']} / "
                     f"{r['votes_s']} / "
                     f"{r['save_s']} | {r['file_bytes'] / 1e9:.2f} | {r['load_s']} | {r['photos']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r['p50_ms']} | {r['p99_ms']} | {r['search_peak_rss_gb']} |")
@@ -340,6 +351,7 @@ def main() -> None:
     p.add_argument("--items", type=int, nargs="+", default=[10_000])
     p.add_argument("--factories", nargs="+", default=["auto"])
     p.add_argument("--count", type=int, default=400, help="local features a picture")
+    p.add_argument("--dims", type=int, default=32, help="search: bytes of a descriptor's code (--local-dims)")
     p.add_argument("--noise", type=float, default=0.3, help="descriptor jitter, a share of their norm")
     p.add_argument("--embedding-noise", type=float, default=0.5,
                    help="search: a distractor's embedding is its source picture's plus this much noise (of its norm)")
@@ -358,16 +370,18 @@ def main() -> None:
         print(json.dumps(measure(a.catalogue, a.backend, a.embedder, a.dvd, a.photos)))
         return
     runs = [json.loads(line) for line in RUNS.open()] if RUNS.is_file() else []
-    done = {(r["stage"], r["items"], r["count"], r.get("requested")) for r in runs}
+    done = {(r["stage"], r["items"], r["count"], r.get("requested"), r.get("dims")) for r in runs}
     data = pool(a.work, a.dvd, a.flowers, a.count)
     for items in a.items:
         for factory in a.factories if a.stage == "votes" else [a.backend]:
-            if (a.stage, items, a.count, factory) in done:
+            dims = a.dims if a.stage == "search" else None
+            if (a.stage, items, a.count, factory, dims) in done:
                 print(f"{a.stage}: {items} items, {factory or ''} done already")
                 continue
             found = votes_run(data, items, factory, a.noise) if a.stage == "votes" else search_run(data, items, a)
             result = {"stage": a.stage, "requested": factory, "count": a.count, "noise": a.noise,
-                      **({"embedding_noise": a.embedding_noise} if a.stage == "search" else {}), **found,
+                      **({"embedding_noise": a.embedding_noise, "dims": a.dims} if a.stage == "search" else {}),
+                      **found,
                       "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": "python " + " ".join(sys.argv)}
             print(json.dumps(result), flush=True)
             with RUNS.open("a") as f:

@@ -684,7 +684,7 @@ def test_a_vote_index_holding_other_items_is_refused_and_unknown_candidates_are_
     out = tmp_path / "c.lkidx"
     catalogue = build_catalogue(out, trained["embedder"], pictures, options=INLINE)
     ids = np.array([it["id"] for it in catalogue.items], np.int64)
-    foreign = DescriptorVotes.build(ids + 1000, catalogue.local.features(range(len(ids))))
+    foreign = DescriptorVotes.build(ids + 1000, catalogue.local.features(range(len(ids))), catalogue.local.dims)
     with zipfile.ZipFile(out) as z:
         members = {name: z.read(name) for name in z.namelist()}
     members["votes.faiss"] = foreign.to_bytes()

@@ -18,13 +18,14 @@ from PIL import Image
 
 from lookalike.catalogue.backends import build_catalogue, editing, open_catalogue
 from lookalike.catalogue.filters import restriction
-from lookalike.catalogue.local import photo_features
+from lookalike.catalogue.local import local_codes, photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.verification.appearance import Bounds, compare, standing
 from lookalike.verification.calibration import FLOOR
-from lookalike.verification.features import FeatureOptions, extract
+from lookalike.verification.codes import DescriptorCodes
+from lookalike.verification.features import DESCRIPTOR, FeatureOptions, extract
 from lookalike.verification.matching import verify
 from lookalike.verification.votes import DescriptorVotes, vote_factory
 from tests.helpers import INLINE
@@ -77,9 +78,26 @@ def test_unrelated_textures_do_not_verify() -> None:
     assert max(v.inliers for v in verdicts) < FLOOR
 
 
+def test_descriptor_codes_match_as_the_whole_descriptors_do_and_come_back_from_their_meta_alone() -> None:
+    pictures = [extract(texture(seed)) for seed in range(6)]
+    codes = DescriptorCodes.train(pictures, 32, sum(map(len, pictures)))
+    coded = [codes.encode(p) for p in pictures]
+    assert coded[1].descriptors.dtype == np.int8 and coded[1].descriptors.shape == (len(pictures[1]), 32)
+    photo = codes.encode(extract(photo_of(texture(4))))
+    verdicts = verify(photo, coded)
+    assert int(np.argmax([v.inliers for v in verdicts])) == 4 and verdicts[4].inliers >= FLOOR
+    again = DescriptorCodes.of_meta(json.loads(json.dumps(codes.as_meta())), "meta")
+    assert again.encode(pictures[2]).descriptors.tolist() == coded[2].descriptors.tolist()
+    assert DescriptorCodes.train([], 16, 0).encode(pictures[0]).descriptors.shape == (len(pictures[0]), 16)
+    for damaged in (None, {**codes.as_meta(), "matrix": codes.as_meta()["mean"]}, {**codes.as_meta(), "dims": 400},
+                    {**codes.as_meta(), "mean": "not base64!"}, {**codes.as_meta(), "scale": "1"}):
+        with pytest.raises(LookalikeError, match="meta"):
+            DescriptorCodes.of_meta(damaged, "meta")
+
+
 def test_the_descriptor_votes_find_the_picture() -> None:
     pictures = [extract(texture(seed)) for seed in range(6)]
-    votes = DescriptorVotes.build(np.arange(6) * 7, pictures)
+    votes = DescriptorVotes.build(np.arange(6) * 7, pictures, DESCRIPTOR)  # RootSIFT as it is: codes of 128
     ranked = votes.candidates(extract(photo_of(texture(4))), 3)
     assert ranked[0][0] == 4 * 7 and ranked[0][1] > 2 * ranked[1][1]
 
@@ -119,7 +137,9 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
     assert catalogue.meta["local"]["threshold"] >= FLOOR
     first = _verified_search(catalogue, embedder, photo)[0]
     assert first.label == "p2" and first.verified and first.inliers >= FLOOR and len(first.quad) == 4
-    assert catalogue.local_features([first.id])[0].descriptors.tolist() == extract(texture(2)).descriptors.tolist()
+    codes = local_codes(catalogue.meta["local"])
+    assert catalogue.local_features([first.id])[0].descriptors.tolist() == \
+        codes.encode(extract(texture(2))).descriptors.tolist()
     catalogue.close()
 
     with editing(out, backend) as catalogue:
@@ -129,7 +149,7 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
     assert "p2" not in [h.label for h in hits] and not any(h.verified for h in hits)
     kept = {it["label"]: it["id"] for it in catalogue.listing()}
     for label, features in zip(kept, catalogue.local_features(list(kept.values()))):  # each item its own features
-        assert features.descriptors.tolist() == extract(texture(int(label[1:]))).descriptors.tolist()
+        assert features.descriptors.tolist() == codes.encode(extract(texture(int(label[1:])))).descriptors.tolist()
     catalogue.close()
 
     with editing(out, backend) as catalogue:
@@ -319,10 +339,10 @@ def test_duplicates_are_re_encodes_and_crops_and_variants_are_told_apart(
 @pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
 def test_both_backends_vote_alike(trained: dict, pictures: Path, tmp_path: Path) -> None:
     pytest.importorskip("milvus_lite")
-    photo = extract(photo_of(texture(3)))
     answers = []
     for backend, name in (("faiss", "c.lkidx"), ("milvus", "c.db")):
         catalogue = build_catalogue(tmp_path / name, trained["embedder"], pictures, backend, options=INLINE)
+        [photo] = photo_features([photo_of(texture(3))], catalogue.meta["local"])
         by_label = {it["id"]: it["label"] for it in catalogue.listing()}
         answers.append([by_label[i] for i, _ in catalogue.vote_candidates(photo, 3)])
         assert [by_label[i] for i, _ in catalogue.vote_candidates(photo, 3, restriction('label != "p3"',
@@ -337,12 +357,14 @@ def test_local_features_of_a_build_are_resumed_from_its_progress_folder(pictures
 
     paths = sorted(str(p) for p in pictures.rglob("*.png"))
     partial = tmp_path / "c.lkidx.partial"
-    first = local.catalogue_features(paths, FeatureOptions(), partial, workers=1)
+    codes = local.catalogue_codes(paths, FeatureOptions(), partial, workers=1)
+    first = local.catalogue_features(paths, FeatureOptions(), codes, partial, workers=1)
     monkeypatch.setattr(local, "picture_features", lambda *a: pytest.fail("extracted again"))
-    again = local.catalogue_features(paths, FeatureOptions(), partial, workers=1)  # from the saved chunk
+    assert local.catalogue_codes(paths, FeatureOptions(), partial, workers=1).as_meta() == codes.as_meta()  # saved
+    again = local.catalogue_features(paths, FeatureOptions(), codes, partial, workers=1)  # from the saved chunk
     assert [f.descriptors.tolist() for f in again] == [f.descriptors.tolist() for f in first]
     with pytest.raises(pytest.fail.Exception):  # other pictures: not taken from the chunk of these
-        local.catalogue_features(paths[:3], FeatureOptions(), partial, workers=1)
+        local.catalogue_features(paths[:3], FeatureOptions(), codes, partial, workers=1)
 
 
 @pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW])
@@ -383,13 +405,13 @@ def test_the_comparison_fits_the_photos_light_and_sees_only_the_changed_field() 
 
 
 def test_the_vote_index_grows_with_the_catalogue() -> None:
-    """Inverted lists in proportion to the descriptors, through an HNSW graph from thousands of lists on, PQ codes
-    from a million descriptors on; an index holding many times what it was trained for says it has outgrown it."""
+    """Inverted lists in proportion to the descriptors, through an HNSW graph from thousands of lists on; an index
+    holding many times what it was trained for says it has outgrown it."""
     assert vote_factory(2_000) == "IVF2,SQ8" and vote_factory(400_000) == "IVF512,SQ8"
-    assert vote_factory(40_000_000) == "IVF65536_HNSW32,PQ32" and vote_factory(4_000_000) == "IVF4096,PQ32"
-    assert vote_factory(10 ** 9) == "IVF65536_HNSW32,PQ32"
+    assert vote_factory(40_000_000) == "IVF65536_HNSW32,SQ8" and vote_factory(4_000_000) == "IVF4096,SQ8"
+    assert vote_factory(10 ** 9) == "IVF65536_HNSW32,SQ8"
     pictures = [extract(texture(seed)) for seed in range(6)]
-    votes = DescriptorVotes.build(np.arange(6), pictures)
+    votes = DescriptorVotes.build(np.arange(6), pictures, DESCRIPTOR)
     assert votes.lists == 1 << int(np.log2(sum(map(len, pictures)) // 512)) and not votes.outgrown()
     for n in range(1, 4):
         votes.add(np.arange(6) + 10 * n, pictures)

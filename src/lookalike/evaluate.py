@@ -22,10 +22,10 @@ from lookalike.embedder.source import load_source
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.grid import retrieval_grid
 from lookalike.retrieval.metrics import Neighbors, clustering_nmi, metrics_from_neighbors, search
-from lookalike.catalogue.local import build_local, comparison_picture
+from lookalike.catalogue.local import build_local, comparison_picture, photo_features
 from lookalike.data.images import load_rgb
 from lookalike.data.table import ImageTable
-from lookalike.verification.features import FeatureOptions, LocalFeatures, extract
+from lookalike.verification.features import FeatureOptions, LocalFeatures
 from lookalike.verification.appearance import Bounds
 from lookalike.verification.ranking import rank
 from lookalike.verification.votes import DescriptorVotes
@@ -82,6 +82,7 @@ class GalleryFeatures:
 
     by_row: dict[int, LocalFeatures]
     votes: DescriptorVotes
+    meta: dict[str, Any]  # their ``local`` meta: how photos are found and coded alike
     threshold: int
     bounds: Bounds
     photos: dict[int, LocalFeatures] = field(default_factory=dict)
@@ -90,12 +91,12 @@ class GalleryFeatures:
     def of(cls, table: ImageTable, workers: int | None = None) -> GalleryFeatures:
         rows = [int(r) for r in np.flatnonzero(table.is_gallery)]
         features, votes, meta = build_local(rows, [table.paths[r] for r in rows], FeatureOptions(), workers=workers)
-        return cls(dict(zip(rows, features)), votes, int(meta["threshold"]), Bounds.of(meta["appearance"]))
+        return cls(dict(zip(rows, features)), votes, meta, int(meta["threshold"]), Bounds.of(meta["appearance"]))
 
     def photo(self, row: int, path: str) -> LocalFeatures:
         """The features of the table's photo ``row`` with its pixels (the aligned comparison's), found once."""
         if row not in self.photos:
-            self.photos[row] = extract(load_rgb(path), keep=True)
+            self.photos[row] = photo_features([load_rgb(path)], self.meta)[0]
         return self.photos[row]
 
 

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from lookalike.boxes.finder import BoxFinder
 from lookalike.catalogue.build import embed_catalogue
 from lookalike.catalogue.filters import Condition
-from lookalike.catalogue.local import calibrated, catalogue_features, comparison_picture, feature_options, local_meta
+from lookalike.catalogue.local import (calibrated, catalogue_features, comparison_picture, feature_options, local_codes,
+                                      local_meta)
 from lookalike.data.listing import labelled_images
 from lookalike.embedder.file import embedder_hash, read_embedder_file
 from lookalike.errors import LookalikeError
@@ -155,7 +156,8 @@ class Catalogue(ABC):
         new, vectors = embed_catalogue(payload, new, batch_size, num_workers, finder=self.box_finder())
         local = None
         if self.keeps_local:
-            local = catalogue_features([it["path"] for it in new], feature_options(self.meta["local"]))
+            meta = self.meta["local"]
+            local = catalogue_features([it["path"] for it in new], feature_options(meta), local_codes(meta))
         return self.add_items(new, vectors, local)
 
     def select(self, ids: Sequence[int] = (), paths: Sequence[str | Path] = (), missing: bool = False) -> list[int]:
@@ -326,11 +328,12 @@ class Catalogue(ABC):
     def recalibrate(self) -> dict[str, Any]:
         """Calibrate the verification threshold anew on the catalogue as it is now (after many items were added
         or removed); returns the new ``local`` meta, kept with the catalogue."""
-        options = feature_options(self.check_local())
+        meta = self.check_local()
+        options, codes = feature_options(meta), local_codes(meta)
         items = list(self.listing())
         calibration = calibrated([it["id"] for it in items], [it["path"] for it in items], self.local_features,
-                                 self.vote_candidates, options)
-        self.meta["local"] = local_meta(options, calibration)
+                                 self.vote_candidates, options, codes)
+        self.meta["local"] = local_meta(options, codes, calibration)
         self.save_meta()
         return self.meta["local"]
 

@@ -33,7 +33,7 @@ from lookalike.models.embedder import Embedder, ImageLike
 from lookalike.retrieval.expansion import database_augmentation
 from lookalike.retrieval.knn import FaissIndex, is_lossy, ivf_cells, rescore
 from lookalike.verification.features import LocalFeatures
-from lookalike.verification.store import ARRAYS, FeatureStore
+from lookalike.verification.store import FeatureStore, layout
 from lookalike.verification.votes import DescriptorVotes
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class FileCatalogue(Catalogue):
         if options.local is not None:
             local, built.votes, meta["local"] = build_local(range(len(items)), [it["path"] for it in items],
                                                             options.local, checkpoint, options.num_workers)
-            built.local = FeatureStore.empty()
+            built.local = FeatureStore.empty(options.local.dims)
         built.add_vectors(items, vectors, local, votes=False)
         return built
 
@@ -118,7 +118,7 @@ class FileCatalogue(Catalogue):
                 if self.votes.outgrown():  # trained anew from the stored features, not from the images
                     lists = self.votes.lists
                     self.votes = DescriptorVotes.build(np.array([it["id"] for it in self.items + items], np.int64),
-                                                       self.local)
+                                                       self.local, self.local.dims)
                     log.info("the descriptor vote index outgrew its %d lists: trained anew with %d", lists,
                              self.votes.lists)
         dba = self.meta.get("dba")
@@ -451,12 +451,13 @@ def _local_members(path: Path, z: zipfile.ZipFile, meta: dict[str, Any], ids: np
     counts = np.array(_mapped(path, z, "local_counts.npy", (count,), np.int32))
     if len(counts) and (counts.min() < 0 or counts.max() > meta["count"]):
         raise LookalikeError(f"'{path}' is a damaged lookalike index (local_counts.npy)")
-    total = int(counts.sum())
+    total, dims = int(counts.sum()), int(meta["codes"]["dims"])
     arrays = {name: _mapped(path, z, f"local_{name}.npy", (rows, *shape), dtype)
-              for name, (dtype, shape), rows in zip(ARRAYS, ARRAYS.values(), (count, count, total, total))}
-    store = FeatureStore.checked(arrays, count, str(path))
+              for (name, (dtype, shape)), rows in zip(layout(dims).items(), (count, count, total, total))}
+    store = FeatureStore.checked(arrays, count, dims, str(path))
     try:
-        votes = DescriptorVotes.from_bytes(_in_place(path, z, "votes.faiss", (1 << 26) + total * 256), mapped=True)
+        votes = DescriptorVotes.from_bytes(_in_place(path, z, "votes.faiss", (1 << 26) + total * 256), dims,
+                                           mapped=True)
     except LookalikeError as e:
         raise LookalikeError(f"'{path}' is a damaged lookalike index: {e}") from e
     if votes.index.ntotal != total:

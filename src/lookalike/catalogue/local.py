@@ -1,6 +1,7 @@
-"""A catalogue's local features (``index build`` extracts them by default): extracting them for the catalogue's
-pictures (threads, resumable in the build's ``<out>.partial/``), calibrating the inliers a verified match needs on
-the catalogue itself, and the meta both backends keep about them."""
+"""A catalogue's local features (``index build`` extracts them by default): training the codes its descriptors are
+kept as on pictures spread over it, extracting and coding them for the catalogue's pictures (threads, resumable in
+the build's ``<out>.partial/``), calibrating the inliers a verified match needs on the catalogue itself, and the
+meta both backends keep about them."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, claim_folder, number_field
 from lookalike.verification.appearance import SIDE, Bounds, shrunk
 from lookalike.verification.calibration import Calibration, calibrate
+from lookalike.verification.codes import DescriptorCodes
 from lookalike.verification.features import MAX_FEATURES, MAX_SIDE, NONE, FeatureOptions, LocalFeatures, extract
 from lookalike.verification.store import ARRAYS, FeatureStore
 from lookalike.verification.votes import DescriptorVotes
 
 CHUNK = 1024  # pictures whose features are saved together during a build
 PICTURES = 256  # catalogue pictures kept decoded (small) for the aligned comparison
+TRAINING = 256  # pictures spread over a new catalogue whose descriptors train its codes
 
 
 def picture_features(path: str, options: FeatureOptions) -> LocalFeatures:
@@ -37,11 +40,31 @@ def picture_features(path: str, options: FeatureOptions) -> LocalFeatures:
         return NONE
 
 
-def catalogue_features(paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None = None,
-                       workers: int | None = None) -> list[LocalFeatures]:
-    """The local features of every picture, in threads (OpenCV and the decoders let go of the GIL), saved every
-    ``CHUNK`` pictures in ``checkpoint`` (the build's progress folder) and taken from there when a build
-    continues."""
+def catalogue_codes(paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None = None,
+                    workers: int | None = None) -> DescriptorCodes:
+    """The codes a new catalogue keeps its descriptors as (``options.dims``), trained on ``TRAINING`` of its
+    pictures spread over it; saved in ``checkpoint`` (the build's progress folder) and taken from there when a
+    build continues."""
+    chosen = [paths[int(n)] for n in np.unique(np.linspace(0, len(paths) - 1, min(TRAINING, len(paths))))]
+    key = hashlib.sha256(json.dumps([chosen, options.count, options.max_side, options.dims]).encode()).hexdigest()
+    saved = checkpoint / f"codes_{key[:24]}.json" if checkpoint is not None else None
+    if saved is not None and saved.is_file():
+        return DescriptorCodes.of_meta(json.loads(saved.read_text()), str(saved))
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        found = list(tqdm(pool.map(lambda p: picture_features(p, options), chosen), total=len(chosen),
+                          desc="training descriptor codes", unit="picture", disable=None, leave=False))
+    codes = DescriptorCodes.train(found, options.dims, sum(len(f) for f in found))
+    if saved is not None:
+        claim_folder(checkpoint, PARTIAL_MARKER, "build in progress (a build keeps its progress in <out>.partial/)")
+        atomic_write(saved, lambda tmp: Path(tmp).write_text(json.dumps(codes.as_meta())))
+    return codes
+
+
+def catalogue_features(paths: Sequence[str], options: FeatureOptions, codes: DescriptorCodes,
+                       checkpoint: Path | None = None, workers: int | None = None) -> list[LocalFeatures]:
+    """The local features of every picture as ``codes``, found in threads (OpenCV and the decoders let go of the
+    GIL), saved every ``CHUNK`` pictures in ``checkpoint`` (the build's progress folder) and taken from there when
+    a build continues."""
     found: list[LocalFeatures] = []
     workers = workers or min(8, os.cpu_count() or 1)
     if checkpoint is not None:
@@ -50,16 +73,16 @@ def catalogue_features(paths: Sequence[str], options: FeatureOptions, checkpoint
                                                    disable=None) as bar:
         for start in range(0, len(paths), CHUNK):
             chunk = paths[start:start + CHUNK]
-            key = hashlib.sha256(json.dumps([chunk, options.count, options.max_side]).encode()).hexdigest()[:24]
-            saved = checkpoint / f"local_{key}.npz" if checkpoint is not None else None  # these pictures' only
+            key = hashlib.sha256(json.dumps([chunk, options.count, options.max_side, codes.as_meta()]).encode())
+            saved = checkpoint / f"local_{key.hexdigest()[:24]}.npz" if checkpoint is not None else None
             if saved is not None and saved.is_file():
                 with np.load(saved) as z:
-                    store = FeatureStore.checked({k: z[k] for k in ARRAYS}, len(chunk), str(saved))
+                    store = FeatureStore.checked({k: z[k] for k in ARRAYS}, len(chunk), codes.dims, str(saved))
                 part = store.features(range(len(chunk)))
             else:
-                part = list(pool.map(lambda p: picture_features(p, options), chunk))
+                part = list(pool.map(lambda p: codes.encode(picture_features(p, options)), chunk))
                 if saved is not None:
-                    atomic_write(saved, lambda tmp: _save(tmp, FeatureStore.of(part)))
+                    atomic_write(saved, lambda tmp: _save(tmp, FeatureStore.of(part, codes.dims)))
             found += part
             bar.update(len(chunk))
     return found
@@ -72,20 +95,23 @@ def _save(tmp: str, store: FeatureStore) -> None:
 
 def build_local(ids: Sequence[int], paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None = None,
                 workers: int | None = None) -> tuple[list[LocalFeatures], DescriptorVotes, dict[str, Any]]:
-    """A new catalogue's local features: each picture's, their vote index, and the meta with the threshold
-    calibrated on them."""
-    features = catalogue_features(paths, options, checkpoint, workers)
-    votes = DescriptorVotes.build(np.asarray(ids, np.int64), features)
+    """A new catalogue's local features: each picture's (as codes trained on the catalogue), their vote index, and
+    the meta with the codes and the threshold calibrated on them."""
+    codes = catalogue_codes(paths, options, checkpoint, workers)
+    features = catalogue_features(paths, options, codes, checkpoint, workers)
+    votes = DescriptorVotes.build(np.asarray(ids, np.int64), features, codes.dims)
     row = {int(i): r for r, i in enumerate(ids)}
-    calibration = calibrated(ids, paths, lambda items: [features[row[i]] for i in items], votes.candidates, options)
-    return features, votes, local_meta(options, calibration)
+    calibration = calibrated(ids, paths, lambda items: [features[row[i]] for i in items], votes.candidates, options,
+                             codes)
+    return features, votes, local_meta(options, codes, calibration)
 
 
 def describe_local(meta: dict[str, Any] | None) -> str:
     """One line about a catalogue's local features and its calibrated threshold."""
     if meta is None:
         return "no local features kept (searches rank by the embedding alone)"
-    line = (f"local features: up to {meta['count']} a picture; {meta['threshold']} inliers verify a match (calibrated "
+    line = (f"local features: up to {meta['count']} a picture, their descriptors kept as {meta['codes']['dims']}-byte "
+            f"codes; {meta['threshold']} inliers verify a match (calibrated "
             f"on {meta['photos']} photos made of catalogue pictures: {meta['true_rate']:.0%} verified with their own "
             f"picture, {meta['false_rate']:.1%} of wrong pairs, siblings included)")
     if meta.get("appearance"):
@@ -95,17 +121,18 @@ def describe_local(meta: dict[str, Any] | None) -> str:
 
 
 def calibrated(ids: Sequence[int], paths: Sequence[str], features: Callable[[Sequence[int]], list[LocalFeatures]],
-               candidates: Callable[[LocalFeatures, int], list[tuple[int, int]]], options: FeatureOptions
-               ) -> Calibration:
+               candidates: Callable[[LocalFeatures, int], list[tuple[int, int]]], options: FeatureOptions,
+               codes: DescriptorCodes) -> Calibration:
     """The verification threshold of a catalogue of the items ``ids`` with these image ``paths`` (``features`` and
-    ``candidates``: its stored features and its descriptor votes)."""
+    ``candidates``: its stored features and its descriptor votes; ``codes``: how it keeps descriptors)."""
     by_id = dict(zip((int(i) for i in ids), paths))
-    return calibrate(list(by_id), lambda i: load_rgb(by_id[i]), features, candidates, options)
+    return calibrate(list(by_id), lambda i: load_rgb(by_id[i]), features, candidates, options, codes)
 
 
-def local_meta(options: FeatureOptions, calibration: Calibration) -> dict[str, Any]:
-    """What a catalogue keeps about its local features: how they were found and the calibrated threshold."""
-    return {"count": options.count, "max_side": options.max_side, **calibration.as_meta()}
+def local_meta(options: FeatureOptions, codes: DescriptorCodes, calibration: Calibration) -> dict[str, Any]:
+    """What a catalogue keeps about its local features: how they were found, the codes their descriptors are kept
+    as, and the calibrated threshold."""
+    return {"count": options.count, "max_side": options.max_side, "codes": codes.as_meta(), **calibration.as_meta()}
 
 
 def check_local_meta(meta: Any, source: str) -> dict[str, Any]:
@@ -114,6 +141,7 @@ def check_local_meta(meta: Any, source: str) -> dict[str, Any]:
         raise LookalikeError(f"'{source}' is a damaged lookalike index (its local features' meta is not a mapping)")
     number_field(meta.get("count"), "local count", source, 8, MAX_FEATURES, integer=True)
     number_field(meta.get("max_side"), "local max_side", source, 64, MAX_SIDE, integer=True)
+    DescriptorCodes.of_meta(meta.get("codes"), source)
     number_field(meta.get("threshold"), "local threshold", source, 4, 1 << 20, integer=True)
     for name in ("false_rate", "true_rate"):
         number_field(meta.get(name), f"local {name}", source, 0, 1)
@@ -130,14 +158,19 @@ def check_local_meta(meta: Any, source: str) -> dict[str, Any]:
 
 def feature_options(meta: dict[str, Any]) -> FeatureOptions:
     """The options a catalogue's features were found with (photos are matched with the same)."""
-    return FeatureOptions(int(meta["count"]), int(meta["max_side"]))
+    return FeatureOptions(int(meta["count"]), int(meta["max_side"]), int(meta["codes"]["dims"]))
+
+
+def local_codes(meta: dict[str, Any]) -> DescriptorCodes:
+    """The codes a catalogue keeps its descriptors as (``meta``: its ``local`` meta, checked when it was opened)."""
+    return DescriptorCodes.of_meta(meta["codes"], "the catalogue's local meta")
 
 
 def photo_features(photos: Sequence[np.ndarray], meta: dict[str, Any]) -> list[LocalFeatures]:
-    """The local features of query photos (RGB arrays), found as the catalogue's (``meta``: its ``local`` meta),
-    each with the photo as they were found in (the aligned comparison's)."""
-    options = feature_options(meta)
-    return [extract(photo, options, keep=True) for photo in photos]
+    """The local features of query photos (RGB arrays), found and coded as the catalogue's (``meta``: its
+    ``local`` meta), each with the photo as they were found in (the aligned comparison's)."""
+    options, codes = feature_options(meta), local_codes(meta)
+    return [codes.encode(extract(photo, options, keep=True)) for photo in photos]
 
 
 def comparison_picture(path: str, size: tuple[int, int]) -> tuple[np.ndarray, float] | None:

@@ -34,9 +34,9 @@ from lookalike.embedder.file import calibrated_threshold, embedder_hash
 from lookalike.catalogue.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
 from lookalike.catalogue.sharded import Processes
 from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
-from lookalike.catalogue.local import build_local, check_local_meta
+from lookalike.catalogue.local import build_local, check_local_meta, local_codes
 from lookalike.retrieval.knn import default_search_params
-from lookalike.verification.features import DESCRIPTOR, FIXED, NONE, SCALE, LocalFeatures
+from lookalike.verification.features import FIXED, NONE, LocalFeatures
 from lookalike.verification.votes import NEIGHBOURS, PROBE, tally
 
 FORMAT = "lookalike-milvus/1"
@@ -206,7 +206,7 @@ class MilvusCatalogue(Catalogue):
             else:
                 _create(client, collection, meta)
             if local is not None:
-                _create_local(client, collection + LOCAL, is_remote(uri), key)
+                _create_local(client, collection + LOCAL, is_remote(uri), key, int(local[1]["codes"]["dims"]))
             catalogue = cls(client, collection, meta, uri)
             catalogue.insert(items, vectors, skip_present=True, local=None if local is None else local[0])
             meta["state"] = "ready"
@@ -276,7 +276,7 @@ class MilvusCatalogue(Catalogue):
         self.client.delete(self.collection + LOCAL, filter=f"item in {ids}")
         rows = [{"item": i, "place": place, "vector": d}
                 for i, f in zip(ids, features) if len(f)
-                for place, d in zip(_places(f).tolist(), (f.descriptors.astype(np.float32) / SCALE).tolist())]
+                for place, d in zip(_places(f).tolist(), f.descriptors.astype(np.float32).tolist())]
         for start in range(0, len(rows), LOCAL_ROWS):
             self.client.insert(self.collection + LOCAL, rows[start:start + LOCAL_ROWS])
 
@@ -290,7 +290,8 @@ class MilvusCatalogue(Catalogue):
             for row in self.client.query(self.collection + LOCAL, filter=f"item in {part}",
                                          output_fields=["item", "place", "vector"], limit=LOCAL_ROWS):
                 rows.setdefault(int(row["item"]), []).append((int(row["place"]), row["vector"]))
-        return [_features(rows[i]) if i in rows else NONE for i in ids]
+        none = local_codes(self.meta["local"]).encode(NONE)
+        return [_features(rows[i]) if i in rows else none for i in ids]
 
     def vote_candidates(self, query: LocalFeatures, top: int, where: Condition | None = None) -> list[tuple[int, int]]:
         """Milvus searches the photo's descriptors among the catalogue's; they vote as in
@@ -299,10 +300,10 @@ class MilvusCatalogue(Catalogue):
         self.check_local()
         if len(query) == 0:
             return []
-        descriptors = (query.descriptors.astype(np.float32) / SCALE).tolist()
+        descriptors = query.descriptors.astype(np.float32).tolist()
         found = self.client.search(self.collection + LOCAL, data=descriptors, limit=NEIGHBOURS + 1,
                                    output_fields=["item"], anns_field="vector",
-                                   search_params={"metric_type": "IP", "params": {"nprobe": PROBE}})
+                                   search_params={"metric_type": "COSINE", "params": {"nprobe": PROBE}})
         sims = np.full((len(found), NEIGHBOURS + 1), -1.0, np.float32)
         owners = np.full((len(found), NEIGHBOURS + 1), -1, np.int64)
         for i, row in enumerate(found):
@@ -399,11 +400,11 @@ def _places(features: LocalFeatures) -> np.ndarray:
 
 
 def _features(rows: list[tuple[int, list[float]]]) -> LocalFeatures:
-    """One item's features from its rows."""
+    """One item's features from its rows (their codes stored as floats)."""
     places = np.array([p for p, _ in rows], np.int64)
     xy = np.stack([places & 0xFFFF, places >> 16 & 0xFFFF], 1)
-    descriptors = np.round(np.array([v for _, v in rows], np.float32).reshape(-1, DESCRIPTOR) * SCALE)
-    return LocalFeatures(xy.astype(np.float32) / FIXED, descriptors.clip(0, 255).astype(np.uint8),
+    descriptors = np.round(np.array([v for _, v in rows], np.float32).reshape(len(rows), -1))
+    return LocalFeatures(xy.astype(np.float32) / FIXED, descriptors.clip(-127, 127).astype(np.int8),
                          (int(places[0] >> 32 & 0xFFFF), int(places[0] >> 48 & 0xFFFF)))
 
 
@@ -433,10 +434,12 @@ def _claim_local(client: Any, uri: str, collection: str, key: str) -> None:
                          f"a catalogue's local features in <collection>{LOCAL}; build into another --collection")
 
 
-def _create_local(client: Any, name: str, remote: bool, key: str) -> None:
-    """The collection of a catalogue's local features, marked as the build ``key``'s (kept when a continued build
-    finds it): inverted lists on a server, exact search in Milvus Lite (its small catalogues; its IVF would train
-    on a handful of rows). A build killed between its steps left what the same build finishes."""
+def _create_local(client: Any, name: str, remote: bool, key: str, dims: int) -> None:
+    """The collection of a catalogue's local features (their codes of ``dims``, as the float vectors both Milvus
+    Lite and a server take), marked as the build ``key``'s (kept when a continued build finds it): inverted lists
+    of 8-bit codes on a server, exact search in Milvus Lite (its small catalogues; its IVF would train on a handful
+    of rows). Cosine similarity: the codes as unit vectors, as the file's vote index compares them. A build killed
+    between its steps left what the same build finishes."""
     from pymilvus import DataType, MilvusClient
 
     if not client.has_collection(name):
@@ -444,12 +447,12 @@ def _create_local(client: Any, name: str, remote: bool, key: str) -> None:
         schema.add_field("pk", DataType.INT64, is_primary=True)
         schema.add_field("item", DataType.INT64)
         schema.add_field("place", DataType.INT64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DESCRIPTOR)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dims)
         client.create_collection(name, schema=schema, consistency_level="Strong",
                                  properties={OWNER: json.dumps({"format": FORMAT, "key": key})})
     if not client.list_indexes(name):
         params = client.prepare_index_params()
-        params.add_index("vector", index_type="IVF_FLAT" if remote else "FLAT", metric_type="IP",
+        params.add_index("vector", index_type="IVF_SQ8" if remote else "FLAT", metric_type="COSINE",
                          params={"nlist": 1024} if remote else {})
         client.create_index(name, params)
     client.load_collection(name)

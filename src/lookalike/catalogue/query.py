@@ -84,9 +84,10 @@ def search_catalogue(index: Catalogue, vectors: np.ndarray, options: SearchOptio
     where = restriction(options.filter, index.columns())  # a bad expression is refused before searching
     asked = 0 if options.verify is None and photos is None else options.verify  # no photos: by embedding alone
     options = replace(options, verify=verify_count(index, asked))
-    if options.verify and (photos is None or len(photos) != len(vectors)):
-        raise LookalikeError("A verified search needs the local features of every photo (catalogue.local."
-                             "photo_features)")
+    if options.verify and (photos is None or len(photos) != len(vectors) or any(
+            p.descriptors.shape[1:] != (int(index.meta["local"]["codes"]["dims"]),) for p in photos)):
+        raise LookalikeError("A verified search needs the local features of every photo, found and coded as the "
+                             "catalogue's (lookalike.catalogue.local.photo_features(photos, catalogue.meta['local']))")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if options.fuse is None:
         return [_answer(index, vectors[i:i + 1], options, where, photos[i:i + 1] if options.verify else [])

@@ -78,9 +78,12 @@ def add_build_options(*parsers: argparse.ArgumentParser) -> None:
                        "command; Lightning's cluster environment, the output folder shared)")
         p.add_argument("--accelerator", default="auto", help="gpu, cpu or auto (Lightning's)")
         p.add_argument("--no-local", action="store_true", help="keep no local features (searches cannot verify "
-                       "matches; saves about 53 KB an item and the extraction, ~25 ms a picture)")
+                       "matches; saves about 30 KB an item and the extraction, ~25 ms a picture)")
         p.add_argument("--local-features", type=integer(8, 4096), default=400, help="local features kept per "
-                       "picture (132 bytes each; default 400)")
+                       "picture (default 400; each takes --local-dims + 4 bytes, and as many in the vote index)")
+        p.add_argument("--local-dims", type=integer(8, 128), default=32, help="bytes of a descriptor's code: "
+                       "RootSIFT projected on this many principal components of the catalogue's own (default 32; "
+                       "128 keeps them whole)")
         p.add_argument("--local-side", type=integer(64, 4096), default=640, help="pictures are scaled down to this "
                        "side before their local features are found (default 640)")
 
@@ -90,7 +93,7 @@ def build_options(args: argparse.Namespace, boxes: str | Path | None = None) -> 
     from lookalike.catalogue.build import BuildOptions
     from lookalike.verification.features import FeatureOptions
 
-    local = None if args.no_local else FeatureOptions(args.local_features, args.local_side).check()
+    local = None if args.no_local else FeatureOptions(args.local_features, args.local_side, args.local_dims).check()
     return BuildOptions(factory=args.factory, search_params=args.search_params, batch_size=args.batch_size,
                         num_workers=args.workers, rerank=args.rerank, dba_k=args.dba, boxes=boxes,
                         devices=args.devices, num_nodes=args.num_nodes, accelerator=args.accelerator, local=local)

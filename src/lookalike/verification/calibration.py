@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lookalike.verification.appearance import OVERLAP, Bounds, Cells, overlap, placed, shrunk, standing
+from lookalike.verification.codes import DescriptorCodes
 from lookalike.verification.features import FeatureOptions, LocalFeatures, extract, scaled
 from lookalike.verification.matching import Verdict, VerifyOptions, verify
 
@@ -98,11 +99,12 @@ def made_copy(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
               features: Callable[[Sequence[int]], list[LocalFeatures]],
               candidates: Callable[[LocalFeatures, int], list[tuple[int, int]]], options: FeatureOptions,
-              verifying: VerifyOptions = VerifyOptions(), sample: int = SAMPLE, rate: float = RATE,
+              codes: DescriptorCodes, verifying: VerifyOptions = VerifyOptions(), sample: int = SAMPLE,
+              rate: float = RATE,
               seed: int = 0) -> Calibration:
     """Calibrate the threshold and the comparison's bounds on the catalogue items ``ids`` (``picture``: an item's
     image; ``features``: items' stored features; ``candidates``: the items a photo's descriptors vote for, as (id,
-    votes))."""
+    votes); ``codes``: how the catalogue keeps descriptors, the photos' coded alike)."""
     rng = np.random.default_rng(seed)
     ids = list(ids)
     sample = min(sample, max(SMALLEST, 4 * len(ids)))
@@ -121,8 +123,8 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         others = [i for i in ids if i != item]
         background = int(others[rng.integers(len(others))]) if others else None
         image = picture(item)
-        found = extract(made_photo(image, picture(background) if background is not None else None, rng), options,
-                        keep=True)
+        found = codes.encode(extract(made_photo(image, picture(background) if background is not None else None, rng),
+                                     options, keep=True))
         shown = [item] + ([background] if background is not None else [])  # the pictures in the photo
         voted = [i for i, _ in candidates(found, CANDIDATES + 2) if i not in shown][:CANDIDATES]
         pictures = features([*shown, *voted])
@@ -134,7 +136,7 @@ def calibrate(ids: Sequence[int], picture: Callable[[int], np.ndarray],
         if cells[0] is not None:
             right_cells.append(cells[0])
         if n < COPIES:  # a copy of the picture: what one picture disagrees with itself
-            copy = extract(made_copy(image, rng), options, keep=True)
+            copy = codes.encode(extract(made_copy(image, rng), options, keep=True))
             [again] = verify(copy, pictures[:1], verifying)
             if again.quad is not None:
                 copies.append(placed(small(item, pictures[0].size), pictures[0].size, (copy.pixels, 1.0), copy.size,

@@ -1,5 +1,6 @@
 """Local features of a picture: OpenCV's SIFT keypoints with RootSIFT descriptors, the strongest ``count`` of them
-found at most ``max_side`` pixels, stored in 132 bytes each (128 descriptor bytes, two 16-bit coordinates)."""
+found at most ``max_side`` pixels. A catalogue keeps each in ``dims + 4`` bytes: its descriptor's code
+(:mod:`lookalike.verification.codes`) and two 16-bit coordinates."""
 
 from __future__ import annotations
 
@@ -14,35 +15,34 @@ from lookalike.errors import LookalikeError
 DESCRIPTOR = 128  # bytes of one descriptor: RootSIFT, x 512, rounded to uint8
 SCALE = 512.0  # a RootSIFT component (at most 1) times this, clipped to 255: few components exceed 0.5
 FIXED = 16.0  # coordinates are kept in 1/16 pixel (uint16: pictures up to 4,096 px at max_side)
-FEATURE_BYTES = DESCRIPTOR + 4
 MAX_FEATURES = 4096  # the most features per picture a catalogue may claim
 MAX_SIDE = 4096
+CODE_DIMS = 32  # dimensions of a stored descriptor's code by default (its bytes)
 
 
 @dataclass(frozen=True)
 class FeatureOptions:
     """How local features are found: at most ``count`` per picture (the strongest), in the picture scaled down to
-    at most ``max_side`` pixels (never up)."""
+    at most ``max_side`` pixels (never up); a catalogue keeps their descriptors as codes of ``dims`` bytes."""
 
     count: int = 400
     max_side: int = 640
+    dims: int = CODE_DIMS
 
     def check(self) -> FeatureOptions:
-        if not 8 <= self.count <= MAX_FEATURES or not 64 <= self.max_side <= MAX_SIDE:
-            raise LookalikeError(f"local features: count={self.count}, max_side={self.max_side}: use a count from 8 "
-                                 f"to {MAX_FEATURES} and a side from 64 to {MAX_SIDE} pixels")
+        if not 8 <= self.count <= MAX_FEATURES or not 64 <= self.max_side <= MAX_SIDE or \
+                not 8 <= self.dims <= DESCRIPTOR:
+            raise LookalikeError(f"local features: count={self.count}, max_side={self.max_side}, dims={self.dims}: "
+                                 f"use a count from 8 to {MAX_FEATURES}, a side from 64 to {MAX_SIDE} pixels and "
+                                 f"codes of 8 to {DESCRIPTOR} dimensions")
         return self
-
-    @property
-    def bytes_per_item(self) -> int:
-        """The most bytes one picture's features take."""
-        return self.count * FEATURE_BYTES
 
 
 @dataclass
 class LocalFeatures:
     """One picture's features: ``xy`` (n x 2, float32 pixels of the picture as found: scaled to ``max_side``),
-    ``descriptors`` (n x 128 uint8, RootSIFT x 512) and ``size`` (width, height of that picture); a photo's
+    ``descriptors`` (n x 128 uint8, RootSIFT x 512, as found; n x dims int8 as a catalogue keeps them: their
+    codes) and ``size`` (width, height of that picture); a photo's
     features also carry that picture (``pixels``, RGB), which verification compares candidates with."""
 
     xy: np.ndarray
@@ -54,7 +54,7 @@ class LocalFeatures:
         return len(self.xy)
 
     def unit_descriptors(self) -> np.ndarray:
-        """The descriptors as float32 unit vectors (cosine = inner product)."""
+        """The descriptors (or their codes) as float32 unit vectors (cosine = inner product)."""
         d = self.descriptors.astype(np.float32)
         return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
 

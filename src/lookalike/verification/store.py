@@ -1,6 +1,7 @@
 """Every catalogue item's local features in item order, as four arrays a backend can keep as they are: ``counts``
 (features per item), ``sizes`` (each picture's width and height as its features were found), ``xy`` (uint16,
-1/16 pixel) and ``descriptors`` (uint8), the last two memory-mapped from a catalogue file."""
+1/16 pixel) and ``descriptors`` (int8 codes, :mod:`lookalike.verification.codes`), the last two memory-mapped from
+a catalogue file."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ from typing import Sequence
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.verification.features import DESCRIPTOR, MAX_FEATURES, LocalFeatures
+from lookalike.verification.features import MAX_FEATURES, LocalFeatures
 
 ARRAYS = {"counts": (np.int32, ()), "sizes": (np.uint16, (2,)), "xy": (np.uint16, (2,)),
-          "descriptors": (np.uint8, (DESCRIPTOR,))}  # name: dtype, shape of a row
+          "descriptors": (np.int8, ("dims",))}  # name: dtype, shape of a row (dims: the codes')
+
+
+def layout(dims: int) -> dict[str, tuple[type, tuple[int, ...]]]:
+    """Each array's dtype and row shape in a store of codes of ``dims``."""
+    return {name: (dtype, tuple(dims if n == "dims" else n for n in shape)) for name, (dtype, shape) in ARRAYS.items()}
 
 
 @dataclass
@@ -27,22 +33,27 @@ class FeatureStore:
         self.offsets = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
 
     @classmethod
-    def empty(cls) -> FeatureStore:
-        return cls(*(np.zeros((0, *shape), dtype) for dtype, shape in ARRAYS.values()))
+    def empty(cls, dims: int) -> FeatureStore:
+        return cls(*(np.zeros((0, *shape), dtype) for dtype, shape in layout(dims).values()))
+
+    @property
+    def dims(self) -> int:
+        return int(self.descriptors.shape[1])
 
     @classmethod
-    def of(cls, features: Sequence[LocalFeatures]) -> FeatureStore:
-        """The store of these pictures' features, in this order."""
+    def of(cls, features: Sequence[LocalFeatures], dims: int) -> FeatureStore:
+        """The store of these pictures' features (their codes of ``dims``), in this order."""
         if not features:
-            return cls.empty()
+            return cls.empty(dims)
         return cls(np.array([len(f) for f in features], np.int32), np.array([f.size for f in features], np.uint16),
                    np.concatenate([f.fixed_xy() for f in features]),
                    np.concatenate([f.descriptors for f in features]))
 
     @classmethod
-    def checked(cls, arrays: dict[str, np.ndarray], items: int, source: str) -> FeatureStore:
-        """A store read from a file or a database: every array of its type and shape, counts that add up."""
-        for name, (dtype, shape) in ARRAYS.items():
+    def checked(cls, arrays: dict[str, np.ndarray], items: int, dims: int, source: str) -> FeatureStore:
+        """A store read from a file or a database: every array of its type and shape (codes of ``dims``), counts
+        that add up."""
+        for name, (dtype, shape) in layout(dims).items():
             array = arrays.get(name)
             if array is None or array.dtype != dtype or array.shape[1:] != shape:
                 raise LookalikeError(f"'{source}' holds damaged local features ({name}): build the catalogue again")
@@ -75,7 +86,7 @@ class FeatureStore:
 
     def appended(self, features: Sequence[LocalFeatures]) -> FeatureStore:
         """This store with more items' features after its own."""
-        more = FeatureStore.of(features)
+        more = FeatureStore.of(features, self.dims)
         pairs = zip(self.arrays().values(), more.arrays().values())
         return FeatureStore(*(np.concatenate([np.asarray(a), b]) for a, b in pairs))
 

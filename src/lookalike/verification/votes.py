@@ -1,5 +1,5 @@
 """Candidates from the local descriptors themselves: every catalogue descriptor in one FAISS index (inverted
-lists of 8-bit scalar-quantised RootSIFT, keyed by item id: the vocabulary-tree idea on FAISS), each photo
+lists of its codes, 8-bit scalar-quantised, keyed by item id: the vocabulary-tree idea on FAISS), each photo
 descriptor voting for the items of its nearest catalogue descriptors. It finds the pictures the embedding ranks
 low (clutter, a hand, glare), because a few dozen agreeing descriptors are enough."""
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.knn import FaissIndex, faiss_module, ivf_cells
-from lookalike.verification.features import DESCRIPTOR, LocalFeatures
+from lookalike.verification.features import LocalFeatures
 
 NEIGHBOURS = 4  # catalogue descriptors each photo descriptor votes through
 RATIO = 0.8  # a neighbour votes when it is this much nearer than the next after the voting ones
@@ -20,18 +20,17 @@ PER_CELL = 512  # descriptors per inverted list, on average
 MAX_CELLS = 1 << 16  # lists at most
 HNSW_FROM = 1 << 13  # from this many lists on, the lists' centroids are found through an HNSW graph, not scanned
 TRAIN_PER_CELL = 32  # training descriptors per list
-PQ_FROM = 1 << 20  # from this many descriptors on, 32-byte PQ codes instead of 128-byte SQ8 ones
 PROBE = 16  # lists searched per photo descriptor
 OUTGROWN = 4  # an index holding this many times the descriptors its lists were trained for is trained anew
 
 
 def vote_factory(descriptors: int) -> str:
     """The index type for this many descriptors: inverted lists of about ``PER_CELL`` each (a power of two, at
-    most ``MAX_CELLS``), their centroids in an HNSW graph from ``HNSW_FROM`` lists on; SQ8 codes (128 bytes a
-    descriptor), PQ32 codes (32 bytes) for a million and more."""
+    most ``MAX_CELLS``), their centroids in an HNSW graph from ``HNSW_FROM`` lists on; SQ8 codes (a byte a
+    dimension of the descriptors' codes)."""
     cells = 1 << max(0, min(int(math.log2(MAX_CELLS)), int(math.log2(max(1, descriptors // PER_CELL)))))
     quantizer = f"IVF{cells}_HNSW32" if cells >= HNSW_FROM else f"IVF{cells}"
-    return f"{quantizer},{'PQ32' if descriptors >= PQ_FROM else 'SQ8'}"
+    return f"{quantizer},SQ8"
 
 
 def search_params(lists: int) -> str:
@@ -41,15 +40,15 @@ def search_params(lists: int) -> str:
 
 
 class DescriptorVotes:
-    """The catalogue's descriptors in a FAISS index, each under its item's id."""
+    """The catalogue's descriptors (their codes, as unit vectors) in a FAISS index, each under its item's id."""
 
     def __init__(self, index: FaissIndex):
         self.index = index
 
     @classmethod
-    def new(cls, factory: str) -> DescriptorVotes:
-        """An empty, untrained index of this type (:func:`vote_factory`)."""
-        return cls(FaissIndex(DESCRIPTOR, factory, search_params=search_params(ivf_cells(factory))))
+    def new(cls, factory: str, dims: int) -> DescriptorVotes:
+        """An empty, untrained index of this type (:func:`vote_factory`) for codes of ``dims``."""
+        return cls(FaissIndex(dims, factory, search_params=search_params(ivf_cells(factory))))
 
     @property
     def lists(self) -> int:
@@ -65,16 +64,17 @@ class DescriptorVotes:
         faiss, ivf = faiss_module(), self._ivf()
         ivf.cp.min_points_per_centroid = 1  # a small catalogue's few descriptors train its one or few lists
         if ivf.nlist >= HNSW_FROM:
-            ivf.clustering_index = faiss.IndexHNSWFlat(DESCRIPTOR, 32)
+            ivf.clustering_index = faiss.IndexHNSWFlat(ivf.d, 32)
         ivf.train(np.ascontiguousarray(sample, np.float32))
 
     @classmethod
-    def build(cls, ids: np.ndarray, features: Sequence[LocalFeatures]) -> DescriptorVotes:
-        """A new index trained on a sample of these items' descriptors (``TRAIN_PER_CELL`` a list, at least
-        65,536), holding them all. ``features`` may be a lazy sequence (a catalogue's stored features): each item
-        is read once to count, once for the sample and once to be added, never all at a time."""
+    def build(cls, ids: np.ndarray, features: Sequence[LocalFeatures], dims: int) -> DescriptorVotes:
+        """A new index of codes of ``dims``, trained on a sample of these items' descriptors (``TRAIN_PER_CELL`` a
+        list, at least 65,536), holding them all. ``features`` may be a lazy sequence (a catalogue's stored
+        features): each item is read once to count, once for the sample and once to be added, never all at a
+        time."""
         total = sum(len(features[n]) for n in range(len(features)))
-        votes = cls.new(vote_factory(total))
+        votes = cls.new(vote_factory(total), dims)
         if total:
             wanted = max(TRAIN_PER_CELL * votes.lists, 1 << 16)
             rng = np.random.default_rng(0)
@@ -132,10 +132,10 @@ class DescriptorVotes:
         self.index.write(out)
 
     @classmethod
-    def from_bytes(cls, blob: bytes | np.ndarray, mapped: bool = False) -> DescriptorVotes:
-        """Rebuild from :meth:`to_bytes` (``mapped``: read in place from a memory map, see
-        :meth:`FaissIndex.from_bytes`; a damaged blob: one message)."""
-        found = cls(FaissIndex.from_bytes(blob, DESCRIPTOR, "IVF", mapped=mapped))
+    def from_bytes(cls, blob: bytes | np.ndarray, dims: int, mapped: bool = False) -> DescriptorVotes:
+        """Rebuild from :meth:`to_bytes` an index of codes of ``dims`` (``mapped``: read in place from a memory map,
+        see :meth:`FaissIndex.from_bytes`; a damaged blob: one message)."""
+        found = cls(FaissIndex.from_bytes(blob, dims, "IVF", mapped=mapped))
         try:
             lists = found.lists
         except RuntimeError as e:
