@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from lookalike.catalogue.backends import build_catalogue, editing, open_catalogue
+from lookalike.catalogue.file import FileCatalogue
 from lookalike.catalogue.filters import restriction
 from lookalike.catalogue.local import local_codes, photo_features
 from lookalike.catalogue.query import SearchOptions, search_catalogue
@@ -418,17 +419,28 @@ def test_the_vote_index_grows_with_the_catalogue() -> None:
     assert votes.outgrown()
 
 
+def _vote_lists(catalogue) -> int:
+    return catalogue.votes.lists if isinstance(catalogue, FileCatalogue) else catalogue.meta["vote_lists"]
+
+
+@pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW])
 def test_a_catalogue_that_outgrows_its_vote_index_trains_it_anew_from_its_features(
-        trained: dict, pictures: Path, tmp_path: Path) -> None:
-    out = tmp_path / "c.lkidx"
-    build_catalogue(out, trained["embedder"], pictures, "faiss", options=INLINE).close()
-    lists = open_catalogue(out, "faiss").votes.lists
+        backend: str, trained: dict, pictures: Path, tmp_path: Path) -> None:
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
+    out = tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")
+    build_catalogue(out, trained["embedder"], pictures, backend, options=INLINE).close()
+    with editing(out, backend) as catalogue:
+        lists = _vote_lists(catalogue)
     for n in range(3):  # copies of the pictures: four times the descriptors the lists were trained for
         shutil.copytree(pictures, tmp_path / f"again{n}")
-        with editing(out, "faiss") as catalogue:
+        with editing(out, backend) as catalogue:
             catalogue.add_images(read_embedder_file(trained["embedder"]), tmp_path / f"again{n}", num_workers=0)
-    catalogue = open_catalogue(out, "faiss")
-    assert catalogue.votes.lists > lists and catalogue.votes.index.ntotal == len(catalogue.local.descriptors)
+    catalogue = open_catalogue(out, backend)
+    assert _vote_lists(catalogue) > lists
+    if backend == "faiss":
+        assert catalogue.votes.index.ntotal == len(catalogue.local.descriptors)
     embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
     first = _verified_search(catalogue, embedder, photo_of(texture(2)))[0]
     assert first.label == "p2" and first.verified
+    catalogue.close()

@@ -7,7 +7,9 @@ copies for numeric and true/false filters: :func:`lookalike.catalogue.filters.mi
 ``lookalike.meta`` property holds what a ``.lkidx`` file's meta.json holds (the embedder's fingerprint, the index
 type and its search parameters) and the calibrated threshold of the embedder file it was built with. FAISS index
 types map to Milvus's own: ``Flat`` -> FLAT, ``HNSW32`` -> HNSW (M 32), ``IVF1024,Flat`` -> IVF_FLAT, ``IVF1024,PQ32`` ->
-IVF_PQ, ``IVF1024,SQ8`` -> IVF_SQ8; inner product on normalised embeddings, as the file. An item's id is a hash of
+IVF_PQ, ``IVF1024,SQ8`` -> IVF_SQ8; inner product on normalised embeddings, as the file. A catalogue's local
+features are rows of ``<collection>_local`` (its item, its place, its descriptor's code as a float vector: the type
+Milvus Lite takes), indexed as the file's vote index is (IVF_SQ8, lists growing with them). An item's id is a hash of
 its image path (53 bits: exact in JSON and JavaScript), so re-inserting after an interruption and two writers
 adding at once never duplicate an item.
 """
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lookalike.choices import DEFAULT_COLLECTION
 from lookalike.errors import LookalikeError
-from lookalike.files import locked
+from lookalike.files import locked, number_field
 from lookalike.catalogue.build import BuildInputs, BuildOptions, catalogue_meta, embed_catalogue
 from lookalike.embedder.file import calibrated_threshold, embedder_hash
 from lookalike.catalogue.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
@@ -37,7 +39,7 @@ from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
 from lookalike.catalogue.local import build_local, check_local_meta, local_codes
 from lookalike.retrieval.knn import default_search_params
 from lookalike.verification.features import FIXED, NONE, LocalFeatures
-from lookalike.verification.votes import NEIGHBOURS, PROBE, tally
+from lookalike.verification.votes import MAX_CELLS, NEIGHBOURS, PROBE, outgrown, tally, vote_lists
 
 FORMAT = "lookalike-milvus/1"
 META = "lookalike.meta"
@@ -195,7 +197,8 @@ class MilvusCatalogue(Catalogue):
                 "threshold": threshold, "key": key,
                 "columns": sorted({"label", *(c for it in items for c in it.get("fields") or {})}),
                 "state": "building", "index": {"type": kind, "params": build_params},
-                "local": None if local is None else local[1]}
+                "local": None if local is None else local[1],
+                "vote_lists": None if local is None else vote_lists(sum(map(len, local[0])))}
         with _writing(uri):
             client = connect(uri, token)
             continued = _check_new(client, uri, collection, key)
@@ -206,7 +209,7 @@ class MilvusCatalogue(Catalogue):
             else:
                 _create(client, collection, meta)
             if local is not None:
-                _create_local(client, collection + LOCAL, is_remote(uri), key, int(local[1]["codes"]["dims"]))
+                _create_local(client, collection + LOCAL, key, int(local[1]["codes"]["dims"]), meta["vote_lists"])
             catalogue = cls(client, collection, meta, uri)
             catalogue.insert(items, vectors, skip_present=True, local=None if local is None else local[0])
             meta["state"] = "ready"
@@ -257,7 +260,23 @@ class MilvusCatalogue(Catalogue):
     def add_items(self, items: list[dict[str, Any]], vectors: np.ndarray,
                   local: list[LocalFeatures] | None = None) -> list[dict[str, Any]]:
         self.insert(items, vectors, local=local)
+        if self.keeps_local:
+            self._grow_vote_lists()
         return [{**it, "id": item_id(it["path"])} for it in items]
+
+    def _grow_vote_lists(self) -> None:
+        """Once the features outgrew the inverted lists of their index (:func:`~lookalike.verification.votes.
+        outgrown`), index them anew with as many lists as they need now: Milvus trains them from the stored
+        vectors, as the file's vote index is trained anew from its stored features."""
+        name, lists = self.collection + LOCAL, int(self.meta["vote_lists"])
+        rows = int(self.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        if outgrown(rows, lists):
+            self.client.release_collection(name)
+            self.client.drop_index(name, "vector")
+            self.meta["vote_lists"] = vote_lists(rows)
+            _index_local(self.client, name, self.meta["vote_lists"])
+            self.client.load_collection(name)
+            self.save_meta()
 
     def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Remove items by id; returns the removed items."""
@@ -434,12 +453,11 @@ def _claim_local(client: Any, uri: str, collection: str, key: str) -> None:
                          f"a catalogue's local features in <collection>{LOCAL}; build into another --collection")
 
 
-def _create_local(client: Any, name: str, remote: bool, key: str, dims: int) -> None:
+def _create_local(client: Any, name: str, key: str, dims: int, lists: int) -> None:
     """The collection of a catalogue's local features (their codes of ``dims``, as the float vectors both Milvus
-    Lite and a server take), marked as the build ``key``'s (kept when a continued build finds it): inverted lists
-    of 8-bit codes on a server, exact search in Milvus Lite (its small catalogues; its IVF would train on a handful
-    of rows). Cosine similarity: the codes as unit vectors, as the file's vote index compares them. A build killed
-    between its steps left what the same build finishes."""
+    Lite and a server take), marked as the build ``key``'s (kept when a continued build finds it), indexed in
+    ``lists`` inverted lists (:func:`_index_local`). A build killed between its steps left what the same build
+    finishes."""
     from pymilvus import DataType, MilvusClient
 
     if not client.has_collection(name):
@@ -451,11 +469,16 @@ def _create_local(client: Any, name: str, remote: bool, key: str, dims: int) -> 
         client.create_collection(name, schema=schema, consistency_level="Strong",
                                  properties={OWNER: json.dumps({"format": FORMAT, "key": key})})
     if not client.list_indexes(name):
-        params = client.prepare_index_params()
-        params.add_index("vector", index_type="IVF_SQ8" if remote else "FLAT", metric_type="COSINE",
-                         params={"nlist": 1024} if remote else {})
-        client.create_index(name, params)
+        _index_local(client, name, lists)
     client.load_collection(name)
+
+
+def _index_local(client: Any, name: str, lists: int) -> None:
+    """The local features' vector index: as the file's vote index, ``lists`` inverted lists of 8-bit codes
+    (Milvus's IVF_SQ8, in Milvus Lite as on a server) under cosine similarity (the codes as unit vectors)."""
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type="IVF_SQ8", metric_type="COSINE", params={"nlist": lists})
+    client.create_index(name, params)
 
 
 def _check_new(client: Any, uri: str, collection: str, key: str) -> bool:
@@ -484,6 +507,7 @@ def _finished_meta(client: Any, uri: str, collection: str) -> dict[str, Any]:
                              f"`lookalike index build` again to continue it")
     if meta.get("local") is not None:
         check_local_meta(meta["local"], f"{uri} ({collection})")
+        number_field(meta.get("vote_lists"), "vote_lists", f"{uri} ({collection})", 1, MAX_CELLS, integer=True)
         if not client.has_collection(collection + LOCAL):
             raise LookalikeError(f"Collection {collection!r} at {uri!r} keeps local features, but its collection "
                                  f"{collection + LOCAL!r} is gone: build the catalogue again")

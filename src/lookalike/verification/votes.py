@@ -24,11 +24,22 @@ PROBE = 16  # lists searched per photo descriptor
 OUTGROWN = 4  # an index holding this many times the descriptors its lists were trained for is trained anew
 
 
+def vote_lists(descriptors: int) -> int:
+    """Inverted lists for this many descriptors: about ``PER_CELL`` each, a power of two, at most ``MAX_CELLS``."""
+    return 1 << max(0, min(int(math.log2(MAX_CELLS)), int(math.log2(max(1, descriptors // PER_CELL)))))
+
+
+def outgrown(descriptors: int, lists: int) -> bool:
+    """Whether an index of ``lists`` trained lists holding this many descriptors has outgrown them: ``OUTGROWN``
+    times what they were trained for, where more lists would serve them (its lists grow long: every search scans
+    more)."""
+    return descriptors > OUTGROWN * PER_CELL * lists and lists < MAX_CELLS
+
+
 def vote_factory(descriptors: int) -> str:
-    """The index type for this many descriptors: inverted lists of about ``PER_CELL`` each (a power of two, at
-    most ``MAX_CELLS``), their centroids in an HNSW graph from ``HNSW_FROM`` lists on; SQ8 codes (a byte a
-    dimension of the descriptors' codes)."""
-    cells = 1 << max(0, min(int(math.log2(MAX_CELLS)), int(math.log2(max(1, descriptors // PER_CELL)))))
+    """The index type for this many descriptors: :func:`vote_lists` inverted lists, their centroids in an HNSW
+    graph from ``HNSW_FROM`` lists on; SQ8 codes (a byte a dimension of the descriptors' codes)."""
+    cells = vote_lists(descriptors)
     quantizer = f"IVF{cells}_HNSW32" if cells >= HNSW_FROM else f"IVF{cells}"
     return f"{quantizer},SQ8"
 
@@ -89,9 +100,8 @@ class DescriptorVotes:
         return votes
 
     def outgrown(self) -> bool:
-        """Whether the index holds ``OUTGROWN`` times the descriptors its lists were trained for and more lists
-        would serve them (its lists grow long: every search scans more)."""
-        return self.index.ntotal > OUTGROWN * PER_CELL * self.lists and self.lists < MAX_CELLS
+        """Whether the index has outgrown its lists (:func:`outgrown`)."""
+        return outgrown(self.index.ntotal, self.lists)
 
     def add(self, ids: np.ndarray, features: Sequence[LocalFeatures], chunk: int = 4096) -> None:
         """Index these items' descriptors (the index is trained), ``chunk`` items at a time."""
