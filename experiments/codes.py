@@ -7,8 +7,8 @@ only the descriptors differ): whether its own cover gets the most inliers (top-1
 the median inliers of its own cover, the most inliers of any wrong cover (p99, max) and how many wrong covers reach
 the 8 ratio-test matches that start a fit (the work a search spends on them), at each ratio of Lowe's test given.
 Covers 1-50 are the validation half, where the defaults are chosen (the fewest dimensions, and the ratio, whose top-1
-equals the whole descriptors' at Lowe's 0.8 with the fewest fits), 51-100 the test half, reported untouched. One line per setting is appended to ``results/codes_runs.jsonl``; a
-setting already there is skipped.
+equals the whole descriptors' at Lowe's 0.8 with the fewest fits), 51-100 the test half, reported untouched. One
+line per setting is appended to ``results/codes_runs.jsonl``; a setting already there is skipped.
 
     python experiments/codes.py --dvd ../shared/datasets/dvd_covers --dims 64 32 24 16 --ratios 0.8 0.7
     python experiments/codes.py --report
@@ -71,12 +71,13 @@ def run(covers: list[LocalFeatures], photos: list[LocalFeatures], dims: int | No
 
 def report(runs: list[dict]) -> str:
     rows = ["| descriptor | bytes | ratio | half | top-1 by inliers | own cover >= 12 inliers | own median | "
-            "wrong p99 | wrong max | wrong covers fitted a photo |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+            "wrong p99 | wrong max | wrong covers fitted a photo |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(runs, key=lambda r: (-r["bytes"], -r["ratio"])):
         for half in ("validation", "test"):
             h = r[half]
             rows.append(f"| {'RootSIFT whole' if r['dims'] is None else 'codes'} | {r['bytes']} | {r['ratio']} | "
-                        f"{half} | {h['top1']} | {h[f'own>={ENOUGH}']} | {h['own_median']} | {h['wrong_p99']} | "
+                        f"{half} | {h['top1']} | {h[f'own>={ENOUGH}']} | {h['own_median']} | {h['wrong_p99']:.1f} | "
                         f"{h['wrong_max']} | {h['wrong_fits']} |")
     return "\n".join(rows)
 

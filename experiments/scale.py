@@ -274,12 +274,14 @@ def search_catalogue_path(data: dict, items: int, a: argparse.Namespace) -> tupl
     return out, built
 
 
-def measure(catalogue_path: Path, backend: str, embedder: Path, dvd: Path, photos: int) -> dict:
+def measure(catalogue_path: Path, backend: str, embedder: Path, dvd: Path, photos: int,
+            ratio: float | None = None) -> dict:
     """The verified search of the DVD photos (the first ``photos`` of each camera) in the catalogue, as `lookalike
     search` runs it (default
     settings: 50 candidates of the embedding and 50 of the votes verified): recall@1/@5 of the photo's cover,
     milliseconds per photo (embedding, local features and search; the photo decoded before), the loading time and
-    the peak memory of this process (run on its own: what a search process holds)."""
+    the peak memory of this process (run on its own: what a search process holds); ``ratio``: Lowe's, if not the
+    default."""
     start = time.perf_counter()
     catalogue = open_catalogue(catalogue_path, backend)
     model = embedder_from_payload(read_embedder_file(embedder))
@@ -289,7 +291,8 @@ def measure(catalogue_path: Path, backend: str, embedder: Path, dvd: Path, photo
         for i in range(1, photos + 1):
             photo = load_rgb(dvd / camera / f"{i:03d}.jpg")
             start = time.perf_counter()
-            hits = search_catalogue(catalogue, model.embed([photo]).numpy(), SearchOptions(k=5),
+            verifying = VerifyOptions() if ratio is None else VerifyOptions(ratio=ratio)
+            hits = search_catalogue(catalogue, model.embed([photo]).numpy(), SearchOptions(k=5, verification=verifying),
                                     photo_features([photo], meta))[0].hits
             times.append(time.perf_counter() - start)
             labels = [h.label for h in hits]
@@ -362,6 +365,7 @@ def main() -> None:
     p.add_argument("--backend", choices=["faiss", "milvus"], default="faiss",
                    help="search: the catalogue file, or a Milvus Lite database")
     p.add_argument("--photos", type=int, default=COVERS, help="search: the first this many photos of each camera")
+    p.add_argument("--ratio", type=float, help="measure: Lowe's ratio (default: the library's)")
     p.add_argument("--report", action="store_true")
     a = p.parse_args()
     for name in ("dvd", "flowers", "embedder", "catalogue", "work"):
@@ -371,7 +375,7 @@ def main() -> None:
         print(report([json.loads(line) for line in RUNS.open()]))
         return
     if a.stage == "measure":
-        print(json.dumps(measure(a.catalogue, a.backend, a.embedder, a.dvd, a.photos)))
+        print(json.dumps(measure(a.catalogue, a.backend, a.embedder, a.dvd, a.photos, a.ratio)))
         return
     runs = [json.loads(line) for line in RUNS.open()] if RUNS.is_file() else []
     done = {(r["stage"], r["items"], r["count"], r.get("requested"), r.get("dims")) for r in runs}
