@@ -6,9 +6,9 @@ Each of the 400 phone photos is verified against all 100 covers (ratio test, USA
 only the descriptors differ): whether its own cover gets the most inliers (top-1), whether it reaches 12 inliers,
 the median inliers of its own cover, the most inliers of any wrong cover (p99, max) and how many wrong covers reach
 the 8 ratio-test matches that start a fit (the work a search spends on them), at each ratio of Lowe's test given.
-Covers 1-50 are the validation half, where the defaults are chosen (the fewest dimensions, and the ratio, whose top-1
-equals the whole descriptors' at Lowe's 0.8 with the fewest fits), 51-100 the test half, reported untouched. One
-line per setting is appended to ``results/codes_runs.jsonl``; a setting already there is skipped.
+Covers 1-50 are the validation half, where the default is chosen (the fewest dimensions whose top-1 and share of
+photos at 12 inliers equal whole RootSIFT's at Lowe's 0.8; the ratio is then chosen in the whole verified search,
+``scale.py measure --ratio``), 51-100 the test half, reported untouched. One line per setting is appended to ``results/codes_runs.jsonl``; a setting already there is skipped.
 
     python experiments/codes.py --dvd ../shared/datasets/dvd_covers --dims 64 32 24 16 --ratios 0.8 0.7
     python experiments/codes.py --report
