@@ -9,6 +9,7 @@ import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.knn import FaissIndex, faiss_module, ivf_cells
@@ -104,13 +105,18 @@ class DescriptorVotes:
         return outgrown(self.index.ntotal, self.lists)
 
     def add(self, ids: np.ndarray, features: Sequence[LocalFeatures], chunk: int = 4096) -> None:
-        """Index these items' descriptors (the index is trained), ``chunk`` items at a time."""
-        for start in range(0, len(features), chunk):
-            part = [(int(ids[n]), features[n]) for n in range(start, min(start + chunk, len(features)))]
-            part = [(i, f) for i, f in part if len(f)]
-            if part:
-                self.index.add(np.concatenate([f.unit_descriptors() for _, f in part]),
-                               np.concatenate([np.full(len(f), i, np.int64) for i, f in part]))
+        """Index these items' descriptors (the index is trained), ``chunk`` items at a time, with progress where
+        there are several chunks."""
+        with tqdm(total=len(features), desc="indexing descriptors", unit="picture", leave=False,
+                  disable=None if len(features) > chunk else True) as bar:
+            for start in range(0, len(features), chunk):
+                end = min(start + chunk, len(features))
+                part = [(int(ids[n]), features[n]) for n in range(start, end)]
+                part = [(i, f) for i, f in part if len(f)]
+                if part:
+                    self.index.add(np.concatenate([f.unit_descriptors() for _, f in part]),
+                                   np.concatenate([np.full(len(f), i, np.int64) for i, f in part]))
+                bar.update(end - start)
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop these items' descriptors."""
