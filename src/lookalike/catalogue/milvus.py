@@ -50,6 +50,7 @@ RESERVED = {"id", "vector", "path", "label"}
 LOCAL = "_local"  # the collection of a catalogue's local features: <collection>_local, one row per feature
 OWNER = "lookalike_local"  # the property of <collection>_local naming the build it belongs to (its key)
 LOCAL_ROWS = 16000  # feature rows read per query (Milvus answers at most 16,384)
+IVF_FROM = 128  # vote lists from which the local features are indexed in lists (Milvus Lite trains at least 128)
 
 
 def item_id(path: str) -> int:
@@ -475,9 +476,14 @@ def _create_local(client: Any, name: str, key: str, dims: int, lists: int) -> No
 
 def _index_local(client: Any, name: str, lists: int) -> None:
     """The local features' vector index: as the file's vote index, ``lists`` inverted lists of 8-bit codes
-    (Milvus's IVF_SQ8, in Milvus Lite as on a server) under cosine similarity (the codes as unit vectors)."""
+    (Milvus's IVF_SQ8, in Milvus Lite as on a server) under cosine similarity (the codes as unit vectors); exact
+    (FLAT) below ``IVF_FROM`` lists, where Milvus would train more lists than the features fill (and say so on
+    the terminal)."""
     params = client.prepare_index_params()
-    params.add_index("vector", index_type="IVF_SQ8", metric_type="COSINE", params={"nlist": lists})
+    if lists >= IVF_FROM:
+        params.add_index("vector", index_type="IVF_SQ8", metric_type="COSINE", params={"nlist": lists})
+    else:
+        params.add_index("vector", index_type="FLAT", metric_type="COSINE")
     client.create_index(name, params)
 
 
