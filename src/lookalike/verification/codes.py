@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.files import number_field
-from lookalike.verification.features import DESCRIPTOR, LocalFeatures
+from lookalike.verification.features import DESCRIPTOR, LocalFeatures, sampled
 
 SAMPLE = 1 << 16  # descriptors the projection is trained on, at most
 SPREAD = 0.999  # the share of projected components that fit int8 without clipping
@@ -33,12 +33,10 @@ class DescriptorCodes:
         return len(self.matrix)
 
     @classmethod
-    def train(cls, features: Iterable[LocalFeatures], dims: int, total: int, seed: int = 0) -> DescriptorCodes:
+    def train(cls, features: Sequence[LocalFeatures], dims: int, total: int, seed: int = 0) -> DescriptorCodes:
         """The projection trained on about ``SAMPLE`` of the descriptors of ``features`` (``total`` of them, read
         once, one picture at a time)."""
-        rng, share = np.random.default_rng(seed), min(1.0, SAMPLE / max(1, total))
-        parts = [f.unit_descriptors()[rng.random(len(f)) < share] for f in features if len(f)]
-        sample = np.concatenate(parts) if parts else np.zeros((0, DESCRIPTOR), np.float32)
+        sample = sampled(features, SAMPLE, total, DESCRIPTOR, seed)
         if len(sample) < 2:  # no texture anywhere: any projection will do; the first components, unscaled
             return cls(np.zeros(DESCRIPTOR, np.float32), np.eye(dims, DESCRIPTOR, dtype=np.float32), 127.0)
         mean = sample.mean(0)

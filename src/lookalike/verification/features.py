@@ -68,6 +68,18 @@ class LocalFeatures:
         return cls(xy.astype(np.float32) / FIXED, descriptors, (int(size[0]), int(size[1])))
 
 
+def sampled(features: Sequence[LocalFeatures], wanted: int, total: int, width: int, seed: int = 0) -> np.ndarray:
+    """About ``wanted`` of the ``total`` descriptors of ``features`` (a lazy sequence: each read once), drawn at
+    random as unit vectors of ``width``: what an index or a projection is trained on."""
+    rng, share = np.random.default_rng(seed), min(1.0, wanted / max(1, total))
+    parts = []
+    for n in range(len(features)):
+        f = features[n]
+        if len(f):
+            parts.append(f.unit_descriptors()[rng.random(len(f)) < share])
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+
+
 NONE = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR), np.uint8), (1, 1))
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.knn import FaissIndex, faiss_module, ivf_cells
-from lookalike.verification.features import LocalFeatures
+from lookalike.verification.features import LocalFeatures, sampled
 
 NEIGHBOURS = 4  # catalogue descriptors each photo descriptor votes through
 RATIO = 0.8  # a neighbour votes when it is this much nearer than the next after the voting ones
@@ -88,15 +88,7 @@ class DescriptorVotes:
         total = sum(len(features[n]) for n in range(len(features)))
         votes = cls.new(vote_factory(total), dims)
         if total:
-            wanted = max(TRAIN_PER_CELL * votes.lists, 1 << 16)
-            rng = np.random.default_rng(0)
-            share = min(1.0, wanted / total)
-            sample = []
-            for n in range(len(features)):
-                f = features[n]
-                if len(f):
-                    sample.append(f.unit_descriptors()[rng.random(len(f)) < share])
-            votes.train(np.concatenate(sample))
+            votes.train(sampled(features, max(TRAIN_PER_CELL * votes.lists, 1 << 16), total, dims))
         votes.add(ids, features)
         return votes
 
