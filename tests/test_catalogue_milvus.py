@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,21 @@ def test_a_build_killed_with_kill_9_while_inserting_continues_without_loss_or_du
     paths = [r["path"] for rows in catalogue._scan(["path"]) for r in rows]
     assert catalogue.count() == len(paths) == len(set(paths)) == 12000
     assert catalogue.search_vectors(catalogue.vectors_of([item_id("/shop/77.jpg")]), 1)[0][0].path == "/shop/77.jpg"
+
+
+IDLE = 130  # seconds: Milvus Lite's server turned a kept connection away after about 100 (pymilvus 3.0, lite 3.2)
+
+
+@pytest.mark.slow  # two minutes idle: in the slow suite
+def test_a_catalogue_opens_again_after_minutes_without_one(tmp_path: Path) -> None:
+    """A build connects, works for minutes (extraction, calibration) and connects again; a served catalogue is
+    reopened after a quiet spell: the new client must not inherit an idle connection the server has dropped."""
+    index, milvus, centres = _both(tmp_path)
+    milvus.close()
+    time.sleep(IDLE)
+    again = MilvusCatalogue.open(str(tmp_path / "c.db"), "shop")
+    for a, b in zip(_by_path(again.search_vectors(centres[:3], 5)), _by_path(index.search_vectors(centres[:3], 5))):
+        assert [p for p, _ in a] == [p for p, _ in b] and np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
 
 
 def test_the_page_searches_a_collection_like_the_file(trained: dict, catalogue, tmp_path: Path) -> None:

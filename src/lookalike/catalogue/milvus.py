@@ -94,7 +94,12 @@ def is_remote(uri: str) -> bool:
 
 def connect(uri: str, token: str | None = None) -> Any:
     """A Milvus client for a local file (Milvus Lite) or a server URI (``token``: default ``$MILVUS_TOKEN``);
-    one message when it cannot be had. The client's and gRPC's informational chatter is kept off the terminal."""
+    one message when it cannot be had. The client's and gRPC's informational chatter is kept off the terminal.
+
+    Each client has a connection of its own, closed with it: pymilvus otherwise keeps a closed client's connection
+    for the next client of the same URI, pinging while idle, and Milvus Lite's server turns such a connection away
+    after a minute or two ("too many pings"), so a client made later (a build connecting again after its
+    extraction) could not connect."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when gRPC first loads
     logging.getLogger("pymilvus").setLevel(logging.ERROR)
     logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)  # its server's start and stop, and its tracebacks
@@ -115,7 +120,7 @@ def connect(uri: str, token: str | None = None) -> Any:
     try:
         token = token or os.environ.get("MILVUS_TOKEN")
         where = uri if remote else str(Path(uri).expanduser().resolve())
-        return MilvusClient(where, **({"token": token} if token else {}))
+        return MilvusClient(where, dedicated=True, **({"token": token} if token else {}))
     except Exception as e:  # pymilvus raises its own exception types, some from the engine below it
         hint = ("a Milvus Lite database serves one process at a time: stop the other one (a `lookalike serve`?), "
                 "or run a Milvus server and pass its URI; or it is damaged: build it again") if not remote \
