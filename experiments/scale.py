@@ -246,7 +246,7 @@ def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -
     distractors added as `lookalike index add` adds items (their features as rows of ``<collection>_local``)."""
     covers = covers_catalogue(a, "milvus")
     codes = local_codes(covers.meta["local"])
-    covers.client.close()
+    covers.close()
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(a.work / covers_name(a, "milvus"), out, ignore=shutil.ignore_patterns("LOCK"))
     catalogue = open_catalogue(out, "milvus")
@@ -256,7 +256,7 @@ def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -
         catalogue.add_items(chunk, vectors, local)
         total += sum(map(len, local))
     kind = catalogue.client.describe_index(catalogue.collection + "_local", "vector")["index_type"]
-    catalogue.client.close()
+    catalogue.close()
     return {"make_s": round(time.perf_counter() - start, 1), "votes_s": 0.0, "save_s": 0.0,
             "factory": f"Milvus Lite, {kind}", "descriptors": total}
 

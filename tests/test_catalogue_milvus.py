@@ -212,6 +212,17 @@ def test_a_build_killed_with_kill_9_while_inserting_continues_without_loss_or_du
     assert catalogue.search_vectors(catalogue.vectors_of([item_id("/shop/77.jpg")]), 1)[0][0].path == "/shop/77.jpg"
 
 
+def test_a_closed_catalogue_can_be_opened_by_another_process(tmp_path: Path) -> None:
+    """Milvus Lite serves a database to one process: closing the catalogue (its last client here) lets the next."""
+    index, milvus, centres = _both(tmp_path)
+    milvus.close()
+    other = subprocess.run([sys.executable, "-c", "import sys; from lookalike.catalogue.milvus import MilvusCatalogue; "
+                            "print(MilvusCatalogue.open(sys.argv[1], 'shop').count())", str(tmp_path / "c.db")],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert other.returncode == 0 and other.stdout.split()[-1] == str(len(index.items)), other.stderr[-2000:]
+
+
 IDLE = 130  # seconds: Milvus Lite's server turned a kept connection away after about 100 (pymilvus 3.0, lite 3.2)
 
 

@@ -630,7 +630,7 @@ def test_a_new_milvus_build_owns_its_local_features_collection(trained: dict, pi
     pytest.importorskip("milvus_lite")
     from lookalike.catalogue.backends import build_catalogue, open_catalogue
     from lookalike.catalogue.local import photo_features
-    from lookalike.catalogue.milvus import connect
+    from lookalike.catalogue.milvus import connect, disconnect
     from lookalike.catalogue.query import SearchOptions, search_catalogue
     from lookalike.embedder.file import embedder_from_payload, read_embedder_file
     from tests.test_verification import photo_of, texture
@@ -639,7 +639,7 @@ def test_a_new_milvus_build_owns_its_local_features_collection(trained: dict, pi
     build_catalogue(db, trained["embedder"], pictures, "milvus", "shop", INLINE).close()
     client = connect(db)
     client.drop_collection("shop")  # the main collection only, as a user might
-    client.close()
+    disconnect(client, db)
     other = tmp_path / "other"
     for seed in range(20, 24):
         (other / f"q{seed}").mkdir(parents=True)
@@ -663,13 +663,13 @@ def test_a_new_milvus_build_owns_its_local_features_collection(trained: dict, pi
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=128)
     client.create_collection("mine_local", schema=schema)  # someone else's collection of that name
     client.insert("mine_local", [{"vector": [0.5] * 128}] * 3)
-    client.close()
+    disconnect(client, db)
     with pytest.raises(LookalikeError, match="'mine_local' already exists .* not this build's"):
         build_catalogue(db, trained["embedder"], other, "milvus", "mine", INLINE)
     client = connect(db)
     assert not client.has_collection("mine") and client.query("mine_local", filter="", output_fields=["pk"],
                                                               limit=10).__len__() == 3
-    client.close()
+    disconnect(client, db)
 
 
 def test_a_vote_index_holding_other_items_is_refused_and_unknown_candidates_are_skipped(

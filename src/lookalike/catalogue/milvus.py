@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -51,6 +52,7 @@ LOCAL = "_local"  # the collection of a catalogue's local features: <collection>
 OWNER = "lookalike_local"  # the property of <collection>_local naming the build it belongs to (its key)
 LOCAL_ROWS = 16000  # feature rows read per query (Milvus answers at most 16,384)
 IVF_FROM = 128  # vote lists from which the local features are indexed in lists (Milvus Lite trains at least 128)
+_LITE_CLIENTS: Counter[str] = Counter()  # the open clients of each Milvus Lite database in this process
 
 
 def item_id(path: str) -> int:
@@ -120,12 +122,29 @@ def connect(uri: str, token: str | None = None) -> Any:
     try:
         token = token or os.environ.get("MILVUS_TOKEN")
         where = uri if remote else str(Path(uri).expanduser().resolve())
-        return MilvusClient(where, dedicated=True, **({"token": token} if token else {}))
+        client = MilvusClient(where, dedicated=True, **({"token": token} if token else {}))
     except Exception as e:  # pymilvus raises its own exception types, some from the engine below it
         hint = ("a Milvus Lite database serves one process at a time: stop the other one (a `lookalike serve`?), "
                 "or run a Milvus server and pass its URI; or it is damaged: build it again") if not remote \
             else "is the server running and reachable?"
         raise LookalikeError(f"Cannot open Milvus at {uri!r}: {e}. {hint}") from e
+    if not remote:
+        _LITE_CLIENTS[where] += 1
+    return client
+
+
+def disconnect(client: Any, uri: str) -> None:
+    """Close a client of :func:`connect`; the last one of a Milvus Lite database in this process also stops the
+    database's server, so that another process can open it (a search process after a build)."""
+    client.close()
+    if is_remote(uri):
+        return
+    where = str(Path(uri).expanduser().resolve())
+    _LITE_CLIENTS[where] -= 1
+    if _LITE_CLIENTS[where] <= 0:
+        del _LITE_CLIENTS[where]
+        from milvus_lite.server_manager import server_manager_instance
+        server_manager_instance.release_server(where)
 
 
 class MilvusCatalogue(Catalogue):
@@ -145,7 +164,7 @@ class MilvusCatalogue(Catalogue):
         try:
             meta = _finished_meta(client, uri, collection)
         except LookalikeError:
-            client.close()
+            disconnect(client, uri)
             raise
         return cls(client, collection, meta, uri)
 
@@ -171,7 +190,7 @@ class MilvusCatalogue(Catalogue):
                 _check_new(client, uri, collection, key)
                 if options.local is not None:
                     _claim_local(client, uri, collection, key)
-                client.close()
+                disconnect(client, uri)
         embedded = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers, checkpoint,
                                    processes=processes, finder=finder)
         if embedded is None:
@@ -393,7 +412,7 @@ class MilvusCatalogue(Catalogue):
                    np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), self.meta["dim"]))
 
     def close(self) -> None:
-        self.client.close()
+        disconnect(self.client, self.uri)
 
     def _get(self, ids: list[int], fields: list[str]) -> list[dict[str, Any]]:
         out = []
