@@ -176,8 +176,9 @@ def test_index_add_and_remove_commands(trained: dict, catalogue, tmp_path: Path)
 def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, catalogue, tmp_path: Path,
                                                                  backend: str) -> None:
     """index build --devices 2 (Lightning's predict loop, 2 CPU processes, gloo): the same items in the same
-    order, the same vectors (to float tolerance), an unreadable file skipped once, nothing left but the index;
-    into either backend (rank 0 inserts into the Milvus collection)."""
+    order, the same vectors (to float tolerance), the same local features (each process finds a chunk of them:
+    rank 0 refuses to find another's), an unreadable file skipped once, nothing left but the index; into either
+    backend (rank 0 inserts into the Milvus collection)."""
     shop = _shop(catalogue[0], tmp_path / "shop")
     (shop[0].parent / "broken.jpg").write_bytes(b"not an image")
     one = FileCatalogue.build(trained["embedder"], tmp_path / "shop", INLINE)
@@ -188,16 +189,22 @@ def test_a_build_on_two_ddp_processes_equals_a_one_process_build(trained: dict, 
                           text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("indexed 5 images") == 1 and done.stdout.count("skipped 1 unreadable") == 1
+    expected = one.local.features(range(len(one.items)))
     if backend == "faiss":
         two = FileCatalogue.load(out)
         assert two.items == one.items
         np.testing.assert_allclose(two.vectors(), one.vectors(), atol=1e-5)
+        found = two.local.features(range(len(two.items)))
     else:
         two = MilvusCatalogue.open(str(out))
         ids = [item_id(it["path"]) for it in one.items]
         assert [(it["path"], it["label"]) for it in map(two.item, ids)] == [(it["path"], it["label"]) for it in one.items]
         np.testing.assert_allclose(two.vectors_of(ids), one.vectors(), atol=1e-5)
+        found = two.local_features(ids)
         two.close()
+    assert two.meta["local"]["codes"] == one.meta["local"]["codes"] and sum(map(len, expected)) > 0
+    for a, b in zip(found, expected, strict=True):
+        assert a.size == b.size and np.array_equal(a.descriptors, b.descriptors) and np.allclose(a.xy, b.xy, atol=0.5)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".shards", ".partial"))]
 
 

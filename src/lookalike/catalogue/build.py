@@ -21,7 +21,7 @@ from lookalike.embedder.embed import embed_files
 from lookalike.embedder.file import embedder_from_payload, embedder_hash, read_embedder_file
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, claim_folder, release_folder
-from lookalike.catalogue.sharded import Processes, embed_sharded
+from lookalike.catalogue.sharded import Processes, Share, embed_sharded
 from lookalike.models.embedder import Embedder
 from lookalike.retrieval.knn import default_search_params
 from lookalike.verification.features import FeatureOptions
@@ -143,13 +143,13 @@ def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_
                     num_workers: int | None = None, checkpoint: Path | None = None,
                     checkpoint_every: int = 4096, embedder: Embedder | None = None,
                     processes: Processes | None = None, finder: BoxFinder | None = None
-                    ) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+                    ) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Embed the items' images with the embedder of ``payload`` (``embedder``: that one, already rebuilt), each cut
     to the box ``finder`` finds in it (``--crop auto``; whole where it finds none); unreadable ones are left out
     with one warning each. With ``checkpoint`` (a folder), progress is saved every ``checkpoint_every`` images and
     an earlier run's is reused. With ``processes`` of more than one, Lightning's DDP predict loop embeds in that
-    many processes (:mod:`lookalike.catalogue.sharded`; shards in ``processes.folder``), and the processes other
-    than rank 0 get None."""
+    many processes (:mod:`lookalike.catalogue.sharded`; shards in ``processes.folder``), each getting the result
+    (the first one says what was skipped)."""
     embedder = embedder or embedder_from_payload(payload)
     paths = [it["path"] for it in items]
     boxes = finder.boxes_of(paths) if finder is not None else None
@@ -159,9 +159,7 @@ def embed_catalogue(payload: dict[str, Any], items: list[dict[str, Any]], batch_
     if processes is not None and processes.count > 1:
         found = embed_sharded(embedder, paths, processes, batch_size, 2 if num_workers is None else num_workers,
                               boxes)
-        if found is None:
-            return None
-        positions, vectors, errors = [found[0]], [found[1]], found[2]
+        positions, vectors, errors = [found[0]], [found[1]], (found[2] if Share.current().leads else [])
     else:
         positions, vectors, errors = _embed_resumable(embedder, payload, paths, batch_size, num_workers, checkpoint,
                                                       checkpoint_every, boxes)

@@ -25,7 +25,7 @@ from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
 from lookalike.catalogue.build import BuildInputs, BuildOptions, embed_catalogue, finish, partial_folder
 from lookalike.catalogue.filters import Columns, Condition, mask
 from lookalike.catalogue.local import build_local, check_local_meta
-from lookalike.catalogue.sharded import Processes
+from lookalike.catalogue.sharded import Processes, Share
 from lookalike.embedder.file import embedder_from_payload
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, locked, text_field
@@ -71,8 +71,8 @@ class FileCatalogue(Catalogue):
               checkpoint: Path | None = None, checkpoint_every: int = 4096,
               processes: Processes | None = None) -> FileCatalogue | None:
         """Embed every catalogue image with the embedder file and index the embeddings as ``options`` say (see
-        :func:`~lookalike.catalogue.build.embed_catalogue` for ``checkpoint`` and ``processes``; under DDP only
-        rank 0 gets the catalogue, the others None)."""
+        :func:`~lookalike.catalogue.build.embed_catalogue` for ``checkpoint`` and ``processes``; under DDP the
+        processes share the local features too, and only rank 0 gets the catalogue, the others None)."""
         inputs = BuildInputs.read(embedder_path, images, options.boxes)
         embedder = embedder_from_payload(inputs.payload)
         index = FaissIndex(embedder.embedding_size, options.factory, search_params=options.params, ids=True)
@@ -84,11 +84,9 @@ class FileCatalogue(Catalogue):
         rerank = (DEFAULT_RERANK if is_lossy(options.factory) else 0) if options.rerank is None else options.rerank
         if rerank < 0 or options.dba_k < 0:
             raise LookalikeError(f"rerank={rerank}, dba_k={options.dba_k}: use 0 (off) or a positive number of items")
-        embedded = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers, checkpoint,
-                                   checkpoint_every, embedder, processes, inputs.finder)
-        if embedded is None:
-            return None
-        items, vectors = embedded
+        items, vectors = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers,
+                                         checkpoint, checkpoint_every, embedder, processes, inputs.finder)
+        share = Share.current()
         for i, item in enumerate(items):
             item["id"] = i
         meta = {"format": FORMAT, **inputs.meta(options, int(vectors.shape[1])), "rerank": rerank,
@@ -97,9 +95,14 @@ class FileCatalogue(Catalogue):
         built = cls(index, [], meta, np.zeros((0, vectors.shape[1]), np.float32) if rerank else None)
         local = None
         if options.local is not None:
-            local, built.votes, meta["local"] = build_local(range(len(items)), [it["path"] for it in items],
-                                                            options.local, checkpoint, options.num_workers)
+            found = build_local(range(len(items)), [it["path"] for it in items], options.local, checkpoint,
+                                options.num_workers, share)
+            if found is None:
+                return None
+            local, built.votes, meta["local"] = found
             built.local = FeatureStore.empty(options.local.dims)
+        if not share.leads:
+            return None
         built.add_vectors(items, vectors, local, votes=False)
         return built
 

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lookalike.catalogue.build import PARTIAL_MARKER
+from lookalike.catalogue.sharded import Share
 from lookalike.data.images import load_rgb
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_write, claim_folder, number_field
@@ -41,10 +42,24 @@ def picture_features(path: str, options: FeatureOptions) -> LocalFeatures:
 
 
 def catalogue_codes(paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None = None,
-                    workers: int | None = None) -> DescriptorCodes:
+                    workers: int | None = None, share: Share = Share()) -> DescriptorCodes:
     """The codes a new catalogue keeps its descriptors as (``options.dims``), trained on ``TRAINING`` of its
     pictures spread over it; saved in ``checkpoint`` (the build's progress folder) and taken from there when a
-    build continues."""
+    build continues. Processes sharing the build (``share``) take the first one's."""
+    if share.leads:
+        codes = _trained_codes(paths, options, checkpoint, workers)
+    share.wait()  # the first process has saved them
+    return codes if share.leads else _trained_codes(paths, options, _shared(checkpoint), workers)
+
+
+def _shared(checkpoint: Path | None) -> Path:
+    if checkpoint is None:
+        raise LookalikeError("Processes sharing a build need its progress folder (<out>.partial/)")
+    return checkpoint
+
+
+def _trained_codes(paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None,
+                   workers: int | None) -> DescriptorCodes:
     chosen = [paths[int(n)] for n in np.unique(np.linspace(0, len(paths) - 1, min(TRAINING, len(paths))))]
     key = hashlib.sha256(json.dumps([chosen, options.count, options.max_side, options.dims]).encode()).hexdigest()
     saved = checkpoint / f"codes_{key[:24]}.json" if checkpoint is not None else None
@@ -61,31 +76,51 @@ def catalogue_codes(paths: Sequence[str], options: FeatureOptions, checkpoint: P
 
 
 def catalogue_features(paths: Sequence[str], options: FeatureOptions, codes: DescriptorCodes,
-                       checkpoint: Path | None = None, workers: int | None = None) -> list[LocalFeatures]:
+                       checkpoint: Path | None = None, workers: int | None = None,
+                       share: Share = Share()) -> list[LocalFeatures] | None:
     """The local features of every picture as ``codes``, found in threads (OpenCV and the decoders let go of the
     GIL), saved every ``CHUNK`` pictures in ``checkpoint`` (the build's progress folder) and taken from there when
-    a build continues."""
-    found: list[LocalFeatures] = []
+    a build continues. Processes sharing the build (``share``) each find their chunks and save them; the first
+    one then reads the others' and gets the list, the others None."""
     workers = workers or min(8, os.cpu_count() or 1)
     if checkpoint is not None:
         claim_folder(checkpoint, PARTIAL_MARKER, "build in progress (a build keeps its progress in <out>.partial/)")
+    size = max(1, min(CHUNK, -(-len(paths) // share.count)))  # every process has a chunk of a small catalogue
+    chunks = [paths[start:start + size] for start in range(0, len(paths), size)]
+    found: dict[int, list[LocalFeatures]] = {}
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc="local features", unit="picture",
-                                                   disable=None) as bar:
-        for start in range(0, len(paths), CHUNK):
-            chunk = paths[start:start + CHUNK]
-            key = hashlib.sha256(json.dumps([chunk, options.count, options.max_side, codes.as_meta()]).encode())
-            saved = checkpoint / f"local_{key.hexdigest()[:24]}.npz" if checkpoint is not None else None
-            if saved is not None and saved.is_file():
-                with np.load(saved) as z:
-                    store = FeatureStore.checked({k: z[k] for k in ARRAYS}, len(chunk), codes.dims, str(saved))
-                part = store.features(range(len(chunk)))
-            else:
-                part = list(pool.map(lambda p: codes.encode(picture_features(p, options)), chunk))
-                if saved is not None:
-                    atomic_write(saved, lambda tmp: _save(tmp, FeatureStore.of(part, codes.dims)))
-            found += part
-            bar.update(len(chunk))
-    return found
+                                                   disable=None if share.leads else True) as bar:
+        for n, chunk in enumerate(chunks):
+            if share.owns(n):
+                found[n] = _chunk(chunk, options, codes, checkpoint, pool)
+                bar.update(len(chunk))
+        share.wait()  # every process's chunks are saved
+        if not share.leads:
+            return None
+        for n, chunk in enumerate(chunks):
+            if n not in found:
+                found[n] = _chunk(chunk, options, codes, checkpoint, None)
+                bar.update(len(chunk))
+    return [f for n in range(len(chunks)) for f in found[n]]
+
+
+def _chunk(paths: Sequence[str], options: FeatureOptions, codes: DescriptorCodes, checkpoint: Path | None,
+           pool: ThreadPoolExecutor | None) -> list[LocalFeatures]:
+    """One chunk's features: saved in ``checkpoint`` before, or found now in ``pool`` and saved (None: another
+    process found and saved them)."""
+    key = hashlib.sha256(json.dumps([list(paths), options.count, options.max_side, codes.as_meta()]).encode())
+    saved = checkpoint / f"local_{key.hexdigest()[:24]}.npz" if checkpoint is not None else None
+    if saved is not None and saved.is_file():
+        with np.load(saved) as z:
+            store = FeatureStore.checked({k: z[k] for k in ARRAYS}, len(paths), codes.dims, str(saved))
+        return store.features(range(len(paths)))
+    if pool is None:
+        raise LookalikeError(f"Another process of this build did not save its local features ('{saved}'): "
+                             "run the build again (it continues)")
+    part = list(pool.map(lambda p: codes.encode(picture_features(p, options)), paths))
+    if saved is not None:
+        atomic_write(saved, lambda tmp: _save(tmp, FeatureStore.of(part, codes.dims)))
+    return part
 
 
 def _save(tmp: str, store: FeatureStore) -> None:
@@ -94,11 +129,17 @@ def _save(tmp: str, store: FeatureStore) -> None:
 
 
 def build_local(ids: Sequence[int], paths: Sequence[str], options: FeatureOptions, checkpoint: Path | None = None,
-                workers: int | None = None) -> tuple[list[LocalFeatures], DescriptorVotes, dict[str, Any]]:
+                workers: int | None = None, share: Share = Share()
+                ) -> tuple[list[LocalFeatures], DescriptorVotes, dict[str, Any]] | None:
     """A new catalogue's local features: each picture's (as codes trained on the catalogue), their vote index, and
-    the meta with the codes and the threshold calibrated on them."""
-    codes = catalogue_codes(paths, options, checkpoint, workers)
-    features = catalogue_features(paths, options, codes, checkpoint, workers)
+    the meta with the codes and the threshold calibrated on them. Processes sharing the build (``share``) find
+    their chunks of the features; the first one gets the result, the others None."""
+    if share.count > 1:
+        _shared(checkpoint)
+    codes = catalogue_codes(paths, options, checkpoint, workers, share)
+    features = catalogue_features(paths, options, codes, checkpoint, workers, share)
+    if features is None:
+        return None
     votes = DescriptorVotes.build(np.asarray(ids, np.int64), features, codes.dims)
     row = {int(i): r for r, i in enumerate(ids)}
     calibration = calibrated(ids, paths, lambda items: [features[row[i]] for i in items], votes.candidates, options,

@@ -35,7 +35,7 @@ from lookalike.files import locked, number_field
 from lookalike.catalogue.build import BuildInputs, BuildOptions, catalogue_meta, embed_catalogue
 from lookalike.embedder.file import calibrated_threshold, embedder_hash
 from lookalike.catalogue.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
-from lookalike.catalogue.sharded import Processes
+from lookalike.catalogue.sharded import Processes, Share
 from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
 from lookalike.catalogue.local import build_local, check_local_meta, local_codes
 from lookalike.retrieval.knn import default_search_params
@@ -174,7 +174,8 @@ class MilvusCatalogue(Catalogue):
               processes: Processes | None = None, token: str | None = None) -> MilvusCatalogue | None:
         """Embed the catalogue images as ``options`` say and insert them into a new collection; the same call after
         an interruption continues (embeddings saved in ``checkpoint``, rows already inserted skipped). Under DDP
-        (``processes``) only rank 0 inserts and gets the catalogue; the others None."""
+        (``processes``) the processes share the embedding and the local features, and only rank 0 inserts and
+        gets the catalogue; the others None."""
         if options.rerank or options.dba_k:
             raise LookalikeError("--rerank and --dba are the FAISS backend's (--backend faiss)")
         inputs = BuildInputs.read(embedder_path, images, options.boxes)
@@ -191,16 +192,16 @@ class MilvusCatalogue(Catalogue):
                 if options.local is not None:
                     _claim_local(client, uri, collection, key)
                 disconnect(client, uri)
-        embedded = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers, checkpoint,
-                                   processes=processes, finder=finder)
-        if embedded is None:
-            return None
-        items, vectors = embedded
+        items, vectors = embed_catalogue(inputs.payload, inputs.items, options.batch_size, options.num_workers,
+                                         checkpoint, processes=processes, finder=finder)
+        share = Share.current()
         local = None
         if options.local is not None:
-            features, _, meta = build_local([item_id(it["path"]) for it in items], [it["path"] for it in items],
-                                            options.local, checkpoint, options.num_workers)
-            local = (features, meta)
+            found = build_local([item_id(it["path"]) for it in items], [it["path"] for it in items], options.local,
+                                checkpoint, options.num_workers, share)
+            local = None if found is None else (found[0], found[2])
+        if not share.leads:
+            return None
         return cls.create(uri, collection, items, vectors, embedder_hash(inputs.payload), str(inputs.embedder_path),
                           options.factory, options.params, token, key, calibrated_threshold(inputs.payload),
                           finder and finder.path, local)

@@ -1,10 +1,10 @@
 """Embedding a large catalogue on several devices or machines: Lightning's predict loop under DDP.
 
 Each process embeds its share of the files (Lightning's distributed sampler), writes its shard (positions,
-vectors, errors) into a folder all processes can reach, and waits for the others; the first process then
+vectors, errors) into a folder all processes can reach, and waits for the others; every process then
 reads every shard back in file order, dropping the repeats the sampler pads with. So the result is the one
-process's, embedded faster: `lookalike index build --devices N [--num-nodes M]`. A process started by the
-launcher for a rank other than 0 gets None and writes nothing else.
+process's, embedded faster: `lookalike index build --devices N [--num-nodes M]`. Every process gets the result
+(the local features are then shared alike: :class:`Share`); only rank 0 writes the catalogue.
 """
 
 from __future__ import annotations
@@ -28,6 +28,35 @@ from lookalike.models.embedder import Embedder
 
 
 SHARDS_MARKER = "lookalike-shards"  # in <out>.shards/: the folder is lookalike's own, to remove when done
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's part of work that several processes share (DDP's rank among ``count``; one process alone:
+    0 of 1): parts ``n`` with ``n % count == rank`` are its own, and the first process gathers them."""
+
+    rank: int = 0
+    count: int = 1
+
+    @classmethod
+    def current(cls) -> Share:
+        """This process's share of the DDP group it is in (after :func:`embed_sharded`), else the whole."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return cls()
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process gathers the parts and writes the result."""
+        return self.rank == 0
+
+    def owns(self, part: int) -> bool:
+        return part % self.count == self.rank
+
+    def wait(self) -> None:
+        """Wait until every process of the group gets here."""
+        if self.count > 1:
+            torch.distributed.barrier()
 
 
 @dataclass(frozen=True)
@@ -86,9 +115,9 @@ class _ShardWriter(BasePredictionWriter):
 
 def embed_sharded(embedder: Embedder, paths: Sequence[str], processes: Processes, batch_size: int = 64,
                   num_workers: int = 2, boxes: Sequence[Box | None] | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """Embed ``paths`` (cut to ``boxes`` where given) in ``processes``; on rank 0, (positions of the readable files
-    in order, their vectors, errors of the others), the shards then removed; None on the other ranks."""
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Embed ``paths`` (cut to ``boxes`` where given) in ``processes``: in every process, (positions of the readable
+    files in order, their vectors, errors of the others); the shards then removed."""
     folder = processes.folder
     claim_folder(folder, SHARDS_MARKER, "embedding shards folder (<out>.shards/)")
     loader = DataLoader(image_files(embedder, paths, boxes), batch_size=batch_size, num_workers=num_workers)
@@ -97,12 +126,12 @@ def embed_sharded(embedder: Embedder, paths: Sequence[str], processes: Processes
                         enable_model_summary=False, enable_progress_bar=True)
     trainer.predict(_Embedding(embedder), dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()  # every shard is written
-    if trainer.global_rank != 0:
-        return None
-    shards = [np.load(folder / f"shard-{r}.npz") for r in range(trainer.world_size)]
+    shards = [dict(np.load(folder / f"shard-{r}.npz")) for r in range(trainer.world_size)]
+    trainer.strategy.barrier()  # every process has read them
+    if trainer.global_rank == 0:
+        release_folder(folder, SHARDS_MARKER)
     positions = np.concatenate([s["positions"] for s in shards])
     vectors = np.concatenate([s["vectors"] for s in shards])
     errors = {int(k): v for s in shards for k, v in json.loads(str(s["errors"])).items()}
-    release_folder(folder, SHARDS_MARKER)
     first = np.unique(positions, return_index=True)[1]  # in file order, each once (the sampler pads with repeats)
     return positions[first], vectors[first], [errors[k] for k in sorted(errors)]
