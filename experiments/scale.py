@@ -258,7 +258,7 @@ def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -
     kind = catalogue.client.describe_index(catalogue.collection + "_local", "vector")["index_type"]
     catalogue.close()
     return {"make_s": round(time.perf_counter() - start, 1), "votes_s": 0.0, "save_s": 0.0,
-            "factory": f"Milvus Lite, {kind}", "descriptors": total}
+            "factory": f"Milvus Lite, {kind}", "descriptors": total, "packed": True}
 
 
 def search_catalogue_path(data: dict, items: int, a: argparse.Namespace) -> tuple[Path, dict]:
@@ -339,7 +339,8 @@ def report(runs: list[dict]) -> str:
              "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in (r for r in runs if r["stage"] == "search"):
         code = f"{r['dims']} (codes)" if r.get("dims") else "128 (RootSIFT)"
-        rows.append(f"| {r['requested']} | {r['items']:,} | {r['count']} | {code} | {r['factory']} | {r['make_s']} / "
+        backend = r["requested"] + (" (features packed in item rows)" if r.get("packed") else "")
+        rows.append(f"| {backend} | {r['items']:,} | {r['count']} | {code} | {r['factory']} | {r['make_s']} / "
                     f"{r['votes_s']} / "
                     f"{r['save_s']} | {r['file_bytes'] / 1e9:.2f} | {r['load_s']} | {r['photos']} | {r['recall@1']} | "
                     f"{r['recall@5']} | {r['p50_ms']} | {r['p99_ms']} | {r['search_peak_rss_gb']} |")
@@ -378,12 +379,13 @@ def main() -> None:
         print(json.dumps(measure(a.catalogue, a.backend, a.embedder, a.dvd, a.photos, a.ratio)))
         return
     runs = [json.loads(line) for line in RUNS.open()] if RUNS.is_file() else []
-    done = {(r["stage"], r["items"], r["count"], r.get("requested"), r.get("dims")) for r in runs}
+    done = {(r["stage"], r["items"], r["count"], r.get("requested"), r.get("dims"), r.get("packed", False))
+            for r in runs}
     data = pool(a.work, a.dvd, a.flowers, a.count)
     for items in a.items:
         for factory in a.factories if a.stage == "votes" else [a.backend]:
             dims = a.dims if a.stage == "search" else None
-            if (a.stage, items, a.count, factory, dims) in done:
+            if (a.stage, items, a.count, factory, dims, factory == "milvus") in done:
                 print(f"{a.stage}: {items} items, {factory or ''} done already")
                 continue
             found = votes_run(data, items, factory, a.noise) if a.stage == "votes" else search_run(data, items, a)

@@ -80,6 +80,8 @@ def test_large_jpegs_are_decoded_reduced_for_evaluation(tmp_path: Path) -> None:
     assert reduced.shape == (300, 400, 3)  # 1/4 scale; 1/8 would leave a short side of 150 < 256
     assert load_rgb(big, min_side=700).shape == (1200, 1600, 3)  # 1/2 would leave 600 < 700
     assert load_rgb(str(tmp_path / "big.png"), min_side=256).shape == (1200, 1600, 3)
+    assert load_rgb(big, max_side=640).shape == (600, 800, 3)  # long side: 1/4 would leave 400 < 640
+    assert load_rgb(big, max_side=900).shape == (1200, 1600, 3)
     pre = {**PRE, "input_size": [3, 224, 224], "crop_pct": 0.875}
     assert eval_resize(pre) == 256
     full = eval_transform(pre)(image=load_rgb(big))["image"].float()

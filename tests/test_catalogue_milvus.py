@@ -223,6 +223,16 @@ def test_a_closed_catalogue_can_be_opened_by_another_process(tmp_path: Path) -> 
     assert other.returncode == 0 and other.stdout.split()[-1] == str(len(index.items)), other.stderr[-2000:]
 
 
+def test_a_build_whose_features_would_not_fit_a_row_is_refused_before_any_work(tmp_path: Path) -> None:
+    from lookalike.catalogue.build import BuildOptions
+    from lookalike.verification.features import FeatureOptions
+
+    with pytest.raises(LookalikeError, match="at most 1365 features at that --local-dims"):
+        MilvusCatalogue.build(str(tmp_path / "c.db"), tmp_path / "none.pt", tmp_path,
+                              options=BuildOptions(local=FeatureOptions(count=4096, dims=32)))
+    assert not (tmp_path / "c.db").exists()
+
+
 IDLE = 130  # seconds: Milvus Lite's server turned a kept connection away after about 100 (pymilvus 3.0, lite 3.2)
 
 

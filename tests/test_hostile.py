@@ -672,6 +672,37 @@ def test_a_new_milvus_build_owns_its_local_features_collection(trained: dict, pi
     disconnect(client, db)
 
 
+def test_a_milvus_catalogue_of_the_older_form_or_with_damaged_features_is_one_message(
+        trained: dict, pictures: Path, tmp_path: Path) -> None:
+    """A collection that keeps its local features in ``<name>_local`` alone (the form before an item's row kept
+    them packed) is refused on opening with what to do; so is an item's packed text that is not features (never
+    decoded past its length)."""
+    pytest.importorskip("milvus_lite")
+    from lookalike.catalogue.backends import build_catalogue, open_catalogue
+    from lookalike.catalogue.milvus import META, _create, connect, disconnect
+
+    db = str(tmp_path / "c.db")
+    catalogue = build_catalogue(db, trained["embedder"], pictures, "milvus", "shop", INLINE)
+    meta, first = catalogue.meta, next(iter(catalogue.listing()))
+    catalogue.close()
+    client = connect(db)
+    _create(client, "old", {**meta, "local": None})  # no features field, as before
+    client.alter_collection_properties("old", properties={META: json.dumps(meta)})
+    client.load_collection("shop")
+    row = client.get("shop", ids=[first["id"]])[0]
+    for damage in ("not base64 !", "AAAA"):  # the second: three bytes, not a picture's features
+        client.upsert("shop", [{**row, "features": damage}])
+        disconnect(client, db)
+        catalogue = open_catalogue(db, "milvus", "shop")
+        with pytest.raises(LookalikeError, match="damaged local features"):
+            catalogue.local_features([first["id"]])
+        catalogue.close()
+        client = connect(db)
+    disconnect(client, db)
+    with pytest.raises(LookalikeError, match="older form .*build the catalogue again"):
+        open_catalogue(db, "milvus", "old")
+
+
 def test_a_vote_index_holding_other_items_is_refused_and_unknown_candidates_are_skipped(
         trained: dict, pictures: Path, tmp_path: Path) -> None:
     from lookalike.catalogue.backends import build_catalogue

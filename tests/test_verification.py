@@ -150,7 +150,9 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
     assert "p2" not in [h.label for h in hits] and not any(h.verified for h in hits)
     kept = {it["label"]: it["id"] for it in catalogue.listing()}
     for label, features in zip(kept, catalogue.local_features(list(kept.values()))):  # each item its own features
-        assert features.descriptors.tolist() == codes.encode(extract(texture(int(label[1:])))).descriptors.tolist()
+        own = codes.encode(extract(texture(int(label[1:]))))
+        assert features.descriptors.tolist() == own.descriptors.tolist() and features.size == own.size
+        assert np.allclose(features.xy, own.xy, atol=0.04)
     catalogue.close()
 
     with editing(out, backend) as catalogue:
@@ -444,3 +446,17 @@ def test_a_catalogue_that_outgrows_its_vote_index_trains_it_anew_from_its_featur
     first = _verified_search(catalogue, embedder, photo_of(texture(2)))[0]
     assert first.label == "p2" and first.verified
     catalogue.close()
+
+
+def test_a_large_catalogue_jpeg_decoded_reduced_keeps_its_features(tmp_path: Path) -> None:
+    """A catalogue picture is decoded at a reduced JPEG scale no smaller than the side features are found at: the
+    same frame, and most keypoints where the full decode puts them."""
+    from lookalike.catalogue.local import picture_features
+    from lookalike.data.images import load_rgb
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(cv2.resize(texture(5), (1600, 1200), interpolation=cv2.INTER_CUBIC)).save(path, quality=92)
+    reduced, full = picture_features(str(path), FeatureOptions()), extract(load_rgb(str(path)), FeatureOptions())
+    assert reduced.size == full.size == (640, 480) and len(reduced) > 100
+    nearest = np.linalg.norm(reduced.xy[:, None] - full.xy[None], axis=2).min(1)
+    assert (nearest < 1.5).mean() > 0.7, (nearest < 1.5).mean()

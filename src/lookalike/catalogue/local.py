@@ -34,9 +34,10 @@ TRAINING = 256  # pictures spread over a new catalogue whose descriptors train i
 
 
 def picture_features(path: str, options: FeatureOptions) -> LocalFeatures:
-    """One catalogue picture's features (no features for a picture that cannot be read now)."""
+    """One catalogue picture's features (no features for a picture that cannot be read now); a large JPEG is
+    decoded reduced, no smaller than the side its features are found at."""
     try:
-        return extract(load_rgb(path), options)
+        return extract(load_rgb(path, max_side=options.max_side), options)
     except LookalikeError:
         return NONE
 

@@ -8,14 +8,17 @@ copies for numeric and true/false filters: :func:`lookalike.catalogue.filters.mi
 type and its search parameters) and the calibrated threshold of the embedder file it was built with. FAISS index
 types map to Milvus's own: ``Flat`` -> FLAT, ``HNSW32`` -> HNSW (M 32), ``IVF1024,Flat`` -> IVF_FLAT, ``IVF1024,PQ32`` ->
 IVF_PQ, ``IVF1024,SQ8`` -> IVF_SQ8; inner product on normalised embeddings, as the file. A catalogue's local
-features are rows of ``<collection>_local`` (its item, its place, its descriptor's code as a float vector: the type
-Milvus Lite takes), indexed as the file's vote index is (IVF_SQ8, lists growing with them). An item's id is a hash of
+features are kept twice, as the file keeps them: for matching, packed in the item's row (``features``: its
+places and codes as text, read back by the item's id); for the votes, as rows of ``<collection>_local`` (its item,
+its descriptor's code as a float vector: the type Milvus Lite takes), indexed as the file's vote index is (IVF_SQ8,
+lists growing with them). An item's id is a hash of
 its image path (53 bits: exact in JSON and JavaScript), so re-inserting after an interruption and two writers
 adding at once never duplicate an item.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -37,9 +40,10 @@ from lookalike.embedder.file import calibrated_threshold, embedder_hash
 from lookalike.catalogue.filters import NUMBER, TRUTH, Condition, milvus_expression, milvus_fields
 from lookalike.catalogue.sharded import Processes, Share
 from lookalike.catalogue.base import Catalogue, SearchHit, check_meta
-from lookalike.catalogue.local import build_local, check_local_meta, local_codes
+from lookalike.catalogue.local import build_local, check_local_meta, feature_options, local_codes
 from lookalike.retrieval.knn import default_search_params
-from lookalike.verification.features import FIXED, NONE, LocalFeatures
+from lookalike.verification.features import NONE, FeatureOptions, LocalFeatures
+from lookalike.verification.store import packed, packed_size, unpacked
 from lookalike.verification.votes import MAX_CELLS, NEIGHBOURS, PROBE, outgrown, tally, vote_lists
 
 FORMAT = "lookalike-milvus/1"
@@ -47,10 +51,11 @@ META = "lookalike.meta"
 INSERT_BATCH = 1000  # rows per insert call
 MAX_TOP_K = 16384  # Milvus's limit on results per query
 MAX_PATH, MAX_LABEL = 4096, 1024
-RESERVED = {"id", "vector", "path", "label"}
+RESERVED = {"id", "vector", "path", "label", "features"}
+MAX_TEXT = 65535  # the longest text a Milvus field holds: an item's packed features, as base64
 LOCAL = "_local"  # the collection of a catalogue's local features: <collection>_local, one row per feature
 OWNER = "lookalike_local"  # the property of <collection>_local naming the build it belongs to (its key)
-LOCAL_ROWS = 16000  # feature rows read per query (Milvus answers at most 16,384)
+LOCAL_ROWS = 16000  # feature rows written per call
 IVF_FROM = 128  # vote lists from which the local features are indexed in lists (Milvus Lite trains at least 128)
 _LITE_CLIENTS: Counter[str] = Counter()  # the open clients of each Milvus Lite database in this process
 
@@ -178,6 +183,8 @@ class MilvusCatalogue(Catalogue):
         gets the catalogue; the others None."""
         if options.rerank or options.dba_k:
             raise LookalikeError("--rerank and --dba are the FAISS backend's (--backend faiss)")
+        if options.local is not None:
+            _check_fits(options.local)
         inputs = BuildInputs.read(embedder_path, images, options.boxes)
         index_spec(options.factory)
         search_spec(options.params)
@@ -217,6 +224,8 @@ class MilvusCatalogue(Catalogue):
         and their meta, kept in ``<collection>_local``); continues a collection left ``building`` with the same
         ``key``."""
         kind, build_params = index_spec(factory)
+        if local is not None:
+            _check_fits(feature_options(local[1]))
         search_params = default_search_params(factory) if search_params is None else search_params
         meta = {"format": FORMAT, **catalogue_meta(embedder, embedder_path, int(vectors.shape[1]), factory,
                                                    search_params, boxes),
@@ -264,6 +273,9 @@ class MilvusCatalogue(Catalogue):
                 rows = [{"id": item_id(it["path"]), "vector": v.tolist(), "path": it["path"], "label": it["label"],
                          **milvus_fields({"label": it["label"], **(it.get("fields") or {})})}
                         for it, v in zip(chunk, chunk_vectors)]
+                if local is not None:
+                    for row, features in zip(rows, local[start:start + INSERT_BATCH]):
+                        row["features"] = base64.b64encode(packed(features)).decode()
                 stored = self._stored_paths([r["id"] for r in rows])
                 clash = [r["path"] for r in rows if r["id"] in stored and stored[r["id"]] != r["path"]]
                 if clash:
@@ -317,26 +329,22 @@ class MilvusCatalogue(Catalogue):
         return [found[i] for i in ids]
 
     def _insert_local(self, ids: list[int], features: list[LocalFeatures]) -> None:
-        """Store these items' features, one row each (replacing what an interrupted build left of theirs)."""
+        """Store these items' descriptor codes for the votes, a row each (replacing what an interrupted build left
+        of theirs)."""
         self.client.delete(self.collection + LOCAL, filter=f"item in {ids}")
-        rows = [{"item": i, "place": place, "vector": d}
-                for i, f in zip(ids, features) if len(f)
-                for place, d in zip(_places(f).tolist(), f.descriptors.astype(np.float32).tolist())]
+        rows = [{"item": i, "vector": d}
+                for i, f in zip(ids, features) for d in f.descriptors.astype(np.float32).tolist()]
         for start in range(0, len(rows), LOCAL_ROWS):
             self.client.insert(self.collection + LOCAL, rows[start:start + LOCAL_ROWS])
 
     def local_features(self, ids: Sequence[int]) -> list[LocalFeatures]:
-        """The stored local features of the items ``ids`` (read back from their rows), in that order."""
+        """The stored local features of the items ``ids`` (packed in their rows, read by id), in that order."""
         self.check_local()
-        rows: dict[int, list[tuple[int, list[float]]]] = {}
-        most = max(1, LOCAL_ROWS // int(self.meta["local"]["count"]))
-        for start in range(0, len(ids), most):
-            part = [int(i) for i in ids[start:start + most]]
-            for row in self.client.query(self.collection + LOCAL, filter=f"item in {part}",
-                                         output_fields=["item", "place", "vector"], limit=LOCAL_ROWS):
-                rows.setdefault(int(row["item"]), []).append((int(row["place"]), row["vector"]))
+        dims, source = int(self.meta["local"]["codes"]["dims"]), f"{self.uri} ({self.collection})"
+        found = {r["id"]: unpacked(_bytes(r.get("features"), source), dims, source)
+                 for r in self._get([int(i) for i in ids], ["features"])}
         none = local_codes(self.meta["local"]).encode(NONE)
-        return [_features(rows[i]) if i in rows else none for i in ids]
+        return [found.get(int(i), none) for i in ids]
 
     def vote_candidates(self, query: LocalFeatures, top: int, where: Condition | None = None) -> list[tuple[int, int]]:
         """Milvus searches the photo's descriptors among the catalogue's; they vote as in
@@ -419,7 +427,8 @@ class MilvusCatalogue(Catalogue):
         out = []
         for start in range(0, len(ids), INSERT_BATCH):
             for row in self.client.get(self.collection, ids=ids[start:start + INSERT_BATCH], output_fields=fields):
-                item = {"id": int(row["id"]), **{f: row[f] for f in ("path", "label", "vector") if f in row}}
+                item = {"id": int(row["id"]),
+                        **{f: row[f] for f in ("path", "label", "vector", "features") if f in row}}
                 if "$meta" in fields and (extra := _fields(row)):
                     item["fields"] = extra
                 out.append(item)
@@ -437,20 +446,23 @@ class MilvusCatalogue(Catalogue):
             iterator.close()
 
 
-def _places(features: LocalFeatures) -> np.ndarray:
-    """Each feature's x, y (1/16 pixel) and its picture's width and height, 16 bits each in one int64."""
-    xy = features.fixed_xy().astype(np.int64)
-    w, h = features.size
-    return xy[:, 0] | xy[:, 1] << 16 | int(w) << 32 | int(h) << 48
+def _bytes(text: Any, source: str) -> bytes:
+    """An item's packed features from their text in its row."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (TypeError, ValueError) as e:
+        raise LookalikeError(f"'{source}' holds damaged local features (an item's text): build the catalogue "
+                             "again") from e
 
 
-def _features(rows: list[tuple[int, list[float]]]) -> LocalFeatures:
-    """One item's features from its rows (their codes stored as floats)."""
-    places = np.array([p for p, _ in rows], np.int64)
-    xy = np.stack([places & 0xFFFF, places >> 16 & 0xFFFF], 1)
-    descriptors = np.round(np.array([v for _, v in rows], np.float32).reshape(len(rows), -1))
-    return LocalFeatures(xy.astype(np.float32) / FIXED, descriptors.clip(-127, 127).astype(np.int8),
-                         (int(places[0] >> 32 & 0xFFFF), int(places[0] >> 48 & 0xFFFF)))
+def _check_fits(options: FeatureOptions) -> None:
+    """A picture's packed features must fit in one text field of a row."""
+    most = packed_size(options.count, options.dims)
+    if 4 * -(-most // 3) > MAX_TEXT:
+        fits = ((MAX_TEXT // 4 * 3) - 4) // (4 + options.dims)
+        raise LookalikeError(f"The milvus backend keeps a picture's local features in one field of {MAX_TEXT:,} "
+                             f"characters: {options.count} features with {options.dims}-byte codes do not fit; "
+                             f"use at most {fits} features at that --local-dims (or fewer dims)")
 
 
 def _owner(client: Any, name: str) -> str | None:
@@ -490,7 +502,6 @@ def _create_local(client: Any, name: str, key: str, dims: int, lists: int) -> No
         schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
         schema.add_field("pk", DataType.INT64, is_primary=True)
         schema.add_field("item", DataType.INT64)
-        schema.add_field("place", DataType.INT64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dims)
         client.create_collection(name, schema=schema, consistency_level="Strong",
                                  properties={OWNER: json.dumps({"format": FORMAT, "key": key})})
@@ -539,6 +550,9 @@ def _finished_meta(client: Any, uri: str, collection: str) -> dict[str, Any]:
     if meta.get("local") is not None:
         check_local_meta(meta["local"], f"{uri} ({collection})")
         number_field(meta.get("vote_lists"), "vote_lists", f"{uri} ({collection})", 1, MAX_CELLS, integer=True)
+        if "features" not in {f["name"] for f in client.describe_collection(collection)["fields"]}:
+            raise LookalikeError(f"Collection {collection!r} at {uri!r} keeps its local features in an older form "
+                                 f"(in {collection + LOCAL!r} alone): build the catalogue again")
         if not client.has_collection(collection + LOCAL):
             raise LookalikeError(f"Collection {collection!r} at {uri!r} keeps local features, but its collection "
                                  f"{collection + LOCAL!r} is gone: build the catalogue again")
@@ -557,8 +571,9 @@ def _fields(entity: dict[str, Any]) -> dict[str, str] | None:
 def _check_columns(items: list[dict[str, Any]]) -> None:
     for column in {c for it in items for c in it.get("fields") or {}}:
         if column in RESERVED or column.endswith((NUMBER, TRUTH)) or column.startswith("$"):
-            raise LookalikeError(f"Manifest column {column!r}: the milvus backend keeps id, vector, path and label "
-                                 f"for itself and names typed copies *{NUMBER} / *{TRUTH}: rename the column")
+            raise LookalikeError(f"Manifest column {column!r}: the milvus backend keeps id, vector, path, label "
+                                 f"and features for itself and names typed copies *{NUMBER} / *{TRUTH}: rename the "
+                                 "column")
     long = [it["path"] for it in items if len(it["path"]) > MAX_PATH or len(it["label"]) > MAX_LABEL]
     if long:
         raise LookalikeError(f"Path or label too long for the milvus backend ({MAX_PATH} / {MAX_LABEL} characters): "
@@ -582,6 +597,8 @@ def _create(client: Any, collection: str, meta: dict[str, Any]) -> None:
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta["dim"])
     schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
     schema.add_field("label", DataType.VARCHAR, max_length=MAX_LABEL)
+    if meta.get("local") is not None:
+        schema.add_field("features", DataType.VARCHAR, max_length=MAX_TEXT)
     # the meta goes in with the collection, in one call: a build killed at any point leaves a collection that the
     # same build recognises (state "building", its key) and finishes
     client.create_collection(collection, schema=schema, consistency_level="Strong", properties={META: json.dumps(meta)})

@@ -70,14 +70,15 @@ def return_large_buffers(threshold: int = 1 << 20) -> None:
         pass
 
 
-def _open(path: str | IO[bytes], min_side: int | None) -> Image.Image:
-    """The image opened (header only, in :data:`IMAGE_FORMATS`), reduced for decoding at no less than ``min_side``
-    where the format allows it (JPEG), and checked against the decoding budget."""
+def _open(path: str | IO[bytes], min_side: int | None, max_side: int | None = None) -> Image.Image:
+    """The image opened (header only, in :data:`IMAGE_FORMATS`), reduced for decoding where the format allows it
+    (JPEG) while its short side stays >= ``min_side`` and its long side >= ``max_side``, and checked against the
+    decoding budget."""
     if isinstance(path, (str, os.PathLike)) and not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError("not a regular file (a FIFO, a device or a folder is never opened)")
     im = Image.open(path, formats=IMAGE_FORMATS)
-    if min_side and im.format in ("JPEG", "MPO") and min(im.size) >= 2 * min_side:
-        scale = min_side / min(im.size)
+    scale = max(min_side / min(im.size) if min_side else 0.0, max_side / max(im.size) if max_side else 0.0)
+    if 0 < scale <= 0.5 and im.format in ("JPEG", "MPO"):
         im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
     width, height = im.size
     if width * height > MAX_PIXELS:
@@ -96,15 +97,17 @@ def _reason(e: Exception) -> str:
     return str(e)
 
 
-def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | None = None) -> np.ndarray:
+def load_rgb(path: str | IO[bytes], name: str | None = None, min_side: int | None = None,
+             max_side: int | None = None) -> np.ndarray:
     """Read an image (a path or an open binary file) as an HxWx3 uint8 array: EXIF orientation applied,
     transparency on white. ``name`` is what error messages call it (default: the path).
 
     ``min_side``: the caller resizes the short side down to this anyway, so a JPEG may be decoded at
     1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while its short side stays >= ``min_side``; several
-    times faster for large photos, and a better-filtered reduction than resizing the full image."""
+    times faster for large photos, and a better-filtered reduction than resizing the full image.
+    ``max_side``: likewise for a caller that scales the long side down to this (local features)."""
     try:
-        with _open(path, min_side) as im, DECODING.taken(im.width * im.height):
+        with _open(path, min_side, max_side) as im, DECODING.taken(im.width * im.height):
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")

@@ -99,3 +99,27 @@ class FeatureStore:
     @property
     def nbytes(self) -> int:
         return sum(int(np.asarray(a).nbytes) for a in self.arrays().values())
+
+
+def packed_size(count: int, dims: int) -> int:
+    """The bytes :func:`packed` makes of ``count`` features with codes of ``dims``."""
+    return 4 + count * (4 + dims)
+
+
+def packed(features: LocalFeatures) -> bytes:
+    """One picture's features as bytes: its width and height, each feature's x and y (uint16, 1/16 pixel), then
+    their codes (int8); how a database row keeps them."""
+    return (np.array(features.size, "<u2").tobytes() + features.fixed_xy().astype("<u2").tobytes()
+            + np.ascontiguousarray(features.descriptors, np.int8).tobytes())
+
+
+def unpacked(data: bytes, dims: int, source: str) -> LocalFeatures:
+    """The features of :func:`packed` bytes (codes of ``dims``), their length checked."""
+    count, rest = divmod(len(data) - 4, 4 + dims)
+    if len(data) < 4 or rest or count > MAX_FEATURES:
+        raise LookalikeError(f"'{source}' holds damaged local features (a picture's {len(data)} bytes): build the "
+                             "catalogue again")
+    size = np.frombuffer(data, "<u2", 2)
+    xy = np.frombuffer(data, "<u2", 2 * count, 4).reshape(count, 2)
+    codes = np.frombuffer(data, np.int8, count * dims, 4 + 4 * count).reshape(count, dims)
+    return LocalFeatures.stored(xy, codes, (int(size[0]), int(size[1])))
