@@ -181,13 +181,14 @@ def covers_catalogue(a: argparse.Namespace, backend: str) -> Catalogue:
     return open_catalogue(out, backend)
 
 
-def distractors(data: dict, items: int, a: argparse.Namespace, codes: DescriptorCodes
+def distractors(data: dict, items: int, a: argparse.Namespace, codes: DescriptorCodes, made: int = COVERS
                 ) -> Iterator[tuple[list[dict], np.ndarray, list]]:
-    """The distractor items 100 .. ``items - 1``, ``CHUNK`` at a time: (items, embeddings, local features as
+    """The distractor items ``made`` .. ``items - 1``, ``CHUNK`` at a time: (items, embeddings, local features as
     ``codes``, the covers' catalogue's, as `lookalike index add` codes them); each has a perturbed source picture's
     features and that picture's embedding jittered (see the module)."""
     sources = source_embeddings(a.work, a.flowers, a.embedder)
-    for first in range(COVERS, items, CHUNK):
+    start = time.perf_counter()
+    for first in range(made, items, CHUNK):
         listed, vectors, local = [], [], []
         for item in range(first, min(first + CHUNK, items)):
             features, source, rng = perturbed(data["sources"], item, a.noise)
@@ -195,7 +196,8 @@ def distractors(data: dict, items: int, a: argparse.Namespace, codes: Descriptor
             listed.append({"id": item, "path": f"distractor/{item:07d}.jpg", "label": f"d{item}", "fields": {}})
             vectors.append(v / np.linalg.norm(v))
             local.append(codes.encode(features))
-        print(f"\rdistractors: {first + len(listed)} of {items} items made", end="", file=sys.stderr, flush=True)
+        print(f"\rdistractors: {first + len(listed)} of {items} items made, {time.perf_counter() - start:.0f} s",
+              end="", file=sys.stderr, flush=True)
         yield listed, np.array(vectors, np.float32), local
     print(file=sys.stderr)
 
@@ -243,19 +245,26 @@ def file_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> 
 
 def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> dict:
     """The Milvus Lite database of the covers and the distractors: a copy of the covers' database, the
-    distractors added as `lookalike index add` adds items (their features as rows of ``<collection>_local``)."""
+    distractors added as `lookalike index add` adds items (their features as rows of ``<collection>_local``). A
+    database left by an interrupted run is continued from its last whole chunk (adding an item again replaces it),
+    its time so far kept in ``<out>.seconds``."""
     covers = covers_catalogue(a, "milvus")
     codes = local_codes(covers.meta["local"])
     covers.close()
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(a.work / covers_name(a, "milvus"), out, ignore=shutil.ignore_patterns("LOCK"))
+    spent = out.with_name(out.name + ".seconds")
+    if not (out.exists() and spent.is_file()):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(a.work / covers_name(a, "milvus"), out, ignore=shutil.ignore_patterns("LOCK"))
+        spent.write_text("0")
     catalogue = open_catalogue(out, "milvus")
-    start = time.perf_counter()
-    total = sum(map(len, catalogue.local_features([it["id"] for it in catalogue.listing()])))
-    for chunk, vectors, local in distractors(data, items, a, codes):
+    made = COVERS + (catalogue.count() - COVERS) // CHUNK * CHUNK
+    start = time.perf_counter() - float(spent.read_text())
+    for chunk, vectors, local in distractors(data, items, a, codes, made):
         catalogue.add_items(chunk, vectors, local)
-        total += sum(map(len, local))
-    kind = catalogue.client.describe_index(catalogue.collection + "_local", "vector")["index_type"]
+        spent.write_text(f"{time.perf_counter() - start:.1f}")
+    name = catalogue.collection + "_local"
+    kind = catalogue.client.describe_index(name, "vector")["index_type"]
+    total = int(catalogue.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
     catalogue.close()
     return {"make_s": round(time.perf_counter() - start, 1), "votes_s": 0.0, "save_s": 0.0,
             "factory": f"Milvus Lite, {kind}", "descriptors": total, "packed": True}
