@@ -421,6 +421,45 @@ def test_the_vote_index_grows_with_the_catalogue() -> None:
     assert votes.outgrown()
 
 
+@pytest.mark.slow  # a Milvus Lite database and three adds: several seconds
+def test_a_milvus_add_cut_short_is_replaced_by_the_next_and_a_clean_add_looks_for_no_leftovers(
+        trained: dict, pictures: Path, tmp_path: Path, monkeypatch) -> None:
+    """Feature rows go in before their items' rows: an add killed in between leaves rows that the next add replaces
+    (not doubles), and an add after clean ones does not scan the feature rows for leftovers (a delete by item)."""
+    pytest.importorskip("milvus_lite")
+    out, payload = tmp_path / "c.db", read_embedder_file(trained["embedder"])
+    build_catalogue(out, trained["embedder"], pictures, "milvus", options=INLINE).close()
+    for copy in ("again", "third"):
+        shutil.copytree(pictures, tmp_path / copy)
+
+    def feature_rows(catalogue) -> int:
+        return int(catalogue.client.query(catalogue.collection + "_local", filter="",
+                                          output_fields=["count(*)"])[0]["count(*)"])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as if killed once the new items' feature rows were in, before their rows
+
+    catalogue = open_catalogue(out, "milvus")
+    before = feature_rows(catalogue)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(catalogue.client, "upsert", killed)
+        catalogue.add_images(payload, tmp_path / "again", num_workers=0)
+    left = feature_rows(catalogue) - before
+    assert left > 0 and catalogue.count() == 6
+    catalogue.close()
+    for copy in ("again", "third"):
+        with editing(out, "milvus") as catalogue:
+            deletes: list = []
+            real = catalogue.client.delete
+            monkeypatch.setattr(catalogue.client, "delete", lambda *a, **k: deletes.append(k) or real(*a, **k))
+            catalogue.add_images(payload, tmp_path / copy, num_workers=0)
+        assert bool(deletes) == (copy == "again")  # leftovers looked for only after the add that was cut short
+    catalogue = open_catalogue(out, "milvus")
+    assert catalogue.count() == 18 and feature_rows(catalogue) == before + 2 * left
+    assert _verified_search(catalogue, embedder_from_payload(payload), photo_of(texture(2)))[0].verified
+    catalogue.close()
+
+
 def _vote_lists(catalogue) -> int:
     return catalogue.votes.lists if isinstance(catalogue, FileCatalogue) else catalogue.meta["vote_lists"]
 

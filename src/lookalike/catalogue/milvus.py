@@ -241,6 +241,7 @@ class MilvusCatalogue(Catalogue):
                 _claim_local(client, uri, collection, key)
             if continued:
                 _ensure_index(client, collection, meta)
+                meta["writing"] = True  # the interrupted build may have left feature rows
             else:
                 _create(client, collection, meta)
             if local is not None:
@@ -263,13 +264,14 @@ class MilvusCatalogue(Catalogue):
         _check_columns(items)
         if self.keeps_local and (local is None or len(local) != len(items)):
             raise LookalikeError("This catalogue keeps local features: new items need theirs")
-        inserted = 0
+        inserted, replacing = 0, local is not None and self._begin_writing()
         with tqdm(total=len(items), desc="inserting into milvus", unit="item",
                   disable=len(items) < INSERT_BATCH) as bar:
             for start in range(0, len(items), INSERT_BATCH):
                 chunk, chunk_vectors = items[start:start + INSERT_BATCH], vectors[start:start + INSERT_BATCH]
                 if local is not None:  # the features first: an item is there once its row is
-                    self._insert_local([item_id(it["path"]) for it in chunk], local[start:start + INSERT_BATCH])
+                    self._insert_local([item_id(it["path"]) for it in chunk], local[start:start + INSERT_BATCH],
+                                       replacing)
                 rows = [{"id": item_id(it["path"]), "vector": v.tolist(), "path": it["path"], "label": it["label"],
                          **milvus_fields({"label": it["label"], **(it.get("fields") or {})})}
                         for it, v in zip(chunk, chunk_vectors)]
@@ -287,10 +289,21 @@ class MilvusCatalogue(Catalogue):
                 inserted += len(rows)
                 bar.update(len(chunk))
         columns = set(self.meta["columns"]) | {c for it in items for c in it.get("fields") or {}}
-        if columns != set(self.meta["columns"]):
-            self.meta["columns"] = sorted(columns)
+        if columns != set(self.meta["columns"]) or local is not None:
+            self.meta.update(columns=sorted(columns), writing=False)
             self.save_meta()
         return inserted
+
+    def _begin_writing(self) -> bool:
+        """Mark the collection as being written and say whether a write was interrupted before it: an item's feature
+        rows go in before its row, so only then can feature rows of the items written now be left over (to be
+        replaced). Finding them is a scan of every feature row (Milvus Lite filters by reading them all), which
+        each batch of a large ``index add`` would otherwise pay."""
+        if self.meta.get("writing"):
+            return True
+        self.meta["writing"] = True
+        self.save_meta()
+        return False
 
     def known_paths(self, paths: Sequence[str]) -> set[str]:
         return set(self._stored_paths([item_id(p) for p in paths]).values()) & set(paths)
@@ -328,10 +341,11 @@ class MilvusCatalogue(Catalogue):
                 self.client.delete(self.collection + LOCAL, filter=f"item in {list(ids[start:start + INSERT_BATCH])}")
         return [found[i] for i in ids]
 
-    def _insert_local(self, ids: list[int], features: list[LocalFeatures]) -> None:
-        """Store these items' descriptor codes for the votes, a row each (replacing what an interrupted build left
-        of theirs)."""
-        self.client.delete(self.collection + LOCAL, filter=f"item in {ids}")
+    def _insert_local(self, ids: list[int], features: list[LocalFeatures], replacing: bool) -> None:
+        """Store these items' descriptor codes for the votes, a row each (``replacing`` what an interrupted write
+        may have left of theirs)."""
+        if replacing:
+            self.client.delete(self.collection + LOCAL, filter=f"item in {ids}")
         rows = [{"item": i, "vector": d}
                 for i, f in zip(ids, features) for d in f.descriptors.astype(np.float32).tolist()]
         for start in range(0, len(rows), LOCAL_ROWS):
