@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import record  # noqa: E402
 
 from lookalike.catalogue.local import catalogue_codes  # noqa: E402
 from lookalike.data.images import load_rgb  # noqa: E402
@@ -165,11 +165,7 @@ def main() -> None:
         found = [{"side": side or None, **run(resaved(sources, side or None, a.work / f"side{side}"),
                                               a.embedder.resolve(), FeatureOptions())} for side in a.sides]
     for result in found:
-        result = {"side": a.recall, **result} if a.recall else result
-        result.update(date=time.strftime("%Y-%m-%d"), machine=machine(), command="python " + " ".join(sys.argv))
-        print(json.dumps(result), flush=True)
-        with RUNS.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        record(RUNS, {"side": a.recall, **result} if a.recall else result)
 
 
 if __name__ == "__main__":

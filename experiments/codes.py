@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine
+from common import record
 from lookalike.data.images import load_rgb
 from lookalike.verification.codes import DescriptorCodes
 from lookalike.verification.features import LocalFeatures, extract
@@ -98,11 +98,7 @@ def main() -> None:
     for dims, ratio in [(None, 0.8)] + [(d, r) for d in a.dims for r in a.ratios]:
         if (dims, ratio) in done:
             continue
-        result = {**run(covers, photos, dims, ratio), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-                  "command": "python " + " ".join(sys.argv)}
-        print(json.dumps(result), flush=True)
-        with RUNS.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        record(RUNS, run(covers, photos, dims, ratio))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,12 @@ and the zero-shot splits of the real data sets. Scripts run as ``python experime
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +43,17 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
             f"faiss {faiss.__version__} ({faiss.get_num_gpus()} FAISS GPUs)")
+
+
+def record(runs: Path, result: dict) -> dict:
+    """``result`` stamped with the date, this machine and the command line, printed and appended to ``runs`` (a
+    JSON line a run: results a benchmark keeps as it goes)."""
+    result = {**result, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "command": "python " + " ".join(sys.argv)}
+    print(json.dumps(result), flush=True)
+    with runs.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    return result
 
 
 def report(lines: list[str], out: str | None) -> None:

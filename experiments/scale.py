@@ -40,7 +40,7 @@ from typing import Iterator
 
 import numpy as np
 
-from common import machine
+from common import record
 from lookalike.catalogue.backends import build_catalogue, open_catalogue
 from lookalike.catalogue.base import Catalogue
 from lookalike.catalogue.build import BuildOptions
@@ -398,14 +398,10 @@ def main() -> None:
                 print(f"{a.stage}: {items} items, {factory or ''} done already")
                 continue
             found = votes_run(data, items, factory, a.noise) if a.stage == "votes" else search_run(data, items, a)
-            result = {"stage": a.stage, "requested": factory, "count": a.count, "noise": a.noise,
-                      **({"embedding_noise": a.embedding_noise, "dims": a.dims, "ratio": VerifyOptions().ratio}
-                         if a.stage == "search" else {}),
-                      **found,
-                      "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": "python " + " ".join(sys.argv)}
-            print(json.dumps(result), flush=True)
-            with RUNS.open("a") as f:
-                f.write(json.dumps(result) + "\n")
+            record(RUNS, {"stage": a.stage, "requested": factory, "count": a.count, "noise": a.noise,
+                          **({"embedding_noise": a.embedding_noise, "dims": a.dims,
+                              "ratio": VerifyOptions().ratio} if a.stage == "search" else {}),
+                          **found})
 
 
 if __name__ == "__main__":
