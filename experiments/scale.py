@@ -262,9 +262,8 @@ def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -
     for chunk, vectors, local in distractors(data, items, a, codes, made):
         catalogue.add_items(chunk, vectors, local)
         spent.write_text(f"{time.perf_counter() - start:.1f}")
-    name = catalogue.collection + "_local"
-    kind = catalogue.client.describe_index(name, "vector")["index_type"]
-    total = int(catalogue.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+    kind = catalogue.client.describe_index(catalogue.collection + "_local", "vector")["index_type"]
+    total = catalogue.feature_rows()
     catalogue.close()
     return {"make_s": round(time.perf_counter() - start, 1), "votes_s": 0.0, "save_s": 0.0,
             "factory": f"Milvus Lite, {kind}", "descriptors": total, "packed": True}

@@ -432,19 +432,15 @@ def test_a_milvus_add_cut_short_is_replaced_by_the_next_and_a_clean_add_looks_fo
     for copy in ("again", "third"):
         shutil.copytree(pictures, tmp_path / copy)
 
-    def feature_rows(catalogue) -> int:
-        return int(catalogue.client.query(catalogue.collection + "_local", filter="",
-                                          output_fields=["count(*)"])[0]["count(*)"])
-
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if killed once the new items' feature rows were in, before their rows
 
     catalogue = open_catalogue(out, "milvus")
-    before = feature_rows(catalogue)
+    before = catalogue.feature_rows()
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(catalogue.client, "upsert", killed)
         catalogue.add_images(payload, tmp_path / "again", num_workers=0)
-    left = feature_rows(catalogue) - before
+    left = catalogue.feature_rows() - before
     assert left > 0 and catalogue.count() == 6
     catalogue.close()
     for copy in ("again", "third"):
@@ -455,7 +451,7 @@ def test_a_milvus_add_cut_short_is_replaced_by_the_next_and_a_clean_add_looks_fo
             catalogue.add_images(payload, tmp_path / copy, num_workers=0)
         assert bool(deletes) == (copy == "again")  # leftovers looked for only after the add that was cut short
     catalogue = open_catalogue(out, "milvus")
-    assert catalogue.count() == 18 and feature_rows(catalogue) == before + 2 * left
+    assert catalogue.count() == 18 and catalogue.feature_rows() == before + 2 * left
     assert _verified_search(catalogue, embedder_from_payload(payload), photo_of(texture(2)))[0].verified
     catalogue.close()
 

@@ -269,14 +269,14 @@ class MilvusCatalogue(Catalogue):
                   disable=len(items) < INSERT_BATCH) as bar:
             for start in range(0, len(items), INSERT_BATCH):
                 chunk, chunk_vectors = items[start:start + INSERT_BATCH], vectors[start:start + INSERT_BATCH]
-                if local is not None:  # the features first: an item is there once its row is
-                    self._insert_local([item_id(it["path"]) for it in chunk], local[start:start + INSERT_BATCH],
-                                       replacing)
+                chunk_local = None if local is None else local[start:start + INSERT_BATCH]
+                if chunk_local is not None:  # the features first: an item is there once its row is
+                    self._insert_local([item_id(it["path"]) for it in chunk], chunk_local, replacing)
                 rows = [{"id": item_id(it["path"]), "vector": v.tolist(), "path": it["path"], "label": it["label"],
                          **milvus_fields({"label": it["label"], **(it.get("fields") or {})})}
                         for it, v in zip(chunk, chunk_vectors)]
-                if local is not None:
-                    for row, features in zip(rows, local[start:start + INSERT_BATCH]):
+                if chunk_local is not None:
+                    for row, features in zip(rows, chunk_local):
                         row["features"] = base64.b64encode(packed(features)).decode()
                 stored = self._stored_paths([r["id"] for r in rows])
                 clash = [r["path"] for r in rows if r["id"] in stored and stored[r["id"]] != r["path"]]
@@ -320,7 +320,7 @@ class MilvusCatalogue(Catalogue):
         outgrown`), index them anew with as many lists as they need now: Milvus trains them from the stored
         vectors, as the file's vote index is trained anew from its stored features."""
         name, lists = self.collection + LOCAL, int(self.meta["vote_lists"])
-        rows = int(self.client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        rows = self.feature_rows()
         if outgrown(rows, lists):
             self.client.release_collection(name)
             self.client.drop_index(name, "vector")
@@ -328,6 +328,11 @@ class MilvusCatalogue(Catalogue):
             _index_local(self.client, name, self.meta["vote_lists"])
             self.client.load_collection(name)
             self.save_meta()
+
+    def feature_rows(self) -> int:
+        """How many feature rows the descriptor votes search (a pass over them all in Milvus Lite)."""
+        found = self.client.query(self.collection + LOCAL, filter="", output_fields=["count(*)"])
+        return int(found[0]["count(*)"])
 
     def remove(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Remove items by id; returns the removed items."""
