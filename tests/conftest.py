@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import scipy.io
 from omegaconf import DictConfig
 
 from lookalike.data.synthetic import synthetic_products
-from tests.helpers import TINY_DATA, compose_config, tiny_overrides, write_image, write_omniglot_part
+from tests.helpers import TINY_DATA, Place, compose_config, tiny_overrides, write_image, write_omniglot_part
 
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -145,3 +148,44 @@ def fake_manifest(tmp_path: Path) -> Path:
             rows.append(f"img/{sku}_{j}.jpg,SKU-{sku:03d}")
     (root / "catalog.csv").write_text("\n".join(rows) + "\n")
     return root / "catalog.csv"
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus server's URI: ``LOOKALIKE_MILVUS_URI``'s, else a standalone server started for the session from
+    the ``milvus`` package (Milvus 2.3's own server, which the dev extra installs on Linux x86-64)."""
+    if uri := os.environ.get("LOOKALIKE_MILVUS_URI"):
+        yield uri
+        return
+    milvus = pytest.importorskip("milvus", reason="no Milvus server: set LOOKALIKE_MILVUS_URI or `pip install "
+                                                  "milvus` (Linux x86-64)")
+    server = milvus.MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    server.start()  # on the first free port from 19530, waiting until the server answers
+    try:
+        yield f"http://127.0.0.1:{server.listen_port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.slow)])
+def milvus_place(request: pytest.FixtureRequest, tmp_path: Path) -> Place:
+    """A Milvus collection to build: in a Milvus Lite file (fast suite) or on a Milvus server (slow suite)."""
+    return Place("milvus", str(tmp_path / "c.db")) if request.param == "lite" else \
+        request.getfixturevalue("milvus_collection")
+
+
+@pytest.fixture
+def milvus_collection(milvus_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Place]:
+    """A collection of the test's own on the Milvus server, dropped after it (with the build's work folder in the
+    test's folder)."""
+    from pymilvus import MilvusClient
+
+    monkeypatch.chdir(tmp_path)  # a server build keeps its progress beside the working folder
+    name = f"t{uuid.uuid4().hex[:12]}"
+    yield Place("milvus", milvus_server, name)
+    client = MilvusClient(milvus_server, dedicated=True)
+    for made in client.list_collections():
+        if made.startswith(name):
+            client.drop_collection(made)
+    client.close()

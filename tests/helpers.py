@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import socket
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +13,36 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image
 
+from lookalike.catalogue.backends import build_catalogue, editing, open_catalogue
+from lookalike.catalogue.base import Catalogue
 from lookalike.catalogue.build import BuildOptions
 from lookalike.config import compose
 
 # Catalogue builds that decode in the test's own process (no loader workers to start).
 INLINE = BuildOptions(num_workers=0)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a test's catalogue lives: a backend, its file or server, and its collection on the server."""
+
+    backend: str
+    location: str
+    collection: str | None = None
+
+    def build(self, embedder: str | Path, images: str | Path, options: BuildOptions = INLINE) -> Catalogue | None:
+        return build_catalogue(self.location, embedder, images, self.backend, self.collection, options)
+
+    def open(self) -> Catalogue:
+        return open_catalogue(self.location, self.backend, self.collection)
+
+    def editing(self) -> AbstractContextManager[Catalogue]:
+        return editing(self.location, self.backend, self.collection)
+
+    def args(self) -> list[str]:
+        """The command-line flags naming it."""
+        return ["--index", self.location, "--backend", self.backend] + \
+            (["--collection", self.collection] if self.collection else [])
 
 # A tiny, fast timm model and tiny images: a training step takes milliseconds on a CPU.
 TINY_MODEL = [

@@ -1,6 +1,7 @@
 """One contract, two backends: every operation of :class:`lookalike.catalogue.base.Catalogue` gives the same answer
 from the ``.lkidx`` file and from a Milvus collection built from the same pictures (compared by path: the backends
-number items their own way)."""
+number items their own way), the collection in a Milvus Lite file (fast suite) and on a Milvus server (slow
+suite)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.catalogue.backends import build_catalogue, editing, open_catalogue
 from lookalike.catalogue.base import Catalogue
 from lookalike.catalogue.filters import parse_filter
 from lookalike.embedder.file import load_embedder, read_embedder_file
 from lookalike.errors import LookalikeError
-from tests.helpers import INLINE
+from tests.helpers import Place
 
 pytest.importorskip("milvus_lite")
-WHERE = {"faiss": "c.lkidx", "milvus": "c.db"}
 
 
 @pytest.fixture
@@ -36,11 +35,17 @@ def shop(trained: dict, catalogue, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def both(trained: dict, shop: Path, tmp_path: Path) -> dict[str, Catalogue]:
+def places(milvus_place: Place, tmp_path: Path) -> dict[str, Place]:
+    """The file, and the collection in a Milvus Lite file or on a server."""
+    return {"faiss": Place("faiss", str(tmp_path / "c.lkidx")), "milvus": milvus_place}
+
+
+@pytest.fixture
+def both(trained: dict, shop: Path, places: dict[str, Place]) -> dict[str, Catalogue]:
     opened = {}
-    for backend, name in WHERE.items():
-        build_catalogue(tmp_path / name, trained["embedder"], shop, backend, options=INLINE).close()
-        opened[backend] = open_catalogue(tmp_path / name, backend)
+    for backend, place in places.items():
+        place.build(trained["embedder"], shop).close()
+        opened[backend] = place.open()
     yield opened
     for catalogue in opened.values():
         catalogue.close()
@@ -106,26 +111,27 @@ def test_changing(both: dict[str, Catalogue], trained: dict, tmp_path: Path) -> 
     _same(both, lambda c: [h.path for h in c.search_vectors(embedder.embed(photo).numpy(), 1)[0]])
 
 
-def test_editing_takes_turns_and_keeps_the_change(both: dict[str, Catalogue], tmp_path: Path) -> None:
-    for backend, name in WHERE.items():
+def test_editing_takes_turns_and_keeps_the_change(both: dict[str, Catalogue], places: dict[str, Place],
+                                                   tmp_path: Path) -> None:
+    for backend, place in places.items():
         both[backend].close()
-        with editing(tmp_path / name, backend) as catalogue:
+        with place.editing() as catalogue:
             catalogue.remove(catalogue.select(paths=[tmp_path / "pictures" / "1.jpg"]))
-        again = open_catalogue(tmp_path / name, backend)
+        again = place.open()
         assert again.count() == 4 and not again.ids_of([str((tmp_path / "pictures" / "1.jpg").resolve())])
         both[backend] = again
 
 
-def test_the_commands_take_either_backend(both: dict[str, Catalogue], tmp_path: Path,
+def test_the_commands_take_either_backend(both: dict[str, Catalogue], places: dict[str, Place],
                                           capsys: pytest.CaptureFixture) -> None:
     import json
 
     from lookalike.cli import main as lookalike
 
     answers = {}
-    for backend, name in WHERE.items():
+    for backend, place in places.items():
         both[backend].close()  # a Milvus Lite file is one client's at a time
-        lookalike(["confusers", "--index", str(tmp_path / name), "--backend", backend, "--top", "3", "--json"])
+        lookalike(["confusers", *place.args(), "--top", "3", "--json"])
         answers[backend] = [sorted((p["a"]["path"], p["b"]["path"])) for p in json.loads(capsys.readouterr().out)]
-        both[backend] = open_catalogue(tmp_path / name, backend)
+        both[backend] = place.open()
     assert answers["faiss"] == answers["milvus"] and len(answers["faiss"]) == 3

@@ -1,5 +1,6 @@
-"""The vector-database backend (Milvus Lite, embedded: no server): the same answers as the FAISS file on the same
-embeddings, filters that agree on random expressions, the commands end to end, and a build killed with -9."""
+"""The vector-database backend: the same answers as the FAISS file on the same embeddings and filters that agree on
+random expressions, from a Milvus Lite file (fast suite) and a Milvus server (slow suite); the commands end to end
+and a build killed with -9 (Milvus Lite)."""
 
 from __future__ import annotations
 
@@ -22,25 +23,28 @@ from lookalike.catalogue.file import FileCatalogue
 from lookalike.catalogue.filters import parse_filter
 from lookalike.catalogue.milvus import MilvusCatalogue, index_spec, item_id
 from lookalike.catalogue.query import SearchOptions, search_catalogue
-from tests.helpers import INLINE, file_catalogue
+from tests.helpers import INLINE, Place, file_catalogue
 from tests.test_catalogue_build import _shop
 from tests.test_catalogue_query import unit, vector_catalogue
 
 
-def _both(tmp_path: Path, factory: str = "Flat", **kwargs) -> tuple[FileCatalogue, MilvusCatalogue, np.ndarray]:
+def _create(place: Place, items: list[dict], vectors: np.ndarray, factory: str = "Flat") -> MilvusCatalogue:
+    return MilvusCatalogue.create(place.location, place.collection or "shop", items, vectors, "x", "none", factory)
+
+
+def _both(place: Place, factory: str = "Flat", **kwargs) -> tuple[FileCatalogue, MilvusCatalogue, np.ndarray]:
     """One set of embeddings in a FAISS file index and in a Milvus collection."""
     index, centres = vector_catalogue(**kwargs)
     items = [{k: v for k, v in it.items() if k != "id"} for it in index.items]
-    milvus = MilvusCatalogue.create(str(tmp_path / "c.db"), "shop", items, index.vectors(), "x", "none", factory)
-    return index, milvus, centres
+    return index, _create(place, items, index.vectors(), factory), centres
 
 
 def _by_path(rows: list) -> list[list[tuple[str, float]]]:
     return [[(h.path, h.score) for h in row] for row in rows]
 
 
-def test_exact_search_through_the_database_equals_the_faiss_flat_index(tmp_path: Path) -> None:
-    index, milvus, centres = _both(tmp_path)
+def test_exact_search_through_the_database_equals_the_faiss_flat_index(milvus_place: Place) -> None:
+    index, milvus, centres = _both(milvus_place)
     queries = unit(centres + 0.2 * np.random.default_rng(1).normal(size=centres.shape)).astype(np.float32)
     faiss_rows, milvus_rows = _by_path(index.search_vectors(queries, 10)), _by_path(milvus.search_vectors(queries, 10))
     for a, b in zip(faiss_rows, milvus_rows):
@@ -62,8 +66,9 @@ def test_exact_search_through_the_database_equals_the_faiss_flat_index(tmp_path:
 
 @pytest.mark.parametrize("factory, floor", [("HNSW16", 0.95), ("IVF8,Flat", 0.9), ("IVF8,SQ8", 0.9),
                                              ("IVF8,PQ8", 0.6)])
-def test_approximate_types_reach_a_stated_recall_of_exact_search(tmp_path: Path, factory: str, floor: float) -> None:
-    index, milvus, centres = _both(tmp_path, factory, products=200, per_product=5)
+def test_approximate_types_reach_a_stated_recall_of_exact_search(milvus_place: Place, factory: str,
+                                                                 floor: float) -> None:
+    index, milvus, centres = _both(milvus_place, factory, products=200, per_product=5)
     assert milvus.meta["index"]["type"] == index_spec(factory)[0]
     queries = unit(centres[:50] + 0.3 * np.random.default_rng(2).normal(size=(50, centres.shape[1]))).astype(np.float32)
     exact = [{p for p, _ in row} for row in _by_path(index.search_vectors(queries, 10))]
@@ -89,7 +94,7 @@ def _random_expression(rng: np.random.Generator, depth: int = 0) -> str:
     return f"{column} {rng.choice(['==', '!='])} {json.dumps(str(rng.choice(values)))}"
 
 
-def test_filters_agree_between_the_backends_on_random_expressions(tmp_path: Path) -> None:
+def test_filters_agree_between_the_backends_on_random_expressions(milvus_place: Place) -> None:
     rng = np.random.default_rng(0)
     vectors = unit(rng.normal(size=(120, 16))).astype(np.float32)
     brands, prices, stock = ["acme", "bolt", "zenith", "o\"dd", ""], ["9.5", "50", "99.5", "120", "n/a", "1e3"], \
@@ -100,7 +105,7 @@ def test_filters_agree_between_the_backends_on_random_expressions(tmp_path: Path
         items.append({"path": f"/shop/{i}.jpg", "label": f"p{i % 9}",
                       "fields": {k: v for j, (k, v) in enumerate(fields.items()) if (i + j) % 7}})
     index = file_catalogue(items, vectors)
-    milvus = MilvusCatalogue.create(str(tmp_path / "f.db"), "shop", items, vectors, "x", "none")
+    milvus = _create(milvus_place, items, vectors)
     columns = index.columns()
     for _ in range(60):
         text = _random_expression(rng)
@@ -164,7 +169,7 @@ def test_the_commands_build_search_add_remove_and_find_duplicates_in_a_collectio
 def test_catalogue_backends_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="binary codes"):
         index_spec("BFlat")
-    _, milvus, centres = _both(tmp_path)
+    _, milvus, centres = _both(Place("milvus", str(tmp_path / "c.db")))
     with pytest.raises(LookalikeError, match="FAISS backend"):
         milvus.search_vectors(centres[:1], 3, rerank=50)
     with pytest.raises(LookalikeError, match="efSearch=N"):
@@ -214,7 +219,7 @@ def test_a_build_killed_with_kill_9_while_inserting_continues_without_loss_or_du
 
 def test_a_closed_catalogue_can_be_opened_by_another_process(tmp_path: Path) -> None:
     """Milvus Lite serves a database to one process: closing the catalogue (its last client here) lets the next."""
-    index, milvus, centres = _both(tmp_path)
+    index, milvus, centres = _both(Place("milvus", str(tmp_path / "c.db")))
     milvus.close()
     other = subprocess.run([sys.executable, "-c", "import sys; from lookalike.catalogue.milvus import MilvusCatalogue; "
                             "print(MilvusCatalogue.open(sys.argv[1], 'shop').count())", str(tmp_path / "c.db")],
@@ -240,7 +245,7 @@ IDLE = 130  # seconds: Milvus Lite's server turned a kept connection away after 
 def test_a_catalogue_opens_again_after_minutes_without_one(tmp_path: Path) -> None:
     """A build connects, works for minutes (extraction, calibration) and connects again; a served catalogue is
     reopened after a quiet spell: the new client must not inherit an idle connection the server has dropped."""
-    index, milvus, centres = _both(tmp_path)
+    index, milvus, centres = _both(Place("milvus", str(tmp_path / "c.db")))
     milvus.close()
     time.sleep(IDLE)
     again = MilvusCatalogue.open(str(tmp_path / "c.db"), "shop")
@@ -273,7 +278,8 @@ def test_the_page_searches_a_collection_like_the_file(trained: dict, catalogue, 
     assert answers[0] == answers[1] and catalogue[2][0] not in {label for _, label, _ in answers[0]}
 
 
-def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the_backends(tmp_path: Path) -> None:
+def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the_backends(
+        milvus_place: Place) -> None:
     """Non-ASCII text and column names, NUL, quotes and backslashes reach Milvus in its own escapes (it knows no
     ``\\u``); true / false read the same texts on both; deep nesting gets one message from the parser both use."""
     values = ["é", "日本語", "😀", "a\x00b", 'q"t', "back\\slash", "tab\tx", "nl\nx", "true", "1", "false", "0", "acme",
@@ -282,7 +288,7 @@ def test_text_of_any_script_and_the_readings_of_true_and_false_agree_between_the
              enumerate(values)]
     vectors = unit(np.random.default_rng(0).normal(size=(len(items), 8))).astype(np.float32)
     index = file_catalogue(items, vectors)
-    milvus = MilvusCatalogue.create(str(tmp_path / "u.db"), "shop", items, vectors, "x", "none")
+    milvus = _create(milvus_place, items, vectors)
     columns = index.columns()
     for value in values[:8]:
         for column in ("brand", "品牌"):
@@ -323,8 +329,8 @@ def test_a_build_stopped_right_after_creating_its_collection_is_finished_by_the_
     assert MilvusCatalogue.open(str(tmp_path / "k.db"), "shop").count() == len(items)
 
 
-def test_confusers_agree_between_the_backends(tmp_path: Path) -> None:
-    index, milvus, _ = _both(tmp_path)
+def test_confusers_agree_between_the_backends(milvus_place: Place) -> None:
+    index, milvus, _ = _both(milvus_place)
     paths = {it["path"]: it for it in index.items}
     for column in ("label", "category"):
         a = [(round(s, 4), index.item(x)["path"], index.item(y)["path"]) for s, x, y in index.confusers(column, 8)]

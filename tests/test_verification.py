@@ -29,10 +29,11 @@ from lookalike.verification.codes import DescriptorCodes
 from lookalike.verification.features import DESCRIPTOR, FeatureOptions, extract
 from lookalike.verification.matching import verify
 from lookalike.verification.votes import DescriptorVotes, vote_factory
-from tests.helpers import INLINE
+from tests.helpers import INLINE, Place
 
 # the Milvus half of tests that both backends pass alike runs in the slow suite (the contract suite keeps both fast)
 MILVUS_SLOW = pytest.param("milvus", marks=pytest.mark.slow)
+SERVER = pytest.param("milvus server", marks=pytest.mark.slow)  # a collection on a Milvus server
 SIDE = 192
 PHOTO = (320, 240)  # width, height
 # where picture corners land in the photo: a perspective view, turned and shrunk
@@ -125,16 +126,23 @@ def _verified_search(catalogue, embedder, photo: np.ndarray, k: int = 3):
     return search_catalogue(catalogue, vectors, SearchOptions(k=k), local)[0].hits
 
 
-@pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW])
-def test_both_backends_keep_the_local_features_in_step(backend: str, trained: dict, pictures: Path,
-                                                       tmp_path: Path) -> None:
+def _place(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Place:
+    """The catalogue of a test that both backends pass alike: a file, a Milvus Lite file or a server's collection."""
+    if backend == "milvus server":
+        return request.getfixturevalue("milvus_collection")
     if backend == "milvus":
         pytest.importorskip("milvus_lite")
-    out = tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")
+    return Place(backend, str(tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")))
+
+
+@pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW, SERVER])
+def test_both_backends_keep_the_local_features_in_step(backend: str, trained: dict, pictures: Path,
+                                                       tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    place = _place(backend, tmp_path, request)
     embedder = embedder_from_payload(read_embedder_file(trained["embedder"]))
     photo = photo_of(texture(2))
-    build_catalogue(out, trained["embedder"], pictures, backend, options=INLINE).close()
-    catalogue = open_catalogue(out, backend)
+    place.build(trained["embedder"], pictures).close()
+    catalogue = place.open()
     assert catalogue.meta["local"]["threshold"] >= FLOOR
     first = _verified_search(catalogue, embedder, photo)[0]
     assert first.label == "p2" and first.verified and first.inliers >= FLOOR and len(first.quad) == 4
@@ -143,9 +151,9 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
         codes.encode(extract(texture(2))).descriptors.tolist()
     catalogue.close()
 
-    with editing(out, backend) as catalogue:
+    with place.editing() as catalogue:
         catalogue.remove([first.id])
-    catalogue = open_catalogue(out, backend)
+    catalogue = place.open()
     hits = _verified_search(catalogue, embedder, photo)
     assert "p2" not in [h.label for h in hits] and not any(h.verified for h in hits)
     kept = {it["label"]: it["id"] for it in catalogue.listing()}
@@ -155,9 +163,9 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
         assert np.allclose(features.xy, own.xy, atol=0.04)
     catalogue.close()
 
-    with editing(out, backend) as catalogue:
+    with place.editing() as catalogue:
         catalogue.add_images(read_embedder_file(trained["embedder"]), pictures, num_workers=0)
-    catalogue = open_catalogue(out, backend)
+    catalogue = place.open()
     first = _verified_search(catalogue, embedder, photo)[0]
     assert first.label == "p2" and first.verified
     catalogue.close()
@@ -339,12 +347,13 @@ def test_duplicates_are_re_encodes_and_crops_and_variants_are_told_apart(
     assert ["p1/a.png", "p1twin/a.png"] in variants and all("p1twin/a.png" in v for v in variants)
 
 
+@pytest.mark.parametrize("milvus", ["milvus", SERVER])
 @pytest.mark.slow  # several seconds: in the slow suite (CI runs both)
-def test_both_backends_vote_alike(trained: dict, pictures: Path, tmp_path: Path) -> None:
-    pytest.importorskip("milvus_lite")
+def test_both_backends_vote_alike(milvus: str, trained: dict, pictures: Path, tmp_path: Path,
+                                  request: pytest.FixtureRequest) -> None:
     answers = []
-    for backend, name in (("faiss", "c.lkidx"), ("milvus", "c.db")):
-        catalogue = build_catalogue(tmp_path / name, trained["embedder"], pictures, backend, options=INLINE)
+    for place in (_place("faiss", tmp_path, request), _place(milvus, tmp_path, request)):
+        catalogue = place.build(trained["embedder"], pictures)
         [photo] = photo_features([photo_of(texture(3))], catalogue.meta["local"])
         by_label = {it["id"]: it["label"] for it in catalogue.listing()}
         answers.append([by_label[i] for i, _ in catalogue.vote_candidates(photo, 3)])

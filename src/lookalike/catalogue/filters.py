@@ -186,8 +186,9 @@ def milvus_expression(condition: Condition) -> str:
         else:
             ref, literal = _reference(condition.column, ""), milvus_string(condition.value)
         test = f"{ref} {condition.op} {literal}"
+        # ``exists`` in parentheses of its own: a Milvus 2.3 server reads ``exists a and b`` as ``exists (a and b)``
         return f"({test})" if condition.column == "label" and not isinstance(condition.value, (Truth, float)) \
-            else f"(exists {ref} and {test})"
+            else f"((exists {ref}) and ({test}))"
     if isinstance(condition, OneOf):
         found = " or ".join(milvus_expression(Compare(condition.column, "==", v)) for v in condition.values)
         found = f"({found})" if condition.values else "(id < 0)"  # in []: nothing
