@@ -18,7 +18,9 @@ Stage ``search`` measures the whole verified search, as `lookalike search` runs 
 perturbed features and its source picture's embedding (``--embedder``'s) jittered: bytes on disk, build times,
 then in a process of its own (``measure``) recall@1/@5 of the photos, milliseconds per photo (embedding, local
 features, search) and that process's peak memory; ``--backend milvus``: a Milvus Lite database instead of the
-catalogue file. The catalogue is kept in ``--work`` and reused; one line per size appended as it finishes.
+catalogue file, or with ``--milvus-uri`` collections on that Milvus server (the server's memory after the search,
+and with ``--milvus-data`` its folder's bytes, reported too). The catalogue is kept in ``--work`` (or on the server)
+and reused; one line per size appended as it finishes.
 
     python experiments/scale.py votes --dvd ../shared/datasets/dvd_covers --flowers ../shared/datasets/flowers17 \
         --items 10000 100000 --factories auto IVF4096,PQ32 --work /tmp/scale
@@ -46,9 +48,11 @@ from lookalike.catalogue.base import Catalogue
 from lookalike.catalogue.build import BuildOptions
 from lookalike.catalogue.file import FileCatalogue
 from lookalike.catalogue.local import local_codes, photo_features
+from lookalike.catalogue.milvus import connect, disconnect
 from lookalike.catalogue.query import SearchOptions, search_catalogue
 from lookalike.data.images import load_rgb
 from lookalike.embedder.file import embedder_from_payload, read_embedder_file
+from lookalike.errors import LookalikeError
 from lookalike.retrieval.knn import FaissIndex
 from lookalike.verification.codes import DescriptorCodes
 from lookalike.verification.features import DESCRIPTOR, SCALE, FeatureOptions, LocalFeatures, extract
@@ -164,21 +168,34 @@ def source_embeddings(work: Path, flowers: Path, embedder: Path) -> np.ndarray:
     return np.load(cache)
 
 
-def covers_name(a: argparse.Namespace, backend: str) -> str:
-    return f"covers_{a.embedder.stem}_{a.count}_d{a.dims}.{'lkidx' if backend == 'faiss' else 'db'}"
+def place(a: argparse.Namespace, name: str, backend: str) -> tuple[str, str | None]:
+    """Where the catalogue ``name`` lives: a file in ``a.work``, or the collection ``name`` on ``--milvus-uri``."""
+    if backend == "milvus" and a.milvus_uri:
+        return a.milvus_uri, name
+    return str(a.work / f"{name}.{'lkidx' if backend == 'faiss' else 'db'}"), None
+
+
+def covers_name(a: argparse.Namespace) -> str:
+    return f"covers_{a.embedder.stem}_{a.count}_d{a.dims}"
+
+
+def build_covers(a: argparse.Namespace, backend: str, location: str, collection: str | None) -> Catalogue:
+    """The 100 covers as `lookalike index build` makes their catalogue (local features coded in ``a.dims``,
+    calibration)."""
+    listing = a.work / "covers.csv"
+    listing.write_text("path,label\n" + "".join(f"{a.dvd / 'reference' / f'{i:03d}.jpg'},{i:03d}\n"
+                                               for i in range(1, COVERS + 1)))
+    return build_catalogue(location, a.embedder, listing, backend, collection,
+                           BuildOptions(local=FeatureOptions(count=a.count, dims=a.dims)))
 
 
 def covers_catalogue(a: argparse.Namespace, backend: str) -> Catalogue:
-    """The 100 covers as `lookalike index build` makes their catalogue (local features coded in ``a.dims``,
-    calibration), built once."""
-    out = a.work / covers_name(a, backend)
-    if not out.exists():
-        listing = a.work / "covers.csv"
-        listing.write_text("path,label\n" + "".join(f"{a.dvd / 'reference' / f'{i:03d}.jpg'},{i:03d}\n"
-                                                   for i in range(1, COVERS + 1)))
-        return build_catalogue(out, a.embedder, listing, backend,
-                               options=BuildOptions(local=FeatureOptions(count=a.count, dims=a.dims)))
-    return open_catalogue(out, backend)
+    """The covers' catalogue, built once."""
+    location, collection = place(a, covers_name(a), backend)
+    try:
+        return open_catalogue(location, backend, collection)
+    except LookalikeError:  # not there yet, or its build interrupted: the same build makes or finishes it
+        return build_covers(a, backend, location, collection)
 
 
 def distractors(data: dict, items: int, a: argparse.Namespace, codes: DescriptorCodes, made: int = COVERS
@@ -243,20 +260,25 @@ def file_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> 
             "factory": vote_factory(total), "descriptors": total}
 
 
-def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -> dict:
-    """The Milvus Lite database of the covers and the distractors: a copy of the covers' database, the
-    distractors added as `lookalike index add` adds items (their features as rows of ``<collection>_local``). A
+def milvus_catalogue(data: dict, location: str, collection: str | None, items: int, a: argparse.Namespace) -> dict:
+    """The Milvus database of the covers and the distractors: a copy of the covers' Milvus Lite database (on a
+    server: the covers built into the collection), the distractors added as `lookalike index add` adds items. A
     database left by an interrupted run is continued from its last whole chunk (adding an item again replaces it),
-    its time so far kept in ``<out>.seconds``."""
-    covers = covers_catalogue(a, "milvus")
-    codes = local_codes(covers.meta["local"])
-    covers.close()
-    spent = out.with_name(out.name + ".seconds")
-    if not (out.exists() and spent.is_file()):
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(a.work / covers_name(a, "milvus"), out, ignore=shutil.ignore_patterns("LOCK"))
+    its time so far kept in ``<name>.seconds`` in ``a.work``."""
+    codes = local_codes(covers_catalogue(a, "milvus").meta["local"])
+    spent = a.work / f"{collection or Path(location).name}.seconds"
+    if not spent.is_file():
+        if collection is None:
+            shutil.rmtree(location, ignore_errors=True)
+            shutil.copytree(place(a, covers_name(a), "milvus")[0], location, ignore=shutil.ignore_patterns("LOCK"))
+        else:
+            client = connect(location)
+            for name in (n for n in client.list_collections() if n.startswith(collection)):
+                client.drop_collection(name)
+            disconnect(client, location)
+            build_covers(a, "milvus", location, collection).close()
         spent.write_text("0")
-    catalogue = open_catalogue(out, "milvus")
+    catalogue = open_catalogue(location, "milvus", collection)
     made = COVERS + (catalogue.count() - COVERS) // CHUNK * CHUNK
     start = time.perf_counter() - float(spent.read_text())
     for chunk, vectors, local in distractors(data, items, a, codes, made):
@@ -266,23 +288,30 @@ def milvus_catalogue(data: dict, out: Path, items: int, a: argparse.Namespace) -
     total = catalogue.feature_rows()
     catalogue.close()
     return {"make_s": round(time.perf_counter() - start, 1), "votes_s": 0.0, "save_s": 0.0,
-            "factory": f"Milvus Lite, {kind}", "descriptors": total, "packed": True}
+            "factory": f"Milvus {'server' if collection else 'Lite'}, {kind}", "descriptors": total, "packed": True}
 
 
-def search_catalogue_path(data: dict, items: int, a: argparse.Namespace) -> tuple[Path, dict]:
-    """The catalogue of ``items`` for ``a.backend``, built once and kept in ``a.work`` with its build record."""
-    out = a.work / f"search{items}_{a.count}_d{a.dims}.{'lkidx' if a.backend == 'faiss' else 'db'}"
-    record = out.with_name(out.name + ".json")
-    if out.exists() and record.is_file():
-        return out, json.loads(record.read_text())
-    built = (file_catalogue if a.backend == "faiss" else milvus_catalogue)(data, out, items, a)
-    built["file_bytes"] = sum(f.stat().st_size for f in ([out] if out.is_file() else out.rglob("*")) if f.is_file())
+def search_catalogue_path(data: dict, items: int, a: argparse.Namespace) -> tuple[str, str | None, dict]:
+    """The catalogue of ``items`` for ``a.backend``, built once and kept in ``a.work`` (or on the server) with its
+    build record."""
+    location, collection = place(a, f"search{items}_{a.count}_d{a.dims}", a.backend)
+    record = a.work / f"{collection or Path(location).name}.json"
+    if record.is_file():
+        return location, collection, json.loads(record.read_text())
+    if a.backend == "faiss":
+        built = file_catalogue(data, Path(location), items, a)
+    else:
+        built = milvus_catalogue(data, location, collection, items, a)
+    stored = Path(location) if collection is None else a.milvus_data
+    if stored is not None:
+        built["file_bytes"] = sum(f.stat().st_size for f in ([stored] if stored.is_file() else stored.rglob("*"))
+                                  if f.is_file())
     built["build_peak_rss_gb"] = round(peak_memory() / 2 ** 30, 2)
     record.write_text(json.dumps(built))
-    return out, built
+    return location, collection, built
 
 
-def measure(catalogue_path: Path, backend: str, embedder: Path, dvd: Path, photos: int,
+def measure(catalogue_path: str, backend: str, collection: str | None, embedder: Path, dvd: Path, photos: int,
             ratio: float | None = None) -> dict:
     """The verified search of the DVD photos (the first ``photos`` of each camera) in the catalogue, as `lookalike
     search` runs it (default
@@ -291,7 +320,7 @@ def measure(catalogue_path: Path, backend: str, embedder: Path, dvd: Path, photo
     the peak memory of this process (run on its own: what a search process holds); ``ratio``: Lowe's, if not the
     default."""
     start = time.perf_counter()
-    catalogue = open_catalogue(catalogue_path, backend)
+    catalogue = open_catalogue(catalogue_path, backend, collection)
     model = embedder_from_payload(read_embedder_file(embedder))
     loaded = time.perf_counter() - start
     meta, times, ranks = catalogue.meta["local"], [], []
@@ -324,15 +353,30 @@ def peak_memory() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
+def server_memory() -> int | None:
+    """The memory a Milvus server on this machine holds now (VmRSS of the process named ``milvus``), in bytes."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            continue
+        if lines[0].split()[-1] == "milvus":
+            return next((int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:")), None)
+    return None
+
+
 def search_run(data: dict, items: int, a: argparse.Namespace) -> dict:
-    """Build (or find) the catalogue file of ``items`` and measure its verified search in a process of its own."""
-    path, built = search_catalogue_path(data, items, a)
-    done = subprocess.run([sys.executable, __file__, "measure", "--catalogue", str(path), "--backend", a.backend,
-                           "--embedder", str(a.embedder), "--dvd", str(a.dvd), "--photos", str(a.photos)],
-                          stdout=subprocess.PIPE, text=True)
+    """Build (or find) the catalogue of ``items`` and measure its verified search in a process of its own."""
+    location, collection, built = search_catalogue_path(data, items, a)
+    done = subprocess.run([sys.executable, __file__, "measure", "--catalogue", location, "--backend", a.backend,
+                           *(["--collection", collection] if collection else []), "--embedder", str(a.embedder),
+                           "--dvd", str(a.dvd), "--photos", str(a.photos)], stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit("the search process failed (its messages above)")
-    return {"items": items, **built, **json.loads(done.stdout.strip().splitlines()[-1])}
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if collection and (held := server_memory()) is not None:
+        found["server_rss_gb"] = round(held / 2 ** 30, 2)
+    return {"items": items, **built, **found}
 
 
 def report(runs: list[dict]) -> str:
@@ -348,10 +392,11 @@ def report(runs: list[dict]) -> str:
     for r in (r for r in runs if r["stage"] == "search"):
         code = f"{r['dims']} (codes)" if r.get("dims") else "128 (RootSIFT)"
         backend = r["requested"] + (" (features packed in item rows)" if r.get("packed") else "")
+        disk = f"{r['file_bytes'] / 1e9:.2f}" if "file_bytes" in r else ""
+        peak = str(r["search_peak_rss_gb"]) + (f" (server {r['server_rss_gb']})" if "server_rss_gb" in r else "")
         rows.append(f"| {backend} | {r['items']:,} | {r['count']} | {code} | {r['factory']} | {r['make_s']} / "
-                    f"{r['votes_s']} / "
-                    f"{r['save_s']} | {r['file_bytes'] / 1e9:.2f} | {r['load_s']} | {r['photos']} | {r['recall@1']} | "
-                    f"{r['recall@5']} | {r['p50_ms']} | {r['p99_ms']} | {r['search_peak_rss_gb']} |")
+                    f"{r['votes_s']} / {r['save_s']} | {disk} | {r['load_s']} | {r['photos']} | {r['recall@1']} | "
+                    f"{r['recall@5']} | {r['p50_ms']} | {r['p99_ms']} | {peak} |")
     return "\n".join(rows)
 
 
@@ -362,7 +407,11 @@ def main() -> None:
     p.add_argument("--dvd", type=Path)
     p.add_argument("--flowers", type=Path)
     p.add_argument("--embedder", type=Path, help="search: the embedder file (e.g. `lookalike pretrained`'s Lite0)")
-    p.add_argument("--catalogue", type=Path, help="measure: the catalogue file")
+    p.add_argument("--catalogue", help="measure: the catalogue file (or Milvus server URI)")
+    p.add_argument("--collection", help="measure: the collection on the Milvus server")
+    p.add_argument("--milvus-uri", help="search --backend milvus: collections on this Milvus server (e.g. "
+                   "http://127.0.0.1:19530) instead of Milvus Lite files")
+    p.add_argument("--milvus-data", type=Path, help="search: the server's data folder (its bytes are reported)")
     p.add_argument("--work", type=Path, default=Path("/tmp/scale"))
     p.add_argument("--items", type=int, nargs="+", default=[10_000])
     p.add_argument("--factories", nargs="+", default=["auto"])
@@ -377,23 +426,23 @@ def main() -> None:
     p.add_argument("--ratio", type=float, help="measure: Lowe's ratio (default: the library's)")
     p.add_argument("--report", action="store_true")
     a = p.parse_args()
-    for name in ("dvd", "flowers", "embedder", "catalogue", "work"):
+    for name in ("dvd", "flowers", "embedder", "work", "milvus_data"):
         if getattr(a, name) is not None:
             setattr(a, name, getattr(a, name).resolve())
     if a.report or a.stage is None:
         print(report([json.loads(line) for line in RUNS.open()]))
         return
     if a.stage == "measure":
-        print(json.dumps(measure(a.catalogue, a.backend, a.embedder, a.dvd, a.photos, a.ratio)))
+        print(json.dumps(measure(a.catalogue, a.backend, a.collection, a.embedder, a.dvd, a.photos, a.ratio)))
         return
     runs = [json.loads(line) for line in RUNS.open()] if RUNS.is_file() else []
     done = {(r["stage"], r["items"], r["count"], r.get("requested"), r.get("dims"), r.get("packed", False))
             for r in runs}
     data = pool(a.work, a.dvd, a.flowers, a.count)
     for items in a.items:
-        for factory in a.factories if a.stage == "votes" else [a.backend]:
+        for factory in a.factories if a.stage == "votes" else [a.backend + (" server" if a.milvus_uri else "")]:
             dims = a.dims if a.stage == "search" else None
-            if (a.stage, items, a.count, factory, dims, factory == "milvus") in done:
+            if (a.stage, items, a.count, factory, dims, factory.startswith("milvus")) in done:
                 print(f"{a.stage}: {items} items, {factory or ''} done already")
                 continue
             found = votes_run(data, items, factory, a.noise) if a.stage == "votes" else search_run(data, items, a)

@@ -288,11 +288,19 @@ class MilvusCatalogue(Catalogue):
                     self.client.upsert(self.collection, rows)
                 inserted += len(rows)
                 bar.update(len(chunk))
+        self._seal()
         columns = set(self.meta["columns"]) | {c for it in items for c in it.get("fields") or {}}
         if columns != set(self.meta["columns"]) or local is not None:
             self.meta.update(columns=sorted(columns), writing=False)
             self.save_meta()
         return inserted
+
+    def _seal(self) -> None:
+        """Seal what was written (Milvus's flush): a Milvus server indexes a segment once it is sealed and searches
+        the growing ones without their index: a photo's votes among 757,000 feature rows took 13.6 s unsealed, 2.1 s
+        sealed (experiments/scale.py)."""
+        for name in (self.collection, self.collection + LOCAL) if self.keeps_local else (self.collection,):
+            self.client.flush(name)
 
     def _begin_writing(self) -> bool:
         """Mark the collection as being written and say whether a write was interrupted before it: an item's feature
