@@ -135,6 +135,14 @@ def _place(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Plac
     return Place(backend, str(tmp_path / ("c.lkidx" if backend == "faiss" else "c.db")))
 
 
+def _sealed(catalogue, place: Place) -> int | None:
+    """On a server, how many feature rows are in sealed segments, which their index serves (the growing ones are
+    searched without it); deleted rows count until the server compacts them."""
+    if place.collection:
+        return int(catalogue.client.describe_index(catalogue.collection + "_local", "vector")["total_rows"])
+    return None
+
+
 @pytest.mark.parametrize("backend", ["faiss", MILVUS_SLOW, SERVER])
 def test_both_backends_keep_the_local_features_in_step(backend: str, trained: dict, pictures: Path,
                                                        tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -143,6 +151,8 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
     photo = photo_of(texture(2))
     place.build(trained["embedder"], pictures).close()
     catalogue = place.open()
+    built = _sealed(catalogue, place)
+    assert built is None or built == catalogue.feature_rows() > 0  # a build seals what it wrote
     assert catalogue.meta["local"]["threshold"] >= FLOOR
     first = _verified_search(catalogue, embedder, photo)[0]
     assert first.label == "p2" and first.verified and first.inliers >= FLOOR and len(first.quad) == 4
@@ -166,6 +176,8 @@ def test_both_backends_keep_the_local_features_in_step(backend: str, trained: di
     with place.editing() as catalogue:
         catalogue.add_images(read_embedder_file(trained["embedder"]), pictures, num_workers=0)
     catalogue = place.open()
+    added = len(codes.encode(extract(texture(2))))  # the one picture added again
+    assert built is None or _sealed(catalogue, place) == built + added  # and so does an add
     first = _verified_search(catalogue, embedder, photo)[0]
     assert first.label == "p2" and first.verified
     catalogue.close()
