@@ -118,9 +118,10 @@ def test_filters_agree_between_the_backends_on_random_expressions(milvus_place: 
 
 @pytest.mark.slow
 def test_the_commands_build_search_add_remove_and_find_duplicates_in_a_collection(trained: dict, catalogue,
+                                                                                   milvus_place: Place,
                                                                                    tmp_path: Path) -> None:
     shop = _shop(catalogue[0], tmp_path / "shop")
-    db = tmp_path / "catalog.db"
+    db = milvus_place.location
 
     def run(*args: str, ok: bool = True) -> str:
         done = subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True, text=True,
@@ -128,7 +129,7 @@ def test_the_commands_build_search_add_remove_and_find_duplicates_in_a_collectio
         assert (done.returncode == 0) == ok, done.stderr[-2000:]
         return done.stdout + done.stderr
 
-    milvus = ["--backend", "milvus", "--collection", "shop"]
+    milvus = ["--backend", "milvus", "--collection", milvus_place.collection or "shop"]
     assert "indexed 5 images" in run("index", "build", "--embedder", trained["embedder"], "--images",
                                      str(catalogue[0]), "--out", str(db), "--workers", "0", *milvus)
     assert not list(tmp_path.glob("*.partial"))
