@@ -265,7 +265,9 @@ def milvus_catalogue(data: dict, location: str, collection: str | None, items: i
     server: the covers built into the collection), the distractors added as `lookalike index add` adds items. A
     database left by an interrupted run is continued from its last whole chunk (adding an item again replaces it),
     its time so far kept in ``<name>.seconds`` in ``a.work``."""
-    codes = local_codes(covers_catalogue(a, "milvus").meta["local"])
+    covers = covers_catalogue(a, "milvus")
+    codes = local_codes(covers.meta["local"])
+    covers.close()  # before its Milvus Lite database is copied
     spent = a.work / f"{collection or Path(location).name}.seconds"
     if not spent.is_file():
         if collection is None:
